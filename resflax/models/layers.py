@@ -1,0 +1,88 @@
+"""Leaf layers shared by every network: convolution and batch normalisation."""
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# He et al. initialise as in fb.resnet.torch: N(0, 2 / (k * k * out_channels)).
+he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, strides: int = 1, *, dtype=jnp.float32,
+         name: Optional[str] = None, use_bias: bool = False,
+         bias_init=nn.initializers.zeros) -> nn.Conv:
+  """A square convolution with 'same'-style padding, float32 weights."""
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=[(pad, pad), (pad, pad)], use_bias=use_bias,
+                 kernel_init=he_init, bias_init=bias_init, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation whose batch statistics can be taken per group.
+
+  ``group_size`` > 0 normalises every group of that many consecutive examples
+  with its own statistics: the papers trained with 64 images per GPU, and
+  this reproduces it on any number of devices (the batch axis is sharded in
+  contiguous blocks, so a group never straddles devices when the per-device
+  batch is a multiple of it). ``group_size`` = 0 uses the whole batch.
+
+  Statistics are computed in float32 whatever the compute dtype.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  group_size: int = 0
+  dtype: Any = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    if train:
+      b = x.shape[0]
+      g = self.group_size if 0 < self.group_size < b else b
+      if b % g:
+        raise ValueError(f"model.bn_group_size={g} must divide the batch {b}")
+      xg = xf.reshape((b // g, g) + x.shape[1:])
+      axes = tuple(range(1, xg.ndim - 1))
+      mean = jnp.mean(xg, axes, keepdims=True)
+      var = jnp.mean(jnp.square(xg - mean), axes, keepdims=True)
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(
+            mean.reshape(-1, c), 0)
+        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(
+            var.reshape(-1, c), 0)
+    else:
+      y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)
+
+
+def pad_shortcut(x, features: int, strides: int):
+  """Option A shortcut: subsample by ``strides`` and zero-pad the channels."""
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  extra = features - x.shape[-1]
+  if extra < 0:
+    raise ValueError(
+        f"option A cannot shrink channels ({x.shape[-1]} -> {features})")
+  if extra:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+  return x
+
+
+def bn_factory(cfg) -> functools.partial:
+  """BatchNorm constructor bound to the model config's BN settings."""
+  return functools.partial(BatchNorm, momentum=cfg.bn_momentum,
+                           epsilon=cfg.bn_epsilon, group_size=cfg.bn_group_size,
+                           dtype=jnp.dtype(cfg.dtype))

@@ -1,0 +1,283 @@
+"""A residual network: stem, stages of units (scanned), head.
+
+The variables of a network are one pytree::
+
+  {'params':      {'stem', 'stage0': {'unit0', 'units'}, ..., 'head'},
+   'batch_stats': same layout (BN running statistics),
+   'lesion':      {'stage0': {'active': f32[n], 'order': i32[n-1]}, ...}}
+
+``units`` holds the stage's units 1..n-1 stacked on a leading axis; they
+share shapes and run under ``jax.lax.scan`` in the order given by
+``lesion/stageS/order`` (a permutation of 0..n-2). ``active`` switches a
+module off (0) so only its shortcut is left. Both are data: another lesion
+or order of the same network re-uses the compiled function.
+"""
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resflax.models import blocks, layers, placements, unit as unit_lib
+from resflax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  units: int
+  width: int
+  strides: int
+  pool_before: bool = False  # VGG: 2x2 max-pool before the stage
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleInfo:
+  """One residual module, numbered in forward order across stages."""
+  index: int
+  stage: int
+  unit: int
+  downsampling: bool  # spatial stride > 1 on this module
+  changes_shape: bool  # output shape differs from input shape
+
+
+class Stem(nn.Module):
+  cfg: Any
+  features: int
+  imagenet: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    pl = placements.PLACEMENTS.get(self.cfg.unit)
+    dtype = jnp.dtype(self.cfg.dtype)
+    x = x.astype(dtype)
+    if self.imagenet:
+      # fb.resnet.torch: conv7x7/2-BN-ReLU-maxpool for both unit types.
+      x = layers.conv(self.features, 7, 2, dtype=dtype, name="conv")(x)
+      x = layers.bn_factory(self.cfg)(name="bn")(x, train)
+      x = nn.relu(x)
+      return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.conv(self.features, 3, 1, dtype=dtype, name="conv")(x)
+    for op in pl.stem:
+      x = (layers.bn_factory(self.cfg)(name="bn")(x, train) if op == "bn"
+           else nn.relu(x))
+    return x
+
+
+class Head(nn.Module):
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    pl = placements.PLACEMENTS.get(self.cfg.unit)
+    for op in pl.final:  # Identity Mappings: extra BN-ReLU before pooling
+      x = (layers.bn_factory(self.cfg)(name="bn")(x, train) if op == "bn"
+           else nn.relu(x))
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(self.cfg.num_classes, dtype=jnp.float32,
+                    param_dtype=jnp.float32, name="fc")(x)
+
+
+class Network:
+  """A network of the zoo with pure ``init`` and ``apply``.
+
+  Build one with ``resflax.models.create_model``.
+  """
+
+  def __init__(self, cfg: ModelConfig, stem_features: int,
+               stages: Sequence[StageSpec], imagenet_stem: bool = False):
+    self.config = cfg
+    self.stages = tuple(stages)
+    self._stem = Stem(cfg, stem_features, imagenet_stem)
+    self._head = Head(cfg)
+    self._first_units = []
+    self._rest_units = []
+    expansion = blocks.EXPANSION[cfg.block]
+    in_features = stem_features
+    self.modules: List[ModuleInfo] = []
+    for s, st in enumerate(self.stages):
+      out = st.width * expansion
+      mode = (unit_lib.NO_PREACT if (imagenet_stem and s == 0)
+              else unit_lib.BOTH_PREACT)
+      self._first_units.append(
+          unit_lib.ResidualUnit(cfg, st.width, st.strides, mode))
+      self._rest_units.append(unit_lib.ResidualUnit(cfg, st.width, 1))
+      for u in range(st.units):
+        changes = u == 0 and (st.strides > 1 or in_features != out)
+        self.modules.append(ModuleInfo(len(self.modules), s, u,
+                                       u == 0 and st.strides > 1, changes))
+      in_features = out
+    self.num_modules = len(self.modules)
+    self.needs_rng = (cfg.dropout > 0 or cfg.shortcut == "dropout"
+                      or cfg.stochastic_depth < 1.0)
+
+  def __repr__(self):
+    return f"Network({self.config})"
+
+  # --------------------------------------------------------------- lesions
+  def default_lesion(self) -> Dict[str, Dict[str, jax.Array]]:
+    """All modules on, identity order."""
+    return {f"stage{s}": {"active": jnp.ones((st.units,), jnp.float32),
+                          "order": jnp.arange(max(st.units - 1, 0),
+                                              dtype=jnp.int32)}
+            for s, st in enumerate(self.stages)}
+
+  def split_by_stage(self, flat) -> List[jax.Array]:
+    """Splits a per-module array (forward order) into per-stage arrays."""
+    flat = jnp.asarray(flat)
+    if flat.shape[0] != self.num_modules:
+      raise ValueError(f"expected {self.num_modules} per-module values, got "
+                       f"{flat.shape[0]}")
+    bounds = np.cumsum([st.units for st in self.stages])[:-1]
+    return jnp.split(flat, bounds)
+
+  def survival_probabilities(self) -> Optional[np.ndarray]:
+    """Stochastic depth p_l = 1 - l/L (1 - p_L) per module, or None."""
+    p_last = self.config.stochastic_depth
+    if p_last >= 1.0:
+      return None
+    n = self.num_modules
+    return 1.0 - np.arange(1, n + 1) / n * (1.0 - p_last)
+
+  # ------------------------------------------------------------------ init
+  def init(self, key: jax.Array, images: jax.Array) -> Dict[str, Any]:
+    """Initialises every variable of the network (He init, BN at 1/0)."""
+    return jax.jit(self._init)(key, images)
+
+  def _init(self, key, images):
+    keys = jax.random.split(key, 2 + len(self.stages))
+    params, stats = {}, {}
+
+    def take(name, module, k, x):
+      v = module.init(k, x, train=False)
+      params[name] = v["params"]
+      stats[name] = v.get("batch_stats", {})
+      return module.apply({"params": v["params"],
+                           "batch_stats": stats[name]}, x, train=False)
+
+    x = take("stem", self._stem, keys[0], images)
+    for s, st in enumerate(self.stages):
+      if st.pool_before:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      k0, k1 = jax.random.split(keys[2 + s])
+      v0 = self._first_units[s].init(k0, x, train=False)
+      x = self._first_units[s].apply(
+          {"params": v0["params"], "batch_stats": v0.get("batch_stats", {})},
+          x, train=False)
+      p = {"unit0": v0["params"]}
+      b = {"unit0": v0.get("batch_stats", {})}
+      if st.units > 1:
+        rest = self._rest_units[s]
+        vr = jax.vmap(lambda k: rest.init(k, x, train=False))(
+            jax.random.split(k1, st.units - 1))
+        p["units"] = vr["params"]
+        b["units"] = vr.get("batch_stats", {})
+      params[f"stage{s}"], stats[f"stage{s}"] = p, b
+    take("head", self._head, keys[1], x)
+    return {"params": params, "batch_stats": stats,
+            "lesion": self.default_lesion()}
+
+  # ----------------------------------------------------------------- apply
+  def apply(self, variables: Dict[str, Any], images: jax.Array, *,
+            train: bool = False, rng: Optional[jax.Array] = None,
+            residual_grad=None, skip_grad=None, capture: bool = False):
+    """Runs the network.
+
+    Args:
+      variables: the pytree from ``init`` (or a checkpoint).
+      images: NHWC float images, already normalised.
+      train: use batch statistics (and return updated running statistics),
+        dropout and stochastic depth. Needs ``rng`` when the model has
+        dropout or stochastic depth.
+      rng: PRNG key for dropout / stochastic depth in training.
+      residual_grad, skip_grad: optional float arrays of length
+        ``num_modules`` scaling the gradient that flows through each
+        module's residual branch / shortcut (the forward pass is
+        unchanged); used by ``resflax.paths`` and effective-path training.
+      capture: also return per-unit statistics sown by the units
+        (``response_std{i}``, ``stream_delta``, ``gate_mean``), in execution
+        order within each stage.
+
+    Returns:
+      ``logits`` in evaluation mode; ``(logits, new_variables)`` in training
+      mode (``new_variables`` has updated ``batch_stats``); with
+      ``capture=True`` the intermediates are appended as a last element.
+    """
+    if train and self.needs_rng and rng is None:
+      raise ValueError("this model has dropout or stochastic depth: pass "
+                       "rng=... to apply(train=True)")
+    cfg = self.config
+    mutable = (["batch_stats"] if train else []) + (
+        ["intermediates"] if capture else [])
+    params, stats = variables["params"], variables["batch_stats"]
+    lesion = variables.get("lesion") or self.default_lesion()
+    survival = self.survival_probabilities()
+    per_stage = lambda a: (None if a is None else self.split_by_stage(a))
+    surv_s = per_stage(survival)
+    rg_s, sg_s = per_stage(residual_grad), per_stage(skip_grad)
+    rngs = (None if rng is None
+            else jax.random.split(rng, len(self.stages)))
+
+    def run(module, p, s, x, key, **kw):
+      out = module.apply({"params": p, "batch_stats": s}, x, train=train,
+                         rngs=None if key is None else {"dropout": key},
+                         mutable=mutable or False, **kw)
+      y, upd = out if mutable else (out, {})
+      return y, upd.get("batch_stats", s), upd.get("intermediates", {})
+
+    if cfg.remat:
+      run = jax.checkpoint(run, static_argnums=(0,))
+
+    new_stats, inter = {}, {}
+    x, new_stats["stem"], inter["stem"] = run(
+        self._stem, params["stem"], stats["stem"], images, None)
+    for s, st in enumerate(self.stages):
+      if st.pool_before:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      name = f"stage{s}"
+      ctrl = dict(active=lesion[name]["active"],
+                  survival=None if surv_s is None else surv_s[s],
+                  residual_grad=None if rg_s is None else rg_s[s],
+                  skip_grad=None if sg_s is None else sg_s[s])
+      keys = (None if rngs is None else jax.random.split(rngs[s], st.units))
+      first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
+      p, b = params[name], stats[name]
+      x, b0, i0 = run(self._first_units[s], p["unit0"], b["unit0"], x,
+                      None if keys is None else keys[0], **first)
+      new_stats[name] = {"unit0": b0}
+      inter[name] = {"unit0": i0}
+      if st.units > 1:
+        order = lesion[name]["order"]
+        take = lambda t: jax.tree.map(lambda a: a[order], t)
+        rest_ctrl = {k: (None if v is None else v[1:][order])
+                     for k, v in ctrl.items()}
+        xs = (take(p["units"]), take(b["units"]), rest_ctrl,
+              None if keys is None else keys[1:])
+        rest = self._rest_units[s]
+
+        def body(h, xs_i, rest=rest):
+          pi, bi, ci, ki = xs_i
+          h, bn_i, it_i = run(rest, pi, bi, h, ki, **ci)
+          return h, (bn_i, it_i)
+
+        if cfg.scan:
+          x, (bn_new, it_new) = jax.lax.scan(body, x, xs)
+        else:
+          outs = []
+          for i in range(st.units - 1):
+            x, out = body(x, jax.tree.map(lambda a: a[i], xs))
+            outs.append(out)
+          bn_new, it_new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        inverse = jnp.argsort(order)
+        new_stats[name]["units"] = jax.tree.map(lambda a: a[inverse], bn_new)
+        inter[name]["units"] = it_new
+    logits, new_stats["head"], inter["head"] = run(
+        self._head, params["head"], stats["head"], x, None)
+    result = [logits]
+    if train:
+      result.append({**variables, "batch_stats": new_stats})
+    if capture:
+      result.append(inter)
+    return result[0] if len(result) == 1 else tuple(result)

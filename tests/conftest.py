@@ -1,0 +1,29 @@
+"""Test-suite set-up: 4 fake CPU devices and a persistent compilation cache.
+
+Both must be configured before jax initialises its backends.
+"""
+
+import os
+import pathlib
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("RESFLAX_TEST_SHRINK", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+_CACHE = pathlib.Path(tempfile.gettempdir()) / "resflax-test-jax-cache"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture
+def cifar_archive():
+  """Path of the real CIFAR-10 archive, or skip with the reason."""
+  if not CIFAR_ARCHIVE.exists():
+    pytest.skip(f"real CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+  return CIFAR_ARCHIVE

@@ -1,0 +1,349 @@
+"""Model zoo: published parameter counts, formulas, placements, scan, lesions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resflax import models
+from resflax.models import layers
+from resflax.models.config import resolve
+from resflax.models.unit import ResidualUnit
+
+KEY = jax.random.key(0)
+
+
+def count(**kw):
+  model = models.create_model(**kw)
+  size = 64 if kw.get("name") == "imagenet_resnet" else 32
+  shapes = jax.eval_shape(model.init, KEY, jnp.zeros((1, size, size, 3)))
+  return models.num_params(shapes)
+
+
+@pytest.mark.parametrize("depth,expected", [
+    (20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018),
+    (110, 1_727_962), (1202, 19_421_274)])
+@pytest.mark.parametrize("shortcut", ["identity", "none"])
+def test_cifar_param_counts_match_paper(depth, expected, shortcut):
+  assert count(name="cifar_resnet", depth=depth, shortcut=shortcut) == expected
+
+
+@pytest.mark.parametrize("depth,paper", [(164, 1.7e6), (1001, 10.2e6)])
+def test_preact_bottleneck_counts_within_2_percent(depth, paper):
+  n = count(name="cifar_resnet", depth=depth, block="bottleneck",
+            unit="full_preact", projection="B")
+  assert abs(n - paper) / paper < 0.02
+
+
+@pytest.mark.parametrize("depth,expected", [(18, 11_689_512),
+                                            (50, 25_557_032),
+                                            (152, 60_192_808)])
+def test_imagenet_counts_equal_torchvision(depth, expected):
+  assert count(name="imagenet_resnet", depth=depth) == expected
+
+
+def test_wide_resnet_28_10_count():
+  # Zagoruyko & Komodakis Table: WRN-28-10 has 36.5M parameters.
+  assert abs(count(name="wide_resnet", depth=28, width=10) - 36.5e6) < 0.05e6
+
+
+def test_bad_names_list_valid_ones():
+  with pytest.raises(ValueError, match="6n\\+2.*20, 26"):
+    models.create_model(name="cifar_resnet", depth=21)
+  with pytest.raises(ValueError, match="exclusive_gate.*identity"):
+    models.create_model(shortcut="gate")
+  with pytest.raises(ValueError, match="full_preact"):
+    models.create_model(unit="preact")
+  with pytest.raises(ValueError, match="cifar_resnet"):
+    models.create_model(name="resnet")
+  with pytest.raises(ValueError, match="unknown model key"):
+    models.create_model(depht=20)
+  with pytest.raises(ValueError, match="9n\\+2"):
+    models.create_model(depth=25, block="bottleneck")
+  with pytest.raises(ValueError, match="18, 34, 50"):
+    models.create_model(name="imagenet_resnet", depth=20)
+
+
+# ----------------------------------------------------------- one unit
+
+
+def unit_apply(shortcut, x, *, variables=None, train=False, rng=None, **cfg):
+  cfg = resolve(name="cifar_resnet", unit="full_preact", shortcut=shortcut,
+                **cfg)
+  u = ResidualUnit(cfg, x.shape[-1], 1)
+  if variables is None:
+    variables = u.init(KEY, x)
+  rngs = None if rng is None else {"dropout": rng}
+  out = u.apply(variables, x, train=train, rngs=rngs,
+                mutable=["batch_stats"] if train else False)
+  return (out[0] if train else out), variables
+
+
+def randomize(variables, seed=1):
+  """Non-trivial BN statistics and parameters so formulas are not degenerate."""
+  out = dict(variables)
+  for col in ("params", "batch_stats"):
+    leaves, tree = jax.tree.flatten(variables[col])
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    # Only the BN vectors (and biases): random kernels would blow up.
+    new = [l + 0.2 * jax.random.uniform(k, l.shape) if l.ndim == 1 else l
+           for k, l in zip(keys, leaves)]
+    out[col] = jax.tree.unflatten(tree, new)
+  return out
+
+
+def test_shortcut_formulas():
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
+  f, base = unit_apply("none", x)  # F(x) alone, same branch weights
+  base = randomize(base)
+  f, _ = unit_apply("none", x, variables=base)
+
+  y, _ = unit_apply("identity", x, variables=base)
+  np.testing.assert_allclose(y, x + f, atol=1e-5)
+  y, _ = unit_apply("scale", x, variables=base, shortcut_scale=0.3)
+  np.testing.assert_allclose(y, 0.3 * x + f, atol=1e-5)
+  y, _ = unit_apply("scale", x, variables=base, shortcut_scale=0.3,
+                    scale_residual=True)
+  np.testing.assert_allclose(y, 0.3 * x + 0.7 * f, atol=1e-5)
+
+  for kind in ("exclusive_gate", "shortcut_gate"):
+    _, v = unit_apply(kind, x)
+    gate = {"kernel": 0.1 * jax.random.normal(jax.random.key(4), (1, 1, 16, 16)),
+            "bias": jnp.full((16,), -1.5)}
+    v = {"params": {**base["params"], "shortcut": {"gate": gate}},
+         "batch_stats": base["batch_stats"]}
+    g = jax.nn.sigmoid(jnp.einsum("nhwc,cd->nhwd", x, gate["kernel"][0, 0])
+                       + gate["bias"])
+    y, _ = unit_apply(kind, x, variables=v)
+    want = (1 - g) * x + (g * f if kind == "exclusive_gate" else f)
+    np.testing.assert_allclose(y, want, atol=1e-5)
+
+  _, v = unit_apply("conv1x1", x)
+  w = jax.random.normal(jax.random.key(5), (1, 1, 16, 16))
+  bn_p = {"scale": jnp.full((16,), 1.3), "bias": jnp.full((16,), 0.2)}
+  bn_s = {"mean": jnp.full((16,), 0.1), "var": jnp.full((16,), 2.0)}
+  v = {"params": {**base["params"], "shortcut": {"proj": {"kernel": w},
+                                                 "proj_bn": bn_p}},
+       "batch_stats": {**base["batch_stats"], "shortcut": {"proj_bn": bn_s}}}
+  proj = jnp.einsum("nhwc,cd->nhwd", x, w[0, 0])
+  want = (proj - 0.1) / jnp.sqrt(2.0 + 1e-5) * 1.3 + 0.2 + f
+  y, _ = unit_apply("conv1x1", x, variables=v)
+  np.testing.assert_allclose(y, want, atol=1e-4)
+
+  y, _ = unit_apply("dropout", x, variables=base)  # evaluation: no dropout
+  np.testing.assert_allclose(y, x + f, atol=1e-5)
+  y_train, _ = unit_apply("dropout", x, variables=base, train=True,
+                          rng=jax.random.key(9))
+  f_train, _ = unit_apply("none", x, variables=base, train=True)
+  kept = np.asarray(y_train - f_train)
+  # Each shortcut element is dropped (0) or kept and scaled by 1/(1-0.5).
+  ok = np.isclose(kept, 0, atol=1e-5) | np.isclose(kept, 2 * x, atol=1e-4)
+  assert ok.all()
+  assert 0.4 < np.isclose(kept, 0, atol=1e-5).mean() < 0.6
+
+
+def _bn(h, p, s, eps=1e-5):
+  return (h - s["mean"]) / jnp.sqrt(s["var"] + eps) * p["scale"] + p["bias"]
+
+
+def _conv(h, k):
+  return jax.lax.conv_general_dilated(h, k, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("unit", ["original", "bn_after_add",
+                                  "relu_before_add", "relu_preact",
+                                  "full_preact"])
+def test_placement_order_of_operations(unit):
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
+  cfg = resolve(unit=unit)
+  u = ResidualUnit(cfg, 16, 1)
+  v = randomize(u.init(KEY, x))
+  p, s = v["params"], v["batch_stats"]
+  r = jax.nn.relu
+  k0, k1 = p["conv0"]["kernel"], p["conv1"]["kernel"]
+  bn = lambda h, name: _bn(h, p[name], s[name])
+  # Identity Mappings Fig. 4, written out.
+  want = {
+      "original": lambda: r(x + bn(_conv(r(bn(_conv(x, k0), "bn_post0")), k1),
+                                   "bn_post1")),
+      "bn_after_add": lambda: r(bn(x + _conv(r(bn(_conv(x, k0), "bn_post0")),
+                                             k1), "bn_add")),
+      "relu_before_add": lambda: x + r(bn(_conv(r(bn(_conv(x, k0),
+                                                     "bn_post0")), k1),
+                                          "bn_post1")),
+      "relu_preact": lambda: x + bn(_conv(r(bn(_conv(r(x), k0), "bn_post0")),
+                                          k1), "bn_post1"),
+      "full_preact": lambda: x + _conv(r(bn(_conv(r(bn(x, "bn_pre0")), k0),
+                                            "bn_pre1")), k1),
+  }[unit]()
+  np.testing.assert_allclose(u.apply(v, x), want, atol=1e-4)
+
+
+def test_stochastic_depth_expectation():
+  x = jax.random.normal(jax.random.key(3), (8, 8, 8, 16))
+  cfg = resolve(unit="full_preact", stochastic_depth=0.5)
+  u = ResidualUnit(cfg, 16, 1)
+  v = u.init(KEY, x)
+  full, _ = u.apply(v, x, train=True, mutable=["batch_stats"])
+  res = full - x
+
+  def sample(k):
+    return u.apply(v, x, train=True, survival=0.7, rngs={"dropout": k},
+                   mutable=["batch_stats"])[0]
+
+  ys = jax.vmap(sample)(jax.random.split(jax.random.key(1), 4000))
+  kept = np.mean(np.isclose(ys, full[None], atol=1e-5).all(axis=(1, 2, 3, 4)))
+  assert abs(kept - 0.7) < 0.04
+  np.testing.assert_allclose(ys.mean(0), x + 0.7 * res, atol=0.05)
+  # Evaluation scales the branch by its survival probability (Huang et al.).
+  np.testing.assert_allclose(u.apply(v, x, survival=0.7),
+                             x + 0.7 * (u.apply(v, x) - x), atol=1e-5)
+
+
+def test_network_survival_probabilities_decay_linearly():
+  m = models.create_model(depth=20, stochastic_depth=0.5)
+  p = m.survival_probabilities()
+  np.testing.assert_allclose(p, 1 - np.arange(1, 10) / 9 * 0.5)
+
+
+# ------------------------------------------------------------ networks
+
+X = jax.random.normal(jax.random.key(7), (4, 32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+  m = models.create_model(depth=20)
+  return m, randomize(m.init(KEY, X))
+
+
+def test_scan_and_unrolled_agree():
+  for kw in [dict(depth=20), dict(depth=20, unit="full_preact")]:
+    scanned = models.create_model(**kw)
+    unrolled = models.create_model(scan=False, **kw)
+    v = randomize(scanned.init(KEY, X))
+    np.testing.assert_allclose(scanned.apply(v, X), unrolled.apply(v, X),
+                               atol=1e-4)
+    ls, vs = scanned.apply(v, X, train=True)
+    lu, vu = unrolled.apply(v, X, train=True)
+    np.testing.assert_allclose(ls, lu, atol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 vs["batch_stats"], vu["batch_stats"])
+
+
+def test_training_mode_updates_batch_stats(resnet20):
+  m, v = resnet20
+  _, new = m.apply(v, X, train=True)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         v["batch_stats"], new["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  assert new["params"] is v["params"]
+
+
+def test_all_modules_off_leaves_stem_shortcuts_head(resnet20):
+  m, v = resnet20
+  lesion = jax.tree.map(lambda a: a, v["lesion"])
+  for st in lesion.values():
+    st["active"] = jnp.zeros_like(st["active"])
+  got = m.apply({**v, "lesion": lesion}, X)
+  p, s = v["params"], v["batch_stats"]
+  h = _conv(X, p["stem"]["conv"]["kernel"])
+  h = jax.nn.relu(_bn(h, p["stem"]["bn"], s["stem"]["bn"]))
+  h = layers.pad_shortcut(h, 32, 2)
+  h = layers.pad_shortcut(h, 64, 2)
+  logits = h.mean((1, 2)) @ p["head"]["fc"]["kernel"] + p["head"]["fc"]["bias"]
+  np.testing.assert_allclose(got, logits, atol=1e-4)
+
+
+def test_preact_with_zero_branches_is_identity_on_stream():
+  m = models.create_model(depth=20, unit="full_preact")
+  v = randomize(m.init(KEY, X))
+
+  def zero_last_conv(path, a):
+    names = [getattr(k, "key", None) for k in path]
+    return jnp.zeros_like(a) if "conv1" in names else a
+
+  v = {**v, "params": jax.tree_util.tree_map_with_path(zero_last_conv,
+                                                       v["params"])}
+  _, inter = m.apply(v, X, capture=True)
+  for s in range(3):
+    deltas = np.asarray(inter[f"stage{s}"]["units"]["stream_delta"])
+    assert deltas.shape == (2,) or deltas.shape == (2, 1) or deltas.size == 2
+    np.testing.assert_allclose(deltas, 0.0, atol=1e-6)
+
+
+def test_lesions_and_orders_compile_once(resnet20):
+  m, v = resnet20
+  f = jax.jit(m.apply)
+  outs = []
+  for i in range(10):
+    lesion = m.default_lesion()
+    for s, st in enumerate(lesion.values()):
+      k = jax.random.fold_in(jax.random.key(i), s)
+      st["active"] = jax.random.bernoulli(k, 0.7, st["active"].shape
+                                          ).astype(jnp.float32)
+      st["order"] = jax.random.permutation(k, st["order"])
+    outs.append(f({**v, "lesion": lesion}, X))
+  assert f._cache_size() == 1
+  assert len({round(float(o.sum()), 3) for o in outs}) >= 7
+
+
+def test_reordering_permutes_units(resnet20):
+  m, v = resnet20
+  lesion = m.default_lesion()
+  lesion["stage1"]["order"] = jnp.array([1, 0], jnp.int32)
+  # Swapping stacked weights by hand must give the same function.
+  swapped = jax.tree.map(lambda a: a[jnp.array([1, 0])],
+                         v["params"]["stage1"]["units"])
+  swapped_s = jax.tree.map(lambda a: a[jnp.array([1, 0])],
+                           v["batch_stats"]["stage1"]["units"])
+  v2 = jax.tree.map(lambda a: a, v)
+  v2["params"]["stage1"]["units"] = swapped
+  v2["batch_stats"]["stage1"]["units"] = swapped_s
+  a = m.apply({**v, "lesion": lesion}, X)
+  np.testing.assert_allclose(a, m.apply(v2, X), atol=1e-5)
+  assert not np.allclose(a, m.apply(v, X), atol=1e-3)
+
+
+def test_scan_keeps_program_size_constant_in_depth():
+  # Compile time follows program size; a scanned ResNet-1001 step must not
+  # trace to a bigger program than ResNet-164's.
+  def size(depth):
+    m = models.create_model(depth=depth, block="bottleneck",
+                            unit="full_preact", projection="B")
+    v = jax.eval_shape(m.init, KEY, X[:2])
+
+    def loss(p):
+      return m.apply({**v, "params": p}, X[:2], train=True)[0].sum()
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(v["params"])
+    return len(str(jaxpr).splitlines())
+
+  assert size(1001) == size(164)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(name="wide_resnet", depth=10, width=2, dropout=0.3),
+    dict(name="vgg", depth=11, widths=(8, 16, 16)),
+    dict(name="highway", depth=11),
+    dict(depth=20, dtype="bfloat16"),
+    dict(depth=11, block="single", unit="full_preact"),
+    dict(depth=20, stochastic_depth=0.5, stochastic_depth_mode="sample"),
+    dict(depth=20, remat=True, bn_group_size=2),
+])
+def test_variants_train_and_evaluate(kw):
+  m = models.create_model(**kw)
+  v = m.init(KEY, X)
+  logits = m.apply(v, X)
+  assert logits.shape == (4, 10) and logits.dtype == jnp.float32
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(v["params"]))
+
+  def loss(p):
+    out, new = m.apply({**v, "params": p}, X, train=True,
+                       rng=jax.random.key(1))
+    return out.sum(), new
+
+  (val, _), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+  assert np.isfinite(float(val))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
