@@ -12,12 +12,19 @@ Layout on disk (Orbax >= 0.11, default options)::
       1500.resflax-corrupt/          a checkpoint this module set aside
 
 How completeness is decided. On a POSIX filesystem Orbax writes each step into
-`<step>.orbax-checkpoint-tmp` (Orbax 0.11 added `-<timestamp>`) and renames it
-to `<step>` only after every array and metadata file is written, so a process
-killed mid-save leaves only the temporary directory, which Orbax never lists as
-a step (and which `cleanup_tmp_directories` deletes on the next start). On
-object stores Orbax instead marks completion with `commit_success.txt`; either
-way only steps that `CheckpointManager.all_steps()` lists are considered.
+`<step>.orbax-checkpoint-tmp` (older releases appended `-<timestamp>`; the
+item inside is likewise `default.orbax-checkpoint-tmp` until it is renamed)
+and renames it to `<step>` only after every array and metadata file is
+written, so a process killed mid-save leaves only the temporary directory,
+which Orbax never lists as a step (and which `cleanup_tmp_directories` deletes
+on the next start). On object stores Orbax instead marks completion with
+`commit_success.txt`; either way only steps that
+`CheckpointManager.all_steps()` lists are considered.
+
+Retention (`max_to_keep`) deletes old steps only after a newer one committed,
+but Orbax deletes in place: a kill during that deletion can leave an old,
+half-deleted step that still looks complete. It is the oldest one, so it only
+matters if every newer step is unreadable, and then the checksums catch it.
 
 How corruption is detected. Orbax/tensorstore detect truncated files and
 damaged OCDBT b-tree nodes (they carry CRC-32C), but array *values* have no
@@ -54,9 +61,9 @@ PyTree = Any
 
 CHECKSUM_FILE = 'resflax_checksums.json'
 CORRUPT_SUFFIX = '.resflax-corrupt'
-# Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp` in 0.12,
-# `<step>.orbax-checkpoint-tmp-<timestamp>` in 0.11); matched as a substring
-# so both spellings are recognised.
+# Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp` in 0.11.40
+# and 0.12, `<step>.orbax-checkpoint-tmp-<timestamp>` in older releases);
+# matched as a substring so both spellings are recognised.
 _ORBAX_TMP_MARKER = '.orbax-checkpoint-tmp'
 _CHECKSUM_VERSION = 1
 _MUTABLE_FILES = frozenset({'_CHECKPOINT_METADATA'})
@@ -65,6 +72,11 @@ _READ_CHUNK = 1 << 22
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be saved or no existing checkpoint could be read."""
+
+
+def orbax_version() -> str:
+  """Returns the installed orbax-checkpoint version (for run provenance)."""
+  return getattr(ocp, '__version__', 'unknown')
 
 
 def _is_local(directory: str) -> bool:
@@ -264,7 +276,6 @@ class Checkpointer:
     if self._local:
       directory = os.path.abspath(directory)
     self._directory = directory
-    self._max_to_keep = max_to_keep
     self._checksums = verify_checksums and self._local
     self._pending_step: int | None = None
     self._closed = False
@@ -351,7 +362,11 @@ class Checkpointer:
       step: Training step (the checkpoint's name). A step that already has a
         complete checkpoint is not overwritten.
       state: Pytree of jax/numpy arrays and Python scalars (e.g. a flax
-        TrainState). Store PRNG keys as `jax.random.key_data(key)` (uint32).
+        TrainState). Store PRNG keys as `jax.random.key_data(key)` (uint32);
+        typed key arrays also work with Orbax 0.12 but not necessarily with
+        other versions. With several processes every jax.Array must be a
+        global array (e.g. the output of a jitted function with NamedSharding
+        out_shardings); Orbax rejects host-local single-device arrays there.
       wait: If True, return only once the checkpoint is complete, fsynced and
         checksummed.
 

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     'CIFAR10_CLASSES',
@@ -140,9 +140,6 @@ class Dataset:
   `__eq__` would raise.
 
   Attributes:
-    name: Dataset label, e.g. 'cifar10', 'synthetic' or the folder name.
-    num_classes: Number of classes; labels are in [0, num_classes).
-    class_names: Class names in label order, or None when there are none.
     train_images: uint8 array (N, H, W, 3) of training images.
     train_labels: int32 array (N,).
     eval_images: uint8 array of the evaluation split: the test split, or the
@@ -150,6 +147,9 @@ class Dataset:
     eval_labels: int32 labels of `eval_images`.
     test_images: uint8 array of the real test split (always).
     test_labels: int32 labels of `test_images`.
+    num_classes: Number of classes; labels are in [0, num_classes).
+    class_names: Class names in label order, or None when there are none.
+    name: Dataset label, e.g. 'cifar10', 'synthetic' or the folder name.
     mean: float32 mean pixel value, as a fraction of 255, broadcastable to
       (H, W, 3): shape (H, W, 3) for 'pixel_mean', (3,) for
       'channel_standardize'. Computed on `train_images` only.
@@ -157,15 +157,15 @@ class Dataset:
       'pixel_mean').
     eval_split: 'test' or 'validation': what `eval_images` is.
   """
-  name: str
-  num_classes: int
-  class_names: tuple[str, ...] | None
   train_images: np.ndarray
   train_labels: np.ndarray
   eval_images: np.ndarray
   eval_labels: np.ndarray
   test_images: np.ndarray
   test_labels: np.ndarray
+  num_classes: int
+  class_names: tuple[str, ...] | None
+  name: str
   mean: np.ndarray
   std: np.ndarray
   eval_split: str = 'test'
@@ -241,7 +241,7 @@ def load_dataset(config_data: Any, *, seed: int = 0) -> Dataset:
     tfds_data_dir: TFDS data directory for 'cifar10'/'cifar100' ('' = TFDS's
       default).
     tfds_download: let TFDS try to download a missing dataset (True).
-    cache_dir: where decoded arrays and unpacked archives go ('' =
+    cache_dir: where decoded image-folder arrays are cached ('' =
       `$RESFLAX_CACHE` or `~/.cache/resflax`).
     validation_split: hold out this many training images as the evaluation
       set (0 = evaluate on the test split). They are the last K images of a
@@ -624,6 +624,20 @@ def _tfds_data_dir(config_data: Any) -> str | None:
   return str(expanded)
 
 
+def _hide_accelerators_from_tensorflow() -> Any:
+  """Imports TensorFlow with GPUs hidden; returns the module.
+
+  TF only decodes and batches here. Left alone it reserves nearly all GPU
+  memory on first use, which the JAX process needs.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices; too late.
+    pass
+  return tf
+
+
 def _load_tfds(config_data: Any, name: str) -> _Raw:
   """Loads CIFAR-10/100 with TFDS (which imports TensorFlow)."""
   data_dir = _tfds_data_dir(config_data)
@@ -634,6 +648,9 @@ def _load_tfds(config_data: Any, name: str) -> _Raw:
   where = data_dir or os.environ.get('TFDS_DATA_DIR') or str(
       tfds.core.constants.DATA_DIR)
   try:
+    if download or tfds.builder(name, data_dir=data_dir).is_prepared():
+      # Loading will import TensorFlow; a failing lookup does not need it.
+      _hide_accelerators_from_tensorflow()
     (train, test), info = tfds.load(
         name, split=['train', 'test'], batch_size=-1, as_supervised=True,
         data_dir=data_dir, download=download, with_info=True)
@@ -790,14 +807,17 @@ def _gather_folder(root: Path) -> _Tree:
   return tree
 
 
-def _gather_archive(archive: Path) -> _Tree:
+def _gather_archive(archive: Path) -> tuple[_Tree, str]:
   """Reads every image of a tar archive into memory, keyed like a folder.
 
   The archive is streamed rather than unpacked: creating 60,000 small files
-  cost 1.3 s to 30 s on the test machines' ext4 (openat alone took 440 us per
-  file once the disk was busy), while reading them from the stream costs
-  ~3 s. Never writing members to disk also makes hostile member names
-  ('../x', absolute paths, links) harmless.
+  took 1.3 s to 30 s on this project's 2-core test machine (ext4; openat
+  alone took 440 us per file once the disk was busy), while reading them
+  from the stream takes 3-5 s. Never writing members to disk also makes
+  hostile member names ('../x', absolute paths, links) harmless.
+
+  Returns:
+    The layout, and the wrapping folder ('mydata/') or ''.
   """
   files: list[tuple[tuple[str, ...], bytes]] = []
   dirs: list[tuple[str, ...]] = []
@@ -817,8 +837,10 @@ def _gather_archive(archive: Path) -> _Tree:
   # Accept one wrapping folder, as made by `tar czf x.tar.gz mydata/`.
   tops = {parts[0] for parts, _ in files} | {parts[0] for parts in dirs}
   prefix = 0
+  wrapper = ''
   if not tops & set(_SPLITS) and len(tops) == 1:
     prefix = 1
+    wrapper = f'{next(iter(tops))}/'
   tree: _Tree = {}
   for parts in dirs:
     parts = parts[prefix:]
@@ -833,7 +855,7 @@ def _gather_archive(archive: Path) -> _Tree:
       split, cls, file_name = parts
       tree.setdefault(split, {}).setdefault(cls, []).append(
           (file_name, data, None))
-  return tree
+  return tree, wrapper
 
 
 def _archive_namer(archive: Path, prefix: str = '') -> Callable[[str], str]:
@@ -853,6 +875,10 @@ def _decode_image(source: Any, name: str, shape: tuple[int, int] | None,
         image = image.convert('RGB')
       width, height = image.size
       array = np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)
+  except UnidentifiedImageError as e:
+    # Pillow's own message names a BytesIO object for archive members.
+    raise DataError(f'cannot read image {name}: not a recognised image '
+                    'format, or the file is corrupt') from e
   except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
     raise DataError(
         f'cannot read image {name}: {type(e).__name__}: {e}') from e
@@ -1032,8 +1058,9 @@ def _load_archive(archive: Path, stem: str, label: str, cache_dir: Path,
   cache = cache_dir / f'archive-{_slug(stem)}-{key}.npz'
   raw = _read_cache(cache)
   if raw is None:
-    where = _archive_namer(archive)
-    train, test = _validate_layout(_gather_archive(archive), where)
+    tree, wrapper = _gather_archive(archive)
+    where = _archive_namer(archive, wrapper)
+    train, test = _validate_layout(tree, where)
     _check_validation_split(len(train.sources), validation_split)
     raw = _decode_layout(train, test, label, image_size, where)
     _write_cache(cache, raw)
@@ -1136,7 +1163,8 @@ def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
 
   Args:
     config_data: `config.data`; uses `name` (default 'imagenet2012' unless it
-      starts with 'imagenet'), `tfds_data_dir` and `image_size` (224 if < 64).
+      starts with 'imagenet'), `tfds_data_dir` and `image_size` (output
+      side, default 224; set it, a CIFAR config's 32 is taken literally).
     split: TFDS split, e.g. 'train', 'validation' or 'train[:10000]'.
     batch_size: Per-host batch size.
     seed: Seed of file order, shuffling and augmentation.
@@ -1144,40 +1172,47 @@ def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
     process_count: Number of hosts.
     training: Augment and repeat; defaults to `split.startswith('train')`.
 
-  Yields:
-    Dicts with 'image' uint8 (B, S, S, 3), 'label' int32 (B,) and, for
-    evaluation, 'mask' float32 (B,).
+  Returns:
+    An iterator of dicts with 'image' uint8 (B, S, S, 3), 'label' int32 (B,)
+    and, for evaluation, 'mask' float32 (B,).
+
+  Raises:
+    DataError: if the dataset is not prepared (raised by this call, before
+      any batch is requested).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'need 0 <= process_index ({process_index}) < '
+                     f'process_count ({process_count})')
+  data_dir = _tfds_data_dir(config_data)
+  tf = _hide_accelerators_from_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  # TF must not grab accelerator memory that JAX needs; it only decodes.
-  tf.config.set_visible_devices([], 'GPU')
 
   name = str(_get(config_data, 'name', 'imagenet2012'))
   if not name.startswith('imagenet'):
     name = 'imagenet2012'
-  data_dir = _tfds_data_dir(config_data)
-  image_size = _get_int(config_data, 'image_size', 224)
-  if image_size < 64:  # A CIFAR default left in the config.
-    image_size = 224
+  image_size = _get_int(config_data, 'image_size', 224, minimum=1)
   resize_size = int(round(image_size * 256 / 224))
   if training is None:
     training = split.startswith('train')
 
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise DataError(
-        f'TFDS dataset {name!r} is not prepared in {builder.data_dir}. '
-        'ImageNet must be downloaded by hand and prepared with `tfds build '
-        f'{name} --data_dir=DIR --manual_dir=...`; then set '
-        'config.data.tfds_data_dir to DIR.')
   subsplits = tfds.even_splits(split, n=process_count)
   host_split = subsplits[process_index]
   host_seed = seed * 1_000_003 + process_index  # Distinct stream per host.
-  dataset = builder.as_dataset(
-      split=host_split, shuffle_files=training,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=host_seed))
+  try:
+    dataset = builder.as_dataset(
+        split=host_split, shuffle_files=training,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=host_seed))
+  except Exception as e:  # TFDS raises AssertionError when not prepared.
+    raise DataError(
+        f'cannot read TFDS dataset {name!r} from {builder.data_dir} '
+        f'({type(e).__name__}: {e}). ImageNet must be downloaded by hand '
+        f'and prepared with `tfds build {name} --data_dir=DIR '
+        '--manual_dir=...`; then set config.data.tfds_data_dir to DIR.'
+    ) from e
   # Per-example stateless seeds: augmentation stays reproducible even with
   # parallel, non-deterministic map scheduling.
   seeds = tf.data.Dataset.random(seed=host_seed).batch(2)
@@ -1237,15 +1272,22 @@ def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
     dataset = dataset.map(pad)
     # Hosts whose shard is one example shorter may have one batch fewer; top
     # them up with all-padding batches so every host runs the same steps.
-    largest = max(builder.info.splits[s].num_examples for s in subsplits)
-    num_batches = -(-largest // batch_size)
-    filler = tf.data.Dataset.from_tensors({
-        'image': tf.zeros([batch_size, image_size, image_size, 3], tf.uint8),
-        'label': tf.zeros([batch_size], tf.int32),
-        'mask': tf.zeros([batch_size], tf.float32)})
-    dataset = dataset.concatenate(filler.repeat()).take(num_batches)
+    try:
+      largest = max(builder.info.splits[s].num_examples for s in subsplits)
+    except KeyError:  # No split sizes recorded (e.g. tfds.testing.mock_data).
+      largest = None
+    if largest is not None:
+      num_batches = -(-largest // batch_size)
+      filler = tf.data.Dataset.from_tensors({
+          'image': tf.zeros([batch_size, image_size, image_size, 3],
+                            tf.uint8),
+          'label': tf.zeros([batch_size], tf.int32),
+          'mask': tf.zeros([batch_size], tf.float32)})
+      dataset = dataset.concatenate(filler.repeat()).take(num_batches)
   dataset = dataset.prefetch(autotune)
-  yield from tfds.as_numpy(dataset)
+  # Returned, not yielded from this function: a generator would postpone
+  # the errors above until the first batch is requested.
+  return iter(tfds.as_numpy(dataset))
 
 
 def _to_uint8(tf: Any, image: Any) -> Any:

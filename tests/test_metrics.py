@@ -182,3 +182,66 @@ def test_format_duration():
   assert metrics.format_duration(2 * 3600 + 3 * 60) == '2h03m'
   assert metrics.format_duration(86400 + 4 * 3600) == '1d04h'
   assert metrics.format_duration(float('nan')) == '?'
+
+
+# --- resflax.results (atomic result files; it has no test module of its own)
+
+
+def test_write_json_numpy_and_jax_values(tmp_path):
+  import jax.numpy as jnp
+  from resflax import results
+
+  obj = {
+      'z': np.float32(0.25),
+      'a': {'int': np.int64(3), 'bool': np.bool_(True), 'arr': np.arange(3)},
+      'jax_scalar': jnp.float32(1.5),
+      'jax_array': jnp.ones((2, 2), jnp.bfloat16),
+      'tuple': (1, 2.5, None),
+      'path': tmp_path / 'x',
+      7: 'int key',
+  }
+  path = tmp_path / 'sub' / 'r.json'
+  results.write_json(path, obj)
+  text = path.read_text()
+  assert text.index('"7"') < text.index('"a"') < text.index('"z"')  # sorted
+  back = results.read_json(path)
+  assert back['z'] == 0.25 and back['jax_scalar'] == 1.5
+  assert back['a'] == {'arr': [0, 1, 2], 'bool': True, 'int': 3}
+  assert back['jax_array'] == [[1.0, 1.0], [1.0, 1.0]]
+  assert back['tuple'] == [1, 2.5, None]
+  assert back['path'] == str(tmp_path / 'x')
+  assert os.listdir(path.parent) == ['r.json']  # no temp files left
+
+
+def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
+  from resflax import results
+
+  path = tmp_path / 'table.csv'
+  results.write_atomic(path, 'old\n')
+
+  def broken_replace(src, dst):
+    raise OSError(28, 'No space left on device (simulated)')
+
+  monkeypatch.setattr(results.os, 'replace', broken_replace)
+  with pytest.raises(OSError):
+    results.write_atomic(path, 'new\n')
+  monkeypatch.undo()
+  assert path.read_text() == 'old\n'
+  assert os.listdir(tmp_path) == ['table.csv']
+
+
+def test_write_csv_rows_with_different_keys(tmp_path):
+  from resflax import results
+
+  rows = [
+      {'model': 'resnet20', 'error': np.float32(8.5), 'seed': 0},
+      {'model': 'resnet110', 'error': 6.43, 'note': 'warm-up', 'seed': None},
+  ]
+  path = tmp_path / 'r.csv'
+  results.write_csv(path, rows)
+  assert path.read_text().splitlines() == [
+      'model,error,seed,note',
+      'resnet20,8.5,0,',
+      'resnet110,6.43,,warm-up',
+  ]
+  assert results.read_csv(path)[1]['note'] == 'warm-up'

@@ -1,0 +1,67 @@
+"""The base experiment config: every key a user, sweep or script may set.
+
+Experiment files in ``experiments/`` start from ``base_config()`` and change
+what their recipe needs. Keys are stable; README lists them.
+"""
+
+import ml_collections
+
+from resflax.models import DEFAULTS as MODEL_DEFAULTS
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """CIFAR-10 ResNet-20 with the recipe of He et al. 2016 (both papers)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.seeds = 1  # runs per sweep case (the papers report the median of 5)
+  c.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+  model = dict(MODEL_DEFAULTS)
+  model["projection"] = ""  # the network's default (A for CIFAR)
+  model["widths"] = ()
+  c.model = ml_collections.ConfigDict(model)
+  # Tuples are kept as tuples but may be set to any length.
+  c.model.widths = ml_collections.FieldReference((), field_type=tuple)
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar10",  # cifar10 | cifar100 | synthetic | folder | imagenet2012
+      path="",  # image-folder tree or .tar.gz of one; overrides tfds
+      tfds_data_dir="",  # tensorflow-datasets data_dir
+      validation_split=0,  # hold out this many training images for eval
+      normalization="pixel_mean",  # pixel_mean (He et al.) | channel_standardize
+      image_size=32,
+      num_classes=10,  # synthetic data only; otherwise from the dataset
+      synthetic_train_size=1024,
+      synthetic_test_size=256,
+      max_train_images=0,  # 0 = all; shrink for smoke runs
+      max_test_images=0,
+      augment=True,  # pad 4, random crop, random flip (on device)
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=128,
+      steps=64_000,
+      learning_rate=0.1,
+      lr_boundaries=(32_000, 48_000),  # steps; lr *= lr_decay at each
+      lr_decay=0.1,
+      warmup_steps=0,  # steps at warmup_learning_rate first
+      warmup_learning_rate=0.01,
+      warmup_until_error=0.0,  # >0: warm up until batch error < this
+      scale_schedule=False,  # scale boundaries/warm-up with steps/schedule_steps
+      schedule_steps=64_000,
+      weight_decay=1e-4,
+      momentum=0.9,
+      nesterov=False,
+      bn_sync=True,  # BN statistics over the global batch; False = per device
+      eval_batch_size=500,
+      eval_every=4_000,  # steps; 0 = only at the end
+      log_every=200,  # steps between progress lines / TensorBoard scalars
+      checkpoint_every=4_000,  # steps; 0 = only at the end (and on SIGTERM)
+      max_checkpoints=3,
+      gradient_modules=0,  # >0: Veit et al. effective-path training
+      on_nonfinite="stop",  # stop | skip
+      allow_config_change=False,  # resume a workdir whose config differs
+      parallel_runs=1,  # runs vmapped in one program (seeds + run_overrides)
+  ))
+  c.train.run_overrides = ml_collections.FieldReference((), field_type=tuple)
+  return c

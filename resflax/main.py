@@ -1,0 +1,46 @@
+"""Command line: ``python -m resflax.main --config experiments/X.py --workdir DIR``.
+
+Flags:
+  --config: an experiment file with ``get_config(arg)``; ``file.py:arg``
+    passes ``arg`` (e.g. ``:110``, ``:smoke``). The config is locked: a
+    mistyped ``--config.key=value`` is an error naming the key.
+  --workdir: run directory (checkpoints, TensorBoard events, results).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (file.py[:arg]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  logging.info("JAX process %d/%d, %d local devices, %d devices in all",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  from resflax import runner  # pylint: disable=g-import-not-at-top
+  try:
+    runner.run(config, _WORKDIR.value)
+  except (ValueError, RuntimeError) as e:
+    # Errors of ours carry a message a user can act on; print it alone.
+    from resflax import errors  # pylint: disable=g-import-not-at-top
+    if errors.is_user_error(e):
+      logging.error("%s", e)
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    raise
+
+
+if __name__ == "__main__":
+  app.run(main)

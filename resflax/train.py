@@ -1,0 +1,586 @@
+"""Training and evaluation: one compiled step, data-parallel over a mesh.
+
+``train_and_evaluate(config, workdir)`` is the whole pipeline: it validates
+the config, loads the data into device memory, builds (or restores) the
+train state, runs the jitted step in a loop with periodic evaluation,
+checkpoints and logging, and writes ``workdir/results.json``.
+
+The train state is a plain pytree::
+
+  {'step': i32, 'variables': {params, batch_stats, lesion},
+   'opt_state': optax state, 'rng': u32 key data, 'warm': bool,
+   'nonfinite_step': i32 (-1: none), 'nonfinite_value': f32,
+   'skipped': i32, 'metrics': {'loss': f32, 'errors': i32, 'seen': i32}}
+
+Everything the step needs (data order, augmentation, dropout) is a pure
+function of ``rng`` and ``step``, so a resumed run continues exactly where
+the interrupted one was, and no step ever syncs with the host: the loss
+and a non-finite guard are accumulated in the state and read only at the
+logging interval.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resflax import checkpoint as checkpoint_lib
+from resflax import data as data_lib
+from resflax import metrics as metrics_lib
+from resflax import models
+from resflax import results as results_lib
+
+PyTree = Any
+
+
+class TrainingError(RuntimeError):
+  """Training stopped for a reason the user must look at (e.g. NaN)."""
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------
+# Config checks (before any data loading or compilation)
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: Optional[int] = None) -> models.ModelConfig:
+  """Checks every key that could fail later; returns the model config.
+
+  Raises:
+    ConfigError / ValueError: one line naming the key and what is allowed.
+  """
+  t = config.train
+  num_devices = num_devices or jax.device_count()
+  if t.steps <= 0:
+    raise ConfigError(f"config.train.steps={t.steps} must be > 0")
+  if t.batch_size <= 0 or t.batch_size % num_devices:
+    raise ConfigError(
+        f"config.train.batch_size={t.batch_size} must be a positive multiple "
+        f"of the device count ({num_devices})")
+  if t.eval_batch_size <= 0 or t.eval_batch_size % num_devices:
+    raise ConfigError(
+        f"config.train.eval_batch_size={t.eval_batch_size} must be a positive "
+        f"multiple of the device count ({num_devices})")
+  if t.on_nonfinite not in ("stop", "skip"):
+    raise ConfigError(f"config.train.on_nonfinite={t.on_nonfinite!r}; choose "
+                      "'stop' or 'skip'")
+  if sorted(t.lr_boundaries) != list(t.lr_boundaries):
+    raise ConfigError("config.train.lr_boundaries must be increasing, got "
+                      f"{tuple(t.lr_boundaries)}")
+  for key in ("learning_rate", "weight_decay", "momentum"):
+    if getattr(t, key) < 0:
+      raise ConfigError(f"config.train.{key} must be >= 0")
+  for key in ("log_every", "eval_every", "checkpoint_every", "warmup_steps",
+              "gradient_modules"):
+    if getattr(t, key) < 0:
+      raise ConfigError(f"config.train.{key} must be >= 0")
+  if t.parallel_runs < 1:
+    raise ConfigError("config.train.parallel_runs must be >= 1")
+  try:
+    model_cfg = models.create_model(model_config(config, num_devices)).config
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  per_device = t.batch_size // num_devices
+  if model_cfg.bn_group_size and per_device % model_cfg.bn_group_size:
+    raise ConfigError(
+        f"config.model.bn_group_size={model_cfg.bn_group_size} must divide "
+        f"the per-device batch ({per_device})")
+  return model_cfg
+
+
+def model_config(config, num_devices: int) -> Dict[str, Any]:
+  """The model keys with the trainer's BN choice applied."""
+  m = config.model.to_dict()
+  m["widths"] = tuple(m.get("widths") or ())
+  if not config.train.bn_sync and not m.get("bn_group_size"):
+    m["bn_group_size"] = config.train.batch_size // num_devices
+  return m
+
+
+# --------------------------------------------------------------------------
+# Optimisation
+
+
+def learning_rate(step, warm, train_cfg) -> jax.Array:
+  """The step's learning rate: warm-up, then piecewise constant decay.
+
+  Args:
+    step: int32 step (traced).
+    warm: bool, True while the error-based warm-up is still on.
+    train_cfg: ``config.train``.
+  """
+  t = train_cfg
+  scale = (t.steps / t.schedule_steps) if t.scale_schedule else 1.0
+  boundaries = jnp.asarray([int(round(b * scale)) for b in t.lr_boundaries]
+                           or [np.iinfo(np.int32).max], jnp.int32)
+  passed = jnp.sum(step >= boundaries) if t.lr_boundaries else 0
+  lr = t.learning_rate * jnp.power(t.lr_decay, passed)
+  warmup_steps = int(round(t.warmup_steps * scale))
+  in_warmup = step < warmup_steps
+  if t.warmup_until_error > 0:
+    in_warmup = in_warmup | warm
+  return jnp.where(in_warmup, t.warmup_learning_rate, lr).astype(jnp.float32)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """SGD direction with weight decay added to the gradient (as in Torch).
+
+  The learning rate is applied in the step (it depends on the error-based
+  warm-up state), so the same transformation serves every schedule.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(train_cfg.weight_decay),
+      optax.trace(decay=train_cfg.momentum, nesterov=train_cfg.nesterov))
+
+
+# --------------------------------------------------------------------------
+# Steps
+
+
+@dataclasses.dataclass
+class Task:
+  """Everything the compiled functions close over (static for jit)."""
+  model: models.Network
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  num_train: int
+  optimizer: optax.GradientTransformation
+
+  @property
+  def batch_sharding(self):
+    return NamedSharding(self.mesh, P("data"))
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+
+def init_state(task: Task, seed: int, image_shape) -> PyTree:
+  """A fresh train state for ``seed``."""
+  rng = jax.random.key(seed)
+  init_key, run_key = jax.random.split(rng)
+  dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  variables = task.model.init(init_key, dummy)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "variables": variables,
+      "opt_state": task.optimizer.init(variables["params"]),
+      "rng": jax.random.key_data(run_key),
+      "warm": jnp.asarray(task.config.train.warmup_until_error > 0),
+      "nonfinite_step": jnp.full((), -1, jnp.int32),
+      "nonfinite_value": jnp.zeros((), jnp.float32),
+      "skipped": jnp.zeros((), jnp.int32),
+      "metrics": {"loss": jnp.zeros((), jnp.float32),
+                  "errors": jnp.zeros((), jnp.int32),
+                  "seen": jnp.zeros((), jnp.int32)},
+  }
+
+
+def _tree_all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def _select(pred, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def train_step(task: Task, state: PyTree, images: jax.Array,
+               labels: jax.Array, mean: jax.Array, std: jax.Array) -> PyTree:
+  """One SGD step on the batch the state's rng and step select.
+
+  Args:
+    task: static description of the run.
+    state: the train state (see module docstring).
+    images, labels: the whole training set, uint8 / int32, on device.
+    mean, std: normalisation constants.
+
+  Returns:
+    The new state.
+  """
+  cfg = task.config
+  model = task.model
+  step = state["step"]
+  run_key = jax.random.wrap_key_data(state["rng"])
+  data_key = jax.random.fold_in(run_key, 0)
+  step_key = jax.random.fold_in(jax.random.fold_in(run_key, 1), step)
+  aug_key, drop_key, path_key = jax.random.split(step_key, 3)
+
+  idx = data_lib.sample_batch_indices(data_key, step, task.num_train,
+                                      cfg.train.batch_size)
+  idx = jax.lax.with_sharding_constraint(idx, task.batch_sharding)
+  x = data_lib.normalize(images[idx], mean, std,
+                         dtype=jnp.dtype(cfg.model.dtype))
+  if cfg.data.augment:
+    x = data_lib.augment(aug_key, x)
+  y = labels[idx]
+
+  residual_grad = None
+  if cfg.train.gradient_modules:
+    # Veit et al. sec. 5: gradients through the residual branches of only k
+    # random modules per mini-batch; the forward pass is unchanged.
+    scores = jax.random.uniform(path_key, (model.num_modules,))
+    rank = jnp.argsort(jnp.argsort(scores))
+    residual_grad = (rank < cfg.train.gradient_modules).astype(jnp.float32)
+
+  variables = state["variables"]
+
+  def loss_fn(params):
+    logits, new_vars = model.apply({**variables, "params": params}, x,
+                                   train=True, rng=drop_key,
+                                   residual_grad=residual_grad)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, new_vars)
+
+  (loss, (logits, new_vars)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(variables["params"])
+  direction, opt_state = task.optimizer.update(grads, state["opt_state"],
+                                               variables["params"])
+  lr = learning_rate(step, state["warm"], cfg.train)
+  params = jax.tree.map(lambda p, d: p - lr * d, variables["params"],
+                        direction)
+  errors = jnp.sum(jnp.argmax(logits, -1) != y).astype(jnp.int32)
+
+  finite = jnp.isfinite(loss) & _tree_all_finite(params)
+  first_bad = (~finite) & (state["nonfinite_step"] < 0)
+  if cfg.train.on_nonfinite == "skip":
+    apply = finite
+  else:  # stop: freeze on the first non-finite step; the host stops there.
+    apply = finite & (state["nonfinite_step"] < 0)
+  new_variables = {**new_vars, "params": params}
+  return {
+      "step": step + 1,
+      "variables": _select(apply, new_variables, variables),
+      "opt_state": _select(apply, opt_state, state["opt_state"]),
+      "rng": state["rng"],
+      "warm": state["warm"] & ~(errors < cfg.train.warmup_until_error
+                                * cfg.train.batch_size),
+      "nonfinite_step": jnp.where(first_bad, step, state["nonfinite_step"]),
+      "nonfinite_value": jnp.where(first_bad, loss, state["nonfinite_value"]),
+      "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+      "metrics": {"loss": state["metrics"]["loss"]
+                          + jnp.where(finite, loss, 0.0),
+                  "errors": state["metrics"]["errors"] + errors,
+                  "seen": state["metrics"]["seen"] + y.shape[0]},
+  }
+
+
+def evaluate(task: Task, variables: PyTree, images: jax.Array,
+             labels: jax.Array, mean, std, indices: jax.Array,
+             mask: jax.Array) -> Dict[str, jax.Array]:
+  """Error and loss over a whole split in one compiled call.
+
+  ``indices``/``mask`` come from ``data.eval_batches``: fixed-shape batches
+  scanned on device, so the split is evaluated exactly once, without host
+  round trips.
+  """
+  dtype = jnp.dtype(task.config.model.dtype)
+
+  def body(carry, xs):
+    idx, m = xs
+    idx = jax.lax.with_sharding_constraint(idx, task.batch_sharding)
+    logits = task.model.apply(variables, data_lib.normalize(
+        images[idx], mean, std, dtype=dtype))
+    y = labels[idx]
+    wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32) * m
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * m
+    return (carry[0] + wrong.sum(), carry[1] + loss.sum()), None
+
+  (wrong, loss), _ = jax.lax.scan(body, (0.0, 0.0), (indices, mask))
+  n = jnp.sum(mask)
+  return {"error": wrong / n, "loss": loss / n}
+
+
+# --------------------------------------------------------------------------
+# The loop
+
+
+class _StopSignal:
+  """Turns SIGTERM (what preemption sends) into a flag the loop checks."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: preemption is not ours to catch
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device (all processes)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(devices.reshape(-1), ("data",))
+
+
+# Keys that change how often things happen, not what is computed: a resumed
+# run may change them freely.
+_VOLATILE_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every",
+                  "train.max_checkpoints", "train.allow_config_change",
+                  "data.path", "data.tfds_data_dir")
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """Refuses a workdir that holds a run of a different config.
+
+  Raises:
+    ConfigError: listing the differing keys, unless
+      ``config.train.allow_config_change`` is set.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  now = _flatten(json.loads(config.to_json()))
+  diff = sorted(k for k in set(saved) | set(now)
+                if k not in _VOLATILE_KEYS and saved.get(k) != now.get(k))
+  if diff and not config.train.allow_config_change:
+    lines = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+                      for k in diff[:10])
+    raise ConfigError(
+        f"workdir {workdir} holds a run with a different config ({lines}). "
+        "Use another --workdir, or set --config.train.allow_config_change="
+        "True to continue it anyway.")
+  if diff:
+    logging.warning("continuing %s despite config changes: %s", workdir, diff)
+
+
+def _versions() -> Dict[str, str]:
+  import flax
+  import orbax.checkpoint
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": getattr(jax.lib, "__version__", ""),
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax-checkpoint": orbax.checkpoint.__version__}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
+
+  Args:
+    config: an experiment config (see ``resflax.config.base_config``).
+    workdir: run directory: checkpoints, TensorBoard events, results.json.
+
+  Returns:
+    The final metrics (the content of ``results.json``).
+
+  Raises:
+    ConfigError: invalid config or a workdir holding another config.
+    resflax.data.DataError: data that cannot be found or read.
+    TrainingError: a non-finite loss or parameters (``on_nonfinite=stop``).
+    resflax.checkpoint.CheckpointError: checkpoints that cannot be written
+      or restored.
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  num_devices = jax.device_count()
+  logging.info("process %d of %d; %d local / %d global devices (%s)",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), num_devices,
+               jax.devices()[0].platform)
+  validate_config(config, num_devices)
+  check_workdir_config(config, workdir)
+  dataset = data_lib.load_dataset(config.data, seed=config.seed)
+  if dataset.num_train < config.train.batch_size:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} exceeds the "
+        f"{dataset.num_train} training images")
+
+  if config.train.parallel_runs > 1:
+    from resflax import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.train_and_evaluate_parallel(config, workdir, dataset)
+
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    results_lib.write_atomic(os.path.join(workdir, "config.json"),
+                             config.to_json(indent=2, sort_keys=True))
+
+  mesh = make_mesh()
+  mcfg = config.model.to_dict()
+  mcfg.update(model_config(config, num_devices))
+  mcfg["num_classes"] = dataset.num_classes
+  model = models.create_model(mcfg)
+  task = Task(model, config, mesh, dataset.num_train,
+              make_optimizer(config.train))
+  replicated = task.replicated
+
+  put = lambda a: jax.device_put(a, replicated)
+  train_images, train_labels = put(dataset.train_images), put(
+      dataset.train_labels)
+  eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
+  mean, std = put(dataset.mean), put(dataset.std)
+  layout = data_lib.eval_batches(dataset.num_eval, config.train.eval_batch_size)
+  eval_idx, eval_mask = put(layout.indices), put(layout.mask)
+
+  state = jax.jit(functools.partial(init_state, task, config.seed,
+                                    dataset.image_shape),
+                  out_shardings=replicated)()
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=config.train.max_checkpoints)
+  restored = ckpt.restore_latest_good(state)
+  if restored is not None:
+    start_step, state = restored
+    logging.info("resumed %s from step %d", workdir, start_step)
+  start_step = int(state["step"])
+
+  step_fn = jax.jit(functools.partial(train_step, task), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(evaluate, task))
+  writer = metrics_lib.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  t = config.train
+  progress = metrics_lib.ProgressLogger(
+      t.steps, every_steps=t.log_every or None,
+      every_secs=None if t.log_every else 60.0, start_step=start_step)
+
+  last = {"loss": float(state["metrics"]["loss"]),
+          "errors": int(state["metrics"]["errors"]),
+          "seen": int(state["metrics"]["seen"])}
+  history = []
+  eval_error = train_error = None
+  timing = {"steps": 0, "seconds": 0.0}
+  step = start_step
+
+  def check_finite(state):
+    bad = int(state["nonfinite_step"])
+    if bad >= 0 and t.on_nonfinite == "stop":
+      raise TrainingError(
+          f"non-finite loss or parameters at step {bad} (loss = "
+          f"{float(state['nonfinite_value'])}); {workdir} keeps the last "
+          "good checkpoint. Lower config.train.learning_rate, add warm-up, "
+          "or set config.train.on_nonfinite='skip'.")
+
+  def save(state, step):
+    check_finite(state)  # never write a checkpoint after a non-finite step
+    ckpt.save(step, state)
+
+  try:
+    with _StopSignal() as stop, mesh:
+      tick = time.perf_counter()
+      timed_from = step
+      while step < t.steps:
+        state = step_fn(state, train_images, train_labels, mean, std)
+        step += 1
+        if stop.received is not None:
+          save(state, step)
+          logging.warning("received signal %d: saved step %d to %s and "
+                          "stopped; run the same command to resume",
+                          stop.received, step, ckpt.directory)
+          writer.flush()
+          return {"interrupted": True, "step": step}
+        report = progress.should_report(step)
+        do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.steps
+        do_ckpt = (t.checkpoint_every and step % t.checkpoint_every == 0)
+        if report or do_eval or do_ckpt:
+          m = jax.device_get(state["metrics"])
+          check_finite(state)
+          now = time.perf_counter()
+          timing["steps"] += step - timed_from
+          timing["seconds"] += now - tick
+          seen = int(m["seen"]) - last["seen"]
+          if seen:
+            scalars = {"train_loss": (float(m["loss"]) - last["loss"])
+                                     / (seen / t.batch_size),
+                       "train_error": (int(m["errors"]) - last["errors"]) / seen,
+                       "learning_rate": float(learning_rate(
+                           step - 1, state["warm"], t))}
+            train_error = scalars["train_error"]
+            last = {"loss": float(m["loss"]), "errors": int(m["errors"]),
+                    "seen": int(m["seen"])}
+            if report:
+              rates = progress.report(step, t.batch_size, scalars)
+              scalars["images_per_second"] = rates.get("images_per_sec", 0.0)
+            writer.write_scalars(step, scalars)
+          if do_eval:
+            ev = jax.device_get(eval_fn(state["variables"], eval_images,
+                                        eval_labels, mean, std, eval_idx,
+                                        eval_mask))
+            eval_error = float(ev["error"])
+            name = dataset.eval_split
+            writer.write_scalars(step, {f"{name}_error": eval_error,
+                                        f"{name}_loss": float(ev["loss"])})
+            history.append({"step": step, f"{name}_error": eval_error})
+            logging.info("step %d: %s error %.4f", step, name, eval_error)
+          if do_ckpt or step == t.steps:
+            save(state, step)
+          writer.flush()
+          progress.reset_timer(step)
+          tick = time.perf_counter()
+          timed_from = step
+      if ckpt.latest_step() != step:
+        save(state, step)
+  finally:
+    ckpt.close()
+    writer.close()
+
+  if eval_error is None:  # resumed at the end: evaluate once more
+    ev = jax.device_get(eval_fn(state["variables"], eval_images, eval_labels,
+                                mean, std, eval_idx, eval_mask))
+    eval_error = float(ev["error"])
+  result = {
+      "test_error" if dataset.eval_split == "test" else "validation_error":
+          eval_error,
+      "eval_split": dataset.eval_split,
+      "steps": step,
+      "skipped_steps": int(state["skipped"]),
+      "wall_seconds": timing["seconds"],
+      "images_per_second": (timing["steps"] * t.batch_size
+                            / max(timing["seconds"], 1e-9)),
+      "final_train_error": train_error,
+      "num_params": models.num_params(state["variables"]),
+      "history": history,
+      "config": json.loads(config.to_json()),
+      "versions": _versions(),
+      "devices": [str(d) for d in jax.devices()],
+      "process_count": jax.process_count(),
+  }
+  if dataset.eval_split != "test":
+    layout_t = data_lib.eval_batches(dataset.num_test, t.eval_batch_size)
+    ev = jax.device_get(eval_fn(state["variables"], put(dataset.test_images),
+                                put(dataset.test_labels), mean, std,
+                                put(layout_t.indices), put(layout_t.mask)))
+    result["test_error"] = float(ev["error"])
+  if is_main:
+    results_lib.write_json(os.path.join(workdir, "results.json"), result)
+  return result
