@@ -65,3 +65,23 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.train.run_overrides = ml_collections.FieldReference((), field_type=tuple)
   return c
+
+
+def load_experiment(path: str, arg=None) -> ml_collections.ConfigDict:
+  """Loads ``get_config(arg)`` from an experiment file, as ``--config`` does.
+
+  Args:
+    path: e.g. ``"experiments/cifar_resnet.py"``; ``"file.py:arg"`` also works.
+    arg: the experiment's argument (``"110"``, ``"smoke"``, a case name).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if arg is None and ":" in os.path.basename(path):
+    path, arg = path.rsplit(":", 1)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"experiment file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      "resflax_experiment_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

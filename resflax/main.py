@@ -31,7 +31,7 @@ def main(argv):
                jax.local_device_count(), jax.device_count())
   from resflax import runner  # pylint: disable=g-import-not-at-top
   try:
-    runner.run(config, _WORKDIR.value)
+    result = runner.run(config, _WORKDIR.value)
   except (ValueError, RuntimeError) as e:
     # Errors of ours carry a message a user can act on; print it alone.
     from resflax import errors  # pylint: disable=g-import-not-at-top
@@ -40,6 +40,9 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
     raise
+  if isinstance(result, dict) and result.get("interrupted"):
+    # 128 + SIGTERM: schedulers read this as "stopped by a signal, rerun".
+    sys.exit(143)
 
 
 if __name__ == "__main__":

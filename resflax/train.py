@@ -486,7 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     bad = int(state["nonfinite_step"])
     if bad >= 0 and t.on_nonfinite == "stop":
       raise TrainingError(
-          f"non-finite loss or parameters at step {bad} (loss = "
+          f"non-finite loss or parameters at step {bad + 1} (loss = "
           f"{float(state['nonfinite_value'])}); {workdir} keeps the last "
           "good checkpoint. Lower config.train.learning_rate, add warm-up, "
           "or set config.train.on_nonfinite='skip'.")

@@ -6,6 +6,8 @@ The variables of a network are one pytree::
    'batch_stats': same layout (BN running statistics),
    'lesion':      {'stage0': {'active': f32[n], 'order': i32[n-1]}, ...}}
 
+(``order`` is absent for a stage of a single unit.)
+
 ``units`` holds the stage's units 1..n-1 stacked on a leading axis; they
 share shapes and run under ``jax.lax.scan`` in the order given by
 ``lesion/stageS/order`` (a permutation of 0..n-2). ``active`` switches a
@@ -119,10 +121,13 @@ class Network:
   # --------------------------------------------------------------- lesions
   def default_lesion(self) -> Dict[str, Dict[str, jax.Array]]:
     """All modules on, identity order."""
-    return {f"stage{s}": {"active": jnp.ones((st.units,), jnp.float32),
-                          "order": jnp.arange(max(st.units - 1, 0),
-                                              dtype=jnp.int32)}
-            for s, st in enumerate(self.stages)}
+    lesion = {}
+    for s, st in enumerate(self.stages):
+      lesion[f"stage{s}"] = {"active": jnp.ones((st.units,), jnp.float32)}
+      if st.units > 1:  # a stage of one unit has nothing to reorder
+        lesion[f"stage{s}"]["order"] = jnp.arange(st.units - 1,
+                                                  dtype=jnp.int32)
+    return lesion
 
   def split_by_stage(self, flat) -> List[jax.Array]:
     """Splits a per-module array (forward order) into per-stage arrays."""

@@ -1,0 +1,171 @@
+"""Training pipeline: end to end, CLI, resume, multi-device, real data."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resflax import checkpoint, data as data_lib, models, train
+from resflax.config import base_config, load_experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train_kw):
+  c = base_config()
+  c.model.depth = 8
+  c.model.widths = (4, 8, 8)
+  c.data.name = "synthetic"
+  c.data.synthetic_train_size = 128
+  c.data.synthetic_test_size = 64
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 32
+  c.train.steps = 8
+  c.train.lr_boundaries = (6,)
+  c.train.warmup_steps = 2
+  c.train.log_every = 4
+  c.train.eval_every = 4
+  c.train.checkpoint_every = 4
+  for k, v in train_kw.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def final_state(config, workdir):
+  """The state saved at the end of a run, restored into its own structure."""
+  dataset = data_lib.load_dataset(config.data, seed=config.seed)
+  mcfg = dict(config.model.to_dict())
+  mcfg.update(train.model_config(config, jax.device_count()))
+  mcfg["num_classes"] = dataset.num_classes
+  task = train.Task(models.create_model(mcfg), config, train.make_mesh(),
+                    dataset.num_train, train.make_optimizer(config.train))
+  target = train.init_state(task, config.seed, dataset.image_shape)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    return ckpt.restore(target)[1]
+  finally:
+    ckpt.close()
+
+
+def test_train_and_evaluate_writes_results(tmp_path):
+  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  saved = json.loads((tmp_path / "results.json").read_text())
+  for key in ("test_error", "steps", "wall_seconds", "images_per_second",
+              "config", "versions", "devices"):
+    assert key in saved
+  assert saved["steps"] == 8 and result["steps"] == 8
+  assert 0.0 <= saved["test_error"] <= 1.0
+  assert saved["config"]["train"]["batch_size"] == 16
+  assert len(saved["devices"]) == jax.device_count()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  assert (tmp_path / "checkpoints" / "8").exists()
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+  full, part = tmp_path / "full", tmp_path / "part"
+  train.train_and_evaluate(tiny_config(), str(full))
+  # Stop after 4 steps, then run the same workdir to the end.
+  train.train_and_evaluate(tiny_config(steps=4), str(part))
+  resumed = tiny_config(allow_config_change=True)
+  train.train_and_evaluate(resumed, str(part))
+  a = final_state(tiny_config(), str(full))
+  b = final_state(tiny_config(), str(part))
+  assert int(a["step"]) == int(b["step"]) == 8
+  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+
+
+def run_steps(config, devices, steps):
+  dataset = data_lib.load_dataset(config.data, seed=0)
+  model = models.create_model(train.model_config(config, len(devices)))
+  mesh = train.make_mesh(devices)
+  task = train.Task(model, config, mesh, dataset.num_train,
+                    train.make_optimizer(config.train))
+  rep = task.replicated
+  state = jax.jit(functools.partial(train.init_state, task, 0,
+                                    dataset.image_shape),
+                  out_shardings=rep)()
+  args = [jax.device_put(a, rep) for a in (dataset.train_images,
+                                           dataset.train_labels,
+                                           dataset.mean, dataset.std)]
+  step = jax.jit(functools.partial(train.train_step, task))
+  with mesh:
+    for _ in range(steps):
+      state = step(state, *args)
+  return jax.device_get(state)
+
+
+def test_one_and_four_devices_give_same_parameters():
+  assert jax.device_count() >= 4, "conftest sets 4 fake CPU devices"
+  config = tiny_config()
+  one = run_steps(config, jax.devices()[:1], 3)
+  four = run_steps(config, jax.devices()[:4], 3)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
+                                                       atol=2e-5),
+               one["variables"], four["variables"])
+
+
+def test_bn_per_device_differs_from_global():
+  config = tiny_config(bn_sync=False)
+  per_device = run_steps(config, jax.devices()[:4], 2)
+  config = tiny_config(bn_sync=True)
+  global_bn = run_steps(config, jax.devices()[:4], 2)
+  diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                       per_device["variables"]["params"],
+                       global_bn["variables"]["params"])
+  assert max(jax.tree.leaves(diffs)) > 1e-4
+
+
+def test_learning_rate_schedule():
+  t = base_config().train
+  t.warmup_steps = 400
+  lr = lambda s: float(train.learning_rate(jnp.int32(s), False, t))
+  assert lr(0) == pytest.approx(0.01) and lr(399) == pytest.approx(0.01)
+  assert lr(400) == pytest.approx(0.1) and lr(31_999) == pytest.approx(0.1)
+  assert lr(32_000) == pytest.approx(0.01) and lr(48_000) == pytest.approx(0.001)
+  t.warmup_steps = 0
+  t.warmup_until_error = 0.8
+  assert float(train.learning_rate(jnp.int32(5000), True, t)) == pytest.approx(0.01)
+  assert float(train.learning_rate(jnp.int32(5000), False, t)) == pytest.approx(0.1)
+
+
+def test_cli_smoke_subprocess(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  cmd = [sys.executable, "-m", "resflax.main",
+         "--config", os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+         "--workdir", str(tmp_path), "--config.train.steps=6",
+         "--config.train.eval_every=3"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["steps"] == 6 and len(saved["devices"]) == 2
+  # A mistyped key is an error that names it.
+  bad = subprocess.run(cmd[:-2] + ["--config.train.stepz=3"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "stepz" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
+  """About 2 minutes of CPU: well above chance (10%) on the real test set."""
+  config = load_experiment(os.path.join(REPO, "experiments/cifar_resnet.py"),
+                           "20")
+  config.data.path = str(cifar_archive)
+  config.data.max_test_images = 2000
+  config.model.bn_group_size = 0
+  config.train.steps = 150
+  config.train.lr_boundaries = ()
+  config.train.warmup_steps = 0
+  config.train.eval_every = 0
+  config.train.checkpoint_every = 0
+  config.train.log_every = 50
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["test_error"] <= 0.60, result["test_error"]
