@@ -19,6 +19,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (file.py[:arg]).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-host: host:port of process 0 (omit under SLURM, Open MPI or on "
+    "Cloud TPU, where jax.distributed finds it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,6 +34,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if config.distributed or _COORDINATOR.value:
+    # Must precede any other use of JAX in the process.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   logging.info("JAX process %d/%d, %d local devices, %d devices in all",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -334,6 +334,36 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def fetch(tree):
+  """Host copy of replicated (possibly multi-process) arrays: one sync."""
+  def get(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return np.asarray(a.addressable_data(0))
+    return np.asarray(a)
+  return jax.tree.map(get, tree)
+
+
+def place_examples(mesh, images, labels):
+  """Puts a split of the dataset on the devices of ``mesh``.
+
+  One process: every device holds the whole split, so sampling a batch is a
+  local gather. Several processes: each process reads and keeps only its
+  contiguous shard (``data.shard_for_process``), the split is sharded over
+  the mesh's data axis, and the compiled step gathers batches across hosts.
+  The last ``len % device_count`` examples are dropped so shards are equal.
+  """
+  if jax.process_count() == 1:
+    rep = NamedSharding(mesh, P())
+    return jax.device_put(images, rep), jax.device_put(labels, rep)
+  n = (len(labels) // mesh.size) * mesh.size
+  sharding = NamedSharding(mesh, P("data"))
+  local_images, local_labels = data_lib.shard_for_process(
+      images[:n], labels[:n], jax.process_index(), jax.process_count())
+  return (jax.make_array_from_process_local_data(
+              sharding, local_images, (n,) + images.shape[1:]),
+          jax.make_array_from_process_local_data(sharding, local_labels, (n,)))
+
+
 def make_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over every device (all processes)."""
   devices = np.asarray(devices if devices is not None else jax.devices())
@@ -411,8 +441,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     resflax.checkpoint.CheckpointError: checkpoints that cannot be written
       or restored.
   """
-  if config.distributed:
-    jax.distributed.initialize()
   num_devices = jax.device_count()
   logging.info("process %d of %d; %d local / %d global devices (%s)",
                jax.process_index(), jax.process_count(),
@@ -437,21 +465,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                              config.to_json(indent=2, sort_keys=True))
 
   mesh = make_mesh()
+  replicated = NamedSharding(mesh, P())
+  put = lambda a: jax.device_put(a, replicated)
+  train_images, train_labels = place_examples(mesh, dataset.train_images,
+                                              dataset.train_labels)
+  eval_images, eval_labels = place_examples(mesh, dataset.eval_images,
+                                            dataset.eval_labels)
+  mean, std = put(dataset.mean), put(dataset.std)
+  layout = data_lib.eval_batches(int(eval_labels.shape[0]),
+                                 config.train.eval_batch_size)
+  eval_idx, eval_mask = put(layout.indices), put(layout.mask)
   mcfg = config.model.to_dict()
   mcfg.update(model_config(config, num_devices))
   mcfg["num_classes"] = dataset.num_classes
   model = models.create_model(mcfg)
-  task = Task(model, config, mesh, dataset.num_train,
+  task = Task(model, config, mesh, int(train_labels.shape[0]),
               make_optimizer(config.train))
-  replicated = task.replicated
-
-  put = lambda a: jax.device_put(a, replicated)
-  train_images, train_labels = put(dataset.train_images), put(
-      dataset.train_labels)
-  eval_images, eval_labels = put(dataset.eval_images), put(dataset.eval_labels)
-  mean, std = put(dataset.mean), put(dataset.std)
-  layout = data_lib.eval_batches(dataset.num_eval, config.train.eval_batch_size)
-  eval_idx, eval_mask = put(layout.indices), put(layout.mask)
 
   state = jax.jit(functools.partial(init_state, task, config.seed,
                                     dataset.image_shape),
@@ -462,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if restored is not None:
     start_step, state = restored
     logging.info("resumed %s from step %d", workdir, start_step)
-  start_step = int(state["step"])
+  start_step = int(fetch(state["step"]))
 
   step_fn = jax.jit(functools.partial(train_step, task), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(evaluate, task))
@@ -474,20 +503,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t.steps, every_steps=t.log_every or None,
       every_secs=None if t.log_every else 60.0, start_step=start_step)
 
-  last = {"loss": float(state["metrics"]["loss"]),
-          "errors": int(state["metrics"]["errors"]),
-          "seen": int(state["metrics"]["seen"])}
+  m0 = fetch(state["metrics"])
+  last = {"loss": float(m0["loss"]), "errors": int(m0["errors"]),
+          "seen": int(m0["seen"])}
   history = []
   eval_error = train_error = None
-  timing = {"steps": 0, "seconds": 0.0}
+  # Throughput excludes the first step (compilation) and evaluations, and
+  # includes everything else the loop does: logging, metrics, checkpoints.
+  timing = {"start": None, "from_step": start_step, "eval_seconds": 0.0}
+  wall_start = time.perf_counter()
   step = start_step
 
   def check_finite(state):
-    bad = int(state["nonfinite_step"])
+    bad = int(fetch(state["nonfinite_step"]))
     if bad >= 0 and t.on_nonfinite == "stop":
       raise TrainingError(
           f"non-finite loss or parameters at step {bad + 1} (loss = "
-          f"{float(state['nonfinite_value'])}); {workdir} keeps the last "
+          f"{float(fetch(state['nonfinite_value']))}); {workdir} keeps the last "
           "good checkpoint. Lower config.train.learning_rate, add warm-up, "
           "or set config.train.on_nonfinite='skip'.")
 
@@ -497,11 +529,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   try:
     with _StopSignal() as stop, mesh:
-      tick = time.perf_counter()
-      timed_from = step
       while step < t.steps:
         state = step_fn(state, train_images, train_labels, mean, std)
         step += 1
+        if timing["start"] is None:
+          jax.block_until_ready(state["step"])
+          timing["start"], timing["from_step"] = time.perf_counter(), step
         if stop.received is not None:
           save(state, step)
           logging.warning("received signal %d: saved step %d to %s and "
@@ -513,18 +546,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.steps
         do_ckpt = (t.checkpoint_every and step % t.checkpoint_every == 0)
         if report or do_eval or do_ckpt:
-          m = jax.device_get(state["metrics"])
+          m = fetch(state["metrics"])
           check_finite(state)
-          now = time.perf_counter()
-          timing["steps"] += step - timed_from
-          timing["seconds"] += now - tick
           seen = int(m["seen"]) - last["seen"]
           if seen:
             scalars = {"train_loss": (float(m["loss"]) - last["loss"])
                                      / (seen / t.batch_size),
                        "train_error": (int(m["errors"]) - last["errors"]) / seen,
                        "learning_rate": float(learning_rate(
-                           step - 1, state["warm"], t))}
+                           step - 1, bool(fetch(state["warm"])), t))}
             train_error = scalars["train_error"]
             last = {"loss": float(m["loss"]), "errors": int(m["errors"]),
                     "seen": int(m["seen"])}
@@ -533,7 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               scalars["images_per_second"] = rates.get("images_per_sec", 0.0)
             writer.write_scalars(step, scalars)
           if do_eval:
-            ev = jax.device_get(eval_fn(state["variables"], eval_images,
+            eval_start = time.perf_counter()
+            ev = fetch(eval_fn(state["variables"], eval_images,
                                         eval_labels, mean, std, eval_idx,
                                         eval_mask))
             eval_error = float(ev["error"])
@@ -542,20 +573,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                         f"{name}_loss": float(ev["loss"])})
             history.append({"step": step, f"{name}_error": eval_error})
             logging.info("step %d: %s error %.4f", step, name, eval_error)
+            timing["eval_seconds"] += time.perf_counter() - eval_start
           if do_ckpt or step == t.steps:
             save(state, step)
           writer.flush()
-          progress.reset_timer(step)
-          tick = time.perf_counter()
-          timed_from = step
+          if do_eval:
+            progress.reset_timer(step)
       if ckpt.latest_step() != step:
         save(state, step)
+      jax.block_until_ready(state["step"])
+      loop_end = time.perf_counter()
   finally:
     ckpt.close()
     writer.close()
 
+  train_seconds = (loop_end - timing["start"] - timing["eval_seconds"]
+                   if timing["start"] is not None else 0.0)
   if eval_error is None:  # resumed at the end: evaluate once more
-    ev = jax.device_get(eval_fn(state["variables"], eval_images, eval_labels,
+    ev = fetch(eval_fn(state["variables"], eval_images, eval_labels,
                                 mean, std, eval_idx, eval_mask))
     eval_error = float(ev["error"])
   result = {
@@ -563,10 +598,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           eval_error,
       "eval_split": dataset.eval_split,
       "steps": step,
-      "skipped_steps": int(state["skipped"]),
-      "wall_seconds": timing["seconds"],
-      "images_per_second": (timing["steps"] * t.batch_size
-                            / max(timing["seconds"], 1e-9)),
+      "skipped_steps": int(fetch(state["skipped"])),
+      "wall_seconds": time.perf_counter() - wall_start,
+      "train_seconds": train_seconds,
+      "images_per_second": ((step - timing["from_step"]) * t.batch_size
+                            / train_seconds if train_seconds else None),
       "final_train_error": train_error,
       "num_params": models.num_params(state["variables"]),
       "history": history,
@@ -576,10 +612,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "process_count": jax.process_count(),
   }
   if dataset.eval_split != "test":
-    layout_t = data_lib.eval_batches(dataset.num_test, t.eval_batch_size)
-    ev = jax.device_get(eval_fn(state["variables"], put(dataset.test_images),
-                                put(dataset.test_labels), mean, std,
-                                put(layout_t.indices), put(layout_t.mask)))
+    test_images, test_labels = place_examples(mesh, dataset.test_images,
+                                              dataset.test_labels)
+    layout_t = data_lib.eval_batches(int(test_labels.shape[0]),
+                                     t.eval_batch_size)
+    ev = fetch(eval_fn(state["variables"], test_images, test_labels, mean,
+                       std, put(layout_t.indices), put(layout_t.mask)))
     result["test_error"] = float(ev["error"])
   if is_main:
     results_lib.write_json(os.path.join(workdir, "results.json"), result)

@@ -1,0 +1,100 @@
+"""Images/s of the full training loop against the bare compiled step.
+
+ResNet-20, batch 128. The full loop is ``train.train_and_evaluate`` (the CLI
+path: on-device sampling and augmentation, metrics fetched and logged,
+TensorBoard events, checkpoints), with logging 10x and checkpointing 80x
+more often than the defaults, so the figure is conservative. The bare step
+is the same compiled ``train_step`` called in a loop with nothing else.
+Compilation and the final evaluation are excluded from both. Runs alternate
+(bare, full, bare, full, ...) in one process; the last line is the ratio.
+
+  python benchmarks/train_throughput.py [--steps 100] [--repeats 2]
+      [--data ../shared/data/cifar10-jpeg.tar.gz]
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+
+from resflax import data as data_lib, models, train
+from resflax.config import load_experiment
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARCHIVE = os.path.join(HERE, "..", "..", "shared", "data",
+                       "cifar10-jpeg.tar.gz")
+
+
+def make_config(args, steps):
+  config = load_experiment(os.path.join(HERE, "..", "experiments",
+                                        "cifar_resnet.py"), "20")
+  if args.data and os.path.exists(args.data):
+    config.data.path = args.data
+  else:
+    config.data.name = "synthetic"
+    config.data.synthetic_train_size = 10_000
+  config.data.max_test_images = 500
+  config.model.scan = not args.unrolled
+  config.train.steps = steps
+  config.train.log_every = 20
+  config.train.checkpoint_every = 50
+  config.train.eval_every = 0
+  return config
+
+
+def bare(config, steps):
+  """Images/s of the compiled step alone (after one compiling call)."""
+  dataset = data_lib.load_dataset(config.data)
+  model = models.create_model(train.model_config(config, jax.device_count()))
+  task = train.Task(model, config, train.make_mesh(), dataset.num_train,
+                    train.make_optimizer(config.train))
+  rep = task.replicated
+  state = jax.jit(functools.partial(train.init_state, task, 0,
+                                    dataset.image_shape),
+                  out_shardings=rep)()
+  args = [jax.device_put(a, rep) for a in (
+      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std)]
+  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
+  with task.mesh:
+    state = step(state, *args)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+      state = step(state, *args)
+    jax.block_until_ready(state)
+  return steps * config.train.batch_size / (time.perf_counter() - start)
+
+
+def full(config):
+  with tempfile.TemporaryDirectory() as workdir:
+    return train.train_and_evaluate(config, workdir)["images_per_second"]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--data", default=ARCHIVE)
+  parser.add_argument("--unrolled", action="store_true",
+                      help="model.scan=False")
+  args = parser.parse_args()
+  config = make_config(args, args.steps + 1)
+  b, f = [], []
+  for r in range(args.repeats):
+    b.append(bare(config, args.steps))
+    f.append(full(config))
+    print(f"repeat {r}: bare {b[-1]:.1f} img/s, full loop {f[-1]:.1f} img/s",
+          flush=True)
+  print(f"devices: {jax.devices()}; data: "
+        f"{config.data.path or 'synthetic'}; scan={config.model.scan}")
+  print(f"bare step median {statistics.median(b):.1f} img/s, full loop "
+        f"median {statistics.median(f):.1f} img/s")
+  print(f"full loop / bare step = {statistics.median(f) / statistics.median(b):.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,320 @@
+"""ResNet-20 training step: resflax against PyTorch eager on the same CPU.
+
+The same network (He et al. 2016 CIFAR ResNet-20: 3x3 conv stem, 3 stages of
+3 basic units of widths 16/32/64, option-A zero-pad shortcuts, BN after each
+conv, He init, global average pool, linear head) and the same step (batch
+128, float32, softmax cross-entropy, SGD lr 0.1 momentum 0.9, weight decay
+1e-4 added to the gradient, BN statistics over the whole batch) in
+
+* PyTorch eager (``torch.nn`` + ``torch.optim.SGD``, NCHW, one pre-made
+  normalised batch, no augmentation: the least work torch can do), with
+  ``torch.set_num_threads`` = the usable cores;
+* resflax: the jitted ``resflax.train.train_step`` that training runs (batch
+  sampled, normalised and augmented on the device, non-finite guard,
+  metrics), and the bare step (model value_and_grad + optax update on a
+  pre-made batch, as torch gets it), both with ``donate_argnums``.
+
+After warm-up (and compilation), rounds alternate torch / resflax step /
+bare JAX step, ``--steps`` steps each, and report images/s per round and
+the medians. ``model.scan`` is chosen by a short probe (``--scan auto``; the
+faster on this machine, printed) or forced with ``--scan on|off``. The last
+line is resflax ``train_step`` images/s over torch images/s.
+
+  pip install torch==2.13.0   # or: pip install -e .[bench]
+  python benchmarks/vs_pytorch.py [--rounds 5] [--steps 10] [--scan auto]
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from resflax import data as data_lib, models, train
+from resflax.config import base_config
+
+BATCH = 128
+
+
+def _require_torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    sys.exit("vs_pytorch.py needs PyTorch (an optional dependency): "
+             "pip install torch==2.13.0  (or pip install -e '.[bench]')")
+  return torch
+
+
+def num_cores() -> int:
+  """Cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_resnet20(torch, num_classes=10):
+  """ResNet-20 as ``create_model(name='cifar_resnet', depth=20)`` builds it."""
+  nn = torch.nn
+  F = torch.nn.functional
+
+  def conv3x3(cin, cout, stride):
+    c = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
+    return c
+
+  def bn(c):  # torch momentum 0.1 == flax/resflax momentum 0.9
+    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1, self.bn1 = conv3x3(cin, cout, stride), bn(cout)
+      self.conv2, self.bn2 = conv3x3(cout, cout, 1), bn(cout)
+      self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x):
+      h = F.relu(self.bn1(self.conv1(x)))
+      h = self.bn2(self.conv2(h))
+      s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+      if self.extra:  # option A: zero-pad the new channels (at the end)
+        s = F.pad(s, (0, 0, 0, 0, 0, self.extra))
+      return F.relu(h + s)
+
+  class ResNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.conv, self.bn = conv3x3(3, 16, 1), bn(16)
+      blocks, cin = [], 16
+      for s, w in enumerate((16, 32, 64)):
+        for u in range(3):
+          blocks.append(Block(cin, w, 2 if (s > 0 and u == 0) else 1))
+          cin = w
+      self.blocks = nn.Sequential(*blocks)
+      self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+      x = F.relu(self.bn(self.conv(x)))
+      x = self.blocks(x)
+      return self.fc(x.mean((2, 3)))
+
+  return ResNet()
+
+
+class TorchRunner:
+  """PyTorch eager training steps on one fixed batch."""
+
+  def __init__(self, torch, images, labels):
+    self.torch = torch
+    torch.manual_seed(0)
+    self.model = torch_resnet20(torch).train()
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
+                               weight_decay=1e-4)
+    self.x = torch.from_numpy(np.ascontiguousarray(
+        images.transpose(0, 3, 1, 2)))
+    self.y = torch.from_numpy(labels.astype(np.int64))
+    self.loss = None
+
+  def run(self, steps: int) -> float:
+    """Runs ``steps`` steps; returns images/s."""
+    F = self.torch.nn.functional
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.opt.zero_grad(set_to_none=True)
+      loss = F.cross_entropy(self.model(self.x), self.y)
+      loss.backward()
+      self.opt.step()
+    self.loss = float(loss)  # eager: already computed; syncs nothing new
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------
+# resflax
+
+
+def make_config(scan: bool):
+  """ResNet-20, batch 128, float32, BN over the whole batch (as torch)."""
+  config = base_config()
+  config.model.name = "cifar_resnet"
+  config.model.depth = 20
+  config.model.scan = scan
+  config.model.bn_group_size = 0
+  config.train.batch_size = BATCH
+  config.data.name = "synthetic"
+  config.data.synthetic_train_size = 10 * BATCH
+  config.data.synthetic_test_size = BATCH
+  return config
+
+
+class TrainStepRunner:
+  """The jitted ``train.train_step`` (on-device sampling + augmentation)."""
+
+  def __init__(self, config, dataset):
+    model = models.create_model(train.model_config(config, jax.device_count()))
+    self.task = train.Task(model, config, train.make_mesh(), dataset.num_train,
+                           train.make_optimizer(config.train))
+    rep = self.task.replicated
+    self.state = jax.jit(functools.partial(train.init_state, self.task, 0,
+                                           dataset.image_shape),
+                         out_shardings=rep)()
+    self.args = [jax.device_put(a, rep) for a in (
+        dataset.train_images, dataset.train_labels, dataset.mean,
+        dataset.std)]
+    self.step = jax.jit(functools.partial(train.train_step, self.task),
+                        donate_argnums=0)
+
+  def compile(self) -> float:
+    start = time.perf_counter()
+    self.run(1)
+    return time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    with self.task.mesh:
+      start = time.perf_counter()
+      for _ in range(steps):
+        self.state = self.step(self.state, *self.args)
+      jax.block_until_ready(self.state)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+class BareRunner:
+  """Model value_and_grad + optax SGD on one fixed batch (as torch gets)."""
+
+  def __init__(self, config, images, labels):
+    self.model = models.create_model(
+        train.model_config(config, jax.device_count()))
+    variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
+    tx = optax.chain(train.make_optimizer(config.train),
+                     optax.scale(-config.train.learning_rate))
+    self.state = (variables, tx.init(variables["params"]))
+    self.x, self.y = jnp.asarray(images), jnp.asarray(labels)
+    model = self.model
+
+    def step(state, x, y):
+      variables, opt_state = state
+
+      def loss_fn(params):
+        logits, new_vars = model.apply({**variables, "params": params}, x,
+                                       train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, y).mean(), new_vars
+
+      (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          variables["params"])
+      updates, opt_state = tx.update(grads, opt_state, variables["params"])
+      params = optax.apply_updates(variables["params"], updates)
+      return ({**new_vars, "params": params}, opt_state), loss
+
+    self.step = jax.jit(step, donate_argnums=0)
+
+  def compile(self) -> float:
+    start = time.perf_counter()
+    self.run(1)
+    return time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state, loss = self.step(self.state, self.x, self.y)
+    jax.block_until_ready((self.state, loss))
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def fixed_batch(dataset):
+  """One normalised float32 NHWC batch and its labels (numpy)."""
+  x = data_lib.normalize(dataset.train_images[:BATCH], dataset.mean,
+                         dataset.std)
+  return np.asarray(x, np.float32), dataset.train_labels[:BATCH]
+
+
+def choose_scan(dataset, steps: int):
+  """Times train_step with scan on/off (alternated); returns the faster."""
+  runners = {s: TrainStepRunner(make_config(s), dataset) for s in (True, False)}
+  for r in runners.values():
+    r.compile()
+    r.run(1)
+  rates = {True: [], False: []}
+  for _ in range(2):
+    for s, r in runners.items():
+      rates[s].append(r.run(steps))
+  best = {s: max(v) for s, v in rates.items()}
+  print(f"scan probe (train_step, {steps} steps x 2): scan=True "
+        f"{best[True]:.1f} img/s, scan=False {best[False]:.1f} img/s",
+        flush=True)
+  return max(best, key=best.get)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=10,
+                      help="steps per round and framework")
+  parser.add_argument("--warmup", type=int, default=3,
+                      help="untimed steps of each before the rounds")
+  parser.add_argument("--scan", choices=("auto", "on", "off"), default="auto",
+                      help="model.scan for resflax; auto = faster in a probe")
+  args = parser.parse_args()
+  torch = _require_torch()
+  cores = num_cores()
+  torch.set_num_threads(cores)
+
+  dataset = data_lib.load_dataset(make_config(True).data)
+  images, labels = fixed_batch(dataset)
+  if args.scan == "auto":
+    scan = choose_scan(dataset, max(3, args.steps // 2))
+  else:
+    scan = args.scan == "on"
+  config = make_config(scan)
+
+  runners = {"torch": TorchRunner(torch, images, labels),
+             "resflax": TrainStepRunner(config, dataset),
+             "bare_jax": BareRunner(config, images, labels)}
+  compile_s = {k: runners[k].compile() for k in ("resflax", "bare_jax")}
+  for r in runners.values():
+    r.run(args.warmup)
+
+  rates = {k: [] for k in runners}
+  for i in range(args.rounds):
+    for k, r in runners.items():
+      rates[k].append(r.run(args.steps))
+    print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.1f}"
+                                    for k, v in rates.items()) + " img/s",
+          flush=True)
+
+  med = {k: statistics.median(v) for k, v in rates.items()}
+  per_round = [a / b for a, b in zip(rates["resflax"], rates["torch"])]
+  print(f"machine: {cores} cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), jax {jax.__version__} "
+        f"{jax.devices()[0].platform}")
+  print(f"resflax: model.scan={scan} "
+        f"({'chosen by probe' if args.scan == 'auto' else 'forced'}); "
+        f"compile train_step {compile_s['resflax']:.1f} s, bare "
+        f"{compile_s['bare_jax']:.1f} s (excluded)")
+  print("torch: eager NCHW, fixed pre-made batch, no augmentation; resflax: "
+        "jitted train.train_step (on-device sampling + pad/crop/flip); "
+        "bare_jax: value_and_grad + optax on a fixed batch")
+  print(f"median img/s: torch {med['torch']:.1f}, resflax train_step "
+        f"{med['resflax']:.1f}, bare_jax {med['bare_jax']:.1f}")
+  print(f"per-round resflax/torch: "
+        + " ".join(f"{r:.2f}" for r in per_round)
+        + f"; bare_jax/torch {med['bare_jax'] / med['torch']:.2f}"
+        + f"; resflax/bare_jax {med['resflax'] / med['bare_jax']:.2f}")
+  print(f"resflax train_step / torch eager = "
+        f"{statistics.median(per_round):.2f}x "
+        f"(target >= 4x)")
+
+
+if __name__ == "__main__":
+  main()

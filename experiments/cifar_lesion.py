@@ -1,0 +1,117 @@
+"""Veit et al. 2016: lesion and path analysis of a CIFAR-10 ResNet-110.
+
+Trains ResNet-110 (into DIR/resnet), a plain VGG-style net (DIR/vgg) and the
+ResNet's plain twin (DIR/plain), then runs every study of the paper on them
+and writes JSON/CSV/PNG files and a summary into DIR/lesion:
+  python -m resflax.main --config experiments/cifar_lesion.py --workdir runs/lesion110
+Take an existing run instead of training one (any resflax run directory):
+  python -m resflax.main --config experiments/cifar_lesion.py --workdir runs/lesion110 \
+      --config.lesion.checkpoint=runs/r110 --config.lesion.vgg_checkpoint=runs/vgg14
+Stochastic depth (Veit Fig. 8): train with linearly decaying survival down to
+p_L = 0.5 (``:sd``), or point --config.lesion.checkpoint at such a run:
+  python -m resflax.main --config experiments/cifar_lesion.py:sd --workdir runs/lesion110sd
+A tiny version that runs on a CPU with synthetic data:
+  python -m resflax.main --config experiments/cifar_lesion.py:smoke --workdir /tmp/lesion_smoke
+
+The argument is a comma-separated list of: a depth (default 110), ``sd``,
+``smoke``. Studies (``config.lesion``):
+  1. each single module deleted (Fig. 3), and each layer of the VGG;
+  2. k random modules deleted, k = 1..max_k, draws_per_k draws (Fig. 5a);
+  3. s random pairs swapped, s = 1..max_swaps, swap_draws draws, error
+     against Kendall's tau (Fig. 5b);
+  4. path lengths, gradient per path length, total gradient per length and
+     the effective paths (Fig. 6);
+  5. (signal=True) response std per layer (He et al. Fig. 7), gradient norm
+     at every module input, the lambda^(L-l) factor of scaled shortcuts and
+     gate means, for the ResNet, its plain twin and the VGG.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cifar_resnet():
+  # experiments/ is not a package: load the sibling config file by path.
+  spec = importlib.util.spec_from_file_location(
+      "resflax_experiments_cifar_resnet", os.path.join(_HERE, "cifar_resnet.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def lesion_defaults() -> ml_collections.ConfigDict:
+  """The ``config.lesion`` section with the full-size defaults."""
+  return ml_collections.ConfigDict(dict(
+      checkpoint="",  # run dir of a trained ResNet; "" trains DIR/resnet
+      vgg_checkpoint="",  # run dir of a trained VGG; "" trains DIR/vgg
+      vgg_depth=14,  # 3n+2 layers (4 conv layers per stage); 0 = no VGG
+      vgg_widths=(64, 128, 256),
+      plain_checkpoint="",  # run dir of the ResNet's plain twin
+      train_plain=True,  # train the plain twin (DIR/plain) for signal stats
+      eval_images=0,  # test images evaluated (0 = all)
+      eval_batch_size=0,  # 0 = config.train.eval_batch_size
+      lesions_per_call=4,  # lesions evaluated together (vmap)
+      max_k=20,  # Fig. 5a: k = 1..max_k modules deleted
+      draws_per_k=10,
+      max_swaps=20,  # Fig. 5b: s = 1..max_swaps pairs swapped
+      swap_draws=10,
+      path_lengths=(),  # Fig. 6b: measured lengths; () = every k in 0..n
+      path_samples=1000,  # samples per length (Veit: 1000)
+      path_batch=128,  # training images per sample
+      path_pool=5000,  # training images the batches are drawn from
+      path_chunk=1,  # samples vmapped together
+      effective_share=0.9,  # share of the total gradient in the range
+      signal=True,  # section 5 (He Fig. 7, gradients, lambda, gates)
+      signal_images=500,  # test images for the signal statistics
+      seed=0,  # draws of lesions, swaps and path samples
+  ))
+
+
+def get_config(arg=None):
+  """``arg``: comma-separated depth (default 110), ``sd``, ``smoke``."""
+  tokens = [t for t in str(arg or "").split(",") if t]
+  depth, sd, smoke = "110", False, False
+  for t in tokens:
+    if t == "sd":
+      sd = True
+    elif t == "smoke":
+      smoke = True
+    elif t.isdigit():
+      depth = t
+    else:
+      raise ValueError(f"experiments/cifar_lesion.py: unknown arg {t!r}; use "
+                       "a depth like 110, 'sd', 'smoke', comma-separated")
+  base = _cifar_resnet()
+  if smoke and not any(t.isdigit() for t in tokens):
+    depth = "20"  # the smoke network: ResNet-20 at widths 4-8-8
+  config = base.get_config(depth)
+  if sd:
+    config.model.stochastic_depth = 0.5  # Huang et al.: p_L = 0.5
+  config.lesion = lesion_defaults()
+  config.lesion.vgg_widths = ml_collections.FieldReference(
+      (64, 128, 256), field_type=tuple)
+  config.lesion.path_lengths = ml_collections.FieldReference(
+      (), field_type=tuple)
+  if smoke:
+    base.shrink(config)
+    config.model.widths = (4, 8, 8)
+    config.train.steps = 10
+    config.train.log_every = 5
+    config.train.eval_every = 0
+    config.train.checkpoint_every = 0
+    config.lesion.vgg_depth = 8
+    config.lesion.vgg_widths = (4, 8, 8)
+    config.lesion.lesions_per_call = 2
+    config.lesion.max_k = 4
+    config.lesion.draws_per_k = 3
+    config.lesion.max_swaps = 3
+    config.lesion.swap_draws = 3
+    config.lesion.path_samples = 4
+    config.lesion.path_batch = 8
+    config.lesion.path_pool = 64
+    config.lesion.signal_images = 16
+  return config

@@ -1,0 +1,300 @@
+"""Results tables and plots: a sweep's test errors beside the paper's.
+
+``write_tables(workdir, config)`` reads every run of a sweep (see
+``resflax.sweep`` for the layout) and writes, atomically:
+
+  results.csv  one row per case: median, mean, std (ddof=1), best of the
+               finished runs' test error in %, run counts, the paper's
+               number (and its mean/std where the paper gives them), the
+               reference into ``resflax.paper`` and each run's error.
+  results.md   the same as a Markdown table with the difference
+               median - paper, and the paper tables' titles and units.
+  results.png  per case: each run (dots), our median (bar) and the paper's
+               number (red x; 'fail' = above 20% drawn at the right edge).
+
+``read_scalars(logdir)`` reads the TensorBoard scalars a run wrote, without
+TensorFlow, for plotting learning curves.
+"""
+
+import glob
+import io
+import math
+import os
+import struct
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from resflax import paper as paper_lib
+from resflax import results as results_lib
+from resflax import sweep
+
+FIELDS = ("case", "median_error", "mean_error", "std_error", "best_error",
+          "runs", "failed", "pending", "paper_error", "paper_error_mean",
+          "paper_error_std", "paper_source", "paper_reference", "run_errors",
+          "note")
+
+# Identity Mappings Table 1 calls a run with test error above 20% "fail".
+FAIL_THRESHOLD = 20.0
+
+
+def _error_pct(result: Mapping[str, Any]) -> float:
+  return 100.0 * float(result["test_error"])
+
+
+def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
+  """The finished runs of one case.
+
+  Returns:
+    ``{"errors": {seed: test error %}, "failed": {seed: message},
+    "pending": [seeds without a result]}``.
+  """
+  errors, failed, pending = {}, {}, []
+  for s in seeds:
+    path = sweep.run_dir(workdir, case, s)
+    status = sweep.run_status(path)
+    if status == "ok":
+      errors[s] = _error_pct(results_lib.read_json(
+          os.path.join(path, sweep.RESULTS_FILE)))
+    elif status == "failed":
+      failed[s] = results_lib.read_json(
+          os.path.join(path, sweep.FAILED_FILE)).get("error", "")
+    else:
+      pending.append(s)
+  return {"errors": errors, "failed": failed, "pending": pending}
+
+
+def summarize(errors: Sequence[float]) -> Dict[str, float]:
+  """Median, mean, sample std (ddof=1) and best (min); NaN where undefined."""
+  e = np.asarray(list(errors), np.float64)
+  nan = float("nan")
+  if e.size == 0:
+    return {"median": nan, "mean": nan, "std": nan, "best": nan}
+  return {"median": float(np.median(e)), "mean": float(e.mean()),
+          "std": float(e.std(ddof=1)) if e.size > 1 else nan,
+          "best": float(e.min())}
+
+
+def reference_text(ref: Mapping[str, Any]) -> str:
+  """``table: case (selector=value, ...)``, or '' for no reference."""
+  if not ref:
+    return ""
+  ref = dict(ref)
+  table, case = ref.pop("table"), ref.pop("case")
+  sel = ", ".join(f"{k}={v}" for k, v in sorted(ref.items()))
+  return f"{table}: {case}" + (f" ({sel})" if sel else "")
+
+
+def case_rows(workdir: str, config) -> List[Dict[str, Any]]:
+  """One row per case of the sweep ``config`` run in ``workdir``."""
+  rows = []
+  for case in sweep.case_names(config):
+    runs = case_runs(workdir, case, sweep.seeds(config))
+    ref = config.sweep_paper[case].to_dict() if case in config.sweep_paper else {}
+    entry = sweep.paper_value(ref)
+    mean = sweep.paper_value(ref, "error_mean")
+    std = sweep.paper_value(ref, "error_std")
+    stats = summarize(runs["errors"].values())
+    rows.append({
+        "case": case,
+        "median_error": stats["median"],
+        "mean_error": stats["mean"],
+        "std_error": stats["std"],
+        "best_error": stats["best"],
+        "runs": len(runs["errors"]),
+        "failed": len(runs["failed"]),
+        "pending": len(runs["pending"]),
+        "paper_error": None if entry is None else entry.value,
+        "paper_error_mean": None if mean is None else mean.value,
+        "paper_error_std": None if std is None else std.value,
+        "paper_source": "" if entry is None else entry.source,
+        "paper_reference": reference_text(ref),
+        "run_errors": {str(s): e for s, e in sorted(runs["errors"].items())},
+        "note": config.sweep_notes[case] if case in config.sweep_notes else "",
+        "_table": ref.get("table", ""),
+        "_failures": runs["failed"],
+    })
+  return rows
+
+
+def _num(x: Optional[float], decimals: int = 2) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return "—"
+  return f"{x:.{decimals}f}"
+
+
+def _paper_text(value) -> str:
+  if value == paper_lib.FAIL:
+    return f"fail (>{FAIL_THRESHOLD:g}%)"
+  return paper_lib.format_paper_value(value)
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
+                    seeds: Sequence[int]) -> str:
+  """The Markdown table of ``case_rows``."""
+  lines = [
+      f"# {title}", "",
+      f"Test error (%) of each case's finished runs (seeds "
+      f"{seeds[0]}..{seeds[-1]}): median, mean ± std (ddof=1) and best. "
+      "`failed`: runs stopped by a non-finite loss, left out of the "
+      "statistics; `pending`: not run yet. Δ = our median − the paper's "
+      "number.", "",
+      "| case | median | mean ± std | best | runs | failed | pending | paper "
+      "| paper mean ± std | Δ | reference | note |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    p = r["paper_error"]
+    delta = (r["median_error"] - p if isinstance(p, float) else None)
+    pm = ("—" if r["paper_error_mean"] is None else
+          f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}")
+    paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
+    lines.append(
+        f"| {r['case']} | {_num(r['median_error'])} | "
+        f"{_num(r['mean_error'])} ± {_num(r['std_error'])} | "
+        f"{_num(r['best_error'])} | {r['runs']} | {r['failed']} | "
+        f"{r['pending']} | {paper} | {pm} | "
+        f"{'—' if delta is None else f'{delta:+.2f}'} | "
+        f"{r['paper_reference'] or '—'} | {r['note']} |")
+  tables = sorted({r["_table"] for r in rows if r["_table"]})
+  if tables:
+    lines += ["", "Paper numbers (`resflax.paper`, from "
+              "shared/reference/papers.md):", ""]
+    lines += [f"- `{t}`: {paper_lib.TABLES[t].title}; "
+              f"{paper_lib.TABLES[t].units}." for t in tables]
+  failures = [(r["case"], s, m) for r in rows
+              for s, m in sorted(r["_failures"].items())]
+  if failures:
+    lines += ["", "Failed runs:", ""]
+    lines += [f"- {c} seed {s}: {m}" for c, s, m in failures]
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+  """PNG bytes: each case's runs, median and the paper's number."""
+  # The Agg canvas directly: no pyplot state, no global backend switch, so
+  # a notebook's inline backend is left alone.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  n = len(rows)
+  fig = Figure(figsize=(8, 1.2 + 0.42 * n))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  ys = np.arange(n)[::-1]
+  finite = [e for r in rows for e in r["run_errors"].values()]
+  finite += [r["paper_error"] for r in rows
+             if isinstance(r["paper_error"], float)]
+  right = max(finite + [FAIL_THRESHOLD]) * 1.08
+  labels = []
+  for y, r in zip(ys, rows):
+    errs = list(r["run_errors"].values())
+    if errs:
+      ax.scatter(errs, [y] * len(errs), s=14, color="0.45", zorder=3,
+                 label="runs" if y == ys[0] else None)
+      ax.barh(y, r["median_error"], height=0.5, color="tab:blue", alpha=0.35,
+              label="median")
+    p = r["paper_error"]
+    if isinstance(p, float):
+      ax.scatter([p], [y], marker="x", s=50, color="tab:red", zorder=4,
+                 label="paper")
+    elif p == paper_lib.FAIL:
+      ax.scatter([right], [y], marker=">", s=40, color="tab:red", zorder=4,
+                 label=f"paper: fail (>{FAIL_THRESHOLD:g}%)")
+    labels.append(r["case"] + (f" ({r['failed']} failed)" if r["failed"]
+                               else ""))
+  ax.set_yticks(ys)
+  ax.set_yticklabels(labels, fontsize=8)
+  ax.set_xlim(0, right * 1.03)
+  ax.set_xlabel("test error (%)")
+  ax.set_title(title, fontsize=9)
+  ax.grid(axis="x", alpha=0.3)
+  handles, names = ax.get_legend_handles_labels()
+  unique = dict(zip(names, handles))
+  if unique:
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  return buf.getvalue()
+
+
+def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
+  """Writes results.md, results.csv and results.png of a sweep.
+
+  Args:
+    workdir: the sweep's directory.
+    config: the sweep config.
+
+  Returns:
+    The rows (``case_rows``) without the private ``_`` keys.
+  """
+  rows = case_rows(workdir, config)
+  title = config.sweep_title if "sweep_title" in config else "results"
+  results_lib.write_atomic(
+      os.path.join(workdir, "results.md"),
+      format_markdown(rows, title, sweep.seeds(config)))
+  results_lib.write_csv(os.path.join(workdir, "results.csv"),
+                        [{k: r[k] for k in FIELDS} for r in rows],
+                        fieldnames=FIELDS)
+  results_lib.write_atomic(os.path.join(workdir, "results.png"),
+                           plot(rows, title))
+  return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
+# --------------------------------------------------------------------------
+# Learning curves
+
+
+def _records(path: str):
+  """The records of a TFRecord file (length, crc, data, crc framing)."""
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      if len(data) < length or len(f.read(4)) < 4:
+        return  # a file still being written ends mid-record
+      yield data
+
+
+def _scalar(value) -> Optional[float]:
+  if value.WhichOneof("value") == "simple_value":
+    return float(value.simple_value)
+  t = value.tensor
+  if t.float_val:
+    return float(t.float_val[0])
+  if t.double_val:
+    return float(t.double_val[0])
+  if t.tensor_content and t.dtype in (1, 2):  # DT_FLOAT, DT_DOUBLE
+    return float(np.frombuffer(t.tensor_content,
+                               np.float32 if t.dtype == 1 else np.float64)[0])
+  return None
+
+
+def read_scalars(logdir: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """Scalars of the TensorBoard event files in ``logdir`` (not recursive).
+
+  Reads the files ``resflax.metrics`` writes with TensorBoard's protos only
+  (TensorBoard's own readers import TensorFlow when it is installed).
+
+  Returns:
+    tag -> (steps, values), sorted by step; a step logged twice (a resumed
+    run) keeps its last value.
+  """
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  series: Dict[str, Dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for record in _records(path):
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        plugin = value.metadata.plugin_data.plugin_name
+        if plugin not in ("", "scalars"):
+          continue
+        x = _scalar(value)
+        if x is not None:
+          series.setdefault(value.tag, {})[int(event.step)] = x
+  return {tag: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)]))
+          for tag, d in series.items()}

@@ -1,0 +1,268 @@
+"""Lesions: deleting and reordering modules (Veit et al. 2016 sec. 4)."""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resflax import lesion, models
+
+X = jax.random.normal(jax.random.key(7), (4, 32, 32, 3))
+
+
+def random_variables(model, seed=0, image_shape=(32, 32, 3), bn_bias=0.1,
+                     bn_scale=(1.0, 1.2)):
+  """Variables with He-scaled random kernels and non-trivial BN, built on
+  the host from the abstract shapes (no compilation of the initialiser)."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((2,) + tuple(image_shape)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    leaf = getattr(path[-1], "key", "")
+    if leaf == "kernel":
+      if len(s.shape) >= 4:  # conv (possibly stacked): HWIO
+        std = np.sqrt(2.0 / (s.shape[-1] * s.shape[-3] * s.shape[-4]))
+      else:  # dense
+        std = 1.0 / np.sqrt(s.shape[-2])
+      return jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype)
+    if leaf in ("scale", "var"):
+      lo, hi = bn_scale if leaf == "scale" else (1.0, 1.2)
+      return jnp.asarray(rng.uniform(lo, hi, s.shape), s.dtype)
+    if leaf == "bias":
+      return jnp.asarray(bn_bias + 0.05 * rng.normal(size=s.shape), s.dtype)
+    if leaf == "mean":
+      return jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype)
+    raise ValueError(f"unexpected variable {path}")
+
+  out = {c: jax.tree_util.tree_map_with_path(fill, shapes[c])
+         for c in ("params", "batch_stats")}
+  out["lesion"] = model.default_lesion()
+  return out
+
+
+@pytest.fixture(scope="module")
+def net20():
+  model = models.create_model(depth=20, widths=(4, 8, 8))
+  return model, random_variables(model)
+
+
+def _take_units(tree, keep):
+  """Stage tree with unit0 and the stacked units ``keep`` (indices 1..)."""
+  idx = jnp.asarray([k - 1 for k in keep])
+  return {"unit0": tree["unit0"],
+          "units": jax.tree.map(lambda a: a[idx], tree["units"])}
+
+
+@pytest.mark.parametrize("unit", ["original", "full_preact"])
+def test_deletion_equals_shallower_network(unit):
+  deep = models.create_model(depth=20, widths=(4, 8, 8), unit=unit)
+  shallow = models.create_model(depth=14, widths=(4, 8, 8), unit=unit)
+  v = random_variables(deep, seed=3)
+  # One module per stage deleted: stage 0 unit 1, stage 1 unit 2, stage 2
+  # unit 1 (modules 1, 5, 7 in forward order).
+  lesioned = lesion.delete_modules(v, indices=[1, 5, 7])
+  keep = {"stage0": [2], "stage1": [1], "stage2": [2]}
+  small = {"lesion": shallow.default_lesion()}
+  for col in ("params", "batch_stats"):
+    small[col] = {k: (_take_units(t, keep[k]) if k in keep else t)
+                  for k, t in v[col].items()}
+  f = jax.jit(lambda m, vv: m.apply(vv, X), static_argnums=0)
+  np.testing.assert_allclose(f(deep, lesioned), f(shallow, small),
+                             rtol=1e-5, atol=1e-5)
+  assert not np.allclose(f(deep, lesioned), f(deep, v), atol=1e-3)
+
+
+def test_k_zero_changes_nothing(net20):
+  model, v = net20
+  same = lesion.delete_modules(v, 0, key=jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, same["lesion"], v["lesion"])
+  np.testing.assert_array_equal(model.apply(same, X), model.apply(v, X))
+  unswapped, tau = lesion.reorder_modules(v, 0, key=jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, unswapped["lesion"],
+               v["lesion"])
+  assert float(tau) == 1.0
+
+
+def test_input_params_untouched(net20):
+  _, v = net20
+  before = jax.tree.map(np.array, v)
+  lesion_ids = jax.tree.map(id, v["lesion"])
+  out = lesion.delete_modules(v, 4, key=jax.random.key(2))
+  out2, _ = lesion.reorder_modules(out, 3, key=jax.random.key(3))
+  out3 = lesion.swap_modules(out2, 1, 2)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, v))
+  assert jax.tree.map(id, v["lesion"]) == lesion_ids
+  assert out["params"] is v["params"] and out3["batch_stats"] is v["batch_stats"]
+  assert float(np.sum(out["lesion"]["stage0"]["active"])) + float(np.sum(
+      out["lesion"]["stage1"]["active"])) + float(np.sum(
+          out["lesion"]["stage2"]["active"])) == 9 - 4
+
+
+def test_random_deletions_vmap_and_traced_k(net20):
+  _, v = net20
+  keys = jax.random.split(jax.random.key(0), 16)
+  stacked = jax.vmap(lambda k: lesion.delete_modules(v, 3, key=k)["lesion"])(
+      keys)
+  flat = np.concatenate([stacked[f"stage{s}"]["active"] for s in range(3)], 1)
+  assert flat.shape == (16, 9)
+  np.testing.assert_array_equal((flat == 0).sum(1), 3)
+  assert len({tuple(r) for r in flat}) > 5  # draws differ
+  for i in (0, 7):  # vmapped == one at a time
+    one = lesion.delete_modules(v, 3, key=keys[i])["lesion"]
+    np.testing.assert_array_equal(
+        np.concatenate([one[f"stage{s}"]["active"] for s in range(3)]),
+        flat[i])
+  # k as data: one compiled function for every k.
+  f = jax.jit(lambda k, key: lesion.delete_modules(v, k, key=key)["lesion"])
+  for k in range(5):
+    out = f(k, jax.random.key(k))
+    total = sum(float(out[f"stage{s}"]["active"].sum()) for s in range(3))
+    assert total == 9 - k
+  assert f._cache_size() == 1
+  # Deleting from a lesioned net picks among the modules still active.
+  partial = lesion.delete_modules(v, indices=[0, 1, 2, 3, 4, 5])
+  rest = lesion.delete_modules(partial, 3, key=jax.random.key(4))
+  assert sum(float(rest["lesion"][f"stage{s}"]["active"].sum())
+             for s in range(3)) == 0
+  spared = lesion.delete_modules(
+      v, 6, key=jax.random.key(5),
+      candidates=[not m.downsampling for m in lesion.module_table(
+          models.create_model(depth=20))])
+  np.testing.assert_array_equal(
+      [spared["lesion"][s]["active"][0] for s in ("stage1", "stage2")], 1.0)
+
+
+def test_bad_arguments_name_the_problem(net20):
+  _, v = net20
+  with pytest.raises(ValueError, match="exactly one of key"):
+    lesion.delete_modules(v, 1)
+  with pytest.raises(ValueError, match=r"in 0\.\.8"):
+    lesion.delete_modules(v, indices=[9])
+  with pytest.raises(ValueError, match="repeat"):
+    lesion.delete_modules(v, indices=[1, 1])
+  with pytest.raises(ValueError, match=r"k=10 must be in 0\.\.9"):
+    lesion.delete_modules(v, 10, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="never moves"):
+    lesion.swap_modules(v, 0, 1)
+  with pytest.raises(ValueError, match="same stage"):
+    lesion.swap_modules(v, 1, 4)
+  with pytest.raises(ValueError, match="'lesion' collection"):
+    lesion.delete_modules(v["params"], 1, key=jax.random.key(0))
+
+
+def test_module_table_from_model_and_variables(net20):
+  model, v = net20
+  from_vars = lesion.module_table(v)
+  assert from_vars == [dataclasses.replace(m, changes_shape=m.downsampling)
+                       for m in lesion.module_table(model)]
+  assert [m.index for m in from_vars if m.downsampling] == [3, 6]
+  assert lesion.stage_sizes(v) == (3, 3, 3) and lesion.num_modules(v) == 9
+  vgg = models.create_model(name="vgg", depth=8, widths=(4, 8, 8))
+  assert not any(m.downsampling for m in lesion.module_table(vgg))
+  with pytest.raises(ValueError, match="9 modules"):
+    lesion.module_table(v, downsampling=[True])
+
+
+def test_swap_and_swap_back_restores_outputs_exactly(net20):
+  model, v = net20
+  f = jax.jit(model.apply)
+  base = f(v, X)
+  once = lesion.swap_modules(v, 4, 5)
+  np.testing.assert_array_equal(lesion.module_order(once),
+                                [0, 1, 2, 3, 5, 4, 6, 7, 8])
+  assert not np.allclose(f(once, X), base, atol=1e-4)
+  back = lesion.swap_modules(once, 4, 5)
+  np.testing.assert_array_equal(f(back, X), base)
+  # A random reordering, undone by swapping its pairs back in reverse.
+  shuffled, tau = lesion.reorder_modules(v, 3, key=jax.random.key(11))
+  order = np.asarray(lesion.module_order(shuffled))
+  assert float(tau) == pytest.approx(float(lesion.kendall_tau(order)))
+  undo = shuffled
+  for pos in range(9):
+    cur = np.asarray(lesion.module_order(undo))
+    if cur[pos] != pos:
+      undo = lesion.swap_modules(undo, int(cur[pos]), pos)
+  np.testing.assert_array_equal(lesion.module_order(undo), np.arange(9))
+  np.testing.assert_array_equal(f(undo, X), base)
+  assert f._cache_size() == 1
+
+
+def test_reorder_only_moves_same_shape_units(net20):
+  _, v = net20
+  taus = []
+  for s in range(8):
+    new, tau = lesion.reorder_modules(v, s, key=jax.random.key(s))
+    order = np.asarray(lesion.module_order(new))
+    assert list(order[[0, 3, 6]]) == [0, 3, 6]  # unit 0 stays
+    for stage in range(3):  # nothing leaves its stage
+      assert sorted(order[3 * stage:3 * stage + 3]) == list(
+          range(3 * stage, 3 * stage + 3))
+    taus.append(float(tau))
+  assert taus[0] == 1.0 and min(taus) < 1.0
+  assert taus[1] < 1.0  # one swap always moves something
+
+
+def _brute_tau(order):
+  n = len(order)
+  s = sum(np.sign(order[j] - order[i]) for i, j in
+          itertools.combinations(range(n), 2))
+  return s / (n * (n - 1) / 2)
+
+
+def test_kendall_tau():
+  assert float(lesion.kendall_tau(np.arange(54))) == 1.0
+  assert float(lesion.kendall_tau(np.arange(54)[::-1])) == -1.0
+  try:
+    from scipy.stats import kendalltau  # pylint: disable=g-import-not-at-top
+    reference = lambda o: kendalltau(np.arange(len(o)), o)[0]
+  except ImportError:
+    reference = _brute_tau
+  rng = np.random.default_rng(0)
+  for n in (2, 5, 54):
+    for _ in range(5):
+      o = rng.permutation(n)
+      assert float(lesion.kendall_tau(o)) == pytest.approx(reference(o),
+                                                           abs=1e-6)
+      assert float(lesion.kendall_tau(o)) == pytest.approx(_brute_tau(o),
+                                                           abs=1e-6)
+  assert float(jax.jit(lesion.kendall_tau)(jnp.asarray([1, 0, 2]))) == (
+      pytest.approx(1 / 3))
+
+
+def test_ten_lesions_one_compilation(net20):
+  model, v = net20
+  jitted = jax.jit(model.apply)
+  outs = []
+  for i in range(10):
+    lv = lesion.delete_modules(v, i % 4, key=jax.random.key(i))
+    lv, _ = lesion.reorder_modules(lv, i % 3, key=jax.random.key(100 + i))
+    outs.append(np.asarray(jitted(lv, X)))
+  assert jitted._cache_size() == 1
+  assert len({round(float(o.sum()), 4) for o in outs}) >= 6
+
+
+def test_evaluator_one_compilation_matches_apply(net20):
+  model, v = net20
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 10)
+  mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  ev = lesion.LesionEvaluator(model, images, labels, mean, std,
+                              batch_size=4, lesions_per_call=3)
+  stacked = lesion.single_deletion_lesions(v)
+  out = ev(v, stacked)  # 10 lesions: chunks of 3, last one padded
+  x = (images / 255.0 - mean) / std
+  for i in (0, 4, 9):
+    lv = {**v, "lesion": jax.tree.map(lambda a: a[i], stacked)}
+    logits = model.apply(lv, jnp.asarray(x, jnp.float32))
+    assert out["error"][i] == pytest.approx(
+        float(np.mean(np.argmax(logits, -1) != labels)))
+  # Other counts and another lesion batch reuse the same program.
+  ev(v)
+  ev(v, [lesion.delete_modules(v, 2, key=jax.random.key(i))
+         for i in range(5)])
+  assert ev.compilations == 1

@@ -1,0 +1,67 @@
+"""Two processes on localhost (2 fake CPU devices each) train like one
+process with 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from resflax import train
+from test_train import REPO, final_state, tiny_config
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1],
+                               num_processes=2, process_id=int(sys.argv[2]))
+    sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
+    from test_train import tiny_config
+    from resflax import train
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    result = train.train_and_evaluate(tiny_config(), sys.argv[3])
+    print("RESULT", result["test_error"])
+""")
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_four_devices(tmp_path):
+  address = f"localhost:{free_port()}"
+  workdir = tmp_path / "multi"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", WORKER, address, str(i), str(workdir), REPO],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  # Only process 0 writes logs and results.
+  events = [f for f in os.listdir(workdir) if f.startswith("events.out")]
+  assert len(events) == 1
+  assert (workdir / "results.json").exists()
+  # The same run in this single process on 4 devices.
+  assert jax.device_count() == 4
+  single = tmp_path / "single"
+  result = train.train_and_evaluate(tiny_config(), str(single))
+  multi = json.loads((workdir / "results.json").read_text())
+  assert multi["process_count"] == 2 and len(multi["devices"]) == 4
+  assert abs(multi["test_error"] - result["test_error"]) < 1e-6
+  # Checkpoints saved by the two processes restore here, in one process.
+  a = final_state(tiny_config(), str(workdir))
+  b = final_state(tiny_config(), str(single))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4,
+                                                       atol=2e-5),
+               a["variables"], b["variables"])
