@@ -306,13 +306,16 @@ def kendall_tau(order) -> jax.Array:
   Returns:
     A float32 scalar; 1.0 when n < 2.
   """
-  order = jnp.asarray(order).reshape(-1)
+  # Host arrays are counted with numpy: eager jnp ops would compile once
+  # per length for a handful of arithmetic.
+  xp = jnp if isinstance(order, jax.core.Tracer) else np
+  order = xp.asarray(order).reshape(-1)
   n = order.shape[0]
   if n < 2:
     return jnp.asarray(1.0, jnp.float32)
   i, j = np.triu_indices(n, 1)
-  agree = jnp.sign(order[j] - order[i]).astype(jnp.float32)
-  return jnp.sum(agree) / (n * (n - 1) / 2)
+  agree = xp.sign(order[j].astype(xp.float32) - order[i].astype(xp.float32))
+  return jnp.asarray(xp.sum(agree) / (n * (n - 1) / 2), jnp.float32)
 
 
 def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:

@@ -129,10 +129,14 @@ def sample_path_gradients(grad_norm: Callable[..., jax.Array], n: int,
   if samples <= 0 or chunk <= 0:
     raise ValueError(f"samples ({samples}) and chunk ({chunk}) must be "
                      "positive")
-  ks = jnp.asarray(np.repeat(lengths, samples), jnp.int32)
-  keys = jax.random.split(key, ks.shape[0])
-  values = _sampler(grad_norm, n, chunk)(ks, keys, *args)
-  values = np.asarray(jax.device_get(values), np.float64).reshape(
+  rows = lengths.size * samples
+  # Pad to a multiple of chunk: lax.map would trace a separate remainder.
+  padded = -(-rows // chunk) * chunk
+  ks = np.zeros(padded, np.int32)
+  ks[:rows] = np.repeat(lengths, samples)
+  keys = jax.random.split(key, padded)
+  values = _sampler(grad_norm, n, chunk)(jnp.asarray(ks), keys, *args)
+  values = np.asarray(jax.device_get(values), np.float64)[:rows].reshape(
       lengths.size, samples)
   return PathGradients(lengths, values, values.mean(1), values.std(1), n)
 
@@ -149,9 +153,17 @@ def _sampler(grad_norm, n, chunk):
   return run
 
 
-def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None
+def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None,
+                          loss: Optional[Callable[..., jax.Array]] = None
                           ) -> Callable[..., jax.Array]:
   """The per-sample measurement of Veit sec. 5 for ``model``.
+
+  Args:
+    model: the network.
+    batch_size: images per sample (a random subset); None uses all.
+    loss: ``loss(logits, labels)`` -> per-image losses; None is the
+      softmax cross-entropy (a linear loss makes gradients exactly
+      comparable across networks in tests).
 
   Returns:
     ``grad_norm(residual_grad, skip_grad, key, variables, images, labels)``:
@@ -161,19 +173,20 @@ def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None
     own cross-entropy, so the value does not depend on the batch size).
   """
 
+  per_image = loss or optax.softmax_cross_entropy_with_integer_labels
+
   def grad_norm(residual, skip, key, variables, images, labels):
     if batch_size is not None and batch_size < images.shape[0]:
       idx = jax.random.choice(key, images.shape[0], (batch_size,),
                               replace=False)
       images, labels = images[idx], labels[idx]
 
-    def loss(x):
+    def total(x):
       logits = model.apply(variables, x, residual_grad=residual,
                            skip_grad=skip)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).sum()
+      return per_image(logits, labels).sum()
 
-    g = jax.grad(loss)(images.astype(jnp.float32))
+    g = jax.grad(total)(images.astype(jnp.float32))
     norms = jnp.sqrt(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))))
     return jnp.mean(norms)
 
@@ -184,7 +197,9 @@ def gradient_norm_by_path_length(model: Network, params: Mapping[str, Any],
                                  images, labels, *, lengths: Sequence[int],
                                  samples: int, key: jax.Array,
                                  batch_size: Optional[int] = None,
-                                 chunk: int = 1) -> PathGradients:
+                                 chunk: int = 1,
+                                 loss: Optional[Callable[..., jax.Array]] = None
+                                 ) -> PathGradients:
   """Veit Fig. 6b: gradient magnitude at the input per path length.
 
   For each sample of each length k: the whole network runs forward (eval
@@ -204,13 +219,14 @@ def gradient_norm_by_path_length(model: Network, params: Mapping[str, Any],
     key: PRNG key (masks and batches).
     batch_size: images per sample; None uses all images every time.
     chunk: samples run together with vmap.
+    loss: per-image loss of (logits, labels); None = cross-entropy.
 
   Returns:
     PathGradients (mean and std per length, and every sample).
   """
   images = jnp.asarray(images)
   labels = jnp.asarray(labels, jnp.int32)
-  fn = make_path_gradient_fn(model, batch_size)
+  fn = make_path_gradient_fn(model, batch_size, loss)
   return sample_path_gradients(fn, model.num_modules, lengths, samples, key,
                                chunk=chunk, args=(params, images, labels))
 

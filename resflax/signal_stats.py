@@ -20,6 +20,7 @@ the model code needs no hooks.
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, List, Mapping, Optional
 
 import flax.linen as nn
@@ -47,10 +48,14 @@ def _rows_meta(model: Network, variables) -> List[Dict[str, Any]]:
           for p, m in enumerate(order)]
 
 
+@functools.lru_cache(maxsize=16)
+def _capture_fn(model: Network):
+  # One program per network for response_stds and gate_statistics alike.
+  return jax.jit(lambda v, x: model.apply(v, x, capture=True)[1])
+
+
 def _capture(model, variables, images):
-  _, inter = jax.jit(lambda v, x: model.apply(v, x, capture=True))(
-      variables, images)
-  return jax.device_get(inter)
+  return jax.device_get(_capture_fn(model)(variables, images))
 
 
 def _per_position(model, inter, path):
@@ -140,6 +145,61 @@ def unrolled_twin(model: Network, **overrides) -> Network:
   return models.create_model(cfg)
 
 
+def _perturbed_loss(probe: Network, variables, images, labels, residual_grad,
+                    skip_grad, eps, shapes):
+  """Summed cross-entropy with ``eps[i]`` added to the i-th module's input.
+
+  The i-th call of a ``ResidualUnit`` (and last the ``Head``) in tracing
+  order is the i-th module in execution order because ``probe`` is
+  unrolled. With ``shapes`` a list, the input shapes are recorded instead.
+  """
+  count = [0]
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(
+        context.module, (ResidualUnit, Head)):
+      i = count[0]
+      count[0] += 1
+      x = args[0]
+      if shapes is not None:
+        shapes.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
+      if eps is not None:
+        x = x + eps[i].astype(x.dtype)
+      args = (x,) + tuple(args[1:])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    logits = probe.apply(variables, images, residual_grad=residual_grad,
+                         skip_grad=skip_grad)
+  return optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         labels).sum()
+
+
+@functools.lru_cache(maxsize=16)
+def _input_grad_fn(model: Network):
+  """Jitted (variables, images, labels, residual_grad, skip_grad) -> the
+  mean per-image gradient norm at each of the n + 1 module/head inputs."""
+  probe = unrolled_twin(model)
+  expected = model.num_modules + 1
+
+  @jax.jit
+  def fn(variables, images, labels, residual_grad, skip_grad):
+    shapes = []
+    args = (probe, variables, images, labels, residual_grad, skip_grad)
+    jax.eval_shape(lambda: _perturbed_loss(*args, None, shapes))
+    if len(shapes) != expected:
+      raise RuntimeError(
+          f"module_input_gradients traced {len(shapes)} module/head calls, "
+          f"expected {expected}: the network's call structure changed; "
+          "update resflax/signal_stats.py")
+    eps = [jnp.zeros(s.shape, jnp.float32) for s in shapes]
+    grads = jax.grad(lambda e: _perturbed_loss(*args, e, None))(eps)
+    return jnp.stack([jnp.mean(jnp.sqrt(jnp.sum(
+        jnp.square(g), axis=tuple(range(1, g.ndim))))) for g in grads])
+
+  return fn
+
+
 def module_input_gradients(model: Network, variables: Mapping[str, Any],
                            images, labels, *,
                            residual_grad: Optional[Any] = None,
@@ -159,47 +219,17 @@ def module_input_gradients(model: Network, variables: Mapping[str, Any],
     head (the output x_L of the last module). ``grad_norm`` is the mean over
     images of the L2 norm of d loss_i / d x (each image's own loss).
   """
-  probe = unrolled_twin(model)
-  images = jnp.asarray(images, jnp.float32)
-  labels = jnp.asarray(labels, jnp.int32)
-
-  def run(eps, shapes):
-    count = [0]
-
-    def interceptor(next_fun, args, kwargs, context):
-      is_unit = (isinstance(context.module, ResidualUnit)
-                 and context.method_name == "__call__")
-      is_head = (isinstance(context.module, Head)
-                 and context.method_name == "__call__")
-      if is_unit or is_head:
-        i = count[0]
-        count[0] += 1
-        x = args[0]
-        if shapes is not None:
-          shapes.append(jax.ShapeDtypeStruct(x.shape, jnp.float32))
-        if eps is not None:
-          x = x + eps[i].astype(x.dtype)
-        args = (x,) + tuple(args[1:])
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-      logits = probe.apply(variables, images, residual_grad=residual_grad,
-                           skip_grad=skip_grad)
-    return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                           labels).sum()
-
-  shapes: List[Any] = []
-  jax.eval_shape(lambda: run(None, shapes))
-  if len(shapes) != model.num_modules + 1:
-    raise RuntimeError(
-        f"module_input_gradients traced {len(shapes)} module/head calls, "
-        f"expected {model.num_modules + 1}: the network's call structure "
-        "changed; update resflax/signal_stats.py")
-  eps = [jnp.zeros(s.shape, jnp.float32) for s in shapes]
-  grads = jax.jit(jax.grad(lambda e: run(e, None)))(eps)
-  norms = [float(jnp.mean(jnp.sqrt(jnp.sum(jnp.square(g),
-                                            axis=tuple(range(1, g.ndim))))))
-           for g in grads]
+  n = model.num_modules
+  # Masks are arguments (ones = ordinary backward pass), so the plain
+  # gradient and any masked one share a compiled program.
+  residual_grad = jnp.ones((n,), jnp.float32) if residual_grad is None else (
+      jnp.asarray(residual_grad, jnp.float32))
+  skip_grad = jnp.ones((n,), jnp.float32) if skip_grad is None else (
+      jnp.asarray(skip_grad, jnp.float32))
+  norms = jax.device_get(_input_grad_fn(model)(
+      variables, jnp.asarray(images, jnp.float32),
+      jnp.asarray(labels, jnp.int32), residual_grad, skip_grad))
+  norms = [float(v) for v in norms]
   meta = _rows_meta(model, variables)
   rows = [{**m, "grad_norm": v} for m, v in zip(meta, norms)]
   rows.append({"position": model.num_modules, "module": None, "stage": None,

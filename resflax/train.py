@@ -215,13 +215,10 @@ def train_step(task: Task, state: PyTree, images: jax.Array,
     The new state.
   """
   cfg = task.config
-  model = task.model
   step = state["step"]
   run_key = jax.random.wrap_key_data(state["rng"])
   data_key = jax.random.fold_in(run_key, 0)
-  step_key = jax.random.fold_in(jax.random.fold_in(run_key, 1), step)
-  aug_key, drop_key, path_key = jax.random.split(step_key, 3)
-
+  aug_key = _step_keys(state)[0]
   idx = data_lib.sample_batch_indices(data_key, step, task.num_train,
                                       cfg.train.batch_size)
   idx = jax.lax.with_sharding_constraint(idx, task.batch_sharding)
@@ -229,8 +226,32 @@ def train_step(task: Task, state: PyTree, images: jax.Array,
                          dtype=jnp.dtype(cfg.model.dtype))
   if cfg.data.augment:
     x = data_lib.augment(aug_key, x)
-  y = labels[idx]
+  return sgd_step(task, state, x, labels[idx])
 
+
+def batch_step(task: Task, state: PyTree, images: jax.Array,
+               labels: jax.Array, mean: jax.Array, std: jax.Array) -> PyTree:
+  """One SGD step on a batch streamed from the host (ImageNet).
+
+  ``images`` are uint8, already augmented by the input pipeline.
+  """
+  x = data_lib.normalize(images, mean, std,
+                         dtype=jnp.dtype(task.config.model.dtype))
+  return sgd_step(task, state, x, labels)
+
+
+def _step_keys(state):
+  run_key = jax.random.wrap_key_data(state["rng"])
+  step_key = jax.random.fold_in(jax.random.fold_in(run_key, 1), state["step"])
+  return jax.random.split(step_key, 3)  # augmentation, dropout, paths
+
+
+def sgd_step(task: Task, state: PyTree, x: jax.Array, y: jax.Array) -> PyTree:
+  """The update on a normalised batch: loss, gradient, SGD, NaN guard."""
+  cfg = task.config
+  model = task.model
+  step = state["step"]
+  _, drop_key, path_key = _step_keys(state)
   residual_grad = None
   if cfg.train.gradient_modules:
     # Veit et al. sec. 5: gradients through the residual branches of only k
@@ -423,6 +444,122 @@ def _versions() -> Dict[str, str]:
           "orbax-checkpoint": orbax.checkpoint.__version__}
 
 
+def is_streamed(config) -> bool:
+  """ImageNet does not fit in memory: it is streamed from the host."""
+  return str(config.data.name).startswith("imagenet") and not config.data.path
+
+
+class InMemoryData:
+  """A dataset held on the devices; batches are sampled inside the step."""
+  step_impl = staticmethod(train_step)
+
+  def __init__(self, dataset, mesh, eval_batch_size: int):
+    self._rep = NamedSharding(mesh, P())
+    put = lambda a: jax.device_put(a, self._rep)
+    self.images, self.labels = place_examples(mesh, dataset.train_images,
+                                              dataset.train_labels)
+    self.mean, self.std = put(dataset.mean), put(dataset.std)
+    self.num_train = int(self.labels.shape[0])
+    self.num_classes = dataset.num_classes
+    self.image_shape = dataset.image_shape
+    self.eval_split = dataset.eval_split
+    self._splits = {"eval": (dataset.eval_images, dataset.eval_labels),
+                    "test": (dataset.test_images, dataset.test_labels)}
+    self._placed = {}
+    self._mesh, self._eval_batch_size = mesh, eval_batch_size
+    self._eval_fn = None
+
+  def start(self, task, seed, step):
+    del seed, step  # the batch is a function of the state's rng and step
+    self._eval_fn = jax.jit(functools.partial(evaluate, task))
+
+  def step_args(self):
+    return self.images, self.labels, self.mean, self.std
+
+  def evaluate(self, variables, split="eval"):
+    if split not in self._placed:
+      images, labels = place_examples(self._mesh, *self._splits[split])
+      layout = data_lib.eval_batches(int(labels.shape[0]),
+                                     self._eval_batch_size)
+      self._placed[split] = (images, labels,
+                             jax.device_put(layout.indices, self._rep),
+                             jax.device_put(layout.mask, self._rep))
+    images, labels, idx, mask = self._placed[split]
+    return fetch(self._eval_fn(variables, images, labels, self.mean,
+                               self.std, idx, mask))
+
+
+class StreamedData:
+  """ImageNet through ``data.imagenet_iterator``: each host reads its shard,
+  augments on the host, and hands uint8 batches to the compiled step.
+
+  A resumed run restarts the stream seeded by (seed, step): deterministic,
+  but not the batches the interrupted run would have seen next.
+  """
+  step_impl = staticmethod(batch_step)
+
+  def __init__(self, config, mesh):
+    self._config, self._mesh = config, mesh
+    size = int(config.data.image_size)
+    self.image_shape = (size, size, 3)
+    self.num_classes = 1000
+    self.num_train = 0
+    self.eval_split = "validation"
+    rep = NamedSharding(mesh, P())
+    self.mean = jax.device_put(data_lib.IMAGENET_MEAN, rep)
+    self.std = jax.device_put(data_lib.IMAGENET_STD, rep)
+    self._sharding = NamedSharding(mesh, P("data"))
+    self._per_host = config.train.batch_size // jax.process_count()
+    # Fail now, before compiling, if the data is not there.
+    self._train = None
+    self._probe = data_lib.imagenet_iterator(
+        config.data, "train", self._per_host, seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count())
+    self._eval_fn = None
+
+  def _global(self, local, extra_dims):
+    n = local.shape[0] * jax.process_count()
+    return jax.make_array_from_process_local_data(
+        self._sharding, local, (n,) + extra_dims)
+
+  def start(self, task, seed, step):
+    self._train = (self._probe if step == 0 else data_lib.imagenet_iterator(
+        self._config.data, "train", self._per_host, seed=seed * 7919 + step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count()))
+
+    def eval_batch(variables, images, labels, mask, mean, std):
+      logits = task.model.apply(variables, data_lib.normalize(
+          images, mean, std, dtype=jnp.dtype(task.config.model.dtype)))
+      wrong = (jnp.argmax(logits, -1) != labels).astype(jnp.float32) * mask
+      loss = optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels) * mask
+      return wrong.sum(), loss.sum(), mask.sum()
+
+    self._eval_fn = jax.jit(eval_batch)
+
+  def step_args(self):
+    batch = next(self._train)
+    return (self._global(batch["image"], self.image_shape),
+            self._global(batch["label"], ()), self.mean, self.std)
+
+  def evaluate(self, variables, split="eval"):
+    del split
+    per_host = self._config.train.eval_batch_size // jax.process_count()
+    totals = np.zeros(3)
+    for batch in data_lib.imagenet_iterator(
+        self._config.data, "validation", per_host,
+        process_index=jax.process_index(),
+        process_count=jax.process_count()):
+      out = self._eval_fn(variables,
+                          self._global(batch["image"], self.image_shape),
+                          self._global(batch["label"], ()),
+                          self._global(batch["mask"], ()), self.mean, self.std)
+      totals += np.array([float(x) for x in fetch(out)])
+    return {"error": totals[0] / totals[2], "loss": totals[1] / totals[2]}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
@@ -448,42 +585,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                jax.devices()[0].platform)
   validate_config(config, num_devices)
   check_workdir_config(config, workdir)
-  dataset = data_lib.load_dataset(config.data, seed=config.seed)
-  if dataset.num_train < config.train.batch_size:
-    raise ConfigError(
-        f"config.train.batch_size={config.train.batch_size} exceeds the "
-        f"{dataset.num_train} training images")
-
-  if config.train.parallel_runs > 1:
-    from resflax import parallel  # pylint: disable=g-import-not-at-top
-    return parallel.train_and_evaluate_parallel(config, workdir, dataset)
-
   is_main = jax.process_index() == 0
+  mesh = make_mesh()
+  if is_streamed(config):
+    source = StreamedData(config, mesh)
+  else:
+    dataset = data_lib.load_dataset(config.data, seed=config.seed)
+    if dataset.num_train < config.train.batch_size:
+      raise ConfigError(
+          f"config.train.batch_size={config.train.batch_size} exceeds the "
+          f"{dataset.num_train} training images")
+    if config.train.parallel_runs > 1:
+      from resflax import parallel  # pylint: disable=g-import-not-at-top
+      return parallel.train_and_evaluate_parallel(config, workdir, dataset)
+    source = InMemoryData(dataset, mesh, config.train.eval_batch_size)
+
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     results_lib.write_atomic(os.path.join(workdir, "config.json"),
                              config.to_json(indent=2, sort_keys=True))
 
-  mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
-  put = lambda a: jax.device_put(a, replicated)
-  train_images, train_labels = place_examples(mesh, dataset.train_images,
-                                              dataset.train_labels)
-  eval_images, eval_labels = place_examples(mesh, dataset.eval_images,
-                                            dataset.eval_labels)
-  mean, std = put(dataset.mean), put(dataset.std)
-  layout = data_lib.eval_batches(int(eval_labels.shape[0]),
-                                 config.train.eval_batch_size)
-  eval_idx, eval_mask = put(layout.indices), put(layout.mask)
   mcfg = config.model.to_dict()
   mcfg.update(model_config(config, num_devices))
-  mcfg["num_classes"] = dataset.num_classes
+  mcfg["num_classes"] = source.num_classes
   model = models.create_model(mcfg)
-  task = Task(model, config, mesh, int(train_labels.shape[0]),
+  task = Task(model, config, mesh, source.num_train,
               make_optimizer(config.train))
 
   state = jax.jit(functools.partial(init_state, task, config.seed,
-                                    dataset.image_shape),
+                                    source.image_shape),
                   out_shardings=replicated)()
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=config.train.max_checkpoints)
@@ -493,8 +624,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info("resumed %s from step %d", workdir, start_step)
   start_step = int(fetch(state["step"]))
 
-  step_fn = jax.jit(functools.partial(train_step, task), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(evaluate, task))
+  step_fn = jax.jit(functools.partial(source.step_impl, task),
+                    donate_argnums=0)
+  source.start(task, config.seed, start_step)
   writer = metrics_lib.create_writer(workdir)
   if start_step == 0:
     writer.write_hparams(_flatten(config.to_dict()))
@@ -530,7 +662,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     with _StopSignal() as stop, mesh:
       while step < t.steps:
-        state = step_fn(state, train_images, train_labels, mean, std)
+        state = step_fn(state, *source.step_args())
         step += 1
         if timing["start"] is None:
           jax.block_until_ready(state["step"])
@@ -564,11 +696,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             writer.write_scalars(step, scalars)
           if do_eval:
             eval_start = time.perf_counter()
-            ev = fetch(eval_fn(state["variables"], eval_images,
-                                        eval_labels, mean, std, eval_idx,
-                                        eval_mask))
+            ev = source.evaluate(state["variables"])
             eval_error = float(ev["error"])
-            name = dataset.eval_split
+            name = source.eval_split
             writer.write_scalars(step, {f"{name}_error": eval_error,
                                         f"{name}_loss": float(ev["loss"])})
             history.append({"step": step, f"{name}_error": eval_error})
@@ -590,13 +720,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_seconds = (loop_end - timing["start"] - timing["eval_seconds"]
                    if timing["start"] is not None else 0.0)
   if eval_error is None:  # resumed at the end: evaluate once more
-    ev = fetch(eval_fn(state["variables"], eval_images, eval_labels,
-                                mean, std, eval_idx, eval_mask))
+    ev = source.evaluate(state["variables"])
     eval_error = float(ev["error"])
   result = {
-      "test_error" if dataset.eval_split == "test" else "validation_error":
+      "test_error" if source.eval_split == "test" else "validation_error":
           eval_error,
-      "eval_split": dataset.eval_split,
+      "eval_split": source.eval_split,
       "steps": step,
       "skipped_steps": int(fetch(state["skipped"])),
       "wall_seconds": time.perf_counter() - wall_start,
@@ -611,14 +740,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "devices": [str(d) for d in jax.devices()],
       "process_count": jax.process_count(),
   }
-  if dataset.eval_split != "test":
-    test_images, test_labels = place_examples(mesh, dataset.test_images,
-                                              dataset.test_labels)
-    layout_t = data_lib.eval_batches(int(test_labels.shape[0]),
-                                     t.eval_batch_size)
-    ev = fetch(eval_fn(state["variables"], test_images, test_labels, mean,
-                       std, put(layout_t.indices), put(layout_t.mask)))
-    result["test_error"] = float(ev["error"])
+  if is_streamed(config):
+    # ImageNet's validation split is its test set, as in the papers.
+    result["test_error"] = eval_error
+  elif source.eval_split == "validation":
+    result["test_error"] = float(
+        source.evaluate(state["variables"], split="test")["error"])
   if is_main:
     results_lib.write_json(os.path.join(workdir, "results.json"), result)
   return result

@@ -161,7 +161,11 @@ def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
   config.data.path = str(cifar_archive)
   config.data.max_test_images = 2000
   config.model.bn_group_size = 0
-  config.train.steps = 150
+  # Short runs learn fastest on unaugmented data; 300 x 64 images reached
+  # 44% accuracy in a run of this configuration.
+  config.data.augment = False
+  config.train.batch_size = 64
+  config.train.steps = 300
   config.train.lr_boundaries = ()
   config.train.warmup_steps = 0
   config.train.eval_every = 0
@@ -169,3 +173,35 @@ def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
   config.train.log_every = 50
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result["test_error"] <= 0.60, result["test_error"]
+
+
+def test_streamed_imagenet_path(tmp_path, monkeypatch):
+  """The host-streamed path (ImageNet) with a stand-in for the tfds reader."""
+  calls = []
+
+  def fake_iterator(config_data, split, batch_size, *, seed=0,
+                    process_index=0, process_count=1, training=None):
+    calls.append((split, batch_size, seed))
+    rng = np.random.default_rng(seed)
+    size = config_data.image_size
+
+    def batches():
+      for i in range(10**6 if split == "train" else 2):
+        labels = rng.integers(0, 1000, batch_size).astype(np.int32)
+        out = {"image": rng.integers(0, 255, (batch_size, size, size, 3),
+                                     dtype=np.uint8), "label": labels}
+        if split != "train":
+          out["mask"] = np.array([1.0] * (batch_size - 3) + [0.0] * 3,
+                                 np.float32)
+        yield out
+    return batches()
+
+  monkeypatch.setattr(data_lib, "imagenet_iterator", fake_iterator)
+  c = tiny_config(steps=3, eval_every=0)
+  c.data.name = "imagenet2012"
+  c.data.image_size = 16
+  c.model.num_classes = 1000
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["steps"] == 3 and result["eval_split"] == "validation"
+  assert 0.9 <= result["test_error"] <= 1.0
+  assert ("train", 16, 0) in calls and ("validation", 32, 0) in calls

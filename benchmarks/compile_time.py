@@ -1,0 +1,168 @@
+"""Trace and compile seconds of the training step, scanned and unrolled.
+
+The step is the jitted ``resflax.train.train_step`` (on-device sampling and
+augmentation, forward, backward, SGD update, guards), lowered from abstract
+arguments (nothing is initialised or run), batch ``--batch`` (compile time
+does not depend on it). Cases:
+
+* ResNet-20, ResNet-110, ResNet-1202: He et al. 2016 CIFAR nets (basic
+  units, option A), ``experiments/cifar_resnet.py:DEPTH``;
+* ResNet-1001: Identity Mappings bottleneck, full pre-activation,
+  projection B (``block='bottleneck', unit='full_preact', projection='B'``),
+
+each with ``model.scan=True`` (same-shape units of a stage under
+``lax.scan``) and ``model.scan=False`` (every unit inlined). Each case runs
+in a fresh subprocess (cold caches, so one case cannot warm the next), with
+a wall-clock limit ``--timeout`` per case; ``--skip-unrolled-deep`` skips the
+unrolled 1001/1202, which take many minutes on a small CPU. Reported per
+case: trace (Python -> jaxpr), lower (jaxpr -> StableHLO) and compile (XLA)
+seconds. The last line is scanned ResNet-1001 compile / scanned ResNet-110
+compile (target <= 2x: scanning makes compile time nearly independent of
+depth).
+
+  python benchmarks/compile_time.py [--skip-unrolled-deep] [--timeout 900]
+      [--depths 20,110,1001,1202] [--batch 8]
+"""
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASES = {
+    20: dict(),
+    110: dict(),
+    1202: dict(),
+    1001: dict(block="bottleneck", unit="full_preact", projection="B"),
+}
+DEEP = (1001, 1202)
+
+
+def make_config(depth: int, scan: bool, batch: int):
+  """The experiment config of ``depth`` (see module docstring)."""
+  from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.abspath(__file__))
+  config = load_experiment(os.path.join(here, "..", "experiments",
+                                        "cifar_resnet.py"),
+                           "110" if depth == 1001 else str(depth))
+  if depth == 1001:
+    for k, v in CASES[1001].items():
+      setattr(config.model, k, v)
+    config.model.depth = 1001
+  config.model.scan = scan
+  config.model.bn_group_size = 0
+  config.train.batch_size = batch
+  config.data.name = "synthetic"
+  return config
+
+
+def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
+  """Times trace, lower and compile of ``train_step``; returns a dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from resflax import models, train  # pylint: disable=g-import-not-at-top
+
+  config = make_config(depth, scan, batch)
+  model = models.create_model(train.model_config(config, jax.device_count()))
+  task = train.Task(model, config, train.make_mesh(), num_train,
+                    train.make_optimizer(config.train))
+  state = jax.eval_shape(functools.partial(train.init_state, task, 0,
+                                           (32, 32, 3)))
+  sds = jax.ShapeDtypeStruct
+  args = (state, sds((num_train, 32, 32, 3), jnp.uint8),
+          sds((num_train,), jnp.int32), sds((32, 32, 3), jnp.float32),
+          sds((32, 32, 3), jnp.float32))
+  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
+  with task.mesh:
+    t0 = time.perf_counter()
+    traced = step.trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    lowered.compile()
+    t3 = time.perf_counter()
+  return {"depth": depth, "scan": scan, "trace_s": t1 - t0,
+          "lower_s": t2 - t1, "compile_s": t3 - t2,
+          "params": models.num_params(state["variables"]),
+          "units": model.num_modules}
+
+
+def run_case(depth, scan, batch, timeout):
+  """Runs ``measure`` in a fresh interpreter; returns its dict or a reason."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--case",
+         f"{depth},{int(scan)}", "--batch", str(batch)]
+  start = time.perf_counter()
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+  except subprocess.TimeoutExpired:
+    return {"depth": depth, "scan": scan,
+            "skipped": f"timed out after {timeout:.0f} s"}
+  wall = time.perf_counter() - start
+  for line in reversed(out.stdout.splitlines()):
+    if line.startswith("{"):
+      result = json.loads(line)
+      result["process_s"] = wall
+      return result
+  tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+  return {"depth": depth, "scan": scan,
+          "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}"}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depths", default="20,110,1001,1202")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--timeout", type=float, default=900.0,
+                      help="wall-clock seconds per case (subprocess)")
+  parser.add_argument("--skip-unrolled-deep", action="store_true",
+                      help="skip model.scan=False for ResNet-1001/1202")
+  parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: depth,scan
+  args = parser.parse_args()
+
+  if args.case:
+    depth, scan = (int(v) for v in args.case.split(","))
+    print(json.dumps(measure(depth, bool(scan), args.batch)), flush=True)
+    return
+
+  depths = [int(d) for d in args.depths.split(",")]
+  results = []
+  for scan in (True, False):
+    for depth in depths:
+      if not scan and depth in DEEP and args.skip_unrolled_deep:
+        r = {"depth": depth, "scan": scan,
+             "skipped": "--skip-unrolled-deep"}
+      else:
+        r = run_case(depth, scan, args.batch, args.timeout)
+      results.append(r)
+      name = f"ResNet-{depth}{' (bottleneck pre-act B)' if depth == 1001 else ''}"
+      if "skipped" in r:
+        print(f"{name:34s} scan={str(scan):5s}  skipped: {r['skipped']}",
+              flush=True)
+      else:
+        print(f"{name:34s} scan={str(scan):5s}  trace {r['trace_s']:6.2f} s  "
+              f"lower {r['lower_s']:6.2f} s  compile {r['compile_s']:7.2f} s  "
+              f"({r['units']} units, {r['params'] / 1e6:.2f} M params; "
+              f"process {r['process_s']:.0f} s)", flush=True)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} cores; batch {args.batch}; train.train_step")
+  skipped = [f"ResNet-{r['depth']} scan={r['scan']} ({r['skipped']})"
+             for r in results if "skipped" in r]
+  print("skipped: " + ("; ".join(skipped) if skipped else "none"))
+  got = {(r["depth"], r["scan"]): r for r in results if "skipped" not in r}
+  if (1001, True) in got and (110, True) in got:
+    ratio = got[(1001, True)]["compile_s"] / got[(110, True)]["compile_s"]
+    print(f"scanned ResNet-1001 compile / scanned ResNet-110 compile = "
+          f"{ratio:.2f}x (target <= 2x)")
+  else:
+    print("scanned ResNet-1001 / ResNet-110 compile ratio: not measured "
+          "(a case was skipped or failed)")
+
+
+if __name__ == "__main__":
+  main()

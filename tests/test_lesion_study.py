@@ -1,0 +1,158 @@
+"""The lesion command (resflax.lesion_study) and signal statistics."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resflax import checkpoint, lesion_study, models, signal_stats, train
+from test_lesion import random_variables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def lesion_config(arg="smoke"):
+  spec = importlib.util.spec_from_file_location(
+      "cifar_lesion_for_tests", os.path.join(REPO, "experiments",
+                                             "cifar_lesion.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def fake_run(run_dir, cfg, seed=0):
+  """A run directory (config.json + one checkpoint) with random weights,
+  written without training or compiling anything."""
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    f.write(cfg.to_json())
+  mcfg = train.model_config(cfg, jax.device_count())
+  model = models.create_model(mcfg)
+  task = train.Task(model, cfg, train.make_mesh(), 256,
+                    train.make_optimizer(cfg.train))
+  target = jax.eval_shape(lambda: train.init_state(task, 0, (32, 32, 3)))
+  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
+  state["variables"] = random_variables(model, seed=seed)
+  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"))
+  ckpt.save(1, state)
+  ckpt.close()
+
+
+def test_config_and_unknown_keys():
+  config = lesion_config("smoke")
+  assert config.model.depth == 20 and config.data.name == "synthetic"
+  full = lesion_config(None)
+  assert full.model.depth == 110 and full.lesion.path_samples == 1000
+  assert lesion_config("sd,56").model.stochastic_depth == 0.5
+  with pytest.raises(ValueError, match="unknown arg 'x'"):
+    lesion_config("x")
+  config.lesion.max_k = -1
+  with pytest.raises(train.ConfigError, match=r"config.lesion.max_k=-1"):
+    lesion_study.check_config(config)
+  config = lesion_config("smoke")
+  config.lesion.checkpoint = "/nonexistent/run"
+  with pytest.raises(train.ConfigError, match="not a resflax run directory"):
+    lesion_study.check_config(config)
+  assert "lesion" not in lesion_study.training_config(config)
+  vgg = lesion_study.vgg_config(config)
+  assert (vgg.model.name, vgg.model.depth, vgg.model.shortcut) == (
+      "vgg", 8, "none")
+  assert lesion_study.plain_config(config).model.shortcut == "none"
+
+
+def test_study_from_checkpoints_writes_every_file(tmp_path):
+  config = lesion_config("smoke")
+  runs = {"checkpoint": ("resnet", lesion_study.training_config(config)),
+          "vgg_checkpoint": ("vgg", lesion_study.vgg_config(config)),
+          "plain_checkpoint": ("plain", lesion_study.plain_config(config))}
+  for i, (key, (name, cfg)) in enumerate(runs.items()):
+    fake_run(str(tmp_path / name), cfg, seed=i)
+    config.lesion[key] = str(tmp_path / name)
+  config.lesion.path_lengths = (0, 2, 5, 9)
+  config.lesion.path_samples = 2
+  config.lesion.max_k = 3
+  config.lesion.max_swaps = 2
+  config.lesion.draws_per_k = config.lesion.swap_draws = 2
+  out = tmp_path / "study"
+  res = lesion_study.run(config, str(out))
+  for name in lesion_study.OUTPUT_FILES:
+    assert (out / "lesion" / name).stat().st_size > 0, name
+  assert not (out / "resnet").exists()  # nothing was trained
+  single = res["single_deletion"]
+  assert [r["module"] for r in single["resnet"]["rows"]] == list(range(9))
+  assert [r["downsampling"] for r in single["resnet"]["rows"]] == [
+      False, False, False, True, False, False, True, False, False]
+  assert len(single["vgg"]["rows"]) == 6
+  assert res["evaluator_compilations"] == {"resnet": 1, "vgg": 1}
+  assert [p["k"] for p in res["k_deletion"]["per_k"]] == [1, 2, 3]
+  assert all(-1 <= r["kendall_tau"] < 1 for r in res["reorder"]["rows"])
+  assert sum(r["paths"] for r in res["paths"]["rows"]) == 2 ** 9
+  labels = {r["network"] for r in res["signal"]["response_std"]}
+  assert labels == {"resnet", "plain", "vgg"}
+  summary = (out / "lesion" / "summary.md").read_text()
+  assert "downsampling module deleted: mean" in summary
+  assert "Effective paths: lengths" in summary
+  saved = json.loads((out / "lesion" / "results.json").read_text())
+  assert saved["single_deletion"]["resnet"]["stats"]["num_modules"] == 9
+
+
+def test_scaled_shortcut_gradient_factor_within_a_stage():
+  # Full pre-activation: nothing after the addition, so through the
+  # shortcuts alone the gradient shrinks by exactly lambda per module.
+  model = models.create_model(depth=20, widths=(4, 8, 8), unit="full_preact")
+  v = random_variables(model, seed=4)
+  x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  y = jnp.arange(3)
+  rows = signal_stats.scale_comparison(model, v, x, y, lam=0.5)
+  assert len(rows) == model.num_modules + 1
+  r = np.array([row["ratio_shortcut_only"] for row in rows])
+  # Positions 6, 7, 8, 9 (the last stage's units and the head input).
+  np.testing.assert_allclose(r[6:9] / r[7:10], 0.5, rtol=1e-4)
+  assert rows[-1]["predicted"] == 1.0 and rows[0]["predicted"] == 0.5 ** 9
+  # Without masks the same program gives the ordinary input gradients.
+  grads = signal_stats.module_input_gradients(model, v, x, y)
+  assert len(grads) == 10 and all(g["grad_norm"] > 0 for g in grads)
+
+
+def test_response_stds_and_gates():
+  highway = models.create_model(name="highway", depth=11, widths=(4, 8, 8))
+  v = random_variables(highway, seed=1)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  gates = signal_stats.gate_statistics(highway, v, x)
+  assert [g["module"] for g in gates] == list(range(9))
+  assert all(0 < g["gate_mean"] < 1 for g in gates)
+  stds = signal_stats.response_stds(highway, v, x)
+  assert [r["layer"] for r in stds] == list(range(1, 10))  # 1 conv/module
+  # Reordered: rows follow execution order and name the module that ran.
+  from resflax import lesion  # pylint: disable=g-import-not-at-top
+  swapped = lesion.swap_modules(v, 1, 2)
+  rows = signal_stats.response_stds(highway, swapped, x)
+  assert [r["module"] for r in rows[:3]] == [0, 2, 1]
+  plain = models.create_model(depth=8, widths=(4, 8, 8))
+  assert signal_stats.gate_statistics(
+      plain, random_variables(plain), x) == []
+
+
+@pytest.mark.slow
+def test_cli_smoke_trains_and_writes_every_file(tmp_path):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      os.environ.get("TMPDIR", "/tmp"), "resflax-test-jax-cache")
+  workdir = tmp_path / "smoke"
+  proc = subprocess.run(
+      [sys.executable, "-m", "resflax.main", "--config",
+       "experiments/cifar_lesion.py:smoke", "--workdir", str(workdir)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in lesion_study.OUTPUT_FILES:
+    assert (workdir / "lesion" / name).stat().st_size > 0, name
+  for net in ("resnet", "vgg", "plain"):
+    assert (workdir / net / "config.json").exists(), net
+    assert (workdir / net / "checkpoints").is_dir(), net
