@@ -23,7 +23,8 @@ The argument is a comma-separated list of: a depth (default 110), ``sd``,
      the effective paths (Fig. 6);
   5. (signal=True) response std per layer (He et al. Fig. 7), gradient norm
      at every module input, the lambda^(L-l) factor of scaled shortcuts and
-     gate means, for the ResNet, its plain twin and the VGG.
+     gate means, for the ResNet and its plain twin (the VGG when there is
+     no twin).
 """
 
 import importlib.util

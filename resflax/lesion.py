@@ -257,11 +257,17 @@ def single_deletion_lesions(params: Mapping[str, Any]) -> Dict[str, Any]:
     A stacked lesion pytree with n + 1 entries (leading axis): entry 0 is
     ``params``' own lesion, entry i + 1 has module i deleted.
   """
-  n = num_modules(params)
-  one = lambda i: delete_modules(params, indices=i[None])["lesion"]
+  return _single_deletions(dict(_lesion_of(params)))
+
+
+@jax.jit
+def _single_deletions(lesion):
+  # Jitted: as eager vmapped ops this is dozens of tiny compilations.
+  n = num_modules({"lesion": lesion})
+  one = lambda i: delete_modules({"lesion": lesion}, indices=i[None])["lesion"]
   deleted = jax.vmap(one)(jnp.arange(n, dtype=jnp.int32))
   return jax.tree.map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b]),
-                      _lesion_of(params), deleted)
+                      lesion, deleted)
 
 
 def stack_lesions(lesions: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:

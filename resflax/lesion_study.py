@@ -804,7 +804,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
 
   if c.signal:
     tick = time.perf_counter()
-    sig = signal_study([n for n in (resnet, plain, vgg) if n], config)
+    # He et al. compare a ResNet with its plain twin; the VGG stands in as
+    # the plain network only when there is no twin.
+    sig = signal_study([resnet, plain] if plain else
+                       [n for n in (resnet, vgg) if n], config)
+    if plain is None:
+      notes.append("no plain twin (config.lesion.train_plain=False and no "
+                   "plain_checkpoint): the VGG is the plain network here")
     sig["notes"] = notes
     seconds["signal"] = time.perf_counter() - tick
     res["signal"] = sig

@@ -28,8 +28,9 @@ Workdir layout:
   checkpoints/<step>/   the stacked state (every leaf has the run axis first)
   results.json          ``{"parallel_runs": R, "runs": [{"seed", "dir",
                         "status": "ok"|"failed", "test_error", "error"}],
-                        "steps", "wall_seconds", "images_per_second"}``
-                        (images/s of all runs together)
+                        "steps", "wall_seconds", "train_seconds",
+                        "images_per_second"}`` (images/s of all runs
+                        together, without compilation and evaluation)
   seed<s>/config.json   the run's own config (what training it alone uses)
   seed<s>/results.json  the run's results: the keys of a solo run's
                         results.json plus ``parallel`` (runs, index)
@@ -49,7 +50,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -97,6 +98,10 @@ def parse_run_overrides(config: ml_collections.ConfigDict
   entries = tuple(config.train.run_overrides)
   if not entries:
     return [{} for _ in range(r)]
+  if r == 1:
+    raise train.ConfigError(
+        "config.train.run_overrides needs config.train.parallel_runs > 1; "
+        "for a single run set the keys themselves")
   if len(entries) != r:
     raise train.ConfigError(
         f"config.train.run_overrides has {len(entries)} entries; it needs one "
@@ -156,10 +161,23 @@ def run_configs(config: ml_collections.ConfigDict
   return configs
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks ``run_overrides`` and every run's config; raises ConfigError."""
+def validate(config: ml_collections.ConfigDict,
+             num_devices: Optional[int] = None) -> None:
+  """Checks ``run_overrides`` and every run's config.
+
+  ``train.validate_config`` calls it when ``parallel_runs > 1`` or
+  ``run_overrides`` is set, before any data is loaded.
+
+  Raises:
+    train.ConfigError: naming the key and what is allowed.
+  """
+  if train.is_streamed(config) and config.train.parallel_runs > 1:
+    raise train.ConfigError(
+        f"config.train.parallel_runs={config.train.parallel_runs} needs an "
+        f"in-memory dataset; config.data.name={config.data.name!r} is "
+        "streamed. Train its runs one after another.")
   for c in run_configs(config):
-    train.validate_config(c)
+    train.validate_config(c, num_devices)
 
 
 def run_dir(workdir: str, seed: int) -> str:
@@ -298,9 +316,7 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
     train.TrainingError: a run diverged (``on_nonfinite='stop'``); the other
       runs' results are written first.
   """
-  configs = run_configs(config)
-  for c in configs:
-    train.validate_config(c)
+  configs = run_configs(config)  # validated by train.validate_config
   r = len(configs)
   t = config.train
   is_main = jax.process_index() == 0
@@ -314,24 +330,28 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
           c.to_json(indent=2, sort_keys=True))
 
   mesh = train.make_mesh()
-  model = make_model(config, dataset.num_classes)
-  task = train.Task(model, config, mesh, dataset.num_train,
-                    train.make_optimizer(t))
-  put = lambda a: jax.device_put(a, task.replicated)
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  put = lambda a: jax.device_put(a, rep)
   per_run = _datasets(configs, dataset, config.seed)
 
-  def arrays(get):
+  def split(get_images, get_labels):
+    """A split on the devices: shared (as train places it) or per run."""
     if per_run is None:
-      return put(get(dataset))
-    return put(np.stack([get(d) for d in per_run]))
+      return train.place_examples(mesh, get_images(dataset),
+                                  get_labels(dataset))
+    return (put(np.stack([get_images(d) for d in per_run])),
+            put(np.stack([get_labels(d) for d in per_run])))
 
-  train_images = arrays(lambda d: d.train_images)
-  train_labels = arrays(lambda d: d.train_labels)
-  eval_images = arrays(lambda d: d.eval_images)
-  eval_labels = arrays(lambda d: d.eval_labels)
-  mean, std = arrays(lambda d: d.mean), arrays(lambda d: d.std)
-  layout = data_lib.eval_batches(dataset.num_eval, t.eval_batch_size)
-  eval_idx, eval_mask = put(layout.indices), put(layout.mask)
+  def constant(get):
+    return put(get(dataset) if per_run is None
+               else np.stack([get(d) for d in per_run]))
+
+  train_images, train_labels = split(lambda d: d.train_images,
+                                     lambda d: d.train_labels)
+  mean, std = constant(lambda d: d.mean), constant(lambda d: d.std)
+  num_train = int(train_labels.shape[-1])
+  model = make_model(config, dataset.num_classes)
+  task = train.Task(model, config, mesh, num_train, train.make_optimizer(t))
   hparams = {k: put(v) for k, v in step_hparams(configs).items()}
 
   state = init_states(task, configs, dataset.image_shape, dataset.num_classes)
@@ -341,10 +361,25 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
   if restored is not None:
     logging.info("resumed %s from step %d", workdir, restored[0])
     state = restored[1]
-  start_step = int(state["step"][0])
+  start_step = int(train.fetch(state["step"])[0])
 
   step_fn = make_step(task, per_run is not None)
   eval_fn = make_eval(task, per_run is not None)
+  placed = {}
+
+  def evaluate(variables, which="eval"):
+    """Error and loss of every run on a split: two arrays of shape (R,)."""
+    if which not in placed:
+      images, labels = split(
+          lambda d: getattr(d, f"{which}_images"),
+          lambda d: getattr(d, f"{which}_labels"))
+      layout = data_lib.eval_batches(int(labels.shape[-1]),
+                                     t.eval_batch_size)
+      placed[which] = (images, labels, put(layout.indices), put(layout.mask))
+    images, labels, idx, mask = placed[which]
+    ev = train.fetch(eval_fn(variables, images, labels, mean, std, idx, mask))
+    return np.asarray(ev["error"]), np.asarray(ev["loss"])
+
   writers = [metrics_lib.create_writer(run_dir(workdir, c.seed))
              for c in configs]
   if start_step == 0:
@@ -355,22 +390,25 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
       every_secs=None if t.log_every else 60.0, start_step=start_step)
 
   def fetch_metrics(state):
-    m = jax.device_get(state["metrics"])
-    return {k: np.asarray(v) for k, v in m.items()}
+    return {k: np.asarray(v) for k, v in train.fetch(state["metrics"]).items()}
 
   last = fetch_metrics(state)
   histories: List[List[Dict[str, Any]]] = [[] for _ in configs]
   failed: Dict[int, str] = {}
   eval_errors = train_errors = None
-  timing = {"steps": 0, "seconds": 0.0}
+  # As in train: throughput excludes the first step (compilation) and the
+  # evaluations.
+  timing = {"start": None, "from_step": start_step, "eval_seconds": 0.0}
+  wall_start = time.perf_counter()
+  loop_end = None
   step = start_step
   name = dataset.eval_split
 
   def check_finite(state):
     if t.on_nonfinite != "stop":
       return
-    bad = np.asarray(jax.device_get(state["nonfinite_step"]))
-    value = np.asarray(jax.device_get(state["nonfinite_value"]))
+    bad = np.asarray(train.fetch(state["nonfinite_step"]))
+    value = np.asarray(train.fetch(state["nonfinite_value"]))
     for k in np.flatnonzero(bad >= 0):
       if k not in failed:
         failed[k] = (f"non-finite loss or parameters at step {bad[k] + 1} "
@@ -386,19 +424,15 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
       raise train.TrainingError(
           f"all {r} parallel runs in {workdir} diverged; first: {failed[0]}")
 
-  def evaluate(state, images, labels, idx, mask):
-    ev = jax.device_get(eval_fn(state["variables"], images, labels, mean,
-                                std, idx, mask))
-    return np.asarray(ev["error"]), np.asarray(ev["loss"])
-
   check_finite(state)
   try:
-    with train._StopSignal() as stop, mesh:  # pylint: disable=protected-access
-      tick = time.perf_counter()
-      timed_from = step
+    with train._StopSignal() as stop:  # pylint: disable=protected-access
       while step < t.steps:
         state = step_fn(state, hparams, train_images, train_labels, mean, std)
         step += 1
+        if timing["start"] is None:
+          jax.block_until_ready(state["step"])
+          timing["start"], timing["from_step"] = time.perf_counter(), step
         if stop.received is not None:
           ckpt.save(step, state)
           logging.warning("received signal %d: saved step %d to %s and "
@@ -414,15 +448,13 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
           continue
         m = fetch_metrics(state)
         check_finite(state)
-        now = time.perf_counter()
-        timing["steps"] += step - timed_from
-        timing["seconds"] += now - tick
         seen = m["seen"] - last["seen"]
         if seen.max() > 0:
           losses = (m["loss"] - last["loss"]) / np.maximum(seen / t.batch_size,
                                                            1)
           train_errors = (m["errors"] - last["errors"]) / np.maximum(seen, 1)
           last = m
+          warm = np.asarray(train.fetch(state["warm"]))
           for k, (w, c) in enumerate(zip(writers, configs)):
             if k in failed:
               continue
@@ -430,7 +462,7 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
                 "train_loss": float(losses[k]),
                 "train_error": float(train_errors[k]),
                 "learning_rate": float(train.learning_rate(
-                    step - 1, state["warm"][k], c.train))})
+                    step - 1, bool(warm[k]), c.train))})
           if report:
             ok = [k for k in range(r) if k not in failed] or list(range(r))
             progress.report(step, t.batch_size * r, {
@@ -438,44 +470,43 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
                 "train_error_mean": float(np.mean(train_errors[ok])),
                 "failed_runs": len(failed)})
         if do_eval:
-          eval_errors, losses = evaluate(state, eval_images, eval_labels,
-                                         eval_idx, eval_mask)
+          eval_start = time.perf_counter()
+          eval_errors, eval_losses = evaluate(state["variables"])
           for k, w in enumerate(writers):
             w.write_scalars(step, {f"{name}_error": float(eval_errors[k]),
-                                   f"{name}_loss": float(losses[k])})
+                                   f"{name}_loss": float(eval_losses[k])})
             histories[k].append({"step": step,
                                  f"{name}_error": float(eval_errors[k])})
           logging.info("step %d: %s errors %s", step, name,
                        np.round(eval_errors, 4).tolist())
+          timing["eval_seconds"] += time.perf_counter() - eval_start
         if do_ckpt or step == t.steps:
           ckpt.save(step, state)
         for w in writers:
           w.flush()
-        progress.reset_timer(step)
-        tick = time.perf_counter()
-        timed_from = step
+        if do_eval:
+          progress.reset_timer(step)
       if ckpt.latest_step() != step:
         ckpt.save(step, state)
+      jax.block_until_ready(state["step"])
+      loop_end = time.perf_counter()
   finally:
     ckpt.close()
     for w in writers:
       w.close()
 
   check_finite(state)
+  train_seconds = (loop_end - timing["start"] - timing["eval_seconds"]
+                   if timing["start"] is not None else 0.0)
   if eval_errors is None:  # resumed at the end: evaluate once more
-    eval_errors, _ = evaluate(state, eval_images, eval_labels, eval_idx,
-                              eval_mask)
-  test_errors = eval_errors
-  if name != "test":
-    test_layout = data_lib.eval_batches(dataset.num_test, t.eval_batch_size)
-    test_errors, _ = evaluate(
-        state, arrays(lambda d: d.test_images),
-        arrays(lambda d: d.test_labels), put(test_layout.indices),
-        put(test_layout.mask))
-  total_rate = (timing["steps"] * t.batch_size * r
-                / max(timing["seconds"], 1e-9))
-  skipped = np.asarray(jax.device_get(state["skipped"]))
-  variables = jax.device_get(state["variables"])
+    eval_errors, _ = evaluate(state["variables"])
+  test_errors = (eval_errors if name == "test"
+                 else evaluate(state["variables"], "test")[0])
+  total_rate = ((step - timing["from_step"]) * t.batch_size * r
+                / train_seconds if train_seconds else None)
+  skipped = np.asarray(train.fetch(state["skipped"]))
+  variables = train.fetch(state["variables"])
+  wall_seconds = time.perf_counter() - wall_start
   summary = []
   for k, c in enumerate(configs):
     path = run_dir(workdir, c.seed)
@@ -490,8 +521,10 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
         "eval_split": name,
         "steps": step,
         "skipped_steps": int(skipped[k]),
-        "wall_seconds": timing["seconds"],
-        "images_per_second": total_rate / r,
+        "wall_seconds": wall_seconds,
+        "train_seconds": train_seconds,
+        # Each run's share of the program's throughput.
+        "images_per_second": None if total_rate is None else total_rate / r,
         "final_train_error": (None if train_errors is None
                               else float(train_errors[k])),
         "num_params": models.num_params(
@@ -510,7 +543,7 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
     summary.append({**entry, "status": "ok",
                     "test_error": result["test_error"]})
   combined = {"parallel_runs": r, "runs": summary, "steps": step,
-              "wall_seconds": timing["seconds"],
+              "wall_seconds": wall_seconds, "train_seconds": train_seconds,
               "images_per_second": total_rate,
               "config": json.loads(config.to_json())}
   if is_main:

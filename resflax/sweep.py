@@ -25,6 +25,7 @@ Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
   sweep_paper: ConfigDict case name -> ``{table, case, <selectors>}`` for
     ``resflax.paper.lookup`` (empty: the paper has no number for the case).
   sweep_notes: ConfigDict case name -> a note for the results table.
+  sweep_order: the case names in table order (ConfigDict sorts its keys).
   sweep_title: the table's heading.
   seeds: runs per case (seeds ``seed`` .. ``seed + seeds - 1``).
 
@@ -44,6 +45,7 @@ its checkpoints.
 """
 
 import dataclasses
+import difflib
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -54,7 +56,8 @@ from resflax import paper as paper_lib
 from resflax import results as results_lib
 from resflax import train
 
-SWEEP_KEYS = ("sweep_cases", "sweep_paper", "sweep_notes", "sweep_title")
+SWEEP_KEYS = ("sweep_cases", "sweep_order", "sweep_paper", "sweep_notes",
+              "sweep_title")
 FAILED_FILE = "failed.json"
 RESULTS_FILE = "results.json"
 SMOKE = "smoke"
@@ -176,7 +179,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   flat = _flatten(config.to_dict())
   for key, value in overrides.items():
     if key not in flat:
-      close = sorted(k for k in flat if k.split(".")[-1] == key.split(".")[-1])
+      close = difflib.get_close_matches(key, list(flat), n=3)
       raise train.ConfigError(
           f"{where}: unknown config key {key!r}"
           + (f"; did you mean {', '.join(close)}?" if close else ""))
@@ -322,6 +325,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
   config = reference
   config.sweep_cases = ml_collections.ConfigDict(
       {name: _nest(o) for name, o in overrides.items()})
+  config.sweep_order = tuple(selected)
   config.sweep_paper = ml_collections.ConfigDict(
       {name: dict(cases[name].paper) for name in selected})
   config.sweep_notes = ml_collections.ConfigDict(
@@ -336,7 +340,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
 
 def case_names(config: ml_collections.ConfigDict) -> List[str]:
   """The sweep's cases, in table order."""
-  return list(config.sweep_cases.keys())
+  return list(config.sweep_order)
 
 
 def case_overrides(config: ml_collections.ConfigDict, case: str) -> Dict[str, Any]:
@@ -412,11 +416,11 @@ def _check(config: ml_collections.ConfigDict) -> bool:
         f"config.train.parallel_runs={r}: a sweep trains its seeds one after "
         f"another (1) or all of a case's seeds in one program "
         f"(config.seeds={config.seeds})")
-  unknown = set(config.sweep_paper) - set(config.sweep_cases)
-  if unknown:
+  missing = set(config.sweep_order) - set(config.sweep_cases)
+  if missing:
     raise train.ConfigError(
-        "config.sweep_paper names cases that are not in config.sweep_cases: "
-        f"{sorted(unknown)}")
+        "config.sweep_order names cases that are not in config.sweep_cases: "
+        f"{sorted(missing)}")
   for case in case_names(config):
     train.validate_config(case_config(config, case, seed=config.seed,
                                       parallel_runs=r))

@@ -149,9 +149,10 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
     pm = ("—" if r["paper_error_mean"] is None else
           f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}")
     paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
+    ours = ("—" if math.isnan(r["mean_error"]) else
+            f"{_num(r['mean_error'])} ± {_num(r['std_error'])}")
     lines.append(
-        f"| {r['case']} | {_num(r['median_error'])} | "
-        f"{_num(r['mean_error'])} ± {_num(r['std_error'])} | "
+        f"| {r['case']} | {_num(r['median_error'])} | {ours} | "
         f"{_num(r['best_error'])} | {r['runs']} | {r['failed']} | "
         f"{r['pending']} | {paper} | {pm} | "
         f"{'—' if delta is None else f'{delta:+.2f}'} | "
@@ -178,7 +179,7 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   n = len(rows)
-  fig = Figure(figsize=(8, 1.2 + 0.42 * n))
+  fig = Figure(figsize=(9, 1.2 + 0.42 * n))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   ys = np.arange(n)[::-1]
@@ -191,7 +192,7 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     errs = list(r["run_errors"].values())
     if errs:
       ax.scatter(errs, [y] * len(errs), s=14, color="0.45", zorder=3,
-                 label="runs" if y == ys[0] else None)
+                 label="runs")
       ax.barh(y, r["median_error"], height=0.5, color="tab:blue", alpha=0.35,
               label="median")
     p = r["paper_error"]
@@ -212,7 +213,8 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
   handles, names = ax.get_legend_handles_labels()
   unique = dict(zip(names, handles))
   if unique:
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)

@@ -91,6 +91,9 @@ def validate_config(config: ml_collections.ConfigDict,
       raise ConfigError(f"config.train.{key} must be >= 0")
   if t.parallel_runs < 1:
     raise ConfigError("config.train.parallel_runs must be >= 1")
+  if t.parallel_runs > 1 or tuple(t.run_overrides):
+    from resflax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.validate(config, num_devices)  # run_overrides and each run
   try:
     model_cfg = models.create_model(model_config(config, num_devices)).config
   except ValueError as e:
@@ -660,7 +663,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ckpt.save(step, state)
 
   try:
-    with _StopSignal() as stop, mesh:
+    with _StopSignal() as stop:
       while step < t.steps:
         state = step_fn(state, *source.step_args())
         step += 1

@@ -66,6 +66,7 @@ def test_config_and_unknown_keys():
   assert lesion_study.plain_config(config).model.shortcut == "none"
 
 
+@pytest.mark.slow
 def test_study_from_checkpoints_writes_every_file(tmp_path):
   config = lesion_config("smoke")
   runs = {"checkpoint": ("resnet", lesion_study.training_config(config)),
@@ -94,7 +95,7 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
   assert all(-1 <= r["kendall_tau"] < 1 for r in res["reorder"]["rows"])
   assert sum(r["paths"] for r in res["paths"]["rows"]) == 2 ** 9
   labels = {r["network"] for r in res["signal"]["response_std"]}
-  assert labels == {"resnet", "plain", "vgg"}
+  assert labels == {"resnet", "plain"}
   summary = (out / "lesion" / "summary.md").read_text()
   assert "downsampling module deleted: mean" in summary
   assert "Effective paths: lengths" in summary
@@ -105,19 +106,19 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
 def test_scaled_shortcut_gradient_factor_within_a_stage():
   # Full pre-activation: nothing after the addition, so through the
   # shortcuts alone the gradient shrinks by exactly lambda per module.
-  model = models.create_model(depth=20, widths=(4, 8, 8), unit="full_preact")
+  model = models.create_model(depth=14, widths=(4, 8, 8), unit="full_preact")
   v = random_variables(model, seed=4)
   x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
   y = jnp.arange(3)
   rows = signal_stats.scale_comparison(model, v, x, y, lam=0.5)
-  assert len(rows) == model.num_modules + 1
+  assert len(rows) == model.num_modules + 1 == 7
   r = np.array([row["ratio_shortcut_only"] for row in rows])
-  # Positions 6, 7, 8, 9 (the last stage's units and the head input).
-  np.testing.assert_allclose(r[6:9] / r[7:10], 0.5, rtol=1e-4)
-  assert rows[-1]["predicted"] == 1.0 and rows[0]["predicted"] == 0.5 ** 9
-  # Without masks the same program gives the ordinary input gradients.
-  grads = signal_stats.module_input_gradients(model, v, x, y)
-  assert len(grads) == 10 and all(g["grad_norm"] > 0 for g in grads)
+  # Input of the last stage's unit 1 (position 5) vs the head input (6);
+  # unit 0 (position 4) downsamples through a pre-activated shortcut.
+  assert r[5] / r[6] == pytest.approx(0.5, rel=1e-4)
+  assert r[6] == 1.0 and np.all(r[:5] < 0.5 ** 1.5)
+  assert rows[-1]["predicted"] == 1.0 and rows[0]["predicted"] == 0.5 ** 6
+  assert all(row["ratio_full"] > 0 for row in rows)
 
 
 def test_response_stds_and_gates():
@@ -134,9 +135,6 @@ def test_response_stds_and_gates():
   swapped = lesion.swap_modules(v, 1, 2)
   rows = signal_stats.response_stds(highway, swapped, x)
   assert [r["module"] for r in rows[:3]] == [0, 2, 1]
-  plain = models.create_model(depth=8, widths=(4, 8, 8))
-  assert signal_stats.gate_statistics(
-      plain, random_variables(plain), x) == []
 
 
 @pytest.mark.slow

@@ -92,7 +92,11 @@ def test_run_overrides_format_and_errors():
   for overrides, pattern in bad:
     c.train.run_overrides = overrides
     with pytest.raises(train.ConfigError, match=pattern):
-      parallel.validate(c)
+      train.validate_config(c)  # before any data is loaded
+  single = tiny_config()
+  single.train.run_overrides = ("train.learning_rate=0.05",)
+  with pytest.raises(train.ConfigError, match="needs config.train.parallel"):
+    train.validate_config(single)
 
 
 def test_parallel_runs_equal_solo_runs(tmp_path):

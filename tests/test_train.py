@@ -95,9 +95,8 @@ def run_steps(config, devices, steps):
                                            dataset.train_labels,
                                            dataset.mean, dataset.std)]
   step = jax.jit(functools.partial(train.train_step, task))
-  with mesh:
-    for _ in range(steps):
-      state = step(state, *args)
+  for _ in range(steps):
+    state = step(state, *args)
   return jax.device_get(state)
 
 

@@ -1,0 +1,189 @@
+"""Peak memory of one ResNet-1001 training step, with and without remat.
+
+The step is the jitted ``resflax.train.train_step`` of the Identity Mappings
+ResNet-1001 (bottleneck, full pre-activation, projection B, scanned stages)
+at batch ``--batch`` (128, the paper's), compiled from abstract arguments.
+XLA's ``memory_analysis()`` of the compiled executable gives, without
+running anything (so it works on a CPU for a GPU-sized batch):
+
+* argument bytes: the train state and the on-device dataset;
+* output bytes: the new train state;
+* alias bytes: outputs written in place of donated arguments (the state);
+* temp bytes: everything else live at some point (activations saved for the
+  backward pass, gradients, workspace): what ``model.remat`` shrinks.
+
+Peak = argument + output - alias + temp (XLA's own buffer-assignment bound;
+``--dataset-size`` training images sit in the arguments). With
+``--run`` (the default on any backend whose devices report
+``memory_stats()``, e.g. a GPU) each variant also runs one step in a fresh
+subprocess and its device's ``peak_bytes_in_use`` is reported (includes the
+initial state and the dataset). The last line is remat peak / no-remat
+peak (from ``memory_analysis``).
+
+  python benchmarks/memory.py [--batch 128] [--depth 1001] [--run]
+"""
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from resflax import models, train
+from resflax.config import load_experiment
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIB = 2.0 ** 20
+
+
+def make_config(depth: int, batch: int, remat: bool, scan: bool = True):
+  """Identity Mappings bottleneck pre-activation ResNet of ``depth``."""
+  config = load_experiment(os.path.join(HERE, "..", "experiments",
+                                        "cifar_resnet.py"), "110")
+  config.model.block = "bottleneck"
+  config.model.unit = "full_preact"
+  config.model.projection = "B"
+  config.model.depth = depth
+  config.model.scan = scan
+  config.model.remat = remat
+  config.train.batch_size = batch
+  config.data.name = "synthetic"
+  return config
+
+
+def build(config, num_train: int):
+  """The task, the jitted step and abstract arguments."""
+  model = models.create_model(train.model_config(config, jax.device_count()))
+  task = train.Task(model, config, train.make_mesh(), num_train,
+                    train.make_optimizer(config.train))
+  state = jax.eval_shape(functools.partial(train.init_state, task, 0,
+                                           (32, 32, 3)))
+  sds = jax.ShapeDtypeStruct
+  data = (sds((num_train, 32, 32, 3), jnp.uint8), sds((num_train,), jnp.int32),
+          sds((32, 32, 3), jnp.float32), sds((32, 32, 3), jnp.float32))
+  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
+  return task, step, state, data
+
+
+def analyse(config, num_train: int):
+  """Compiles the step; returns XLA's memory analysis as a dict of bytes."""
+  task, step, state, data = build(config, num_train)
+  start = time.perf_counter()
+  with task.mesh:
+    compiled = step.lower(state, *data).compile()
+  seconds = time.perf_counter() - start
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return {"compile_s": seconds, "available": False}
+  get = lambda k: int(getattr(ma, k, 0) or 0)
+  out = {k: get(f"{k}_size_in_bytes") for k in
+         ("argument", "output", "alias", "temp", "generated_code")}
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  out["compile_s"] = seconds
+  out["available"] = True
+  out["params"] = models.num_params(state["variables"])
+  return out
+
+
+def run_once(config, num_train: int):
+  """Runs one step for real; returns the device's peak bytes in use or None."""
+  device = jax.devices()[0]
+  if not hasattr(device, "memory_stats") or device.memory_stats() is None:
+    return None
+  task, step, _, _ = build(config, num_train)
+  rep = task.replicated
+  state = jax.jit(functools.partial(train.init_state, task, 0, (32, 32, 3)),
+                  out_shardings=rep)()
+  key = jax.random.key(0)
+  images = jax.device_put(jax.random.randint(
+      key, (num_train, 32, 32, 3), 0, 256, jnp.int32).astype(jnp.uint8), rep)
+  labels = jax.device_put(jnp.arange(num_train, dtype=jnp.int32) % 10, rep)
+  mean = jax.device_put(jnp.full((32, 32, 3), 0.5, jnp.float32), rep)
+  std = jax.device_put(jnp.full((32, 32, 3), 0.25, jnp.float32), rep)
+  with task.mesh:
+    state = step(state, images, labels, mean, std)
+    jax.block_until_ready(state)
+  stats = device.memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def device_peak_in_subprocess(args, remat: bool):
+  """``run_once`` in a fresh interpreter; bytes, or a reason string."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--device-case",
+         str(int(remat)), "--depth", str(args.depth), "--batch",
+         str(args.batch), "--dataset-size", str(args.dataset_size)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  for line in reversed(out.stdout.splitlines()):
+    if line.startswith("{"):
+      peak = json.loads(line)["device_peak"]
+      return peak if peak is not None else "memory_stats() unavailable"
+  tail = (out.stderr or out.stdout).strip().splitlines()[-2:]
+  return f"failed (rc {out.returncode}): {' | '.join(tail)}"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depth", type=int, default=1001)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--dataset-size", type=int, default=50_000,
+                      help="training images held on the device (CIFAR: 50k)")
+  parser.add_argument("--run", action="store_true",
+                      help="also run a step and read device memory_stats() "
+                      "(the default on backends that have them)")
+  parser.add_argument("--device-case", help=argparse.SUPPRESS)  # internal
+  args = parser.parse_args()
+  if args.device_case is not None:
+    config = make_config(args.depth, args.batch, bool(int(args.device_case)))
+    print(json.dumps({"device_peak": run_once(config, args.dataset_size)}))
+    return
+  device = jax.devices()[0]
+  has_stats = (hasattr(device, "memory_stats")
+               and device.memory_stats() is not None)
+
+  res = {}
+  for remat in (False, True):
+    config = make_config(args.depth, args.batch, remat)
+    r = analyse(config, args.dataset_size)
+    if not r["available"]:
+      print(f"remat={remat}: memory_analysis() unavailable on "
+            f"{device.platform}")
+    else:
+      print(f"remat={str(remat):5s}: peak {r['peak'] / MIB:8.1f} MiB = "
+            f"arguments {r['argument'] / MIB:.1f} + outputs "
+            f"{r['output'] / MIB:.1f} - aliased {r['alias'] / MIB:.1f} + "
+            f"temp {r['temp'] / MIB:.1f} (compile {r['compile_s']:.1f} s)",
+            flush=True)
+    if args.run or has_stats:
+      # peak_bytes_in_use only grows within a process: one process per case.
+      r["device_peak"] = device_peak_in_subprocess(args, remat)
+      if isinstance(r["device_peak"], int):
+        print(f"remat={str(remat):5s}: device peak_bytes_in_use "
+              f"{r['device_peak'] / MIB:.1f} MiB (one step, fresh process)",
+              flush=True)
+      else:
+        print(f"remat={remat}: device peak not measured: "
+              f"{r['device_peak']}", flush=True)
+    res[remat] = r
+
+  print(f"ResNet-{args.depth} (bottleneck, full pre-act, projection B, "
+        f"scan), batch {args.batch}, {res[False].get('params', 0) / 1e6:.2f} "
+        f"M params, {args.dataset_size} uint8 training images on device; "
+        f"jax {jax.__version__} {device.platform} ({device.device_kind})")
+  if res[False]["available"] and res[True]["available"]:
+    t = res[True]["temp"] / res[False]["temp"]
+    p = res[True]["peak"] / res[False]["peak"]
+    print(f"temp (activations + workspace) remat / no-remat = {t:.3f}")
+    print(f"peak memory remat / no-remat = {p:.3f} "
+          f"({res[True]['peak'] / MIB:.0f} MiB vs "
+          f"{res[False]['peak'] / MIB:.0f} MiB)")
+  else:
+    print("peak memory remat / no-remat: not available on this backend")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,60 @@
+"""Identity Mappings (He et al. 2016, ECCV) Table 2: where BN and ReLU go.
+
+The five unit designs of Fig. 4, (a) original, (b) BN after addition, (c)
+ReLU before addition, (d) ReLU-only pre-activation, (e) full
+pre-activation, on ResNet-110 (basic units, option A) and ResNet-164
+(bottleneck units 1x1,16 / 3x3,16 / 1x1,64; projection B).
+
+The whole table (5 seeds per case; results in DIR/results.md):
+  python -m resflax.main --config experiments/cifar_activations.py --workdir runs/table2
+One depth, one design, or one case (comma-separated):
+  python -m resflax.main --config experiments/cifar_activations.py:resnet164 --workdir runs/table2
+  python -m resflax.main --config experiments/cifar_activations.py:full_preact --workdir runs/table2
+  python -m resflax.main --config experiments/cifar_activations.py:full_preact_110 --workdir runs/table2
+Every case shrunk to seconds on a CPU (synthetic data, 2 seeds):
+  python -m resflax.main --config experiments/cifar_activations.py:smoke --workdir /tmp/t2
+All seeds of a case in one program: --config.train.parallel_runs=5.
+
+Recipe (Identity Mappings appendix): SGD momentum 0.9, weight decay 1e-4,
+batch 128 with BN statistics over 64 images (2 GPUs), lr 0.1 divided by 10
+at 32k and 48k iterations, 64k iterations, warm-up at lr 0.01 for the first
+400 iterations, pad-4/crop/flip augmentation; median of 5 runs.
+"""
+
+from resflax import sweep
+from resflax.config import base_config
+from resflax.sweep import Case, paper_ref
+
+# model.unit -> the letter of Fig. 4 / Table 2.
+UNITS = {"original": "a", "bn_after_add": "b", "relu_before_add": "c",
+         "relu_preact": "d", "full_preact": "e"}
+NETS = {
+    110: {"model.depth": 110, "model.block": "basic"},
+    164: {"model.depth": 164, "model.block": "bottleneck",
+          "model.projection": "B"},
+}
+
+CASES = {
+    f"{unit}_{depth}": Case(
+        {**net, "model.unit": unit},
+        paper_ref("identity_table2", letter, depth=depth),
+        f"Fig. 4 ({letter}), ResNet-{depth}")
+    for depth, net in NETS.items() for unit, letter in UNITS.items()
+}
+
+GROUPS = {
+    **{f"resnet{depth}": tuple(f"{u}_{depth}" for u in UNITS)
+       for depth in NETS},
+    **{unit: tuple(f"{unit}_{depth}" for depth in NETS) for unit in UNITS},
+}
+
+
+def get_config(arg=None):
+  """``arg``: cases or groups (comma-separated), ``smoke``; none: Table 2."""
+  config = base_config()
+  config.model.name = "cifar_resnet"
+  config.model.bn_group_size = 64
+  config.train.warmup_steps = 400
+  return sweep.experiment(
+      __file__, config, CASES, arg, groups=GROUPS,
+      title="Identity Mappings Table 2: BN/ReLU placement, CIFAR-10")

@@ -1,0 +1,118 @@
+"""Experiment files: every case and ``smoke`` give a valid config."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from resflax import models, sweep, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
+NAMES = [os.path.basename(f) for f in FILES]
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(
+      "experiment_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# The whole table shrunk; cifar_resnet.py's own "smoke" is its (older) tiny
+# single run, which the training tests and README use.
+def smoke_arg(name):
+  return "all,smoke" if name == "cifar_resnet.py" else "smoke"
+
+
+def test_all_experiment_files_are_covered():
+  assert set(NAMES) >= {
+      "cifar_resnet.py", "cifar_shortcuts.py", "cifar_activations.py",
+      "cifar_preact.py", "imagenet_resnet.py", "stochastic_depth.py",
+      "wide_resnet.py"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=NAMES)
+def test_every_case_is_valid(path):
+  module = load(path)
+  name = os.path.basename(path)
+  assert f"--config experiments/{name}" in module.__doc__
+  config = module.get_config()
+  cases = sweep.case_names(config)
+  assert cases and config.seeds >= 1
+  for case in module.CASES:
+    one = module.get_config(case)
+    assert sweep.case_names(one) == [case]
+    run = sweep.case_config(one, case, seed=config.seed)
+    # Validated for the papers' 2 GPUs (BN groups of 64 need 64 per device).
+    train.validate_config(run, 2)
+    ref = one.sweep_paper[case].to_dict()
+    assert not ref or sweep.paper_value(ref) is not None
+
+
+@pytest.mark.parametrize("path", FILES, ids=NAMES)
+def test_smoke_shrinks_every_case(path):
+  module = load(path)
+  name = os.path.basename(path)
+  config = module.get_config(smoke_arg(name))
+  assert sweep.case_names(config) == list(module.CASES)
+  assert config.seeds == 2
+  for case in sweep.case_names(config):
+    run = sweep.case_config(config, case, seed=0)
+    assert run.data.name == "synthetic" and run.train.steps <= 10
+    train.validate_config(run)  # on this suite's 4 CPU devices
+    full = sweep.case_config(module.get_config(case), case, seed=0)
+    # Structure kept: block, shortcut, unit and projection of the full case.
+    for key in ("name", "block", "shortcut", "unit", "projection",
+                "gate_bias_init", "stochastic_depth", "dropout"):
+      assert run.model[key] == full.model[key], (case, key)
+    assert run.model.depth == sweep.smallest_depth(full.model)
+    assert run.data.num_classes == {"cifar100": 100, "imagenet2012": 1000}.get(
+        full.data.name, 10)
+    models.create_model(train.model_config(run, 1))
+
+
+@pytest.mark.parametrize("path", FILES, ids=NAMES)
+def test_bad_arg_lists_the_cases(path):
+  module = load(path)
+  with pytest.raises(ValueError) as e:
+    module.get_config("no_such_case")
+  for case in module.CASES:
+    assert case in str(e.value)
+  assert "smoke" in str(e.value)
+
+
+def test_groups_and_options():
+  shortcuts = load(os.path.join(REPO, "experiments", "cifar_shortcuts.py"))
+  assert sweep.case_names(shortcuts.get_config("exclusive_gate")) == [
+      "exclusive_gate_b0", "exclusive_gate_b-6", "exclusive_gate_b-7"]
+  search = sweep.case_names(shortcuts.get_config("exclusive_gate_search"))
+  assert search == [f"exclusive_gate_b{b}" for b in range(0, -11, -1)]
+  # The default is the paper's table, not the search.
+  assert "exclusive_gate_b-3" not in sweep.case_names(shortcuts.get_config())
+  two = shortcuts.get_config("conv1x1,original,smoke")
+  assert sweep.case_names(two) == ["conv1x1", "original"]
+
+
+def test_imagenet_recipe():
+  imagenet = load(os.path.join(REPO, "experiments", "imagenet_resnet.py"))
+  config = imagenet.get_config()
+  per_epoch = 1_281_167 // 256
+  assert config.data.name == "imagenet2012"
+  assert config.train.batch_size == 256 and config.train.learning_rate == 0.1
+  assert tuple(config.train.lr_boundaries) == (30 * per_epoch, 60 * per_epoch)
+  assert config.train.warmup_steps == 0
+
+
+def test_cifar_resnet_keeps_its_single_runs():
+  cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
+  one = cifar.get_config("110")
+  assert "sweep_cases" not in one and one.model.depth == 110
+  assert one.train.warmup_steps == 400
+  assert cifar.get_config("plain56").model.shortcut == "none"
+  assert "sweep_cases" not in cifar.get_config("smoke")
+  table = cifar.get_config()
+  assert sweep.case_names(table) == (list(cifar.GROUPS["table6"])
+                                     + list(cifar.GROUPS["plain"]))

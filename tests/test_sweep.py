@@ -1,0 +1,192 @@
+"""Sweeps: case configs, skip/resume, failures, parallel seeds, the tables."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resflax import paper, results, runner, sweep, tables, train
+from resflax.config import base_config, load_experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORTCUTS = os.path.join(REPO, "experiments", "cifar_shortcuts.py")
+
+
+def small_sweep(**train_kw):
+  """Three Table 1 cases, shrunk, 2 seeds."""
+  config = load_experiment(SHORTCUTS, "original,exclusive_gate_b-6,dropout,"
+                           "smoke")
+  for k, v in train_kw.items():
+    setattr(config.train, k, v)
+  return config
+
+
+class FakeTrainer:
+  """Stands in for train.train_and_evaluate: records calls, writes results.
+
+  ``fail``: (case, seed) pairs raising TrainingError; ``interrupt_at``: the
+  call number that returns as if stopped by SIGTERM.
+  """
+
+  def __init__(self, fail=(), interrupt_at=None):
+    self.calls = []
+    self.fail = set(fail)
+    self.interrupt_at = interrupt_at
+
+  def __call__(self, config, workdir):
+    self.calls.append((workdir, config))
+    if len(self.calls) == self.interrupt_at:
+      return {"interrupted": True, "step": 1}
+    case = os.path.basename(os.path.dirname(workdir))
+    if config.train.parallel_runs > 1:  # one program for every seed
+      case = os.path.basename(workdir)
+      for k in range(config.train.parallel_runs):
+        self._write(os.path.join(workdir, f"seed{config.seed + k}"), case,
+                    config.seed + k)
+      return {"parallel_runs": config.train.parallel_runs}
+    if (case, config.seed) in self.fail:
+      raise train.TrainingError("non-finite loss or parameters at step 3")
+    return self._write(workdir, case, config.seed)
+
+  @staticmethod
+  def _write(path, case, seed):
+    result = {"test_error": 0.1 + 0.01 * seed + 0.001 * len(case)}
+    results.write_json(os.path.join(path, "results.json"), result)
+    return result
+
+
+def test_case_config_applies_overrides_and_seed():
+  config = load_experiment(SHORTCUTS)
+  assert config.seeds == 5
+  assert "exclusive_gate_b-6" in sweep.case_names(config)
+  c = sweep.case_config(config, "exclusive_gate_b-7", seed=3)
+  assert c.model.shortcut == "exclusive_gate"
+  assert c.model.gate_bias_init == -7.0
+  assert c.model.depth == 110 and c.train.warmup_steps == 400
+  assert c.seed == 3 and c.seeds == 1 and c.train.parallel_runs == 1
+  assert not any(k in c for k in sweep.SWEEP_KEYS)
+  train.validate_config(c, 2)  # the papers' 2 GPUs
+  # The base config is untouched.
+  assert config.model.shortcut == "identity"
+
+
+def test_unknown_override_key_is_named():
+  cases = {"x": sweep.Case({"model.shortcutt": "none"})}
+  with pytest.raises(ValueError, match="'model.shortcutt'.*model.shortcut"):
+    sweep.experiment("f.py", base_config(), cases, None, title="t")
+  with pytest.raises(ValueError, match="no such number"):
+    sweep.paper_ref("identity_table1", "exclusive_gate_b-9")
+
+
+def test_restarted_sweep_skips_finished_runs(tmp_path, monkeypatch):
+  config = small_sweep()
+  fake = FakeTrainer(fail={("dropout", 1)}, interrupt_at=3)
+  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  # Stopped by SIGTERM in the 3rd run: the sweep stops and says so.
+  assert runner.run(config, str(tmp_path)) == {"interrupted": True}
+  assert len(fake.calls) == 3
+  # Restarted: the interrupted run (no results.json) trains again, the two
+  # finished ones do not.
+  rows = runner.run(config, str(tmp_path))["rows"]
+  assert len(fake.calls) == 3 + 4
+  assert fake.calls[3][0] == fake.calls[2][0]
+  by_case = {r["case"]: r for r in rows}
+  assert by_case["dropout"]["failed"] == 1 and by_case["dropout"]["runs"] == 1
+  failed = json.loads((tmp_path / "dropout" / "seed1" / "failed.json")
+                      .read_text())
+  assert "non-finite" in failed["error"]
+  # A third run trains nothing: finished and failed runs are both kept.
+  runner.run(config, str(tmp_path))
+  assert len(fake.calls) == 7
+  # Each run trained in its own folder with its own seed.
+  assert sorted({os.path.relpath(w, tmp_path) for w, _ in fake.calls}) == [
+      f"{case}/seed{s}" for case in sorted(sweep.case_names(config))
+      for s in (0, 1)]
+  assert all(c.seed == int(w[-1]) for w, c in fake.calls)
+
+
+def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
+  config = small_sweep()
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      FakeTrainer(fail={("dropout", 1)}))
+  sweep.run(config, str(tmp_path))
+  csv_rows = {r["case"]: r for r in results.read_csv(tmp_path / "results.csv")}
+  md = (tmp_path / "results.md").read_text()
+  assert list(csv_rows) == sweep.case_names(config)
+  for case in sweep.case_names(config):
+    value = paper.lookup("identity_table1", case)
+    assert csv_rows[case]["paper_error"] == str(value)
+    assert f"| {case} |" in md
+  assert "| 8.70 [V] |" in md  # exclusive gating, b_g = -6
+  assert "fail (>20%)" in md  # dropout shortcut
+  orig = csv_rows["original"]
+  # Seeds 0 and 1: 10.8% and 11.8% test error (FakeTrainer).
+  assert float(orig["median_error"]) == pytest.approx(11.3)
+  assert float(orig["std_error"]) == pytest.approx(0.7071, abs=1e-3)
+  assert orig["runs"] == "2" and orig["failed"] == "0"
+  assert csv_rows["dropout"]["failed"] == "1"
+  assert "dropout seed 1: non-finite" in md
+  assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_sweep_runs_each_case_as_one_program(tmp_path, monkeypatch):
+  config = small_sweep(parallel_runs=2)
+  fake = FakeTrainer()
+  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  rows = sweep.run(config, str(tmp_path))["rows"]
+  assert [os.path.relpath(w, tmp_path) for w, _ in fake.calls] == (
+      sweep.case_names(config))
+  assert all(c.train.parallel_runs == 2 and c.seed == 0 for _, c in fake.calls)
+  assert all(r["runs"] == 2 for r in rows)
+  sweep.run(config, str(tmp_path))
+  assert len(fake.calls) == 3
+
+
+@pytest.mark.parametrize("key,value,pattern", [
+    ("parallel_runs", 3, "parallel_runs=3.*config.seeds=2"),
+    ("run_overrides", ("", ""), "run_overrides cannot be combined"),
+])
+def test_bad_sweep_settings_are_refused(tmp_path, key, value, pattern):
+  config = small_sweep()
+  setattr(config.train, key, value)
+  with pytest.raises(train.ConfigError, match=pattern):
+    sweep.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_learning_curves_read_without_tensorflow(tmp_path):
+  from resflax import metrics
+  w = metrics.create_writer(str(tmp_path))
+  for step in (2, 4):
+    w.write_scalars(step, {"train_error": 1.0 / step})
+  w.close()
+  steps, values = tables.read_scalars(str(tmp_path))["train_error"]
+  assert steps.tolist() == [2, 4] and values.tolist() == [0.5, 0.25]
+
+
+@pytest.mark.slow
+def test_cli_sweep_end_to_end_with_parallel_seeds(tmp_path):
+  """One shrunk case, its 2 seeds in one program, through the CLI; again."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  cmd = [sys.executable, "-m", "resflax.main",
+         "--config", SHORTCUTS + ":exclusive_gate_b-6,smoke",
+         "--workdir", str(tmp_path), "--config.train.parallel_runs=2"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_files = [tmp_path / "exclusive_gate_b-6" / f"seed{s}" / "results.json"
+               for s in (0, 1)]
+  mtimes = [f.stat().st_mtime_ns for f in run_files]
+  for f in run_files:
+    saved = json.loads(f.read_text())
+    assert saved["steps"] == 6 and 0 <= saved["test_error"] <= 1
+    assert saved["config"]["model"]["gate_bias_init"] == -6.0
+  row = results.read_csv(tmp_path / "results.csv")[0]
+  assert row["case"] == "exclusive_gate_b-6" and row["runs"] == "2"
+  assert row["paper_error"] == "8.7"
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [f.stat().st_mtime_ns for f in run_files] == mtimes
