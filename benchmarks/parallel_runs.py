@@ -6,7 +6,7 @@ another with ``train.train_step`` (one compiled program, each run's state in
 turn); "parallel" trains them together with ``resflax.parallel.make_step``
 (the state vmapped over runs). Compilation and warm-up steps are not timed.
 
-  python benchmarks/parallel_runs.py                  # R=4, 5 timed steps
+  python benchmarks/parallel_runs.py                  # R=2, 3 timed steps
   python benchmarks/parallel_runs.py --runs 8 --steps 20
 
 The last line printed is the speed-up (parallel images/s over sequential).
@@ -55,8 +55,8 @@ def _timed(step, state, n, *data):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--runs", type=int, default=4, help="R")
-  parser.add_argument("--steps", type=int, default=5,
+  parser.add_argument("--runs", type=int, default=2, help="R")
+  parser.add_argument("--steps", type=int, default=3,
                       help="timed steps per run (after one untimed step)")
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--depth", type=int, default=20)

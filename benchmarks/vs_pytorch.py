@@ -11,14 +11,20 @@ conv, He init, global average pool, linear head) and the same step (batch
   ``torch.set_num_threads`` = the usable cores;
 * resflax: the jitted ``resflax.train.train_step`` that training runs (batch
   sampled, normalised and augmented on the device, non-finite guard,
-  metrics), and the bare step (model value_and_grad + optax update on a
-  pre-made batch, as torch gets it), both with ``donate_argnums``.
+  metrics), and the bare step (the resflax model's value_and_grad + optax
+  update on a pre-made batch, as torch gets it), both with
+  ``donate_argnums``;
+* plain Flax: the same bare step with a minimal ``flax.linen`` ResNet-20
+  (``nn.Conv``/``nn.BatchNorm``), the control for "what does JAX itself do
+  here" (``--no-plain-flax`` leaves it out).
 
 After warm-up (and compilation), rounds alternate torch / resflax step /
-bare JAX step, ``--steps`` steps each, and report images/s per round and
-the medians. ``model.scan`` is chosen by a short probe (``--scan auto``; the
-faster on this machine, printed) or forced with ``--scan on|off``. The last
-line is resflax ``train_step`` images/s over torch images/s.
+bare resflax / plain Flax, ``--steps`` steps each, and report images/s per
+round, the medians and CPU milliseconds per image (process CPU time, less
+sensitive to other load on a shared machine than wall time). ``model.scan``
+is chosen by a short probe (``--scan auto``; the faster on this machine,
+printed) or forced with ``--scan on|off``. The last line is the median over
+rounds of resflax ``train_step`` images/s over torch images/s.
 
   pip install torch==2.13.0   # or: pip install -e .[bench]
   python benchmarks/vs_pytorch.py [--rounds 5] [--steps 10] [--scan auto]
@@ -31,6 +37,7 @@ import statistics
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,7 +143,7 @@ class TorchRunner:
       loss = F.cross_entropy(self.model(self.x), self.y)
       loss.backward()
       self.opt.step()
-    self.loss = float(loss)  # eager: already computed; syncs nothing new
+    self.loss = loss.item()  # eager: already computed
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -181,20 +188,71 @@ class TrainStepRunner:
     return time.perf_counter() - start
 
   def run(self, steps: int) -> float:
-    with self.task.mesh:
-      start = time.perf_counter()
-      for _ in range(steps):
-        self.state = self.step(self.state, *self.args)
-      jax.block_until_ready(self.state)
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state = self.step(self.state, *self.args)
+    jax.block_until_ready(self.state)
     return steps * BATCH / (time.perf_counter() - start)
+
+
+class _PlainUnit(nn.Module):
+  """Basic unit, option A shortcut, in plain flax.linen."""
+  cin: int
+  cout: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    conv = functools.partial(nn.Conv, self.cout, (3, 3), padding=1,
+                             use_bias=False, kernel_init=init)
+    bn = functools.partial(nn.BatchNorm, use_running_average=False,
+                           momentum=0.9, epsilon=1e-5)
+    h = nn.relu(bn()(conv(strides=self.stride)(x)))
+    h = bn()(conv()(h))
+    s = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x
+    if self.cout > self.cin:
+      s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (0, self.cout - self.cin)))
+    return nn.relu(h + s)
+
+
+class PlainResNet20(nn.Module):
+  """ResNet-20 in plain flax.linen: the "JAX itself" control."""
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=init)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=False, momentum=0.9)(x))
+    cin = 16
+    for s, w in enumerate((16, 32, 64)):
+      for u in range(3):
+        x = _PlainUnit(cin, w, 2 if (s > 0 and u == 0) else 1)(x)
+        cin = w
+    return nn.Dense(10)(x.mean((1, 2)))
+
+
+class _PlainAdapter:
+  """``PlainResNet20`` behind the resflax ``init``/``apply`` signature."""
+
+  def __init__(self):
+    self.net = PlainResNet20()
+
+  def init(self, key, x):
+    return self.net.init(key, x)
+
+  def apply(self, variables, x, train):
+    del train
+    logits, upd = self.net.apply(variables, x, mutable=["batch_stats"])
+    return logits, {**variables, **upd}
 
 
 class BareRunner:
   """Model value_and_grad + optax SGD on one fixed batch (as torch gets)."""
 
-  def __init__(self, config, images, labels):
-    self.model = models.create_model(
-        train.model_config(config, jax.device_count()))
+  def __init__(self, config, images, labels, plain_flax: bool = False):
+    self.model = (_PlainAdapter() if plain_flax else models.create_model(
+        train.model_config(config, jax.device_count())))
     variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
     tx = optax.chain(train.make_optimizer(config.train),
                      optax.scale(-config.train.learning_rate))
@@ -240,10 +298,14 @@ def fixed_batch(dataset):
 
 
 def choose_scan(dataset, steps: int):
-  """Times train_step with scan on/off (alternated); returns the faster."""
+  """Times train_step with scan on/off (alternated).
+
+  Returns:
+    (the faster scan setting, its compiled runner, its compile seconds).
+  """
   runners = {s: TrainStepRunner(make_config(s), dataset) for s in (True, False)}
+  compile_s = {s: r.compile() for s, r in runners.items()}
   for r in runners.values():
-    r.compile()
     r.run(1)
   rates = {True: [], False: []}
   for _ in range(2):
@@ -253,7 +315,8 @@ def choose_scan(dataset, steps: int):
   print(f"scan probe (train_step, {steps} steps x 2): scan=True "
         f"{best[True]:.1f} img/s, scan=False {best[False]:.1f} img/s",
         flush=True)
-  return max(best, key=best.get)
+  scan = max(best, key=best.get)
+  return scan, runners[scan], compile_s[scan]
 
 
 def main():
@@ -265,6 +328,9 @@ def main():
                       help="untimed steps of each before the rounds")
   parser.add_argument("--scan", choices=("auto", "on", "off"), default="auto",
                       help="model.scan for resflax; auto = faster in a probe")
+  parser.add_argument("--no-plain-flax", dest="plain_flax",
+                      action="store_false",
+                      help="leave out the plain flax.linen control")
   args = parser.parse_args()
   torch = _require_torch()
   cores = num_cores()
@@ -272,48 +338,63 @@ def main():
 
   dataset = data_lib.load_dataset(make_config(True).data)
   images, labels = fixed_batch(dataset)
+  compile_s = {}
   if args.scan == "auto":
-    scan = choose_scan(dataset, max(3, args.steps // 2))
+    scan, step_runner, compile_s["resflax"] = choose_scan(
+        dataset, max(3, args.steps // 2))
   else:
     scan = args.scan == "on"
+    step_runner = TrainStepRunner(make_config(scan), dataset)
+    compile_s["resflax"] = step_runner.compile()
   config = make_config(scan)
 
   runners = {"torch": TorchRunner(torch, images, labels),
-             "resflax": TrainStepRunner(config, dataset),
-             "bare_jax": BareRunner(config, images, labels)}
-  compile_s = {k: runners[k].compile() for k in ("resflax", "bare_jax")}
+             "resflax": step_runner,
+             "bare_resflax": BareRunner(config, images, labels)}
+  if args.plain_flax:
+    runners["plain_flax"] = BareRunner(config, images, labels, True)
+  for k in runners:
+    if k not in ("torch", "resflax"):
+      compile_s[k] = runners[k].compile()
   for r in runners.values():
     r.run(args.warmup)
 
   rates = {k: [] for k in runners}
+  cpu_ms = {k: [] for k in runners}
   for i in range(args.rounds):
     for k, r in runners.items():
+      cpu = time.process_time()
       rates[k].append(r.run(args.steps))
+      cpu_ms[k].append((time.process_time() - cpu) * 1e3
+                       / (args.steps * BATCH))
     print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.1f}"
                                     for k, v in rates.items()) + " img/s",
           flush=True)
 
   med = {k: statistics.median(v) for k, v in rates.items()}
   per_round = [a / b for a, b in zip(rates["resflax"], rates["torch"])]
+  ratio = lambda a, b: statistics.median(
+      [x / y for x, y in zip(rates[a], rates[b])])
   print(f"machine: {cores} cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), jax {jax.__version__} "
         f"{jax.devices()[0].platform}")
   print(f"resflax: model.scan={scan} "
         f"({'chosen by probe' if args.scan == 'auto' else 'forced'}); "
-        f"compile train_step {compile_s['resflax']:.1f} s, bare "
-        f"{compile_s['bare_jax']:.1f} s (excluded)")
+        "compile (excluded): " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in compile_s.items()))
   print("torch: eager NCHW, fixed pre-made batch, no augmentation; resflax: "
         "jitted train.train_step (on-device sampling + pad/crop/flip); "
-        "bare_jax: value_and_grad + optax on a fixed batch")
-  print(f"median img/s: torch {med['torch']:.1f}, resflax train_step "
-        f"{med['resflax']:.1f}, bare_jax {med['bare_jax']:.1f}")
-  print(f"per-round resflax/torch: "
-        + " ".join(f"{r:.2f}" for r in per_round)
-        + f"; bare_jax/torch {med['bare_jax'] / med['torch']:.2f}"
-        + f"; resflax/bare_jax {med['resflax'] / med['bare_jax']:.2f}")
+        "bare_resflax / plain_flax: value_and_grad + optax on a fixed batch")
+  print("median img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
+  print("median CPU ms/img: " + ", ".join(
+      f"{k} {statistics.median(v):.1f}" for k, v in cpu_ms.items()))
+  others = [k for k in runners if k not in ("torch", "resflax")]
+  print("median per-round ratios: " + "; ".join(
+      [f"{k}/torch {ratio(k, 'torch'):.2f}" for k in others]
+      + [f"resflax/{k} {ratio('resflax', k):.2f}" for k in others]))
+  print("per-round resflax/torch: " + " ".join(f"{r:.2f}" for r in per_round))
   print(f"resflax train_step / torch eager = "
-        f"{statistics.median(per_round):.2f}x "
-        f"(target >= 4x)")
+        f"{statistics.median(per_round):.2f}x (target >= 4x)")
 
 
 if __name__ == "__main__":

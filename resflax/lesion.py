@@ -40,9 +40,9 @@ PyTree = Any
 
 __all__ = [
     "LesionEvaluator", "delete_modules", "kendall_tau", "module_order",
-    "module_table", "num_modules", "reorder_modules", "stack_lesions",
+    "module_table", "num_modules", "reorder_modules",
+    "single_deletion_lesions", "stack_lesions", "stage_names", "stage_sizes",
     "swap_modules",
-    "stage_names", "stage_sizes", "single_deletion_lesions",
 ]
 
 
@@ -403,10 +403,8 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
       network with no stage of at least two movable modules.
   """
   lesion = _lesion_of(params)
-  names = stage_names(params)
   sizes = stage_sizes(params)
   movable = [max(s - 1, 0) for s in sizes]
-  starts = np.concatenate([[0], np.cumsum(movable)[:-1]]).astype(np.int32)
   # Positions of the concatenated ``order`` arrays whose stage has a partner.
   stage_of = np.repeat(np.arange(len(sizes)), movable)
   eligible = np.flatnonzero(np.asarray(movable)[stage_of] >= 2
@@ -423,18 +421,34 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
         "reorder_modules: no stage has two units of the same shape to swap "
         f"(stage sizes {list(sizes)}; unit 0 of a stage never moves)")
 
-  order = jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
-                           for s in names]) if sum(movable) else None
-  eligible_j = jnp.asarray(eligible, jnp.int32)
-  stage_of_j = jnp.asarray(stage_of, jnp.int32)
-  starts_j = jnp.asarray(starts, jnp.int32)
+  new_lesion, tau = _reorder(dict(lesion), jnp.asarray(num_swaps, jnp.int32),
+                             key)
+  return {**params, "lesion": new_lesion}, tau
+
+
+@jax.jit
+def _reorder(lesion, num_swaps, key):
+  # Jitted with the swap count as data: one program for every count (eager,
+  # the loop would compile once per trip count). Shapes give the structure.
+  variables = {"lesion": lesion}
+  names = stage_names(variables)
+  sizes = stage_sizes(variables)
+  movable = [max(s - 1, 0) for s in sizes]
+  starts = jnp.asarray(np.concatenate([[0], np.cumsum(movable)[:-1]]),
+                       jnp.int32)
+  stage_of = np.repeat(np.arange(len(sizes)), movable)
+  eligible = np.flatnonzero(np.asarray(movable)[stage_of] >= 2)
+  stage_of = jnp.asarray(stage_of, jnp.int32)
   movable_j = jnp.asarray(movable, jnp.int32)
+  order = jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
+                           for s in names])
 
   def swap(i, order):
     k1, k2 = jax.random.split(jax.random.fold_in(key, i))
-    a = eligible_j[jax.random.randint(k1, (), 0, eligible.size)]
-    s = stage_of_j[a]
-    m, start = movable_j[s], starts_j[s]
+    a = jnp.asarray(eligible, jnp.int32)[
+        jax.random.randint(k1, (), 0, eligible.size)]
+    s = stage_of[a]
+    m, start = movable_j[s], starts[s]
     # A different position of the same stage, uniformly.
     b = start + (a - start + 1 + jax.random.randint(k2, (), 0, m - 1)) % m
     oa, ob = order[a], order[b]
@@ -443,9 +457,8 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
   order = jax.lax.fori_loop(0, num_swaps, swap, order)
   parts = jnp.split(order, np.cumsum(movable)[:-1])
   new_lesion = {s: {**lesion[s], "order": parts[i].astype(
-      jnp.asarray(lesion[s]["order"]).dtype)} for i, s in enumerate(names)}
-  new = {**params, "lesion": new_lesion}
-  return new, kendall_tau(module_order(new))
+      lesion[s]["order"].dtype)} for i, s in enumerate(names)}
+  return new_lesion, kendall_tau(module_order({"lesion": new_lesion}))
 
 
 # --------------------------------------------------------------------------
@@ -456,11 +469,20 @@ class LesionEvaluator:
   """Test error of many lesions of one network, through one compilation.
 
   The images live on the device; a call evaluates a stack of lesions in
-  chunks of ``lesions_per_call`` (vmapped: the stem and everything before
-  the first module that differs is computed once per chunk), scanning over
-  fixed-shape image batches. Chunks are padded with the intact lesion, so
-  every call has the same shapes and the function compiles once for all
-  lesions, orders and even other checkpoints of the same architecture.
+  chunks of ``lesions_per_call``, scanning over fixed-shape image batches.
+  Chunks are padded with the intact lesion, so every call has the same
+  shapes and the function compiles once for all lesions, orders and even
+  other checkpoints of the same architecture.
+
+  Inside the one program two branches are chosen by data (``lax.cond``):
+
+  * the lesions of a chunk share one order (deletions, Veit Fig. 3/5a):
+    the ``active`` arrays are vmapped, the weights are not, so the lesions
+    run as one larger batch and the stem is computed once;
+  * the orders differ (swaps, Fig. 5b): the lesions run one after another
+    (``lax.map``). Vmapping differing orders would gather a different
+    weight stack per lesion, turning every convolution into a batched-kernel
+    (grouped) one, many times slower on CPU.
 
   Example::
 
@@ -482,8 +504,8 @@ class LesionEvaluator:
       mean, std: normalisation constants of the training set.
       batch_size: images per scanned batch (the last batch is padded and
         masked, so every image counts once).
-      lesions_per_call: lesions evaluated together with vmap. Memory grows
-        linearly with it.
+      lesions_per_call: lesions evaluated per call (vmapped when they share
+        an order). Memory grows linearly with it.
 
     Raises:
       ValueError: empty images, mismatched labels, or non-positive sizes.
@@ -506,29 +528,53 @@ class LesionEvaluator:
     self._fn = jax.jit(self._errors)
     self.calls = 0
 
-  def _errors(self, params, batch_stats, lesions, images, labels, mean, std,
-              indices, mask):
+  def _errors(self, params, batch_stats, lesions, shared_order, images,
+              labels, mean, std, indices, mask):
     model = self.model
     dtype = jnp.dtype(model.config.dtype)
-
-    def body(carry, xs):
-      idx, m = xs
-      x = data_lib.normalize(images[idx], mean, std, dtype=dtype)
-      y = labels[idx]
-
-      def one(lesion):
-        logits = model.apply({"params": params, "batch_stats": batch_stats,
-                              "lesion": lesion}, x)
-        wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32) * m
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * m
-        return wrong.sum(), loss.sum()
-
-      wrong, loss = jax.vmap(one)(lesions)
-      return (carry[0] + wrong, carry[1] + loss), None
-
     num = jax.tree.leaves(lesions)[0].shape[0]
-    zeros = jnp.zeros((num,), jnp.float32)
-    (wrong, loss), _ = jax.lax.scan(body, (zeros, zeros), (indices, mask))
+
+    def batch(idx, m):
+      x = data_lib.normalize(images[idx], mean, std, dtype=dtype)
+      return x, labels[idx], m
+
+    def score(lesion, x, y, m):
+      logits = model.apply({"params": params, "batch_stats": batch_stats,
+                            "lesion": lesion}, x)
+      wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32) * m
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * m
+      return wrong.sum(), loss.sum()
+
+    def shared(_):
+      # One order for the chunk: only ``active`` is batched.
+      actives = {s: l["active"] for s, l in lesions.items()}
+
+      def body(carry, xs):
+        x, y, m = batch(*xs)
+        one = lambda act: score(
+            {s: {"active": act[s], "order": shared_order[s]}
+             for s in lesions}, x, y, m)
+        w, l = jax.vmap(one)(actives)
+        return (carry[0] + w, carry[1] + l), None
+
+      zeros = jnp.zeros((num,), jnp.float32)
+      out, _ = jax.lax.scan(body, (zeros, zeros), (indices, mask))
+      return out
+
+    def separate(_):
+      def per_lesion(lesion):
+        def body(carry, xs):
+          w, l = score(lesion, *batch(*xs))
+          return (carry[0] + w, carry[1] + l), None
+        out, _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)),
+                              (indices, mask))
+        return out
+      return jax.lax.map(per_lesion, lesions)
+
+    same = jnp.all(jnp.stack([
+        jnp.all(l["order"] == shared_order[s][None]) for s, l in
+        lesions.items()]))
+    wrong, loss = jax.lax.cond(same, shared, separate, None)
     total = jnp.sum(mask)
     return wrong / total, loss / total
 
@@ -554,24 +600,29 @@ class LesionEvaluator:
       lesions = stack_lesions([variables])
     elif isinstance(lesions, (list, tuple)):
       lesions = stack_lesions(lesions)
-    lesions = jax.tree.map(jnp.asarray, dict(lesions))
+    lesions = jax.tree.map(np.asarray, dict(lesions))
     count = jax.tree.leaves(lesions)[0].shape[0]
     per = self.lesions_per_call
-    intact = _lesion_of(variables)
-    # Pad with the intact lesion so every call has the same shapes.
+    intact = jax.tree.map(np.asarray, dict(_lesion_of(variables)))
+    # Pad with the intact lesion's active flags and the last lesion's order,
+    # so every call has the same shapes and padding never splits a chunk
+    # that shares one order.
     pad = (-count) % per
     if pad:
-      filler = jax.tree.map(
-          lambda a, ref: jnp.broadcast_to(jnp.asarray(a, ref.dtype),
-                                          (pad,) + ref.shape[1:]),
-          dict(intact), lesions)
-      lesions = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), lesions,
-                             filler)
+      lesions = {s: {"active": np.concatenate([
+          l["active"], np.broadcast_to(intact[s]["active"],
+                                       (pad,) + l["active"].shape[1:])]),
+                     "order": np.concatenate([
+                         l["order"], np.broadcast_to(
+                             l["order"][-1:], (pad,) + l["order"].shape[1:])])}
+                 for s, l in lesions.items()}
     errors, losses = [], []
     for start in range(0, count + pad, per):
       chunk = jax.tree.map(lambda a: a[start:start + per], lesions)
+      # The first lesion's order; the program checks whether all share it.
+      shared_order = {s: l["order"][0] for s, l in chunk.items()}
       e, l = self._fn(variables["params"], variables["batch_stats"], chunk,
-                      *self._data)
+                      shared_order, *self._data)
       self.calls += 1
       errors.append(e)
       losses.append(l)

@@ -26,7 +26,7 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 from absl import logging
 import jax
@@ -261,10 +261,21 @@ def _obtain(role: str, checkpoint: str, train_cfg, workdir: str,
 # Studies
 
 
+def eval_subset(num: int, count: int) -> np.ndarray:
+  """Indices of ``count`` of ``num`` test images (all for count <= 0).
+
+  A fixed random subset, in order: image-folder test splits are sorted by
+  class, so the first N images would be a few classes only.
+  """
+  if count <= 0 or count >= num:
+    return np.arange(num)
+  return np.sort(np.random.default_rng(0).permutation(num)[:count])
+
+
 def _eval_set(net: Net, count: int):
   ds = net.dataset
-  n = len(ds.test_labels) if count <= 0 else min(count, len(ds.test_labels))
-  return ds.test_images[:n], ds.test_labels[:n]
+  idx = eval_subset(len(ds.test_labels), count)
+  return ds.test_images[idx], ds.test_labels[idx]
 
 
 def make_evaluator(net: Net, config) -> lesion_lib.LesionEvaluator:

@@ -14,7 +14,8 @@ order).
 run, each ``"key=value;key=value"`` with dotted config keys (``""`` = none)::
 
   --config.train.parallel_runs=3
-  --config.train.run_overrides="('', 'train.learning_rate=0.05', 'train.learning_rate=0.2;model.gate_bias_init=-7')"
+  --config.train.run_overrides="('', 'train.learning_rate=0.05',
+      'train.learning_rate=0.2;model.gate_bias_init=-7')"
 
 Only keys in ``ALLOWED_OVERRIDES`` may differ between runs: the seed, the
 optimiser's scalars (traced per run inside the step) and initial values
@@ -228,9 +229,14 @@ class _ConfigView:
 
 
 def make_step(task: train.Task, per_run_data: bool):
-  """The jitted step of all runs: ``(state, hparams, images, labels, mean,
-  std) -> state``; ``hparams`` from ``step_hparams``; the data has a run
-  axis when ``per_run_data``."""
+  """The jitted step of every run at once.
+
+  Returns:
+    ``step(state, hparams, images, labels, mean, std) -> state``: one
+    ``train.train_step`` vmapped over the state's run axis. ``hparams``
+    comes from ``step_hparams`` (arrays of shape (R,)); the data has a run
+    axis too when ``per_run_data``.
+  """
 
   def one(state, hparams, images, labels, mean, std):
     run_task = task
@@ -253,6 +259,7 @@ def make_eval(task: train.Task, per_run_data: bool):
 
 
 def make_model(config, num_classes: int) -> models.Network:
+  """The network ``train.train_and_evaluate`` builds for ``config``."""
   mcfg = train.model_config(config, jax.device_count())
   mcfg["num_classes"] = num_classes
   return models.create_model(mcfg)
@@ -384,7 +391,8 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
              for c in configs]
   if start_step == 0:
     for w, c in zip(writers, configs):
-      w.write_hparams(train._flatten(c.to_dict()))  # pylint: disable=protected-access
+      # pylint: disable-next=protected-access
+      w.write_hparams(train._flatten(c.to_dict()))
   progress = metrics_lib.ProgressLogger(
       t.steps, every_steps=t.log_every or None,
       every_secs=None if t.log_every else 60.0, start_step=start_step)

@@ -97,7 +97,8 @@ def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
   try:
     value = paper_lib.lookup(table, case, **selectors)
   except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(f"paper_ref({table!r}, {case!r}, {selectors}): {e}") from None
+    raise ValueError(
+        f"paper_ref({table!r}, {case!r}, {selectors}): {e}") from None
   if value is None:
     raise ValueError(f"paper_ref({table!r}, {case!r}, {selectors}): the paper "
                      f"has no such number; cases: {paper_lib.cases(table)}")
@@ -152,7 +153,8 @@ def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
   return out
 
 
-def _without_sweep(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _without_sweep(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """An unlocked copy of ``config`` without the sweep's own keys."""
   c = config.copy_and_resolve_references()
   c.unlock()
@@ -283,7 +285,8 @@ def experiment(path: str, base: ml_collections.ConfigDict,
   for name, members in list(groups.items()) + [("table", table)]:
     unknown = [m for m in members if m not in cases]
     if unknown:
-      raise ValueError(f"{source}: group {name!r} names unknown cases {unknown}")
+      raise ValueError(
+          f"{source}: group {name!r} names unknown cases {unknown}")
 
   tokens = [t.strip() for t in str(arg or "").split(",") if t.strip()]
   smoke = SMOKE in tokens
@@ -343,7 +346,8 @@ def case_names(config: ml_collections.ConfigDict) -> List[str]:
   return list(config.sweep_order)
 
 
-def case_overrides(config: ml_collections.ConfigDict, case: str) -> Dict[str, Any]:
+def case_overrides(config: ml_collections.ConfigDict,
+                   case: str) -> Dict[str, Any]:
   """The dotted overrides of ``case``."""
   return _flatten(config.sweep_cases[case].to_dict())
 

@@ -90,7 +90,8 @@ def case_rows(workdir: str, config) -> List[Dict[str, Any]]:
   rows = []
   for case in sweep.case_names(config):
     runs = case_runs(workdir, case, sweep.seeds(config))
-    ref = config.sweep_paper[case].to_dict() if case in config.sweep_paper else {}
+    ref = (config.sweep_paper[case].to_dict() if case in config.sweep_paper
+           else {})
     entry = sweep.paper_value(ref)
     mean = sweep.paper_value(ref, "error_mean")
     std = sweep.paper_value(ref, "error_std")

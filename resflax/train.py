@@ -658,9 +658,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           "good checkpoint. Lower config.train.learning_rate, add warm-up, "
           "or set config.train.on_nonfinite='skip'.")
 
-  def save(state, step):
+  def save(state, step, wait=True):
     check_finite(state)  # never write a checkpoint after a non-finite step
-    ckpt.save(step, state)
+    ckpt.save(step, state, wait=wait)
 
   try:
     with _StopSignal() as stop:
@@ -708,7 +708,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             logging.info("step %d: %s error %.4f", step, name, eval_error)
             timing["eval_seconds"] += time.perf_counter() - eval_start
           if do_ckpt or step == t.steps:
-            save(state, step)
+            # Interval saves copy the state off the device and write in the
+            # background while training goes on; the last one is waited for.
+            save(state, step, wait=step == t.steps)
           writer.flush()
           if do_eval:
             progress.reset_timer(step)

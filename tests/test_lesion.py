@@ -6,6 +6,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from resflax import lesion, models
@@ -262,8 +263,19 @@ def test_evaluator_one_compilation_matches_apply(net20):
     logits = apply(lv, jnp.asarray(x, jnp.float32))
     assert out["error"][i] == pytest.approx(
         float(np.mean(np.argmax(logits, -1) != labels)))
-  # Other counts and another lesion batch reuse the same program.
+  # Chunks whose orders differ take the sequential branch of the same
+  # program; other counts reuse it too.
+  mixed = [lesion.swap_modules(v, 1, 2),
+           lesion.delete_modules(v, 2, key=jax.random.key(0)),
+           lesion.reorder_modules(lesion.delete_modules(
+               v, 1, key=jax.random.key(1)), 2, key=jax.random.key(2))[0]]
+  got = ev(v, mixed)
+  for i, lv in enumerate(mixed):
+    logits = apply(lv, jnp.asarray(x, jnp.float32))
+    assert got["error"][i] == pytest.approx(
+        float(np.mean(np.argmax(logits, -1) != labels)))
+    assert got["loss"][i] == pytest.approx(float(np.mean(
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels))),
+        rel=1e-5)
   ev(v)
-  ev(v, [lesion.delete_modules(v, 2, key=jax.random.key(i))
-         for i in range(5)])
   assert ev.compilations == 1

@@ -1,7 +1,6 @@
 """The Colab notebooks run top to bottom on a CPU, shrunk by an env flag."""
 
 import importlib.util
-import os
 import pathlib
 import tempfile
 

@@ -99,7 +99,9 @@ def test_run_overrides_format_and_errors():
     train.validate_config(single)
 
 
+@pytest.mark.slow
 def test_parallel_runs_equal_solo_runs(tmp_path):
+  """4 trainings of a tiny net: minutes of compilation on a cold cache."""
   config = tiny_config(parallel_runs=2)
   config.train.run_overrides = OVERRIDES
   combined = train.train_and_evaluate(config, str(tmp_path / "par"))
@@ -125,6 +127,7 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
   assert any(not np.allclose(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_diverged_run_is_recorded_and_others_finish(tmp_path):
   config = tiny_config(parallel_runs=2, steps=3, eval_every=0)
   config.train.run_overrides = ("", "train.learning_rate=inf")

@@ -1,0 +1,311 @@
+"""One-process accelerator check: devices, step rates, parallel runs, ETA.
+
+Run through ``benchmarks/accelerator_check.sh`` (which installs the wheels
+of ``.whl/`` when present and sets PYTHONPATH), sized to finish within about
+5 minutes on one H100/H200. Everything happens in this one Python process
+(each process start costs 10-20 s of imports and compilation):
+
+1. devices JAX sees, versions, data source;
+2. steps/s of the jitted ``resflax.train.train_step`` (data on the device,
+   on-device sampling and augmentation) for ResNet-20 and ResNet-110
+   (``experiments/cifar_resnet.py``, batch 128, ``model.scan=True``) in
+   float32 and bfloat16 (``model.dtype``), plus ResNet-20 unrolled
+   (``model.scan=False``) in float32; compile seconds of each;
+3. parallel runs: R=5 ResNet-20 float32 runs in one vmapped program
+   (``resflax.parallel.make_step`` when importable, otherwise
+   ``jax.vmap(train.train_step)`` over a stacked state) against the same 5
+   runs stepped one after another with the single-run program;
+4. projected wall time of the 64k-iteration ResNet-110 recipe:
+   64000 / measured steps/s + compile (evaluation and checkpoints excluded).
+
+Data: CIFAR-10 from ``--data`` (default ``.device_data/cifar10-jpeg.tar.gz``
+of the repo root, through ``config.data.path``) when it exists, otherwise
+synthetic images. Figures go to stdout and, when ``$OUT`` is set, to
+``$OUT/accelerator_check.txt``. ``--quick`` (or ``RESFLAX_CHECK_QUICK=1``):
+batch 16, a few steps, for an end-to-end test on a CPU. A case that fails
+is reported and the rest go on; cases past ``--budget`` seconds are
+skipped and listed.
+
+  bash benchmarks/accelerator_check.sh [--quick] [--budget 270]
+  python benchmarks/accelerator_check.py [--quick] [--data PATH]
+"""
+
+import argparse
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+START = time.perf_counter()
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from resflax import data as data_lib, models, train
+from resflax.config import load_experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE_STEPS = 64_000
+
+
+class Report:
+  """Prints lines to stdout and to ``$OUT/accelerator_check.txt``."""
+
+  def __init__(self):
+    out = os.environ.get("OUT")
+    self.file = None
+    if out:
+      os.makedirs(out, exist_ok=True)
+      self.file = open(os.path.join(out, "accelerator_check.txt"), "w")
+
+  def __call__(self, line=""):
+    print(line, flush=True)
+    if self.file:
+      self.file.write(line + "\n")
+      self.file.flush()
+
+
+def make_config(depth: int, dtype: str, scan: bool, batch: int, data_path):
+  """``experiments/cifar_resnet.py:depth`` with the benchmark's settings."""
+  config = load_experiment(os.path.join(REPO, "experiments",
+                                        "cifar_resnet.py"), str(depth))
+  config.model.dtype = dtype
+  config.model.scan = scan
+  config.train.batch_size = batch
+  if batch % config.model.bn_group_size:
+    config.model.bn_group_size = 0
+  if data_path:
+    config.data.path = data_path
+  else:
+    config.data.name = "synthetic"
+    config.data.synthetic_train_size = 50_000 if batch >= 128 else 1024
+    config.data.synthetic_test_size = 100
+  return config
+
+
+class Case:
+  """One compiled single-run step and its state on the device."""
+
+  def __init__(self, config, dataset, device_data):
+    model = models.create_model(train.model_config(config, jax.device_count()))
+    self.task = train.Task(model, config, train.make_mesh(),
+                           dataset.num_train,
+                           train.make_optimizer(config.train))
+    self.data = device_data
+    self.image_shape = dataset.image_shape
+    self.init = jax.jit(lambda seed: train.init_state(
+        self.task, seed, self.image_shape), out_shardings=self.task.replicated)
+    self.state = self.init(jnp.int32(0))
+    step = jax.jit(functools.partial(train.train_step, self.task),
+                   donate_argnums=0)
+    start = time.perf_counter()
+    self.step = step.lower(self.state, *self.data).compile()
+    self.compile_s = time.perf_counter() - start
+
+  def run(self, steps: int, state=None):
+    state = self.state if state is None else state
+    for _ in range(steps):
+      state = self.step(state, *self.data)
+    return state
+
+
+def timed(fn, min_steps: int, min_seconds: float, chunk: int):
+  """Calls ``fn(n)`` (n steps, returns arrays) until both minima are met.
+
+  Returns:
+    (steps, seconds), blocking on the result of each chunk.
+  """
+  steps, start = 0, time.perf_counter()
+  while True:
+    jax.block_until_ready(fn(chunk))
+    steps += chunk
+    seconds = time.perf_counter() - start
+    if steps >= min_steps and seconds >= min_seconds:
+      return steps, seconds
+
+
+def measure_case(case: Case, args):
+  """Steps/s of a case's step (after 2 warm-up steps)."""
+  case.state = case.run(2)
+  jax.block_until_ready(case.state)
+
+  def go(n):
+    case.state = case.run(n)
+    return case.state
+
+  steps, seconds = timed(go, args.min_steps, args.min_seconds, args.chunk)
+  return steps / seconds
+
+
+def parallel_step(task):
+  """The vmapped step over runs: resflax.parallel's if importable."""
+  try:
+    from resflax import parallel  # pylint: disable=g-import-not-at-top
+    step = parallel.make_step(task, per_run_data=False)
+    return (lambda state, *data: step(state, {}, *data),
+            "resflax.parallel.make_step")
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f"{type(e).__name__}: {e}".splitlines()[0][:100]
+    step = jax.jit(jax.vmap(functools.partial(train.train_step, task),
+                            in_axes=(0, None, None, None, None)),
+                   donate_argnums=0)
+    return step, f"own jax.vmap(train.train_step) (resflax.parallel: {reason})"
+
+
+def measure_parallel(case: Case, runs: int, args, report):
+  """Images/s of ``runs`` runs vmapped vs the same runs one after another."""
+  task = case.task
+  seeds = jnp.arange(runs, dtype=jnp.int32)
+  stacked = jax.jit(jax.vmap(lambda s: train.init_state(
+      task, s, case.image_shape)), out_shardings=task.replicated)(seeds)
+  step, how = parallel_step(task)
+  start = time.perf_counter()
+  stacked = step(stacked, *case.data)
+  jax.block_until_ready(stacked)
+  compile_s = time.perf_counter() - start
+  states = [case.init(jnp.int32(k)) for k in range(runs)]
+
+  def par(n):
+    nonlocal stacked
+    for _ in range(n):
+      stacked = step(stacked, *case.data)
+    return stacked
+
+  def seq(n):
+    for k in range(runs):
+      states[k] = case.run(n, states[k])
+    return states
+
+  par(1), seq(1)
+  rates = {"parallel": [], "sequential": []}
+  chunk = max(1, args.chunk // 2)
+  for _ in range(2):  # alternate: parallel, sequential, parallel, sequential
+    for name, fn in (("parallel", par), ("sequential", seq)):
+      steps, seconds = timed(fn, max(1, args.min_steps // 2),
+                             args.min_seconds / 2, chunk)
+      rates[name].append(runs * steps * task.config.train.batch_size
+                         / seconds)
+  return ({k: max(v) for k, v in rates.items()}, compile_s, how)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      default=os.environ.get("RESFLAX_CHECK_QUICK") == "1",
+                      help="tiny batch and steps: an end-to-end CPU test")
+  parser.add_argument("--data", default=os.path.join(
+      REPO, ".device_data", "cifar10-jpeg.tar.gz"))
+  parser.add_argument("--runs", type=int, default=5,
+                      help="runs of the parallel-runs case")
+  parser.add_argument("--budget", type=float, default=270.0,
+                      help="seconds after which remaining cases are skipped")
+  args = parser.parse_args()
+  if args.quick:
+    args.batch, args.min_steps, args.min_seconds, args.chunk = 16, 2, 0.0, 1
+  else:
+    args.batch, args.min_steps, args.min_seconds, args.chunk = 128, 50, 4.0, 10
+
+  report = Report()
+  devices = jax.devices()
+  report(f"== resflax accelerator check{' (--quick)' if args.quick else ''}")
+  report(f"python {platform.python_version()}, jax {jax.__version__}, "
+         f"backend {jax.default_backend()}; {len(devices)} device(s): "
+         + ", ".join(sorted({f'{d.device_kind}' for d in devices})))
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  report(f"ml_collections from {os.path.dirname(ml_collections.__file__)}")
+
+  data_path = args.data if args.data and os.path.exists(args.data) else ""
+  t0 = time.perf_counter()
+  base = make_config(20, "float32", True, args.batch, data_path)
+  if args.quick and data_path:
+    base.data.max_train_images = 1000
+    base.data.max_test_images = 100
+  dataset = data_lib.load_dataset(base.data, seed=base.seed)
+  rep = jax.sharding.NamedSharding(train.make_mesh(),
+                                   jax.sharding.PartitionSpec())
+  device_data = tuple(jax.device_put(a, rep) for a in (
+      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std))
+  report(f"data: {data_path or 'synthetic'} ({dataset.num_train} train "
+         f"images on device, loaded in {time.perf_counter() - t0:.1f} s)")
+
+  plan = [(20, "float32", True), (110, "float32", True),
+          (20, "bfloat16", True), (110, "bfloat16", True),
+          (20, "float32", False)]
+  results, skipped = {}, []
+  r20 = None
+  for depth, dtype, scan in plan:
+    name = f"ResNet-{depth} {dtype} scan={scan}"
+    if time.perf_counter() - START > args.budget:
+      skipped.append(name)
+      continue
+    try:
+      config = make_config(depth, dtype, scan, args.batch, data_path)
+      case = Case(config, dataset, device_data)
+      sps = measure_case(case, args)
+      results[(depth, dtype, scan)] = (sps, case.compile_s)
+      report(f"{name:32s} {sps:8.1f} steps/s  {sps * args.batch:9.0f} img/s"
+             f"  (compile {case.compile_s:.1f} s)")
+      if (depth, dtype, scan) == (20, "float32", True):
+        r20 = case
+      else:
+        del case
+    except Exception:  # pylint: disable=broad-except
+      report(f"{name}: FAILED\n{traceback.format_exc(limit=3)}")
+
+  par = None
+  if r20 is None or time.perf_counter() - START > args.budget:
+    skipped.append(f"parallel runs R={args.runs}")
+  else:
+    try:
+      rates, compile_s, how = measure_parallel(r20, args.runs, args, report)
+      par = rates["parallel"] / rates["sequential"]
+      report(f"parallel runs (ResNet-20 float32, R={args.runs}, {how}): "
+             f"vmapped {rates['parallel']:.0f} img/s vs sequential "
+             f"{rates['sequential']:.0f} img/s -> speed-up {par:.2f}x "
+             f"(compile {compile_s:.1f} s)")
+    except Exception:  # pylint: disable=broad-except
+      report(f"parallel runs: FAILED\n{traceback.format_exc(limit=3)}")
+
+  peak = None
+  try:
+    stats = devices[0].memory_stats()
+    peak = stats and stats.get("peak_bytes_in_use")
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+  report("-- summary")
+  report(f"device: {devices[0].device_kind} x{len(devices)} "
+         f"({jax.default_backend()}), jax {jax.__version__}, batch "
+         f"{args.batch}, data {'CIFAR-10' if data_path else 'synthetic'}")
+  for (depth, dtype, scan), (sps, comp) in results.items():
+    report(f"  ResNet-{depth:<4d} {dtype:8s} scan={str(scan):5s} "
+           f"{sps:7.1f} steps/s  compile {comp:5.1f} s")
+  if par is not None:
+    report(f"  parallel R={args.runs} speed-up {par:.2f}x")
+  for dtype in ("float32", "bfloat16"):
+    if (110, dtype, True) in results:
+      sps, comp = results[(110, dtype, True)]
+      hours = (RECIPE_STEPS / sps + comp) / 3600
+      report(f"  ResNet-110 64k recipe ({dtype}): {hours:.2f} h "
+             f"(= {RECIPE_STEPS} / {sps:.1f} steps/s + {comp:.0f} s compile;"
+             f" no eval/checkpoints)")
+  if peak:
+    report(f"  device peak memory {peak / 2**30:.2f} GiB")
+  if skipped:
+    report("  skipped (over --budget): " + "; ".join(skipped))
+  report(f"  total {time.perf_counter() - START:.0f} s in one process")
+  key = (110, "float32", True)
+  if key in results:
+    sps, comp = results[key]
+    report(f"ResNet-110 float32: {sps:.1f} steps/s; 64k-step recipe "
+           f"projected {(RECIPE_STEPS / sps + comp) / 3600:.2f} h")
+  else:
+    report("ResNet-110 float32 not measured")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
