@@ -141,32 +141,49 @@ def measure_case(case: Case, args):
   return steps / seconds
 
 
-def parallel_step(task):
-  """The vmapped step over runs: resflax.parallel's if importable."""
+def own_parallel_step(task):
+  """``jax.vmap(train.train_step)`` over a stacked state, shared data."""
+  return jax.jit(jax.vmap(functools.partial(train.train_step, task),
+                          in_axes=(0, None, None, None, None)),
+                 donate_argnums=0)
+
+
+def first_parallel_step(task, stacked, data):
+  """Compiles and runs the vmapped step once.
+
+  Uses ``resflax.parallel.make_step`` when it imports and works, otherwise
+  ``own_parallel_step``.
+
+  Returns:
+    (step function, new stacked state, seconds of the first call, how).
+  """
   try:
     from resflax import parallel  # pylint: disable=g-import-not-at-top
-    step = parallel.make_step(task, per_run_data=False)
-    return (lambda state, *data: step(state, {}, *data),
-            "resflax.parallel.make_step")
+    inner = parallel.make_step(task, per_run_data=False)
+    step = lambda state, *d: inner(state, {}, *d)
+    start = time.perf_counter()
+    out = jax.block_until_ready(step(stacked, *data))
+    return step, out, time.perf_counter() - start, "resflax.parallel.make_step"
   except Exception as e:  # pylint: disable=broad-except
     reason = f"{type(e).__name__}: {e}".splitlines()[0][:100]
-    step = jax.jit(jax.vmap(functools.partial(train.train_step, task),
-                            in_axes=(0, None, None, None, None)),
-                   donate_argnums=0)
-    return step, f"own jax.vmap(train.train_step) (resflax.parallel: {reason})"
+    how = f"own jax.vmap(train.train_step) (resflax.parallel: {reason})"
+  if any(x.is_deleted() for x in jax.tree.leaves(stacked)):  # donated
+    raise RuntimeError("resflax.parallel step failed after donating its "
+                       "input: " + how)
+  step = own_parallel_step(task)
+  start = time.perf_counter()
+  out = jax.block_until_ready(step(stacked, *data))
+  return step, out, time.perf_counter() - start, how
 
 
-def measure_parallel(case: Case, runs: int, args, report):
+def measure_parallel(case: Case, runs: int, args):
   """Images/s of ``runs`` runs vmapped vs the same runs one after another."""
   task = case.task
   seeds = jnp.arange(runs, dtype=jnp.int32)
   stacked = jax.jit(jax.vmap(lambda s: train.init_state(
       task, s, case.image_shape)), out_shardings=task.replicated)(seeds)
-  step, how = parallel_step(task)
-  start = time.perf_counter()
-  stacked = step(stacked, *case.data)
-  jax.block_until_ready(stacked)
-  compile_s = time.perf_counter() - start
+  step, stacked, compile_s, how = first_parallel_step(task, stacked,
+                                                      case.data)
   states = [case.init(jnp.int32(k)) for k in range(runs)]
 
   def par(n):
@@ -261,7 +278,7 @@ def main():
     skipped.append(f"parallel runs R={args.runs}")
   else:
     try:
-      rates, compile_s, how = measure_parallel(r20, args.runs, args, report)
+      rates, compile_s, how = measure_parallel(r20, args.runs, args)
       par = rates["parallel"] / rates["sequential"]
       report(f"parallel runs (ResNet-20 float32, R={args.runs}, {how}): "
              f"vmapped {rates['parallel']:.0f} img/s vs sequential "
