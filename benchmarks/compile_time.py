@@ -9,12 +9,15 @@ does not depend on it). Cases:
   units, option A), ``experiments/cifar_resnet.py:DEPTH``;
 * ResNet-1001: Identity Mappings bottleneck, full pre-activation,
   projection B (``block='bottleneck', unit='full_preact', projection='B'``),
+  and ResNet-164, the same kind of unit 6x shallower (``--depths`` adds it
+  by default: 1001 / 164 separates depth from the unit's own size),
 
 each with ``model.scan=True`` (same-shape units of a stage under
 ``lax.scan``) and ``model.scan=False`` (every unit inlined). Each case runs
 in a fresh subprocess (cold caches, so one case cannot warm the next), with
-a wall-clock limit ``--timeout`` per case; ``--skip-unrolled-deep`` skips the
-unrolled 1001/1202, which take many minutes on a small CPU. Cases run
+a wall-clock limit ``--timeout`` per case. The unrolled cases of depth
+>= 1001 (1001/1202) are skipped by default: compiling them needs > 20 GB RAM
+on a 2-core, 24 GB machine; ``--unrolled-deep`` runs them. Cases run
 round-robin ``--repeats`` times (A B C, A B C: drifting machine load hits
 all alike; unrolled 1001/1202 only once, at the end) and each figure is the
 minimum over repeats. Reported per case: trace (Python -> jaxpr), lower
@@ -22,8 +25,8 @@ minimum over repeats. Reported per case: trace (Python -> jaxpr), lower
 ResNet-1001 compile / scanned ResNet-110 compile (target <= 2x: scanning
 makes compile time nearly independent of depth).
 
-  python benchmarks/compile_time.py [--skip-unrolled-deep] [--timeout 900]
-      [--depths 20,110,1001,1202] [--batch 8] [--repeats 2]
+  python benchmarks/compile_time.py [--unrolled-deep] [--timeout 900]
+      [--depths 20,110,164,1001,1202] [--batch 8] [--repeats 2]
 """
 
 import argparse
@@ -34,18 +37,17 @@ import subprocess
 import sys
 import time
 
-CASES = {
-    20: dict(),
-    110: dict(),
-    1202: dict(),
-    1001: dict(block="bottleneck", unit="full_preact", projection="B"),
-}
-DEEP = (1001, 1202)
+BOTTLENECK_PREACT = dict(block="bottleneck", unit="full_preact",
+                         projection="B")
+BOTTLENECK_DEPTHS = (164, 1001)  # the Identity Mappings nets
+DEEP_MIN = 1001  # unrolled cases at least this deep are opt-in
+DEEP_SKIP = ("unrolled compile of ResNet-1001/1202 needs > 20 GB RAM on this "
+             "2-core machine; pass --unrolled-deep to try")
 
 
 def case_name(depth: int) -> str:
-  return f"ResNet-{depth}" + (" (bottleneck pre-act B)" if depth == 1001
-                              else "")
+  return f"ResNet-{depth}" + (" (bottleneck pre-act B)"
+                              if depth in BOTTLENECK_DEPTHS else "")
 
 
 def make_config(depth: int, scan: bool, batch: int):
@@ -55,11 +57,11 @@ def make_config(depth: int, scan: bool, batch: int):
   here = os.path.dirname(os.path.abspath(__file__))
   config = load_experiment(os.path.join(here, "..", "experiments",
                                         "cifar_resnet.py"),
-                           "110" if depth == 1001 else str(depth))
-  if depth == 1001:
-    for k, v in CASES[1001].items():
+                           "110" if depth in BOTTLENECK_DEPTHS else str(depth))
+  if depth in BOTTLENECK_DEPTHS:
+    for k, v in BOTTLENECK_PREACT.items():
       setattr(config.model, k, v)
-    config.model.depth = 1001
+    config.model.depth = depth
   config.model.scan = scan
   config.model.bn_group_size = 0
   config.train.batch_size = batch
@@ -121,12 +123,15 @@ def run_case(depth, scan, batch, timeout):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--depths", default="20,110,1001,1202")
+  parser.add_argument("--depths", default="20,110,164,1001,1202")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="wall-clock seconds per case (subprocess)")
+  parser.add_argument("--unrolled-deep", action="store_true",
+                      help="also run model.scan=False for depths >= 1001 "
+                      "(skipped by default: needs > 20 GB RAM)")
   parser.add_argument("--skip-unrolled-deep", action="store_true",
-                      help="skip model.scan=False for ResNet-1001/1202")
+                      help="no-op, kept for old command lines (now default)")
   parser.add_argument("--repeats", type=int, default=2,
                       help="round-robin passes over the cases (min taken)")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: depth,scan
@@ -140,10 +145,10 @@ def main():
   depths = [int(d) for d in args.depths.split(",")]
   cases = [(d, scan) for scan in (True, False) for d in depths]
   runs = {c: [] for c in cases}
-  deep_unrolled = [c for c in cases if not c[1] and c[0] in DEEP]
+  deep_unrolled = [c for c in cases if not c[1] and c[0] >= DEEP_MIN]
   schedule = [(rep, c) for rep in range(args.repeats) for c in cases
               if c not in deep_unrolled]
-  if not args.skip_unrolled_deep:  # the slow ones once, at the end
+  if args.unrolled_deep:  # the slow, memory-hungry ones once, at the end
     schedule += [(0, c) for c in deep_unrolled]
   for rep, (depth, scan) in schedule:
     r = run_case(depth, scan, args.batch, args.timeout)
@@ -165,7 +170,7 @@ def main():
     ok = [r for r in runs[(depth, scan)] if "skipped" not in r]
     if not ok:
       why = (runs[(depth, scan)][0]["skipped"] if runs[(depth, scan)]
-             else "--skip-unrolled-deep")
+             else DEEP_SKIP)
       results.append({"depth": depth, "scan": scan, "skipped": why})
       print(f"  ResNet-{depth:<5d} scan={str(scan):5s}  skipped: {why}")
       continue
@@ -183,6 +188,10 @@ def main():
              for r in results if "skipped" in r]
   print("skipped: " + ("; ".join(skipped) if skipped else "none"))
   got = {(r["depth"], r["scan"]): r for r in results if "skipped" not in r}
+  if (1001, True) in got and (164, True) in got:
+    same = got[(1001, True)]["compile_s"] / got[(164, True)]["compile_s"]
+    print(f"scanned ResNet-1001 / scanned ResNet-164 compile (same unit) = "
+          f"{same:.2f}x")
   if (1001, True) in got and (110, True) in got:
     ratio = got[(1001, True)]["compile_s"] / got[(110, True)]["compile_s"]
     print(f"scanned ResNet-1001 compile / scanned ResNet-110 compile = "

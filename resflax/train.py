@@ -616,9 +616,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   task = Task(model, config, mesh, source.num_train,
               make_optimizer(config.train))
 
-  state = jax.jit(functools.partial(init_state, task, config.seed,
-                                    source.image_shape),
-                  out_shardings=replicated)()
+  # The seed is an argument, not a constant: every seed of a sweep shares
+  # one compiled initialiser (and the persistent compilation cache).
+  state = jax.jit(lambda seed: init_state(task, seed, source.image_shape),
+                  out_shardings=replicated)(config.seed)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=config.train.max_checkpoints)
   restored = ckpt.restore_latest_good(state)

@@ -92,7 +92,8 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
   assert len(single["vgg"]["rows"]) == 6
   assert res["evaluator_compilations"] == {"resnet": 1, "vgg": 1}
   assert [p["k"] for p in res["k_deletion"]["per_k"]] == [1, 2, 3]
-  assert all(-1 <= r["kendall_tau"] < 1 for r in res["reorder"]["rows"])
+  # Two random swaps can undo each other (tau = 1 again).
+  assert all(-1 <= r["kendall_tau"] <= 1 for r in res["reorder"]["rows"])
   assert sum(r["paths"] for r in res["paths"]["rows"]) == 2 ** 9
   labels = {r["network"] for r in res["signal"]["response_std"]}
   assert labels == {"resnet", "plain"}

@@ -364,3 +364,13 @@ def test_conv_gradients_match_xla(kernel, strides):
   g_ours = jax.vjp(ours, x, k)[1](dy)
   for a, b in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_same_padding_gradient():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  k = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
+  ref = lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  g_ref = jax.grad(lambda b: ref(x, b).sum())(k)
+  g = jax.grad(lambda b: layers.conv2d(x, b).sum())(k)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)

@@ -19,6 +19,7 @@ WORKER = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import jax
+    jax.config.update("jax_threefry_partitionable", False)  # as conftest
     jax.distributed.initialize(coordinator_address=sys.argv[1],
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))

@@ -74,7 +74,7 @@ def test_sampler_matches_closed_form_on_linear_residual_stack():
   a = np.array([0.9, 0.5, 0.3, 0.7])
   grad_norm, _ = _linear_stack(jnp.asarray(a, jnp.float32))
   out = paths.sample_path_gradients(grad_norm, 4, [0, 1, 2, 3, 4], 600,
-                                    jax.random.key(1))
+                                    jax.random.key(1), chunk=100)
   for row, k in zip(out.values, range(5)):
     subsets = [np.prod(a[list(s)]) for s in
                itertools.combinations(range(4), k)]

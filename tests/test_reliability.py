@@ -53,8 +53,8 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   assert "resumed" in done.stderr
   # The uninterrupted twin, in a 1-device subprocess like the CLI runs.
-  twin = subprocess.run(cmd[:4] + ["--workdir", str(tmp_path / "twin")]
-                        + cmd[6:], cwd=REPO, env=env, capture_output=True,
+  twin = subprocess.run(cmd[:5] + ["--workdir", str(tmp_path / "twin")]
+                        + cmd[7:], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=900)
   assert twin.returncode == 0
   a = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -161,10 +161,10 @@ def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
   config.data.max_test_images = 2000
   config.model.bn_group_size = 0
   # Short runs learn fastest on unaugmented data; 300 x 64 images reached
-  # 44% accuracy in a run of this configuration.
+  # 39% and 44% accuracy with two random streams, so train 450 steps.
   config.data.augment = False
   config.train.batch_size = 64
-  config.train.steps = 300
+  config.train.steps = 450
   config.train.lr_boundaries = ()
   config.train.warmup_steps = 0
   config.train.eval_every = 0

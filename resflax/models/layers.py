@@ -35,7 +35,7 @@ def _conv_cpu_bwd(strides, padding, res, dy):
   # are written as forward convolutions.
   x, k = res
   kh, kw, _, _ = k.shape
-  if strides != (1, 1) or not (kh % 2 and kw % 2):
+  if strides != (1, 1) or not (kh % 2 and kw % 2) or isinstance(padding, str):
     return jax.vjp(lambda a, b: _conv(a, b, strides, padding), x, k)[1](dy)
   dx = _conv(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), (1, 1), padding)
   # dk[a, b, i, o] = sum_{n,h,w} xpad[n, h+a, w+b, i] dy[n, h, w, o]: a conv
