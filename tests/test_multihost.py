@@ -19,7 +19,6 @@ WORKER = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import jax
-    jax.config.update("jax_threefry_partitionable", False)  # as conftest
     jax.distributed.initialize(coordinator_address=sys.argv[1],
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
@@ -56,7 +55,12 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
   # The same run in this single process on 4 devices.
   assert jax.device_count() == 4
   single = tmp_path / "single"
-  result = train.train_and_evaluate(tiny_config(), str(single))
+  # The workers use JAX's default random scheme; conftest changes it.
+  jax.config.update("jax_threefry_partitionable", True)
+  try:
+    result = train.train_and_evaluate(tiny_config(), str(single))
+  finally:
+    jax.config.update("jax_threefry_partitionable", False)
   multi = json.loads((workdir / "results.json").read_text())
   assert multi["process_count"] == 2 and len(multi["devices"]) == 4
   assert abs(multi["test_error"] - result["test_error"]) < 1e-6
