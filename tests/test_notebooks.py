@@ -1,6 +1,5 @@
 """The Colab notebooks run top to bottom on a CPU, shrunk by an env flag."""
 
-import importlib.util
 import pathlib
 import tempfile
 
@@ -38,7 +37,6 @@ def execute(name, monkeypatch):
   return nb
 
 
-@pytest.mark.slow
 def test_quickstart_runs(monkeypatch):
   nb = execute("quickstart.ipynb", monkeypatch)
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
@@ -48,14 +46,7 @@ def test_quickstart_runs(monkeypatch):
              if c.cell_type == "code" for o in c.outputs)
 
 
-@pytest.mark.slow
 def test_lesion_study_runs(monkeypatch):
-  missing = [m for m in ("resflax.lesion", "resflax.paths")
-             if importlib.util.find_spec(m) is None]
-  if missing:
-    pytest.skip(f"{', '.join(missing)} not written yet (the notebook calls "
-                "delete_modules, reorder_modules, path_length_distribution "
-                "and gradient_norm_by_path_length)")
   nb = execute("lesion_study.ipynb", monkeypatch)
   figures = sum("image/png" in o.get("data", {}) for c in nb.cells
                 if c.cell_type == "code" for o in c.outputs)
