@@ -34,7 +34,6 @@ import argparse
 import functools
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -43,7 +42,6 @@ START = time.perf_counter()
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
-import numpy as np
 
 from resflax import data as data_lib, models, train
 from resflax.config import load_experiment

@@ -20,11 +20,15 @@ conv, He init, global average pool, linear head) and the same step (batch
 
 After warm-up (and compilation), rounds alternate torch / resflax step /
 bare resflax / plain Flax, ``--steps`` steps each, and report images/s per
-round, the medians and CPU milliseconds per image (process CPU time, less
-sensitive to other load on a shared machine than wall time). ``model.scan``
-is chosen by a short probe (``--scan auto``; the faster on this machine,
-printed) or forced with ``--scan on|off``. The last line is the median over
-rounds of resflax ``train_step`` images/s over torch images/s.
+round (with the 1-minute load average), the medians and CPU milliseconds per
+image (process CPU time). On a shared machine read the load: under
+contention PyTorch's OpenMP threads lose far more (their spin-waiting
+barriers need every thread scheduled at once) than XLA's thread pool, so
+the ratio swings from below 0.5x on an idle machine to 2-3x on a loaded
+one. ``model.scan`` is chosen by a short probe (``--scan auto``; the faster
+on this machine, printed) or forced with ``--scan on|off``. The last line
+is the median over rounds of resflax ``train_step`` images/s over torch
+images/s.
 
   pip install torch==2.13.0   # or: pip install -e .[bench]
   python benchmarks/vs_pytorch.py [--rounds 5] [--steps 10] [--scan auto]
@@ -368,8 +372,8 @@ def main():
       cpu_ms[k].append((time.process_time() - cpu) * 1e3
                        / (args.steps * BATCH))
     print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.1f}"
-                                    for k, v in rates.items()) + " img/s",
-          flush=True)
+                                    for k, v in rates.items())
+          + f" img/s (load average {os.getloadavg()[0]:.1f})", flush=True)
 
   med = {k: statistics.median(v) for k, v in rates.items()}
   per_round = [a / b for a, b in zip(rates["resflax"], rates["torch"])]
