@@ -28,7 +28,10 @@ the ratio swings from below 0.5x on an idle machine to 2-3x on a loaded
 one. ``model.scan`` is chosen by a short probe (``--scan auto``; the faster
 on this machine, printed) or forced with ``--scan on|off``. The last line
 is the median over rounds of resflax ``train_step`` images/s over torch
-images/s.
+images/s. Before it, ``--kernels N`` (default 5) times each framework's
+single convolutions at ResNet-20's shapes (forward, input gradient, weight
+gradient): the kernels a step is made of, compared without any framework
+around them.
 
   pip install torch==2.13.0   # or: pip install -e .[bench]
   python benchmarks/vs_pytorch.py [--rounds 5] [--steps 10] [--scan auto]
@@ -323,6 +326,66 @@ def choose_scan(dataset, steps: int):
   return scan, runners[scan], compile_s[scan]
 
 
+# --------------------------------------------------------------------------
+# One convolution at a time: what each framework's kernels can do
+
+
+def kernel_table(torch, repeats: int):
+  """Milliseconds of one 3x3 convolution of ResNet-20, per framework.
+
+  For each stage's shape (batch 128, stride 1, 'SAME'): the forward
+  convolution, its input gradient and its weight gradient, each jitted
+  alone in JAX (XLA:CPU) and called alone in torch (oneDNN); calls
+  alternate and the minimum of ``repeats`` is kept. A step is about 19 x
+  these three, so their ratio bounds what any JAX program can gain.
+
+  Returns:
+    Rows ``(stage width, op, jax ms, torch ms)``.
+  """
+  rows = []
+  for width, size in ((16, 32), (32, 16), (64, 8)):
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((BATCH, size, size, width), np.float32)
+    k = rng.standard_normal((3, 3, width, width), np.float32) * 0.1
+    dy = rng.standard_normal((BATCH, size, size, width), np.float32)
+    conv = lambda a, b: jax.lax.conv_general_dilated(
+        a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    jax_ops = {
+        "forward": jax.jit(conv),
+        "input grad": jax.jit(lambda a, b, g: jax.vjp(
+            lambda a_: conv(a_, b), a)[1](g)[0]),
+        "weight grad": jax.jit(lambda a, b, g: jax.vjp(
+            lambda b_: conv(a, b_), b)[1](g)[0]),
+    }
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    kt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
+    gt = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
+    back = lambda mask: torch.ops.aten.convolution_backward(
+        gt, xt, kt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+    torch_ops = {
+        "forward": lambda: torch.nn.functional.conv2d(xt, kt, padding=1),
+        "input grad": lambda: back([True, False, False]),
+        "weight grad": lambda: back([False, True, False]),
+    }
+    args = {"forward": (x, k), "input grad": (x, k, dy),
+            "weight grad": (x, k, dy)}
+    with torch.no_grad():
+      for op, fn in jax_ops.items():
+        a = [jnp.asarray(v) for v in args[op]]
+        jax.block_until_ready(fn(*a))
+        torch_ops[op]()
+        best = {"jax": float("inf"), "torch": float("inf")}
+        for _ in range(repeats):
+          t = time.perf_counter()
+          jax.block_until_ready(fn(*a))
+          best["jax"] = min(best["jax"], time.perf_counter() - t)
+          t = time.perf_counter()
+          torch_ops[op]()
+          best["torch"] = min(best["torch"], time.perf_counter() - t)
+        rows.append((width, op, 1e3 * best["jax"], 1e3 * best["torch"]))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=5)
@@ -335,6 +398,8 @@ def main():
   parser.add_argument("--no-plain-flax", dest="plain_flax",
                       action="store_false",
                       help="leave out the plain flax.linen control")
+  parser.add_argument("--kernels", type=int, default=5, metavar="N",
+                      help="also time single convolutions, min of N (0: no)")
   args = parser.parse_args()
   torch = _require_torch()
   cores = num_cores()
@@ -396,6 +461,17 @@ def main():
   print("median per-round ratios: " + "; ".join(
       [f"{k}/torch {ratio(k, 'torch'):.2f}" for k in others]
       + [f"resflax/{k} {ratio('resflax', k):.2f}" for k in others]))
+  if args.kernels:
+    print("single 3x3 convolutions, batch 128, min of "
+          f"{args.kernels} (ms): jax (XLA:CPU) / torch (oneDNN)")
+    total = {"jax": 0.0, "torch": 0.0}
+    for width, op, jax_ms, torch_ms in kernel_table(torch, args.kernels):
+      total["jax"] += jax_ms
+      total["torch"] += torch_ms
+      print(f"  width {width:2d} {op:11s} {jax_ms:7.2f} / {torch_ms:7.2f}"
+            f"  = {torch_ms / jax_ms:.2f}x")
+    print(f"  sum of the 9: torch / jax = {total['torch'] / total['jax']:.2f}x"
+          " (a JAX step made of these kernels cannot beat torch by more)")
   print("per-round resflax/torch: " + " ".join(f"{r:.2f}" for r in per_round))
   print(f"resflax train_step / torch eager = "
         f"{statistics.median(per_round):.2f}x (target >= 4x)")

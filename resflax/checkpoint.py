@@ -97,19 +97,6 @@ def _file_crc32(path: str, *, fsync: bool) -> tuple[int, int]:
   return size, crc
 
 
-def _fsync_dir(path: str) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
 def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
   """Returns {relative path: [size, crc32]} for all files under `step_dir`."""
   files = {}
@@ -129,7 +116,7 @@ def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
         continue
       files[rel] = list(crc)
     if fsync:
-      _fsync_dir(root)
+      results.fsync_dir(root)
   return files
 
 
@@ -455,7 +442,7 @@ class Checkpointer:
               indent=1,
           ),
       )
-    _fsync_dir(self._directory)
+    results.fsync_dir(self._directory)
 
   def _after_failed_save(self) -> None:
     # Orbax drops steps it planned to garbage-collect from its in-memory list
@@ -597,7 +584,7 @@ class Checkpointer:
           logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
         except OSError as e:
           logging.warning('Could not move unreadable checkpoint %s: %s', src, e)
-      _fsync_dir(self._directory)
+      results.fsync_dir(self._directory)
     _sync_processes('resflax_checkpoint_quarantine')
     self._manager.reload()
 

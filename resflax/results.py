@@ -24,7 +24,8 @@ import numpy as np
 PathLike = str | os.PathLike
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+  """Flushes a directory's entries (after a rename into it) to disk."""
   # The rename is only durable once the directory entry itself is on disk.
   # Some platforms/filesystems refuse to open or fsync a directory; the data
   # file is already synced, so losing this last step is not worth an error.
@@ -79,7 +80,7 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
     with contextlib.suppress(OSError):
       os.remove(tmp_path)
     raise
-  _fsync_dir(directory)
+  fsync_dir(directory)
 
 
 def _to_builtin_scalar(x: Any) -> Any:

@@ -1,5 +1,7 @@
 """Model zoo: published parameter counts, formulas, placements, scan, lesions."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,6 +232,43 @@ def test_scan_and_unrolled_agree():
     np.testing.assert_allclose(ls, lu, atol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  vs["batch_stats"], vu["batch_stats"])
+
+
+def test_scan_unroll_keeps_values_and_gradients():
+  # ResNet-26: 3 scanned units per stage; unroll 2 = one looped trip of 2
+  # units plus a remainder of 1, unroll 3 = no loop. Same numbers as the
+  # unrolled Python loop (scan=False), gradients included.
+  x = X[:2]
+  ref = models.create_model(depth=26, scan=False)
+  v = randomize(ref.init(KEY, x))
+
+  def loss(m, params):
+    logits, _ = m.apply({**v, "params": params}, x, train=True)
+    return jnp.sum(logits ** 2)
+
+  grad = lambda m: jax.jit(jax.value_and_grad(functools.partial(loss, m)))
+  want_l, want_g = grad(ref)(v["params"])
+  for unroll in (2, 3):
+    got_l, got_g = grad(models.create_model(depth=26, scan_unroll=unroll))(
+        v["params"])
+    np.testing.assert_allclose(got_l, want_l, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                         atol=1e-4),
+                 got_g, want_g)
+
+
+def test_scan_unroll_covering_a_stage_emits_no_loop():
+  def loops(**kw):
+    m = models.create_model(depth=32, **kw)
+    v = m.init(KEY, X[:1])
+    return jax.jit(m.apply).lower(v, X[:1]).as_text().count(
+        "stablehlo.while")
+  assert loops() == 3  # one per stage
+  assert loops(scan_unroll=3) == 3
+  assert loops(scan_unroll=4) == 0
+  assert loops(scan_unroll=100) == 0
+  with pytest.raises(ValueError, match="model.scan_unroll=0"):
+    models.create_model(depth=32, scan_unroll=0)
 
 
 def test_training_mode_updates_batch_stats(resnet20):

@@ -40,6 +40,7 @@ DEFAULTS = dict(
     stochastic_depth_mode="batch",  # batch | sample
     stride_on="1x1",  # bottleneck stride on its first 1x1 (paper) or its 3x3
     scan=True,  # scan over same-shape units of a stage
+    scan_unroll=1,  # units per scan iteration; >= a stage's units: no loop
     remat=False,  # rematerialise each unit in the backward pass
     dtype="float32",  # compute dtype; weights and BN statistics stay float32
     bn_group_size=0,  # BN statistics per group of this many images; 0 = batch
@@ -82,6 +83,7 @@ class ModelConfig:
   stochastic_depth_mode: str
   stride_on: str
   scan: bool
+  scan_unroll: int
   remat: bool
   dtype: str
   bn_group_size: int
@@ -183,6 +185,11 @@ def _validate(cfg: ModelConfig):
   if cfg.num_classes < 1 or cfg.width < 1 or cfg.gate_kernel < 1:
     raise ValueError("model.num_classes, model.width and model.gate_kernel "
                      "must be positive")
+  if (isinstance(cfg.scan_unroll, bool) or not isinstance(cfg.scan_unroll, int)
+      or cfg.scan_unroll < 1):
+    raise ValueError(f"model.scan_unroll={cfg.scan_unroll!r} must be an int "
+                     ">= 1 (units per scan iteration; a value >= a stage's "
+                     "units unrolls the stage completely)")
   if cfg.bn_group_size < 0:
     raise ValueError("model.bn_group_size must be >= 0 (0 = whole batch)")
   units_per_stage(cfg)
