@@ -394,11 +394,13 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices.reshape(-1), ("data",))
 
 
-# Keys that change how often things happen, not what is computed: a resumed
-# run may change them freely.
+# Keys that change how often or how things happen, not what is computed
+# (the model keys keep parameters and results): a resumed run may change
+# them freely, e.g. unroll on a GPU a run begun scanned on a CPU.
 _VOLATILE_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every",
                   "train.max_checkpoints", "train.allow_config_change",
-                  "data.path", "data.tfds_data_dir")
+                  "data.path", "data.tfds_data_dir",
+                  "model.scan", "model.scan_unroll", "model.remat")
 
 
 def _flatten(d, prefix=""):

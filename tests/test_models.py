@@ -388,10 +388,11 @@ def test_variants_train_and_evaluate(kw):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
 
 
-@pytest.mark.parametrize("kernel,strides", [(3, 1), (1, 1), (3, 2), (1, 2),
-                                            (7, 2)])
-def test_conv_gradients_match_xla(kernel, strides):
-  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))
+@pytest.mark.parametrize("kernel,strides,batch", [
+    (3, 1, 2), (1, 1, 2), (3, 2, 2), (1, 2, 2), (7, 2, 2),
+    (3, 1, 48), (1, 1, 32)])  # 48, 32: weight gradient summed over chunks
+def test_conv_gradients_match_xla(kernel, strides, batch):
+  x = jax.random.normal(jax.random.key(1), (batch, 9, 9, 4))
   k = jax.random.normal(jax.random.key(2), (kernel, kernel, 4, 5))
   pad = ((kernel - 1) // 2,) * 2
   ref = lambda a, b: jax.lax.conv_general_dilated(

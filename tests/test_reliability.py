@@ -125,6 +125,20 @@ def test_workdir_with_other_config_is_refused(tmp_path):
   train.train_and_evaluate(other, str(tmp_path))
 
 
+def test_workdir_accepts_a_change_of_how_the_model_runs(tmp_path):
+  # A run saved before model.scan_unroll existed, resumed unrolled and
+  # rematerialised: same parameters, same numbers, so no refusal.
+  saved = json.loads(tiny_config().to_json())
+  del saved["model"]["scan_unroll"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  now = tiny_config()
+  now.model.scan, now.model.remat = False, True
+  train.check_workdir_config(now, str(tmp_path))
+  now.model.depth = 14
+  with pytest.raises(train.ConfigError, match="model.depth"):
+    train.check_workdir_config(now, str(tmp_path))
+
+
 @pytest.mark.parametrize("change,pattern", [
     (lambda c: setattr(c.train, "steps", 0), r"config.train.steps=0"),
     (lambda c: setattr(c.train, "batch_size", 18), r"batch_size=18.*device"),
