@@ -414,3 +414,35 @@ def test_conv2d_same_padding_gradient():
   g_ref = jax.grad(lambda b: ref(x, b).sum())(k)
   g = jax.grad(lambda b: layers.conv2d(x, b).sum())(k)
   np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group_size,offset", [(0, 0.0), (4, 0.0), (0, 100.0)])
+def test_batch_norm_matches_numpy(group_size, offset):
+  # numpy's np.var in float64 is the reference, also for inputs whose mean
+  # is 100x their spread (where a one-pass E[x^2] - E[x]^2 in float32 is off
+  # by percents).
+  x = offset + jax.random.normal(jax.random.key(9), (8, 5, 5, 3)) * jnp.array(
+      [0.5, 1.0, 2.0])
+  bn = layers.BatchNorm(momentum=0.9, epsilon=1e-5, group_size=group_size)
+  v = bn.init(KEY, x, train=True)
+  y, upd = bn.apply(v, x, train=True, mutable=["batch_stats"])
+  g = group_size or 8
+  xg = np.asarray(x, np.float64).reshape(8 // g, g, 5, 5, 3)
+  mean = xg.mean((1, 2, 3), keepdims=True)
+  var = xg.var((1, 2, 3), keepdims=True)
+  want = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
+  np.testing.assert_allclose(y, want, atol=1e-4)
+  np.testing.assert_allclose(upd["batch_stats"]["var"],
+                             0.9 + 0.1 * var.reshape(-1, 3).mean(0), rtol=1e-4)
+
+  def two_pass(x):  # the textbook layer, for the gradient
+    xg = x.reshape(8 // g, g, 5, 5, 3)
+    m = xg.mean((1, 2, 3), keepdims=True)
+    return ((xg - m) / jnp.sqrt(((xg - m) ** 2).mean((1, 2, 3), keepdims=True)
+                                + 1e-5)).reshape(x.shape)
+  r = jax.random.normal(jax.random.key(10), x.shape)
+  layer = lambda x: bn.apply(v, x, train=True, mutable=["batch_stats"])[0]
+  np.testing.assert_allclose(
+      jax.grad(lambda x: jnp.sum(layer(x) * r))(x),
+      jax.grad(lambda x: jnp.sum(two_pass(x) * r))(x),
+      atol=1e-4)
