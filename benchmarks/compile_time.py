@@ -32,7 +32,6 @@ independent of depth). ``--no-unrolled`` runs only the scanned cases.
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -74,23 +73,14 @@ def make_config(depth: int, scan: bool, batch: int):
 
 def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
   """Times trace, lower and compile of ``train_step``; returns a dict."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from resflax import models, train  # pylint: disable=g-import-not-at-top
+  import abstract_step  # pylint: disable=g-import-not-at-top
+  from resflax import models  # pylint: disable=g-import-not-at-top
 
-  config = make_config(depth, scan, batch)
-  model = models.create_model(train.model_config(config, jax.device_count()))
-  task = train.Task(model, config, train.make_mesh(), num_train,
-                    train.make_optimizer(config.train))
-  state = jax.eval_shape(functools.partial(train.init_state, task, 0,
-                                           (32, 32, 3)))
-  sds = jax.ShapeDtypeStruct
-  args = (state, sds((num_train, 32, 32, 3), jnp.uint8),
-          sds((num_train,), jnp.int32), sds((32, 32, 3), jnp.float32),
-          sds((32, 32, 3), jnp.float32))
-  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
+  task, step, state, data = abstract_step.build(
+      make_config(depth, scan, batch), num_train)
+  model = task.model
   t0 = time.perf_counter()
-  traced = step.trace(*args)
+  traced = step.trace(state, *data)
   t1 = time.perf_counter()
   lowered = traced.lower()
   t2 = time.perf_counter()

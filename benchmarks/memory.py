@@ -34,6 +34,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+import abstract_step
 from resflax import models, train
 from resflax.config import load_experiment
 
@@ -56,23 +57,9 @@ def make_config(depth: int, batch: int, remat: bool, scan: bool = True):
   return config
 
 
-def build(config, num_train: int):
-  """The task, the jitted step and abstract arguments."""
-  model = models.create_model(train.model_config(config, jax.device_count()))
-  task = train.Task(model, config, train.make_mesh(), num_train,
-                    train.make_optimizer(config.train))
-  state = jax.eval_shape(functools.partial(train.init_state, task, 0,
-                                           (32, 32, 3)))
-  sds = jax.ShapeDtypeStruct
-  data = (sds((num_train, 32, 32, 3), jnp.uint8), sds((num_train,), jnp.int32),
-          sds((32, 32, 3), jnp.float32), sds((32, 32, 3), jnp.float32))
-  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
-  return task, step, state, data
-
-
 def analyse(config, num_train: int):
   """Compiles the step; returns XLA's memory analysis as a dict of bytes."""
-  task, step, state, data = build(config, num_train)
+  task, step, state, data = abstract_step.build(config, num_train)
   start = time.perf_counter()
   compiled = step.lower(state, *data).compile()
   seconds = time.perf_counter() - start
@@ -94,7 +81,7 @@ def run_once(config, num_train: int):
   device = jax.devices()[0]
   if not hasattr(device, "memory_stats") or device.memory_stats() is None:
     return None
-  task, step, _, _ = build(config, num_train)
+  task, step, _, _ = abstract_step.build(config, num_train)
   rep = task.replicated
   state = jax.jit(functools.partial(train.init_state, task, 0, (32, 32, 3)),
                   out_shardings=rep)()

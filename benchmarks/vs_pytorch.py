@@ -173,7 +173,23 @@ def make_config(scan: bool):
   return config
 
 
-class TrainStepRunner:
+class _JaxRunner:
+  """Steps ``self.step(self.state, *self.args)``; subclasses set all three."""
+
+  def compile(self) -> float:
+    start = time.perf_counter()
+    self.run(1)
+    return time.perf_counter() - start
+
+  def run(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state = self.step(self.state, *self.args)
+    jax.block_until_ready(self.state)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+class TrainStepRunner(_JaxRunner):
   """The jitted ``train.train_step`` (on-device sampling + augmentation)."""
 
   def __init__(self, config, dataset):
@@ -190,17 +206,6 @@ class TrainStepRunner:
     self.step = jax.jit(functools.partial(train.train_step, self.task),
                         donate_argnums=0)
 
-  def compile(self) -> float:
-    start = time.perf_counter()
-    self.run(1)
-    return time.perf_counter() - start
-
-  def run(self, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-      self.state = self.step(self.state, *self.args)
-    jax.block_until_ready(self.state)
-    return steps * BATCH / (time.perf_counter() - start)
 
 
 class _PlainUnit(nn.Module):
@@ -255,7 +260,7 @@ class _PlainAdapter:
     return logits, {**variables, **upd}
 
 
-class BareRunner:
+class BareRunner(_JaxRunner):
   """Model value_and_grad + optax SGD on one fixed batch (as torch gets)."""
 
   def __init__(self, config, images, labels, plain_flax: bool = False):
@@ -264,12 +269,12 @@ class BareRunner:
     variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
     tx = optax.chain(train.make_optimizer(config.train),
                      optax.scale(-config.train.learning_rate))
-    self.state = (variables, tx.init(variables["params"]))
-    self.x, self.y = jnp.asarray(images), jnp.asarray(labels)
+    self.state = (variables, tx.init(variables["params"]), jnp.float32(0))
+    self.args = (jnp.asarray(images), jnp.asarray(labels))
     model = self.model
 
     def step(state, x, y):
-      variables, opt_state = state
+      variables, opt_state, _ = state
 
       def loss_fn(params):
         logits, new_vars = model.apply({**variables, "params": params}, x,
@@ -281,21 +286,9 @@ class BareRunner:
           variables["params"])
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       params = optax.apply_updates(variables["params"], updates)
-      return ({**new_vars, "params": params}, opt_state), loss
+      return {**new_vars, "params": params}, opt_state, loss
 
     self.step = jax.jit(step, donate_argnums=0)
-
-  def compile(self) -> float:
-    start = time.perf_counter()
-    self.run(1)
-    return time.perf_counter() - start
-
-  def run(self, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-      self.state, loss = self.step(self.state, self.x, self.y)
-    jax.block_until_ready((self.state, loss))
-    return steps * BATCH / (time.perf_counter() - start)
 
 
 def fixed_batch(dataset):

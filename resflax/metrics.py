@@ -44,6 +44,8 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from resflax.config import flatten
+
 _FILE_COUNTER = itertools.count()
 _IMAGE_PLUGIN = 'images'
 _TEXT_PLUGIN = 'text'
@@ -65,17 +67,6 @@ def _format_number(value: Any) -> str:
   if x.is_integer() and abs(x) < 1e15:
     return str(int(x))
   return f'{x:.6g}'
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, key + '.'))
-    else:
-      out[key] = v
-  return out
 
 
 def _hparam_value(v: Any) -> bool | int | float | str:
@@ -444,7 +435,7 @@ class SummaryWriter(_Writer):
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hparams_summary  # pylint: disable=g-import-not-at-top
 
-    flat = {k: _hparam_value(v) for k, v in _flatten(hparams).items()}
+    flat = {k: _hparam_value(v) for k, v in flatten(hparams).items()}
     summary = hparams_summary.hparams_pb(flat)
     self._write_event(
         event_pb2.Event(wall_time=time.time(), step=0, summary=summary)

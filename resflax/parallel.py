@@ -392,7 +392,7 @@ def train_and_evaluate_parallel(config: ml_collections.ConfigDict,
   if start_step == 0:
     for w, c in zip(writers, configs):
       # pylint: disable-next=protected-access
-      w.write_hparams(train._flatten(c.to_dict()))
+      w.write_hparams(c.to_dict())
   progress = metrics_lib.ProgressLogger(
       t.steps, every_steps=t.log_every or None,
       every_secs=None if t.log_every else 60.0, start_step=start_step)

@@ -55,6 +55,7 @@ import ml_collections
 from resflax import paper as paper_lib
 from resflax import results as results_lib
 from resflax import train
+from resflax.config import flatten
 
 SWEEP_KEYS = ("sweep_cases", "sweep_order", "sweep_paper", "sweep_notes",
               "sweep_title")
@@ -132,16 +133,6 @@ def paper_value(ref: Mapping[str, Any], field: Optional[str] = None):
 # Building an experiment's config
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
   out: Dict[str, Any] = {}
   for key, value in flat.items():
@@ -178,7 +169,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
     train.ConfigError: a key the config does not have, or a value of the
       wrong type, naming the key and ``where``.
   """
-  flat = _flatten(config.to_dict())
+  flat = flatten(config.to_dict())
   for key, value in overrides.items():
     if key not in flat:
       close = difflib.get_close_matches(key, list(flat), n=3)
@@ -322,8 +313,8 @@ def experiment(path: str, base: ml_collections.ConfigDict,
       shrink_fn(c)
     # Store only what differs from the (shrunk) base: the case's own keys,
     # plus for smoke what shrinking a differently-shaped case changed.
-    ref_flat = _flatten(reference.to_dict())
-    overrides[name] = {k: v for k, v in _flatten(c.to_dict()).items()
+    ref_flat = flatten(reference.to_dict())
+    overrides[name] = {k: v for k, v in flatten(c.to_dict()).items()
                        if ref_flat.get(k) != v}
   config = reference
   config.sweep_cases = ml_collections.ConfigDict(
@@ -349,7 +340,7 @@ def case_names(config: ml_collections.ConfigDict) -> List[str]:
 def case_overrides(config: ml_collections.ConfigDict,
                    case: str) -> Dict[str, Any]:
   """The dotted overrides of ``case``."""
-  return _flatten(config.sweep_cases[case].to_dict())
+  return flatten(config.sweep_cases[case].to_dict())
 
 
 def case_config(config: ml_collections.ConfigDict, case: str, *,

@@ -41,6 +41,7 @@ from resflax import data as data_lib
 from resflax import metrics as metrics_lib
 from resflax import models
 from resflax import results as results_lib
+from resflax.config import flatten
 
 PyTree = Any
 
@@ -403,17 +404,6 @@ _VOLATILE_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every
                   "model.scan", "model.scan_unroll", "model.remat")
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
 def check_workdir_config(config, workdir: str) -> None:
   """Refuses a workdir that holds a run of a different config.
 
@@ -425,8 +415,8 @@ def check_workdir_config(config, workdir: str) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = _flatten(json.load(f))
-  now = _flatten(json.loads(config.to_json()))
+    saved = flatten(json.load(f))
+  now = flatten(json.loads(config.to_json()))
   diff = sorted(k for k in set(saved) | set(now)
                 if k not in _VOLATILE_KEYS and saved.get(k) != now.get(k))
   if diff and not config.train.allow_config_change:
@@ -635,7 +625,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   source.start(task, config.seed, start_step)
   writer = metrics_lib.create_writer(workdir)
   if start_step == 0:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(config.to_dict())
   t = config.train
   progress = metrics_lib.ProgressLogger(
       t.steps, every_steps=t.log_every or None,

@@ -1,6 +1,7 @@
 """Leaf layers shared by every network: convolution and batch normalisation."""
 
 import functools
+import operator
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -44,10 +45,10 @@ def _conv_cpu_bwd(strides, padding, res, dy):
   # (benchmarks/RESULTS.md, "weight gradient").
   n = x.shape[0]
   chunks = n // _DK_CHUNK if n % _DK_CHUNK == 0 else 1
-  dk = sum(
+  dk = functools.reduce(operator.add, (
       _conv(xc.transpose(3, 1, 2, 0), dyc.transpose(1, 2, 0, 3), (1, 1),
             padding).transpose(1, 2, 0, 3)
-      for xc, dyc in zip(jnp.split(x, chunks), jnp.split(dy, chunks)))
+      for xc, dyc in zip(jnp.split(x, chunks), jnp.split(dy, chunks))))
   return dx, dk.astype(k.dtype)
 
 
