@@ -41,8 +41,8 @@ def _conv_cpu_bwd(strides, padding, res, dy):
   dx = _conv(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), (1, 1), padding)
   # dk[a, b, i, o] = sum_{n,h,w} xpad[n, h+a, w+b, i] dy[n, h, w, o]: a conv
   # of x (batch <-> channels swapped) with dy as the kernel. XLA:CPU runs it
-  # 1.4-3.4x faster as a sum over chunks of the batch than in one piece
-  # (benchmarks/RESULTS.md, "weight gradient").
+  # up to 2.8x faster as a sum over chunks of the batch than in one piece
+  # (benchmarks/conv_grad.py).
   n = x.shape[0]
   chunks = n // _DK_CHUNK if n % _DK_CHUNK == 0 else 1
   dk = functools.reduce(operator.add, (
