@@ -65,7 +65,8 @@ def random_variables(model, seed=0):
 
 def load(args):
   """(model, variables, test images, labels, mean, std, source)."""
-  from resflax import data, lesion_study, models  # pylint: disable=g-import-not-at-top
+  from resflax import data, models
+  from resflax.experiment import lesion_study  # pylint: disable=g-import-not-at-top
   if args.checkpoint:
     net = lesion_study.load_run(args.checkpoint, data_path=args.data)
     ds, model, variables = net.dataset, net.model, net.variables
@@ -158,7 +159,7 @@ def main(argv=None):
 def write_section(args, images, per, source, times, ratio, compilations,
                   compile_s):
   """Replaces (or appends) this benchmark's section of RESULTS.md."""
-  from resflax import results  # pylint: disable=g-import-not-at-top
+  from resflax import fileio as results  # pylint: disable=g-import-not-at-top
   path = args.results_md
   command = ("python benchmarks/lesion_sweep.py "
              + " ".join(a for a in sys.argv[1:]))

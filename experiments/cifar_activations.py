@@ -21,9 +21,9 @@ at 32k and 48k iterations, 64k iterations, warm-up at lr 0.01 for the first
 400 iterations, pad-4/crop/flip augmentation; median of 5 runs.
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 # model.unit -> the letter of Fig. 4 / Table 2.
 UNITS = {"original": "a", "bn_after_add": "b", "relu_before_add": "c",

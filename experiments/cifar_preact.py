@@ -27,9 +27,9 @@ steps, with the decays at the same fractions of training as above (50% and
 75%) and BN statistics over 32 images (64 on 2 GPUs).
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 T3, T4 = "identity_table3", "identity_table4"
 UNITS = {"original": "original", "preact": "full_preact"}

@@ -26,9 +26,9 @@ runs (mean 6.61 +- 0.16), the other rows as single numbers.
 
 import re
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 PLAIN_DEPTHS = (20, 32, 44, 56)  # Fig. 6 left; plain-110 (>60%) is not plotted

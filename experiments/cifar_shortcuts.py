@@ -19,9 +19,9 @@ iterations, 64k iterations, warm-up at lr 0.01 for the first 400 iterations
 the median of 5 runs; "fail" means test error above 20%.
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 T1 = "identity_table1"
 

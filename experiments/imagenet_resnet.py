@@ -26,9 +26,9 @@ ImageNet streams from tensorflow-datasets (``data.name='imagenet2012'``,
 ``--config.data.tfds_data_dir``).
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH = 256

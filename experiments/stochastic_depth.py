@@ -22,9 +22,9 @@ test error at the best validation error; resflax reports the final test
 error (results.json keeps the validation error beside it).
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 SD = "stochastic_depth"
 TRAIN_IMAGES = 45_000

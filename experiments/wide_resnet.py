@@ -20,9 +20,9 @@ numbers, so they use the Identity Mappings recipe (as in
 experiments/cifar_preact.py).
 """
 
-from resflax import sweep
+from resflax.experiment import sweep
 from resflax.config import base_config
-from resflax.sweep import Case, paper_ref
+from resflax.experiment.sweep import Case, paper_ref
 
 STEPS_PER_EPOCH = 50_000 // 128
 EPOCHS = 200

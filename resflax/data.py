@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from resflax.errors import DataError
+
 __all__ = [
     'CIFAR10_CLASSES',
     'DataError',
@@ -124,12 +126,6 @@ for source in sources:
 out.flush()
 '''
 
-
-class DataError(ValueError):
-  """A dataset could not be loaded for a reason the user can fix.
-
-  The message names the offending file, folder or config key.
-  """
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,8 +1,36 @@
-"""Which exceptions carry a message meant for the user (no traceback)."""
+"""The exceptions resflax raises with a message a user can act on.
+
+Every one of them carries a one-line message naming the key, file, case or
+step at fault and what is allowed; the command line prints that line alone
+(no traceback). They sit in the lowest layer so every module can raise them
+without importing the module that owns the concern.
+"""
+
+
+class UserError(Exception):
+  """Base of the errors whose message is meant for the user as it is."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value is invalid; the message names the key."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset cannot be found, read or used; the message names the file."""
+
+
+class CheckpointError(UserError, RuntimeError):
+  """Checkpoints cannot be written or restored; the message names the path."""
+
+
+class TrainingError(UserError, RuntimeError):
+  """Training stopped for a reason the user must look at (e.g. NaN)."""
+
+
+class WorkdirError(UserError, RuntimeError):
+  """A workdir cannot be used (held by another run, unwritable, a file)."""
 
 
 def is_user_error(e: BaseException) -> bool:
   """True for errors raised with an actionable message by resflax."""
-  from resflax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
-  return isinstance(e, (train.ConfigError, train.TrainingError,
-                        data.DataError, checkpoint.CheckpointError))
+  return isinstance(e, UserError)

@@ -59,12 +59,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resflax import checkpoint as checkpoint_lib
+from resflax.training import checkpoint as checkpoint_lib
 from resflax import data as data_lib
-from resflax import metrics as metrics_lib
+from resflax.training import metrics as metrics_lib
 from resflax import models
-from resflax import results as results_lib
-from resflax import sweep
+from resflax import fileio as results_lib
+from resflax.experiment import sweep
 from resflax import train
 
 PyTree = Any

@@ -16,9 +16,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   (``resflax.sweep``); any other trains one network.
   """
   if "lesion" in config:
-    from resflax import lesion_study  # pylint: disable=g-import-not-at-top
+    from resflax.experiment import lesion_study  # pylint: disable=g-import-not-at-top
     return lesion_study.run(config, workdir)
   if "sweep_cases" in config:
-    from resflax import sweep  # pylint: disable=g-import-not-at-top
+    from resflax.experiment import sweep  # pylint: disable=g-import-not-at-top
     return sweep.run(config, workdir)
   return train.train_and_evaluate(config, workdir)

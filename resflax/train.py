@@ -36,22 +36,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from resflax import checkpoint as checkpoint_lib
+from resflax.training import checkpoint as checkpoint_lib
 from resflax import data as data_lib
-from resflax import metrics as metrics_lib
+from resflax.training import metrics as metrics_lib
 from resflax import models
-from resflax import results as results_lib
+from resflax import fileio as results_lib
 from resflax.config import flatten
+from resflax.errors import ConfigError, TrainingError
 
 PyTree = Any
 
 
-class TrainingError(RuntimeError):
-  """Training stopped for a reason the user must look at (e.g. NaN)."""
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the key."""
 
 
 # --------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resflax import checkpoint as ckpt_lib
-from resflax.checkpoint import Checkpointer, CheckpointError
+from resflax.training import checkpoint as ckpt_lib
+from resflax.training.checkpoint import Checkpointer, CheckpointError
 
 # Orbax leaves abandoned read coroutines behind after a restore that fails (as
 # several tests here make it do on purpose); they are reported when garbage
@@ -286,7 +286,7 @@ _CHILD_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from orbax.checkpoint._src.path import async_path
-    from resflax.checkpoint import Checkpointer
+    from resflax.training.checkpoint import Checkpointer
 
     mesh = Mesh(np.array(jax.devices()), ('data',))
     split = NamedSharding(mesh, P('data'))

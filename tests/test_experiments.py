@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from resflax import models, sweep, train
+from resflax import models, train
+from resflax.experiment import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The experiment files of the papers' tables (sweeps).

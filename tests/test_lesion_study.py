@@ -11,7 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resflax import checkpoint, lesion_study, models, signal_stats, train
+from resflax import models, train
+from resflax.experiment import lesion_study
+from resflax.lesion import signal_stats
+from resflax.training import checkpoint
 from test_lesion import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

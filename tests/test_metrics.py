@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from resflax import metrics
+from resflax.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ def _event_files(logdir):
 _NO_TF_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from resflax import metrics
+    from resflax.training import metrics
 
     logdir = sys.argv[1]
     w = metrics.create_writer(logdir)
@@ -189,7 +189,7 @@ def test_format_duration():
 
 def test_write_json_numpy_and_jax_values(tmp_path):
   import jax.numpy as jnp
-  from resflax import results
+  from resflax import fileio as results
 
   obj = {
       'z': np.float32(0.25),
@@ -214,7 +214,7 @@ def test_write_json_numpy_and_jax_values(tmp_path):
 
 
 def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
-  from resflax import results
+  from resflax import fileio as results
 
   path = tmp_path / 'table.csv'
   results.write_atomic(path, 'old\n')
@@ -231,7 +231,7 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_write_csv_rows_with_different_keys(tmp_path):
-  from resflax import results
+  from resflax import fileio as results
 
   rows = [
       {'model': 'resnet20', 'error': np.float32(8.5), 'seed': 0},

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from resflax import paper
+from resflax.experiment import paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CANDIDATES = [

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from resflax import checkpoint, data as data_lib, parallel, train
+from resflax import data as data_lib, parallel, train
+from resflax.training import checkpoint
 from resflax.config import base_config
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from resflax import config as config_lib
-from resflax import lesion, models, paths, train
+from resflax import lesion, models, train
+from resflax.lesion import paths
 from test_lesion import random_variables
 
 

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from resflax import checkpoint, data as data_lib, results, train
+from resflax import data as data_lib, fileio as results, train
+from resflax.training import checkpoint
 from test_train import REPO, final_state, tiny_config
 
 

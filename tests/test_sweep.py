@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from resflax import paper, results, runner, sweep, tables, train
+from resflax.experiment import paper, results, runner, sweep, tables, train
 from resflax.config import base_config, load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_bad_sweep_settings_are_refused(tmp_path, key, value, pattern):
 
 
 def test_learning_curves_read_without_tensorflow(tmp_path):
-  from resflax import metrics
+  from resflax.training import metrics
   w = metrics.create_writer(str(tmp_path))
   for step in (2, 4):
     w.write_scalars(step, {"train_error": 1.0 / step})

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resflax import checkpoint, data as data_lib, models, train
+from resflax import data as data_lib, models, train
+from resflax.training import checkpoint
 from resflax.config import base_config, load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

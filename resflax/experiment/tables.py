@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from resflax import paper as paper_lib
-from resflax import results as results_lib
-from resflax import sweep
+from resflax.experiment import paper as paper_lib
+from resflax import fileio as results_lib
+from resflax.experiment import sweep
 
 FIELDS = ("case", "median_error", "mean_error", "std_error", "best_error",
           "runs", "failed", "pending", "paper_error", "paper_error_mean",

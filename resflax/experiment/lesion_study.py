@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resflax import checkpoint as checkpoint_lib
+from resflax.training import checkpoint as checkpoint_lib
 from resflax import data as data_lib
 from resflax import lesion as lesion_lib
 from resflax import models
-from resflax import paths as paths_lib
-from resflax import results as results_lib
-from resflax import signal_stats
+from resflax.lesion import paths as paths_lib
+from resflax import fileio as results_lib
+from resflax.lesion import signal_stats
 from resflax import train
 
 PyTree = Any

@@ -52,8 +52,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from absl import logging
 import ml_collections
 
-from resflax import paper as paper_lib
-from resflax import results as results_lib
+from resflax.experiment import paper as paper_lib
+from resflax import fileio as results_lib
 from resflax import train
 from resflax.config import flatten
 
@@ -439,7 +439,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     Errors other than ``train.TrainingError`` (data, checkpoints) stop the
     sweep; a TrainingError only marks its run as failed.
   """
-  from resflax import tables  # pylint: disable=g-import-not-at-top
+  from resflax.experiment import tables  # pylint: disable=g-import-not-at-top
   parallel = _check(config)
   os.makedirs(workdir, exist_ok=True)
   names = case_names(config)

@@ -55,7 +55,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resflax import results
+from resflax import fileio as results
+from resflax.errors import CheckpointError
 
 PyTree = Any
 
@@ -70,13 +71,6 @@ _MUTABLE_FILES = frozenset({'_CHECKPOINT_METADATA'})
 _READ_CHUNK = 1 << 22
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be saved or no existing checkpoint could be read."""
-
-
-def orbax_version() -> str:
-  """Returns the installed orbax-checkpoint version (for run provenance)."""
-  return getattr(ocp, '__version__', 'unknown')
 
 
 def _is_local(directory: str) -> bool:
