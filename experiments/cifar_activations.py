@@ -21,9 +21,9 @@ at 32k and 48k iterations, 64k iterations, warm-up at lr 0.01 for the first
 400 iterations, pad-4/crop/flip augmentation; median of 5 runs.
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 # model.unit -> the letter of Fig. 4 / Table 2.
 UNITS = {"original": "a", "bn_after_add": "b", "relu_before_add": "c",
@@ -55,6 +55,6 @@ def get_config(arg=None):
   config.model.name = "cifar_resnet"
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, groups=GROUPS,
       title="Identity Mappings Table 2: BN/ReLU placement, CIFAR-10")

@@ -27,9 +27,9 @@ steps, with the decays at the same fractions of training as above (50% and
 75%) and BN statistics over 32 images (64 on 2 GPUs).
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 T3, T4 = "identity_table3", "identity_table4"
 UNITS = {"original": "original", "preact": "full_preact"}
@@ -93,6 +93,6 @@ def get_config(arg=None):
   config.model.name = "cifar_resnet"
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, groups=GROUPS,
       title="Identity Mappings Tables 3-4: original vs pre-activation units")

@@ -26,9 +26,9 @@ runs (mean 6.61 +- 0.16), the other rows as single numbers.
 
 import re
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 PLAIN_DEPTHS = (20, 32, 44, 56)  # Fig. 6 left; plain-110 (>60%) is not plotted
@@ -77,7 +77,7 @@ def get_config(arg=None):
     if config.model.depth >= 110:
       config.train.warmup_steps = 400
     return shrink(config) if arg == "smoke" else config
-  return sweep.experiment(
+  return cases.experiment(
       __file__, _base(), CASES, arg, groups=GROUPS,
       title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
       "plain nets")

@@ -19,9 +19,9 @@ iterations, 64k iterations, warm-up at lr 0.01 for the first 400 iterations
 the median of 5 runs; "fail" means test error above 20%.
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 T1 = "identity_table1"
 
@@ -78,7 +78,7 @@ def get_config(arg=None):
   config.model.depth = 110
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, table=TABLE, groups=GROUPS,
       title="Identity Mappings Table 1: shortcut variants, ResNet-110, "
       "CIFAR-10")

@@ -26,9 +26,9 @@ ImageNet streams from tensorflow-datasets (``data.name='imagenet2012'``,
 ``--config.data.tfds_data_dir``).
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH = 256
@@ -80,6 +80,6 @@ def get_config(arg=None):
   t.eval_every = 5 * STEPS_PER_EPOCH
   t.checkpoint_every = STEPS_PER_EPOCH
   t.log_every = 500
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, groups=GROUPS, seeds=1,
       title="Identity Mappings Table 5: ImageNet top-1 error")

@@ -22,9 +22,9 @@ test error at the best validation error; resflax reports the final test
 error (results.json keeps the validation error beside it).
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 SD = "stochastic_depth"
 TRAIN_IMAGES = 45_000
@@ -75,6 +75,6 @@ def get_config(arg=None):
   t.lr_boundaries = tuple(e * STEPS_PER_EPOCH for e in DECAY_EPOCHS)
   t.nesterov = True
   t.eval_every = 10 * STEPS_PER_EPOCH
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, groups=GROUPS,
       title="Stochastic depth vs constant depth (Huang et al. 2016)")

@@ -20,9 +20,9 @@ numbers, so they use the Identity Mappings recipe (as in
 experiments/cifar_preact.py).
 """
 
-from resflax.experiment import sweep
+from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.sweep import Case, paper_ref
+from resflax.experiment.cases import Case, paper_ref
 
 STEPS_PER_EPOCH = 50_000 // 128
 EPOCHS = 200
@@ -80,6 +80,6 @@ def get_config(arg=None):
   t.lr_decay = 0.2
   t.weight_decay = 5e-4
   t.nesterov = True
-  return sweep.experiment(
+  return cases.experiment(
       __file__, config, CASES, arg, groups=GROUPS,
       title="Wide ResNets and pre-activation baselines, CIFAR-10/100")

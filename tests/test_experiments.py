@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from resflax import models, train
-from resflax.experiment import sweep
+from resflax import models, training
+from resflax.experiment import cases
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The experiment files of the papers' tables (sweeps).
@@ -38,7 +38,7 @@ def test_smoke_is_the_table_shrunk(path):
   # training tests and README use it); "all,smoke" is its table shrunk.
   arg = "all,smoke" if path.endswith("cifar_resnet.py") else "smoke"
   config = module.get_config(arg)
-  assert sweep.case_names(config) == sweep.case_names(module.get_config())
+  assert cases.case_names(config) == cases.case_names(module.get_config())
   assert config.seeds == 2
 
 
@@ -48,36 +48,45 @@ def test_every_case_is_valid(path):
   name = os.path.basename(path)
   assert f"--config experiments/{name}" in module.__doc__
   config = module.get_config()
-  cases = sweep.case_names(config)
-  assert cases and config.seeds >= 1
+  names = cases.case_names(config)
+  assert names and config.seeds >= 1
   for case in module.CASES:
     one = module.get_config(case)
-    assert sweep.case_names(one) == [case]
-    run = sweep.case_config(one, case, seed=config.seed)
+    assert cases.case_names(one) == [case]
+    run = cases.case_config(one, case, seed=config.seed)
     # Validated for the papers' 2 GPUs (BN groups of 64 need 64 per device).
-    train.validate_config(run, 2)
+    training.validate_config(run, 2)
     ref = one.sweep_paper[case].to_dict()
-    assert not ref or sweep.paper_value(ref) is not None
+    assert not ref or cases.paper_value(ref) is not None
+
+
+def smallest_depth(model):
+  """One unit per stage (ImageNet: the smallest net of the same block)."""
+  if model.name == "imagenet_resnet":
+    return 50 if model.depth >= 50 else 18
+  if model.name == "wide_resnet":
+    return 10  # 6n+4
+  return {"basic": 8, "bottleneck": 11, "single": 5}[model.block]
 
 
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
 def test_smoke_shrinks_every_case(path):
   module = load(path)
   config = module.get_config("all,smoke")
-  assert sweep.case_names(config) == list(module.CASES)
-  for case in sweep.case_names(config):
-    run = sweep.case_config(config, case, seed=0)
+  assert cases.case_names(config) == list(module.CASES)
+  for case in cases.case_names(config):
+    run = cases.case_config(config, case, seed=0)
     assert run.data.name == "synthetic" and run.train.steps <= 10
-    train.validate_config(run)  # on this suite's 4 CPU devices
-    full = sweep.case_config(module.get_config(case), case, seed=0)
+    training.validate_config(run)  # on this suite's 4 CPU devices
+    full = cases.case_config(module.get_config(case), case, seed=0)
     # Structure kept: block, shortcut, unit and projection of the full case.
     for key in ("name", "block", "shortcut", "unit", "projection",
                 "gate_bias_init", "stochastic_depth", "dropout"):
       assert run.model[key] == full.model[key], (case, key)
-    assert run.model.depth == sweep.smallest_depth(full.model)
+    assert run.model.depth == smallest_depth(full.model)
     assert run.data.num_classes == {"cifar100": 100, "imagenet2012": 1000}.get(
         full.data.name, 10)
-    models.create_model(train.model_config(run, 1))
+    models.create_model(training.model_config(run, 1))
 
 
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
@@ -92,14 +101,14 @@ def test_bad_arg_lists_the_cases(path):
 
 def test_groups_and_options():
   shortcuts = load(os.path.join(REPO, "experiments", "cifar_shortcuts.py"))
-  assert sweep.case_names(shortcuts.get_config("exclusive_gate")) == [
+  assert cases.case_names(shortcuts.get_config("exclusive_gate")) == [
       "exclusive_gate_b0", "exclusive_gate_b-6", "exclusive_gate_b-7"]
-  search = sweep.case_names(shortcuts.get_config("exclusive_gate_search"))
+  search = cases.case_names(shortcuts.get_config("exclusive_gate_search"))
   assert search == [f"exclusive_gate_b{b}" for b in range(0, -11, -1)]
   # The default is the paper's table, not the search.
-  assert "exclusive_gate_b-3" not in sweep.case_names(shortcuts.get_config())
+  assert "exclusive_gate_b-3" not in cases.case_names(shortcuts.get_config())
   two = shortcuts.get_config("conv1x1,original,smoke")
-  assert sweep.case_names(two) == ["conv1x1", "original"]
+  assert cases.case_names(two) == ["conv1x1", "original"]
 
 
 def test_imagenet_recipe():
@@ -120,5 +129,5 @@ def test_cifar_resnet_keeps_its_single_runs():
   assert cifar.get_config("plain56").model.shortcut == "none"
   assert "sweep_cases" not in cifar.get_config("smoke")
   table = cifar.get_config()
-  assert sweep.case_names(table) == (list(cifar.GROUPS["table6"])
+  assert cases.case_names(table) == (list(cifar.GROUPS["table6"])
                                      + list(cifar.GROUPS["plain"]))

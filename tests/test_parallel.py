@@ -1,14 +1,14 @@
 """Parallel runs: R runs vmapped in one program equal R solo runs."""
 
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
-from resflax import data as data_lib, parallel, train
-from resflax.training import checkpoint
+from resflax import train, training
+from resflax.errors import ConfigError, TrainingError
+from resflax.training import runs as runs_lib
 from resflax.config import base_config
 
 
@@ -53,34 +53,21 @@ def solo_config(k):
   return c
 
 
-def final_variables(config, workdir, runs=None):
-  """The variables of the last checkpoint (stacked when ``runs``)."""
-  dataset = data_lib.load_dataset(config.data, seed=config.seed)
-  task = train.Task(parallel.make_model(config, dataset.num_classes), config,
-                    train.make_mesh(), dataset.num_train,
-                    train.make_optimizer(config.train))
-  if runs:
-    target = parallel.init_states(task, parallel.run_configs(config),
-                                  dataset.image_shape, dataset.num_classes)
-  else:
-    target = train.init_state(task, config.seed, dataset.image_shape)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    return jax.device_get(ckpt.restore(target)[1]["variables"])
-  finally:
-    ckpt.close()
+def final_variables(config, workdir):
+  """The variables of the last checkpoint (stacked for parallel runs)."""
+  return jax.device_get(training.restore_state(config, workdir)["variables"])
 
 
 def test_run_overrides_format_and_errors():
   c = tiny_config(parallel_runs=2)
   c.train.run_overrides = OVERRIDES
-  runs = parallel.run_configs(c)
+  runs = runs_lib.run_configs(c)
   assert [r.seed for r in runs] == [0, 1]
   assert runs[1].train.learning_rate == 0.05
   assert runs[1].model.gate_bias_init == -1.0
   assert runs[0].train.learning_rate == c.train.learning_rate
   assert runs[1].train.parallel_runs == 1 and not runs[1].train.run_overrides
-  hp = parallel.step_hparams(runs)
+  hp = runs_lib.step_hparams(runs)
   assert set(hp) == {"train.learning_rate", "train.weight_decay",
                      "train.momentum"}
   bad = [
@@ -92,12 +79,12 @@ def test_run_overrides_format_and_errors():
   ]
   for overrides, pattern in bad:
     c.train.run_overrides = overrides
-    with pytest.raises(train.ConfigError, match=pattern):
-      train.validate_config(c)  # before any data is loaded
+    with pytest.raises(ConfigError, match=pattern):
+      training.validate_config(c)  # before any data is loaded
   single = tiny_config()
   single.train.run_overrides = ("train.learning_rate=0.05",)
-  with pytest.raises(train.ConfigError, match="needs config.train.parallel"):
-    train.validate_config(single)
+  with pytest.raises(ConfigError, match="needs config.train.parallel"):
+    training.validate_config(single)
 
 
 @pytest.mark.slow
@@ -107,7 +94,7 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
   config.train.run_overrides = OVERRIDES
   combined = train.train_and_evaluate(config, str(tmp_path / "par"))
   assert [r["status"] for r in combined["runs"]] == ["ok", "ok"]
-  stacked = final_variables(config, str(tmp_path / "par"), runs=True)
+  stacked = final_variables(config, str(tmp_path / "par"))
   for k in range(2):
     solo = solo_config(k)
     solo_dir = str(tmp_path / f"solo{k}")
@@ -132,7 +119,7 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
 def test_diverged_run_is_recorded_and_others_finish(tmp_path):
   config = tiny_config(parallel_runs=2, steps=3, eval_every=0)
   config.train.run_overrides = ("", "train.learning_rate=inf")
-  with pytest.raises(train.TrainingError, match="1 of 2 parallel runs.*seed 1"):
+  with pytest.raises(TrainingError, match="1 of 2 parallel runs.*seed 1"):
     train.train_and_evaluate(config, str(tmp_path))
   ok = json.loads((tmp_path / "seed0" / "results.json").read_text())
   assert ok["steps"] == 3 and np.isfinite(ok["test_error"])

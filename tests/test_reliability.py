@@ -4,6 +4,7 @@ Each case drives the real CLI or ``train_and_evaluate`` on a tiny config.
 """
 
 import errno
+import re
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 
 from resflax import data as data_lib, fileio as results, train
+from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint
+from resflax.training import workdir as workdir_lib
 from test_train import REPO, final_state, tiny_config
 
 
@@ -88,7 +91,7 @@ def test_nonfinite_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
   config = tiny_config(warmup_steps=4, warmup_learning_rate=0.01,
                        learning_rate=float("inf"), lr_boundaries=(),
                        checkpoint_every=2, steps=8)
-  with pytest.raises(train.TrainingError, match=r"at step 5 \(loss = "):
+  with pytest.raises(TrainingError, match=r"at step 5 \(loss = "):
     train.train_and_evaluate(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [2, 4]
@@ -114,13 +117,13 @@ def test_cli_nonfinite_exit_status(tmp_path):
        "--config.train.steps=4", "--config.train.eval_every=0"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 1
-  assert "non-finite loss or parameters at step" in proc.stderr
+  assert re.search(r"non-finite (loss|parameters) at step", proc.stderr)
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config(steps=4), str(tmp_path))
   other = tiny_config(steps=4, learning_rate=0.05)
-  with pytest.raises(train.ConfigError, match=r"train.learning_rate: 0.1 -> 0.05"):
+  with pytest.raises(ConfigError, match=r"train.learning_rate: 0.1 -> 0.05"):
     train.train_and_evaluate(other, str(tmp_path))
   other.train.allow_config_change = True
   train.train_and_evaluate(other, str(tmp_path))
@@ -134,10 +137,10 @@ def test_workdir_accepts_a_change_of_how_the_model_runs(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(saved))
   now = tiny_config()
   now.model.scan, now.model.remat = False, True
-  train.check_workdir_config(now, str(tmp_path))
+  workdir_lib.check_config(now, str(tmp_path))
   now.model.depth = 14
-  with pytest.raises(train.ConfigError, match="model.depth"):
-    train.check_workdir_config(now, str(tmp_path))
+  with pytest.raises(ConfigError, match="model.depth"):
+    workdir_lib.check_config(now, str(tmp_path))
 
 
 @pytest.mark.parametrize("change,pattern", [
@@ -155,7 +158,7 @@ def test_bad_config_fails_before_data_or_compilation(tmp_path, monkeypatch,
   monkeypatch.setattr(data_lib, "load_dataset", no_data)
   config = tiny_config()
   change(config)
-  with pytest.raises(train.ConfigError, match=pattern) as e:
+  with pytest.raises(ConfigError, match=pattern) as e:
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert "\n" not in str(e.value)
   assert not (tmp_path / "w").exists()

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from resflax.experiment import paper, results, runner, sweep, tables, train
+from resflax import fileio as results, runner, training
+from resflax.errors import ConfigError, TrainingError
+from resflax.experiment import cases, paper, sweep, tables
 from resflax.config import base_config, load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +49,7 @@ class FakeTrainer:
                     config.seed + k)
       return {"parallel_runs": config.train.parallel_runs}
     if (case, config.seed) in self.fail:
-      raise train.TrainingError("non-finite loss or parameters at step 3")
+      raise TrainingError("non-finite loss or parameters at step 3")
     return self._write(workdir, case, config.seed)
 
   @staticmethod
@@ -60,30 +62,30 @@ class FakeTrainer:
 def test_case_config_applies_overrides_and_seed():
   config = load_experiment(SHORTCUTS)
   assert config.seeds == 5
-  assert "exclusive_gate_b-6" in sweep.case_names(config)
-  c = sweep.case_config(config, "exclusive_gate_b-7", seed=3)
+  assert "exclusive_gate_b-6" in cases.case_names(config)
+  c = cases.case_config(config, "exclusive_gate_b-7", seed=3)
   assert c.model.shortcut == "exclusive_gate"
   assert c.model.gate_bias_init == -7.0
   assert c.model.depth == 110 and c.train.warmup_steps == 400
   assert c.seed == 3 and c.seeds == 1 and c.train.parallel_runs == 1
-  assert not any(k in c for k in sweep.SWEEP_KEYS)
-  train.validate_config(c, 2)  # the papers' 2 GPUs
+  assert not any(k in c for k in cases.SWEEP_KEYS)
+  training.validate_config(c, 2)  # the papers' 2 GPUs
   # The base config is untouched.
   assert config.model.shortcut == "identity"
 
 
 def test_unknown_override_key_is_named():
-  cases = {"x": sweep.Case({"model.shortcutt": "none"})}
+  declared = {"x": cases.Case({"model.shortcutt": "none"})}
   with pytest.raises(ValueError, match="'model.shortcutt'.*model.shortcut"):
-    sweep.experiment("f.py", base_config(), cases, None, title="t")
+    cases.experiment("f.py", base_config(), declared, None, title="t")
   with pytest.raises(ValueError, match="no such number"):
-    sweep.paper_ref("identity_table1", "exclusive_gate_b-9")
+    cases.paper_ref("identity_table1", "exclusive_gate_b-9")
 
 
 def test_restarted_sweep_skips_finished_runs(tmp_path, monkeypatch):
   config = small_sweep()
   fake = FakeTrainer(fail={("dropout", 1)}, interrupt_at=3)
-  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  monkeypatch.setattr(training, "train_and_evaluate", fake)
   # Stopped by SIGTERM in the 3rd run: the sweep stops and says so.
   assert runner.run(config, str(tmp_path)) == {"interrupted": True}
   assert len(fake.calls) == 3
@@ -102,20 +104,20 @@ def test_restarted_sweep_skips_finished_runs(tmp_path, monkeypatch):
   assert len(fake.calls) == 7
   # Each run trained in its own folder with its own seed.
   assert sorted({os.path.relpath(w, tmp_path) for w, _ in fake.calls}) == [
-      f"{case}/seed{s}" for case in sorted(sweep.case_names(config))
+      f"{case}/seed{s}" for case in sorted(cases.case_names(config))
       for s in (0, 1)]
   assert all(c.seed == int(w[-1]) for w, c in fake.calls)
 
 
 def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
   config = small_sweep()
-  monkeypatch.setattr(train, "train_and_evaluate",
+  monkeypatch.setattr(training, "train_and_evaluate",
                       FakeTrainer(fail={("dropout", 1)}))
   sweep.run(config, str(tmp_path))
   csv_rows = {r["case"]: r for r in results.read_csv(tmp_path / "results.csv")}
   md = (tmp_path / "results.md").read_text()
-  assert list(csv_rows) == sweep.case_names(config)
-  for case in sweep.case_names(config):
+  assert list(csv_rows) == cases.case_names(config)
+  for case in cases.case_names(config):
     value = paper.lookup("identity_table1", case)
     assert csv_rows[case]["paper_error"] == str(value)
     assert f"| {case} |" in md
@@ -134,10 +136,10 @@ def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
 def test_parallel_sweep_runs_each_case_as_one_program(tmp_path, monkeypatch):
   config = small_sweep(parallel_runs=2)
   fake = FakeTrainer()
-  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  monkeypatch.setattr(training, "train_and_evaluate", fake)
   rows = sweep.run(config, str(tmp_path))["rows"]
   assert [os.path.relpath(w, tmp_path) for w, _ in fake.calls] == (
-      sweep.case_names(config))
+      cases.case_names(config))
   assert all(c.train.parallel_runs == 2 and c.seed == 0 for _, c in fake.calls)
   assert all(r["runs"] == 2 for r in rows)
   sweep.run(config, str(tmp_path))
@@ -151,7 +153,7 @@ def test_parallel_sweep_runs_each_case_as_one_program(tmp_path, monkeypatch):
 def test_bad_sweep_settings_are_refused(tmp_path, key, value, pattern):
   config = small_sweep()
   setattr(config.train, key, value)
-  with pytest.raises(train.ConfigError, match=pattern):
+  with pytest.raises(ConfigError, match=pattern):
     sweep.run(config, str(tmp_path))
   assert not os.listdir(tmp_path)
 

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resflax import data as data_lib, models, train
-from resflax.training import checkpoint
+from resflax import data as data_lib, train, training
 from resflax.config import base_config, load_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,18 +39,7 @@ def tiny_config(**train_kw):
 
 def final_state(config, workdir):
   """The state saved at the end of a run, restored into its own structure."""
-  dataset = data_lib.load_dataset(config.data, seed=config.seed)
-  mcfg = dict(config.model.to_dict())
-  mcfg.update(train.model_config(config, jax.device_count()))
-  mcfg["num_classes"] = dataset.num_classes
-  task = train.Task(models.create_model(mcfg), config, train.make_mesh(),
-                    dataset.num_train, train.make_optimizer(config.train))
-  target = train.init_state(task, config.seed, dataset.image_shape)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    return ckpt.restore(target)[1]
-  finally:
-    ckpt.close()
+  return jax.device_get(training.restore_state(config, workdir))
 
 
 def test_train_and_evaluate_writes_results(tmp_path):
@@ -82,20 +70,41 @@ def test_resume_gives_identical_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
 
 
+LEGACY = os.path.join(REPO, "tests", "fixtures", "workdir_v0_1")
+
+
+def test_workdir_of_previous_version_resumes(tmp_path):
+  """A workdir that resflax 0.1.0 stopped at step 4 of 8 resumes to the
+  parameters an uninterrupted run of today's code reaches."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  part = tmp_path / "legacy"
+  shutil.copytree(LEGACY, part)
+  result = train.train_and_evaluate(tiny_config(), str(part))
+  assert result["steps"] == 8
+  full = tmp_path / "full"
+  train.train_and_evaluate(tiny_config(), str(full))
+  a = final_state(tiny_config(), str(full))
+  b = final_state(tiny_config(), str(part))
+  jax.tree.map(np.testing.assert_array_equal, a["variables"]["params"],
+               b["variables"]["params"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  # Running statistics of the first four steps came from the old version.
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-3),
+               a["variables"]["batch_stats"], b["variables"]["batch_stats"])
+
+
 def run_steps(config, devices, steps):
   dataset = data_lib.load_dataset(config.data, seed=0)
-  model = models.create_model(train.model_config(config, len(devices)))
-  mesh = train.make_mesh(devices)
-  task = train.Task(model, config, mesh, dataset.num_train,
-                    train.make_optimizer(config.train))
-  rep = task.replicated
-  state = jax.jit(functools.partial(train.init_state, task, 0,
+  spec = training.build_run(config, dataset.num_classes, dataset.num_train,
+                            training.make_mesh(devices))
+  rep = spec.replicated
+  state = jax.jit(functools.partial(training.init_state, spec, 0,
                                     dataset.image_shape),
                   out_shardings=rep)()
   args = [jax.device_put(a, rep) for a in (dataset.train_images,
                                            dataset.train_labels,
                                            dataset.mean, dataset.std)]
-  step = jax.jit(functools.partial(train.train_step, task))
+  step = jax.jit(functools.partial(training.step_on_dataset, spec))
   for _ in range(steps):
     state = step(state, *args)
   return jax.device_get(state)
@@ -125,14 +134,14 @@ def test_bn_per_device_differs_from_global():
 def test_learning_rate_schedule():
   t = base_config().train
   t.warmup_steps = 400
-  lr = lambda s: float(train.learning_rate(jnp.int32(s), False, t))
+  lr = lambda s: float(training.learning_rate(jnp.int32(s), False, t))
   assert lr(0) == pytest.approx(0.01) and lr(399) == pytest.approx(0.01)
   assert lr(400) == pytest.approx(0.1) and lr(31_999) == pytest.approx(0.1)
   assert lr(32_000) == pytest.approx(0.01) and lr(48_000) == pytest.approx(0.001)
   t.warmup_steps = 0
   t.warmup_until_error = 0.8
-  assert float(train.learning_rate(jnp.int32(5000), True, t)) == pytest.approx(0.01)
-  assert float(train.learning_rate(jnp.int32(5000), False, t)) == pytest.approx(0.1)
+  assert float(training.learning_rate(jnp.int32(5000), True, t)) == pytest.approx(0.01)
+  assert float(training.learning_rate(jnp.int32(5000), False, t)) == pytest.approx(0.1)
 
 
 def test_cli_smoke_subprocess(tmp_path):

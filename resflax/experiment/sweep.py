@@ -1,395 +1,32 @@
-"""Sweeps: every case x seed of a paper's table, then the results table.
+"""Running a sweep: every case x seed of a table, then the results table.
 
-An experiment file declares its table as data: a dict of ``Case`` (dotted
-config overrides, the paper's reference key, a note) and calls
-``experiment(...)``, which turns the file's argument into a config::
-
-  CASES = {
-      "original": Case({}, paper_ref("identity_table1", "original")),
-      "conv1x1": Case({"model.shortcut": "conv1x1"},
-                      paper_ref("identity_table1", "conv1x1")),
-  }
-  def get_config(arg=None):
-    return sweep.experiment(__file__, base(), CASES, arg, title="...")
-
-The argument is a comma-separated list of tokens: a case name or a group
-name selects those cases (none: the file's default table; ``all``: every
-case), and ``smoke`` shrinks every case (``shrink``). An unknown token is an
-error listing the cases and groups.
-
-Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
-  sweep_cases: ConfigDict case name -> the case's overrides as a nested
-    partial config (``{"model": {"shortcut": "conv1x1"}}``); ConfigDict keys
-    cannot contain dots, so the dotted dict of the file is stored nested and
-    ``case_overrides`` flattens it back.
-  sweep_paper: ConfigDict case name -> ``{table, case, <selectors>}`` for
-    ``resflax.paper.lookup`` (empty: the paper has no number for the case).
-  sweep_notes: ConfigDict case name -> a note for the results table.
-  sweep_order: the case names in table order (ConfigDict sorts its keys).
-  sweep_title: the table's heading.
-  seeds: runs per case (seeds ``seed`` .. ``seed + seeds - 1``).
+The cases come from an experiment file (``resflax.experiment.cases``).
 
 Layout of a sweep's workdir ``DIR``:
-  DIR/<case>/seed<s>/        one run, ``train.train_and_evaluate``'s workdir
+  DIR/<case>/seed<s>/        one run, ``training.train_and_evaluate``'s workdir
                              (config.json, checkpoints/, events, results.json)
   DIR/<case>/seed<s>/failed.json   the run failed (non-finite; TrainingError)
   DIR/results.md, DIR/results.csv, DIR/results.png   the table (``tables``)
 With ``config.train.parallel_runs == config.seeds`` every case trains its
-seeds in one program (``resflax.parallel``): DIR/<case> then holds the
-program's config.json, stacked checkpoints and events, and each run's
-results stay in DIR/<case>/seed<s>/.
+seeds in one program: DIR/<case> then holds the program's config.json and
+stacked checkpoints, and each run's files stay in DIR/<case>/seed<s>/.
 
 A restarted sweep skips every run with a results.json or failed.json (delete
 failed.json to try a failed run again) and resumes an interrupted run from
 its checkpoints.
 """
 
-import dataclasses
-import difflib
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict
 
 from absl import logging
 import ml_collections
 
-from resflax.experiment import paper as paper_lib
-from resflax import fileio as results_lib
-from resflax import train
-from resflax.config import flatten
-
-SWEEP_KEYS = ("sweep_cases", "sweep_order", "sweep_paper", "sweep_notes",
-              "sweep_title")
-FAILED_FILE = "failed.json"
-RESULTS_FILE = "results.json"
-SMOKE = "smoke"
-ALL = "all"
-
-# Class counts of the real datasets, so a shrunk case keeps its classifier.
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  """One row of a paper's table.
-
-  Attributes:
-    overrides: dotted config key -> value, applied to the experiment's base
-      config (``{"model.shortcut": "scale", "model.shortcut_scale": 0.5}``).
-    paper: where ``resflax.paper.lookup`` finds the paper's number (from
-      ``paper_ref``); empty when the paper has none.
-    note: shown beside the row (e.g. what the paper's number measures).
-  """
-  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  note: str = ""
-
-
-def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
-  """A reference to one number of ``resflax.paper``, checked now.
-
-  Args:
-    table: a ``resflax.paper.tables()`` name.
-    case: a row of that table.
-    **selectors: the table's columns (``depth=110``, ``dataset="cifar100"``).
-
-  Raises:
-    ValueError: the reference does not resolve to a number of the paper.
-  """
-  try:
-    value = paper_lib.lookup(table, case, **selectors)
-  except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(
-        f"paper_ref({table!r}, {case!r}, {selectors}): {e}") from None
-  if value is None:
-    raise ValueError(f"paper_ref({table!r}, {case!r}, {selectors}): the paper "
-                     f"has no such number; cases: {paper_lib.cases(table)}")
-  return {"table": table, "case": case, **selectors}
-
-
-def paper_value(ref: Mapping[str, Any], field: Optional[str] = None):
-  """The paper's number for ``ref`` (a ``paper_ref`` dict), or None.
-
-  Args:
-    ref: ``{table, case, <selectors>}``; empty gives None.
-    field: for tables with a ``field`` column, e.g. ``"error_mean"``; None
-      uses the reference's own selectors. A table without that column or a
-      cell the paper leaves empty gives None.
-
-  Returns:
-    ``resflax.paper.PaperValue`` or None.
-  """
-  if not ref:
-    return None
-  ref = dict(ref)
-  table, case = ref.pop("table"), ref.pop("case")
-  if field is not None:
-    if "field" not in paper_lib.TABLES[table].columns:
-      return None
-    ref["field"] = field
-  return paper_lib.lookup_entry(table, case, **ref)
-
-
-# --------------------------------------------------------------------------
-# Building an experiment's config
-
-
-def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for key, value in flat.items():
-    node = out
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
-
-
-def _without_sweep(
-    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An unlocked copy of ``config`` without the sweep's own keys."""
-  c = config.copy_and_resolve_references()
-  c.unlock()
-  for key in SWEEP_KEYS:
-    if key in c:
-      del c[key]
-  return c
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Mapping[str, Any],
-                    where: str) -> ml_collections.ConfigDict:
-  """Sets dotted ``overrides`` on ``config`` in place; returns it.
-
-  Args:
-    config: an unlocked config.
-    overrides: dotted key -> value.
-    where: names the overrides' origin in errors (e.g. ``"case 'x'"``).
-
-  Raises:
-    train.ConfigError: a key the config does not have, or a value of the
-      wrong type, naming the key and ``where``.
-  """
-  flat = flatten(config.to_dict())
-  for key, value in overrides.items():
-    if key not in flat:
-      close = difflib.get_close_matches(key, list(flat), n=3)
-      raise train.ConfigError(
-          f"{where}: unknown config key {key!r}"
-          + (f"; did you mean {', '.join(close)}?" if close else ""))
-    try:
-      config.update_from_flattened_dict({key: value})
-    except (TypeError, ValueError) as e:
-      raise train.ConfigError(f"{where}: {key}={value!r}: {e}") from None
-  return config
-
-
-def _check_case_name(name: str, source: str):
-  if not name or "." in name or "," in name or name in (SMOKE, ALL):
-    raise ValueError(f"{source}: case name {name!r} may not be empty, "
-                     f"'{SMOKE}', '{ALL}' or contain '.' or ','")
-
-
-def smallest_depth(model: ml_collections.ConfigDict) -> int:
-  """The smallest depth of the network's family: one unit per stage.
-
-  It keeps a case's structure (block, shortcut, unit, projection, stage
-  count and widths' ratios) while compiling and running in seconds.
-  """
-  if model.name == "imagenet_resnet":
-    # ImageNet depths are a fixed list; 18 is the smallest basic net and 50
-    # the smallest bottleneck one.
-    return 50 if model.depth >= 50 else 18
-  if model.name == "wide_resnet":
-    return 10  # 6n+4
-  from resflax.models import blocks  # pylint: disable=g-import-not-at-top
-  return 3 * blocks.CONVS_PER_UNIT[model.block] + 2
-
-
-def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks one case in place to seconds on a CPU; returns it.
-
-  Synthetic data with the real dataset's class count, the smallest depth of
-  the case's family, narrow stages, 6 steps with the schedule scaled to them
-  (warm-up and decays at the same fractions), 2 seeds.
-  """
-  data, model, t = config.data, config.model, config.train
-  data.num_classes = _NUM_CLASSES.get(data.name, data.num_classes)
-  data.name = "synthetic"
-  data.path = ""
-  data.validation_split = 0
-  data.synthetic_train_size = 96
-  data.synthetic_test_size = 64
-  data.max_train_images = data.max_test_images = 0
-  imagenet = model.name == "imagenet_resnet"
-  # The ImageNet stem divides by 4 before its four stages.
-  data.image_size = 32 if imagenet else 16
-  model.depth = smallest_depth(model)
-  model.widths = (4, 8, 8, 8) if imagenet else (4, 8, 8)
-  if model.name == "wide_resnet":
-    model.width = 1
-  model.bn_group_size = 0
-  t.schedule_steps = t.steps
-  t.scale_schedule = True
-  t.steps = 6
-  t.batch_size = 16
-  t.eval_batch_size = 32
-  t.log_every = 3
-  t.eval_every = 0
-  t.checkpoint_every = 0
-  config.seeds = 2
-  return config
-
-
-def experiment(path: str, base: ml_collections.ConfigDict,
-               cases: Mapping[str, Case], arg: Optional[str], *,
-               title: str,
-               table: Optional[Sequence[str]] = None,
-               groups: Optional[Mapping[str, Sequence[str]]] = None,
-               shrink_fn: Callable[[ml_collections.ConfigDict],
-                                   Any] = shrink,
-               seeds: int = 5) -> ml_collections.ConfigDict:
-  """The config of an experiment file for its argument.
-
-  Args:
-    path: the experiment file (``__file__``), for error messages.
-    base: the config every case starts from.
-    cases: every case the file knows, in table order.
-    arg: the file's argument (see the module docstring).
-    title: the results table's heading.
-    table: the cases run without a selecting token (default: all).
-    groups: extra names selecting several cases (e.g. a search).
-    shrink_fn: shrinks one case config for ``smoke``.
-    seeds: runs per case (``config.seeds``; ``smoke`` sets 2).
-
-  Returns:
-    ``base`` with ``seeds`` and the ``sweep_*`` keys set.
-
-  Raises:
-    ValueError: an unknown token, listing the valid cases and groups; a
-      case whose overrides name a key the config lacks.
-  """
-  source = os.path.basename(path)
-  groups = dict(groups or {})
-  table = list(table or cases)
-  for name in list(cases) + list(groups):
-    _check_case_name(name, source)
-  for name, members in list(groups.items()) + [("table", table)]:
-    unknown = [m for m in members if m not in cases]
-    if unknown:
-      raise ValueError(
-          f"{source}: group {name!r} names unknown cases {unknown}")
-
-  tokens = [t.strip() for t in str(arg or "").split(",") if t.strip()]
-  smoke = SMOKE in tokens
-  selected: List[str] = []
-  for token in tokens:
-    if token == SMOKE:
-      continue
-    if token == ALL:
-      members = list(cases)
-    elif token in cases:
-      members = [token]
-    elif token in groups:
-      members = list(groups[token])
-    else:
-      raise ValueError(
-          f"{source}: unknown argument {token!r}; use a case "
-          f"({', '.join(cases)}), a group ({', '.join(list(groups) + [ALL])})"
-          f" and/or '{SMOKE}', comma-separated")
-    selected += [m for m in members if m not in selected]
-  selected = selected or table
-
-  config = base.copy_and_resolve_references()
-  config.unlock()
-  config.seeds = seeds
-  reference = _without_sweep(config)
-  if smoke:
-    shrink_fn(reference)
-  overrides = {}
-  for name in selected:
-    c = apply_overrides(_without_sweep(config), cases[name].overrides,
-                        f"{source} case {name!r}")
-    if smoke:
-      shrink_fn(c)
-    # Store only what differs from the (shrunk) base: the case's own keys,
-    # plus for smoke what shrinking a differently-shaped case changed.
-    ref_flat = flatten(reference.to_dict())
-    overrides[name] = {k: v for k, v in flatten(c.to_dict()).items()
-                       if ref_flat.get(k) != v}
-  config = reference
-  config.sweep_cases = ml_collections.ConfigDict(
-      {name: _nest(o) for name, o in overrides.items()})
-  config.sweep_order = tuple(selected)
-  config.sweep_paper = ml_collections.ConfigDict(
-      {name: dict(cases[name].paper) for name in selected})
-  config.sweep_notes = ml_collections.ConfigDict(
-      {name: cases[name].note for name in selected})
-  config.sweep_title = title
-  return config
-
-
-# --------------------------------------------------------------------------
-# Reading a sweep config
-
-
-def case_names(config: ml_collections.ConfigDict) -> List[str]:
-  """The sweep's cases, in table order."""
-  return list(config.sweep_order)
-
-
-def case_overrides(config: ml_collections.ConfigDict,
-                   case: str) -> Dict[str, Any]:
-  """The dotted overrides of ``case``."""
-  return flatten(config.sweep_cases[case].to_dict())
-
-
-def case_config(config: ml_collections.ConfigDict, case: str, *,
-                seed: int, parallel_runs: int = 1) -> ml_collections.ConfigDict:
-  """The training config of one run (or one parallel program) of ``case``.
-
-  Args:
-    config: the sweep config.
-    case: one of ``case_names(config)``.
-    seed: the run's seed (the first seed of a parallel program).
-    parallel_runs: runs trained together; 1 for one run.
-
-  Returns:
-    The config ``train.train_and_evaluate`` takes: the sweep keys removed,
-    the case's overrides applied, ``seeds`` set to 1 (a run is one seed, and
-    a later sweep with more seeds must not see a different config).
-  """
-  c = apply_overrides(_without_sweep(config), case_overrides(config, case),
-                      f"sweep case {case!r}")
-  c.seed = seed
-  c.seeds = 1
-  c.train.parallel_runs = parallel_runs
-  c.lock()
-  return c
-
-
-def seeds(config) -> List[int]:
-  return [config.seed + k for k in range(config.seeds)]
-
-
-def run_dir(workdir: str, case: str, seed: int) -> str:
-  return os.path.join(workdir, case, f"seed{seed}")
-
-
-def run_status(path: str) -> Optional[str]:
-  """'ok' (results.json), 'failed' (failed.json) or None (not finished)."""
-  if os.path.exists(os.path.join(path, RESULTS_FILE)):
-    return "ok"
-  if os.path.exists(os.path.join(path, FAILED_FILE)):
-    return "failed"
-  return None
-
-
-def write_failure(path: str, error: BaseException, **info) -> None:
-  """Records a failed run as ``path/failed.json`` (the sweep then skips it)."""
-  results_lib.write_json(os.path.join(path, FAILED_FILE),
-                         {"error": str(error), "type": type(error).__name__,
-                          **info})
-
+from resflax import training
+from resflax.errors import ConfigError, TrainingError
+from resflax.experiment import tables
+from resflax.experiment.cases import (case_config, case_names, run_dir,
+                                      run_status, seeds)
 
 def _check(config: ml_collections.ConfigDict) -> bool:
   """Validates the sweep and every case before anything trains.
@@ -398,26 +35,26 @@ def _check(config: ml_collections.ConfigDict) -> bool:
     Whether the seeds of a case train in one program.
   """
   if config.seeds < 1:
-    raise train.ConfigError(f"config.seeds={config.seeds} must be >= 1")
+    raise ConfigError(f"config.seeds={config.seeds} must be >= 1")
   if not case_names(config):
-    raise train.ConfigError("config.sweep_cases is empty: nothing to run")
+    raise ConfigError("config.sweep_cases is empty: nothing to run")
   if tuple(config.train.run_overrides):
-    raise train.ConfigError(
+    raise ConfigError(
         "config.train.run_overrides cannot be combined with a sweep: "
         "declare per-run values as sweep cases")
   r = config.train.parallel_runs
   if r not in (1, config.seeds):
-    raise train.ConfigError(
+    raise ConfigError(
         f"config.train.parallel_runs={r}: a sweep trains its seeds one after "
         f"another (1) or all of a case's seeds in one program "
         f"(config.seeds={config.seeds})")
   missing = set(config.sweep_order) - set(config.sweep_cases)
   if missing:
-    raise train.ConfigError(
+    raise ConfigError(
         "config.sweep_order names cases that are not in config.sweep_cases: "
         f"{sorted(missing)}")
   for case in case_names(config):
-    train.validate_config(case_config(config, case, seed=config.seed,
+    training.validate_config(case_config(config, case, seed=config.seed,
                                       parallel_runs=r))
   return r > 1
 
@@ -435,11 +72,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     checkpoint is saved; run the same command to resume).
 
   Raises:
-    train.ConfigError: an invalid case, before anything trains.
-    Errors other than ``train.TrainingError`` (data, checkpoints) stop the
+    ConfigError: an invalid case, before anything trains.
+    Errors other than ``TrainingError`` (data, checkpoints) stop the
     sweep; a TrainingError only marks its run as failed.
   """
-  from resflax.experiment import tables  # pylint: disable=g-import-not-at-top
   parallel = _check(config)
   os.makedirs(workdir, exist_ok=True)
   names = case_names(config)
@@ -467,10 +103,10 @@ def _run_one(config, workdir: str, case: str, seed: int) -> Dict[str, Any]:
   path = run_dir(workdir, case, seed)
   logging.info("sweep: training %s seed %d in %s", case, seed, path)
   try:
-    return train.train_and_evaluate(case_config(config, case, seed=seed), path)
-  except train.TrainingError as e:
+    return training.train_and_evaluate(case_config(config, case, seed=seed), path)
+  except TrainingError as e:
+    # The run wrote failed.json; the sweep goes on with the next run.
     logging.error("sweep: %s seed %d failed: %s", case, seed, e)
-    write_failure(path, e, case=case, seed=seed)
     return {"failed": True}
 
 
@@ -479,11 +115,11 @@ def _run_parallel(config, workdir: str, case: str) -> Dict[str, Any]:
   logging.info("sweep: training %s, seeds %s, in one program in %s", case,
                seeds(config), path)
   try:
-    return train.train_and_evaluate(
+    return training.train_and_evaluate(
         case_config(config, case, seed=config.seed,
                     parallel_runs=config.seeds), path)
-  except train.TrainingError as e:
-    # resflax.parallel has written failed.json for each diverged run and
-    # results.json for the others.
+  except TrainingError as e:
+    # The program wrote failed.json for each diverged run and results.json
+    # for the others.
     logging.error("sweep: %s: %s", case, e)
     return {"failed": True}

@@ -27,7 +27,7 @@ import numpy as np
 
 from resflax.experiment import paper as paper_lib
 from resflax import fileio as results_lib
-from resflax.experiment import sweep
+from resflax.experiment import cases
 
 FIELDS = ("case", "median_error", "mean_error", "std_error", "best_error",
           "runs", "failed", "pending", "paper_error", "paper_error_mean",
@@ -51,14 +51,14 @@ def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
   """
   errors, failed, pending = {}, {}, []
   for s in seeds:
-    path = sweep.run_dir(workdir, case, s)
-    status = sweep.run_status(path)
+    path = cases.run_dir(workdir, case, s)
+    status = cases.run_status(path)
     if status == "ok":
       errors[s] = _error_pct(results_lib.read_json(
-          os.path.join(path, sweep.RESULTS_FILE)))
+          os.path.join(path, cases.RESULTS_FILE)))
     elif status == "failed":
       failed[s] = results_lib.read_json(
-          os.path.join(path, sweep.FAILED_FILE)).get("error", "")
+          os.path.join(path, cases.FAILED_FILE)).get("error", "")
     else:
       pending.append(s)
   return {"errors": errors, "failed": failed, "pending": pending}
@@ -88,13 +88,13 @@ def reference_text(ref: Mapping[str, Any]) -> str:
 def case_rows(workdir: str, config) -> List[Dict[str, Any]]:
   """One row per case of the sweep ``config`` run in ``workdir``."""
   rows = []
-  for case in sweep.case_names(config):
-    runs = case_runs(workdir, case, sweep.seeds(config))
+  for case in cases.case_names(config):
+    runs = case_runs(workdir, case, cases.seeds(config))
     ref = (config.sweep_paper[case].to_dict() if case in config.sweep_paper
            else {})
-    entry = sweep.paper_value(ref)
-    mean = sweep.paper_value(ref, "error_mean")
-    std = sweep.paper_value(ref, "error_std")
+    entry = cases.paper_value(ref)
+    mean = cases.paper_value(ref, "error_mean")
+    std = cases.paper_value(ref, "error_std")
     stats = summarize(runs["errors"].values())
     rows.append({
         "case": case,
@@ -236,7 +236,7 @@ def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
   title = config.sweep_title if "sweep_title" in config else "results"
   results_lib.write_atomic(
       os.path.join(workdir, "results.md"),
-      format_markdown(rows, title, sweep.seeds(config)))
+      format_markdown(rows, title, cases.seeds(config)))
   results_lib.write_csv(os.path.join(workdir, "results.csv"),
                         [{k: r[k] for k in FIELDS} for r in rows],
                         fieldnames=FIELDS)
@@ -246,58 +246,6 @@ def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------
-# Learning curves
+# Learning curves: read where they are written; kept here for notebooks.
 
-
-def _records(path: str):
-  """The records of a TFRecord file (length, crc, data, crc framing)."""
-  with open(path, "rb") as f:
-    while True:
-      header = f.read(12)
-      if len(header) < 12:
-        return
-      (length,) = struct.unpack("<Q", header[:8])
-      data = f.read(length)
-      if len(data) < length or len(f.read(4)) < 4:
-        return  # a file still being written ends mid-record
-      yield data
-
-
-def _scalar(value) -> Optional[float]:
-  if value.WhichOneof("value") == "simple_value":
-    return float(value.simple_value)
-  t = value.tensor
-  if t.float_val:
-    return float(t.float_val[0])
-  if t.double_val:
-    return float(t.double_val[0])
-  if t.tensor_content and t.dtype in (1, 2):  # DT_FLOAT, DT_DOUBLE
-    return float(np.frombuffer(t.tensor_content,
-                               np.float32 if t.dtype == 1 else np.float64)[0])
-  return None
-
-
-def read_scalars(logdir: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-  """Scalars of the TensorBoard event files in ``logdir`` (not recursive).
-
-  Reads the files ``resflax.metrics`` writes with TensorBoard's protos only
-  (TensorBoard's own readers import TensorFlow when it is installed).
-
-  Returns:
-    tag -> (steps, values), sorted by step; a step logged twice (a resumed
-    run) keeps its last value.
-  """
-  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  series: Dict[str, Dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    for record in _records(path):
-      event = event_pb2.Event.FromString(record)
-      for value in event.summary.value:
-        plugin = value.metadata.plugin_data.plugin_name
-        if plugin not in ("", "scalars"):
-          continue
-        x = _scalar(value)
-        if x is not None:
-          series.setdefault(value.tag, {})[int(event.step)] = x
-  return {tag: (np.array(sorted(d)), np.array([d[s] for s in sorted(d)]))
-          for tag, d in series.items()}
+from resflax.training.metrics import read_scalars  # noqa: E402,F401

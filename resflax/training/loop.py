@@ -1,0 +1,494 @@
+"""The training loop: one run, or many runs in one compiled program.
+
+``train_and_evaluate(config, workdir)`` validates the config, loads the data
+onto the devices, builds (or restores) the train state, runs the jitted step
+with periodic reports, evaluations and checkpoints, and writes the results.
+``config.train.parallel_runs = R > 1`` trains R runs (``runs.run_configs``)
+with the state stacked on a leading run axis and the step vmapped; a single
+run is the unstacked case of the same loop, so stopping, resuming, the
+non-finite guard, checkpoints and results exist once.
+
+Workdir of a single run: ``config.json``, ``checkpoints/<step>/``,
+``metrics.jsonl``, TensorBoard events, ``results.json`` (see
+``resflax.training.workdir``). Of R parallel runs: ``config.json`` and
+``checkpoints/`` (the stacked state) and ``results.json`` (``{"parallel_runs":
+R, "runs": [{"seed", "dir", "status", "test_error" | "error"}], ...}``) at
+the top, and each run's own ``config.json``, ``metrics.jsonl``, events and
+``results.json`` (or ``failed.json``) in ``seed<s>/``.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resflax import data as data_lib
+from resflax import fileio
+from resflax import models
+from resflax.errors import ConfigError, TrainingError
+from resflax.training import checkpoint as checkpoint_lib
+from resflax.training import feeds, runs
+from resflax.training import metrics as metrics_lib
+from resflax.training import workdir as workdir_lib
+from resflax.training.preemption import StopSignal
+from resflax.training.state import (RunSpec, build_run, init_state,
+                                    learning_rate, make_mesh, make_optimizer)
+from resflax.training.validate import validate_config
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Runs:
+  """The runs one program trains: their configs, directories and logs."""
+  config: ml_collections.ConfigDict
+  configs: List[ml_collections.ConfigDict]
+  workdir: str
+  is_main: bool
+
+  @property
+  def stacked(self) -> bool:
+    return self.config.train.parallel_runs > 1
+
+  @property
+  def count(self) -> int:
+    return len(self.configs)
+
+  @property
+  def dirs(self) -> List[str]:
+    if not self.stacked:
+      return [self.workdir]
+    return [os.path.join(self.workdir, f"seed{c.seed}") for c in self.configs]
+
+  def per_run(self, tree) -> PyTree:
+    """Host copies with a leading run axis (added for a single run)."""
+    return jax.tree.map(lambda a: a if self.stacked else a[None],
+                        feeds.fetch(tree))
+
+  def one(self, tree, k: int) -> PyTree:
+    return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)
+
+
+def _datasets(config, configs) -> List[data_lib.Dataset]:
+  """One dataset, or one per run when the data depends on the seed."""
+  first = data_lib.load_dataset(config.data, seed=config.seed)
+  if len(configs) == 1 or config.data.name != "synthetic" or config.data.path:
+    return [first]
+  return [first if c.seed == config.seed else
+          data_lib.load_dataset(c.data, seed=c.seed) for c in configs]
+
+
+def _make_feed(config, configs, mesh):
+  info = data_lib.source_info(config.data)
+  if info.streams:
+    return feeds.StreamedFeed(config, mesh, info)
+  datasets = _datasets(config, configs)
+  if datasets[0].num_train < config.train.batch_size:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} exceeds the "
+        f"{datasets[0].num_train} training images")
+  logging.info("data: %s", datasets[0].summary())
+  return feeds.InMemoryFeed(datasets, mesh, config.train.eval_batch_size)
+
+
+def initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
+  """The initial state: one run's, or every run's stacked."""
+  if not group.stacked:
+    return jax.jit(lambda s: init_state(spec, s, image_shape),
+                   out_shardings=spec.replicated)(group.config.seed)
+  parts = {}
+  for members in runs.init_groups(group.configs,
+                                  models.init_only_keys(spec.model.config)):
+    member_spec = dataclasses.replace(spec, model=build_run(
+        group.configs[members[0]], spec.model.config.num_classes,
+        mesh=spec.mesh).model)
+    stacked = jax.jit(jax.vmap(
+        lambda s, t=member_spec: init_state(t, s, image_shape)),
+                      out_shardings=spec.replicated)(
+                          jnp.asarray([group.configs[k].seed for k in members],
+                                      jnp.int32))
+    for j, k in enumerate(members):
+      parts[k] = jax.tree.map(lambda x, j=j: x[j], stacked)
+  return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
+                 out_shardings=spec.replicated)(
+                     *[parts[k] for k in range(group.count)])
+
+
+def make_step(group: Runs, spec: RunSpec, feed):
+  """``step(state, *feed.step_args()) -> state``, jitted, state donated."""
+  if not group.stacked:
+    return jax.jit(functools.partial(feed.step_impl, spec), donate_argnums=0)
+  hparams = jax.device_put(runs.step_hparams(group.configs), spec.replicated)
+
+  def one(state, hp, *data):
+    run_spec = spec
+    if hp:
+      cfg = runs.ConfigView(spec.config, hp)
+      run_spec = dataclasses.replace(spec, config=cfg,
+                                     optimizer=make_optimizer(cfg.train))
+    return feed.step_impl(run_spec, state, *data)
+
+  d = feed.data_axis
+  vstep = jax.jit(jax.vmap(one, in_axes=(0, 0, d, d, d, d)), donate_argnums=0)
+  return lambda state, *data: vstep(state, hparams, *data)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
+
+  Args:
+    config: an experiment config (see ``resflax.config.base_config``).
+    workdir: run directory: checkpoints, logs, TensorBoard events, results.
+
+  Returns:
+    The results (the content of ``results.json``), or ``{"interrupted":
+    True, "step": step}`` after SIGTERM.
+
+  Raises:
+    resflax.errors.ConfigError: an invalid config, or a workdir holding
+      another config.
+    resflax.errors.WorkdirError: a workdir in use or not writable.
+    resflax.errors.DataError: data that cannot be found or read.
+    resflax.errors.TrainingError: a non-finite loss or parameters
+      (``on_nonfinite='stop'``; with parallel runs, once any run diverged,
+      after the others' results are written).
+    resflax.errors.CheckpointError: checkpoints that cannot be written or
+      restored.
+  """
+  logging.info("process %d of %d; %d local / %d global devices (%s)",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  validate_config(config)
+  workdir_lib.check_config(config, workdir)
+  is_main = jax.process_index() == 0
+  group = Runs(config, runs.run_configs(config), workdir, is_main)
+  with StopSignal() as stop:
+    mesh = make_mesh()
+    feed = _make_feed(config, group.configs, mesh)
+    if is_main:
+      workdir_lib.make_dir(workdir)
+    lock = workdir_lib.WorkdirLock(workdir) if is_main else None
+    with lock or contextlib.nullcontext():
+      changed = workdir_lib.check_config(config, workdir)
+      if is_main:
+        _write_configs(group, changed)
+      if stop.received is not None:
+        logging.warning("received signal %d while loading data: stopped "
+                        "before training; run the same command to start",
+                        stop.received)
+        return {"interrupted": True, "step": 0}
+      spec = build_run(config, feed.num_classes, feed.num_train, mesh)
+      return _Trainer(group, spec, feed, stop, changed).run()
+
+
+def _write_configs(group: Runs, changed: bool) -> None:
+  """Writes config.json files; a changed config waits for its checkpoint."""
+  path = os.path.join(group.workdir, workdir_lib.CONFIG_FILE)
+  if not changed and not os.path.exists(path):
+    workdir_lib.write_config(group.config, group.workdir, 0)
+  if group.stacked:
+    for c, d in zip(group.configs, group.dirs):
+      workdir_lib.make_dir(d)
+      workdir_lib.write_config(c, d, 0)
+
+
+class _Trainer:
+  """One segment of training: from the restored step to the end or a stop."""
+
+  def __init__(self, group: Runs, spec: RunSpec, feed, stop: StopSignal,
+               config_changed: bool):
+    self.group, self.spec, self.feed, self.stop = group, spec, feed, stop
+    self.t = group.config.train
+    self.config_changed = config_changed
+    self.failed: Dict[int, str] = {}
+    self.ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(group.workdir, "checkpoints"),
+        max_to_keep=self.t.max_checkpoints)
+    self.logs = [workdir_lib.RunLog(d, group.is_main) for d in group.dirs]
+    self.wall_start = time.perf_counter()
+
+  def run(self) -> Dict[str, Any]:
+    """Restores, trains to ``train.steps`` and returns the results."""
+    g, t = self.group, self.t
+    state = initial_state(g, self.spec, self.feed.image_shape)
+    restored = self.ckpt.restore_latest_good(state)
+    if restored is not None:
+      state = restored[1]
+      logging.info("resumed %s from step %d", g.workdir, restored[0])
+    step = int(np.ravel(feeds.fetch(state["step"]))[0])
+    if step >= t.steps:
+      finished = [workdir_lib.finished_results(d, t.steps) for d in g.dirs]
+      if all(r is not None for r in finished):
+        self.ckpt.close()
+        logging.info("%s already finished its %d steps; its results are kept",
+                     g.workdir, t.steps)
+        return fileio.read_json(os.path.join(g.workdir,
+                                             workdir_lib.RESULTS_FILE))
+    self.clock = self.logs[0].rewind(step)
+    for log in self.logs[1:]:
+      log.rewind(step)
+    self.clock.update(segment_start=None, segment_from=step, eval_seconds=0.0)
+    self._check_finite(state)
+    try:
+      state, step, interrupted = self._loop(state, step)
+    finally:
+      self.ckpt.close()
+      for w in self.writers:
+        w.close()
+    if interrupted:
+      return {"interrupted": True, "step": step}
+    return self._finish(state, step)
+
+  # ------------------------------------------------------------------
+  # The loop
+
+  def _loop(self, state, step):
+    g, t = self.group, self.t
+    step_fn = make_step(g, self.spec, self.feed)
+    self.feed.start(self.spec, g.count if g.stacked else None, step)
+    self.writers = [metrics_lib.create_writer(d) for d in g.dirs]
+    if step == 0:
+      for w, c in zip(self.writers, g.configs):
+        w.write_hparams(c.to_dict())
+    self.progress = metrics_lib.ProgressLogger(
+        t.steps, every_steps=t.log_every or None,
+        every_secs=None if t.log_every else 60.0, start_step=step)
+    self.last = g.per_run(state["metrics"])
+    while step < t.steps:
+      state = step_fn(state, *self.feed.step_args())
+      step += 1
+      if self.clock["segment_start"] is None:
+        # Throughput excludes the first step of a segment (compilation).
+        jax.block_until_ready(state["step"])
+        self.clock.update(segment_start=time.perf_counter(),
+                          segment_from=step)
+      if self.stop.should_stop(step):
+        self._save(state, step, wait=True)
+        logging.warning("received signal %s: saved step %d to %s and "
+                        "stopped; run the same command to resume",
+                        self.stop.received, step, self.ckpt.directory)
+        return state, step, True
+      self._interval(state, step)
+    if self.ckpt.latest_step() != step:
+      self._save(state, step, wait=True)
+    jax.block_until_ready(state["step"])
+    return state, step, False
+
+  def _interval(self, state, step) -> None:
+    """Reports, evaluates and saves when their intervals say so."""
+    t = self.t
+    report = self.progress.should_report(step)
+    do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.steps
+    do_ckpt = (t.checkpoint_every and step % t.checkpoint_every == 0
+               ) or step == t.steps
+    if not (report or do_eval or do_ckpt):
+      return
+    self._check_finite(state)
+    self._report(state, step, report)
+    if do_eval:
+      self._evaluate(state, step)
+    if do_ckpt:
+      # Interval saves copy the state off the device and write in the
+      # background while training goes on; the last one is waited for.
+      self._save(state, step, wait=step == t.steps)
+    for w in self.writers:
+      w.flush()
+    if do_eval:
+      self.progress.reset_timer(step)
+
+  def _report(self, state, step, to_terminal: bool) -> None:
+    g, t = self.group, self.t
+    m = g.per_run(state["metrics"])
+    seen = m["seen"] - self.last["seen"]
+    if seen.max() <= 0:
+      return
+    losses = (m["loss"] - self.last["loss"]) / np.maximum(
+        seen / t.batch_size, 1)
+    errors = (m["errors"] - self.last["errors"]) / np.maximum(seen, 1)
+    self.last = m
+    warm = g.per_run(state["warm"])
+    ok = [k for k in range(g.count) if k not in self.failed]
+    for k in ok:
+      scalars = {"train_loss": float(losses[k]),
+                 "train_error": float(errors[k]),
+                 "learning_rate": float(learning_rate(
+                     step - 1, bool(warm[k]), g.configs[k].train))}
+      self.writers[k].write_scalars(step, scalars)
+      self.logs[k].append(step, "train", **scalars)
+    if to_terminal:
+      ok = ok or list(range(g.count))
+      self.progress.report(step, t.batch_size * g.count, {
+          "train_loss": float(np.mean(losses[ok])),
+          "train_error": float(np.mean(errors[ok])),
+          **({"failed_runs": len(self.failed)} if g.stacked else {})})
+
+  def _evaluate(self, state, step) -> None:
+    start = time.perf_counter()
+    ev = self.group.per_run(self.feed.evaluate(state["variables"]))
+    name = self.feed.eval_split
+    for k in range(self.group.count):
+      scalars = {f"{name}_error": float(ev["error"][k]),
+                 f"{name}_loss": float(ev["loss"][k])}
+      self.writers[k].write_scalars(step, scalars)
+      self.logs[k].append(step, "eval", **scalars)
+    logging.info("step %d: %s error %s", step, name,
+                 " ".join(f"{e:.4f}" for e in ev["error"]))
+    self.clock["eval_seconds"] += time.perf_counter() - start
+
+  def _timing(self, step) -> Dict[str, float]:
+    """Cumulative train time and timed steps over every segment so far."""
+    c = self.clock
+    if c["segment_start"] is None:
+      return {"train_seconds": c["train_seconds"],
+              "timed_steps": c["timed_steps"]}
+    seconds = time.perf_counter() - c["segment_start"] - c["eval_seconds"]
+    return {"train_seconds": c["train_seconds"] + seconds,
+            "timed_steps": c["timed_steps"] + step - c["segment_from"]}
+
+  def _save(self, state, step, wait: bool) -> None:
+    self._check_finite(state)  # never write a checkpoint after a bad step
+    self.ckpt.save(step, state, wait=wait)
+    if self.group.is_main:
+      for log in self.logs:
+        log.append(step, "checkpoint", **self._timing(step))
+      if self.config_changed:
+        workdir_lib.write_config(self.group.config, self.group.workdir, step)
+        self.config_changed = False
+
+  # ------------------------------------------------------------------
+  # Non-finite runs
+
+  def _check_finite(self, state) -> None:
+    """Records newly diverged runs; raises once every run has diverged."""
+    if self.t.on_nonfinite != "stop":
+      return
+    g = self.group
+    bad = g.per_run(state["nonfinite_step"])
+    value = g.per_run(state["nonfinite_value"])
+    for k in np.flatnonzero(bad >= 0):
+      if k not in self.failed:
+        self.failed[int(k)] = (
+            f"non-finite {'loss' if not np.isfinite(value[k]) else 'parameters'}"
+            f" at step {bad[k] + 1} (loss = {float(value[k]):.4g}); "
+            f"{g.workdir} keeps the last good checkpoint. Lower "
+            "config.train.learning_rate, add warm-up, or set "
+            "config.train.on_nonfinite='skip'.")
+        if g.stacked:
+          logging.warning("run %d (seed %d): %s", k, g.configs[k].seed,
+                          self.failed[k])
+    if len(self.failed) == g.count:
+      if g.is_main:
+        for k, d in enumerate(g.dirs):
+          _write_failure(d, self.failed[k], g.configs[k].seed, int(bad[k]) + 1)
+      raise TrainingError(self.failed[0] if not g.stacked else
+                          f"all {g.count} parallel runs in {g.workdir} "
+                          f"diverged; first: {self.failed[0]}")
+
+  # ------------------------------------------------------------------
+  # Results
+
+  def _finish(self, state, step) -> Dict[str, Any]:
+    """Evaluates what is missing and writes every run's results."""
+    g = self.group
+    self._check_finite(state)
+    name = self.feed.eval_split
+    ev = g.per_run(self.feed.evaluate(state["variables"]))
+    test = ev if name == "test" or not self.feed.separate_test else (
+        g.per_run(self.feed.evaluate(state["variables"], "test")))
+    timing = self._timing(step)
+    rate = (timing["timed_steps"] * self.t.batch_size * g.count
+            / timing["train_seconds"] if timing["train_seconds"] else None)
+    skipped = g.per_run(state["skipped"])
+    common = {"eval_split": name, "steps": step,
+              "wall_seconds": time.perf_counter() - self.wall_start,
+              "train_seconds": timing["train_seconds"],
+              "images_per_second": None if rate is None else rate / g.count,
+              "versions": workdir_lib.versions(),
+              "devices": [str(d) for d in jax.devices()],
+              "process_count": jax.process_count()}
+    summary = []
+    for k, (c, d) in enumerate(zip(g.configs, g.dirs)):
+      entry = {"seed": c.seed, "dir": os.path.basename(d)}
+      if k in self.failed:
+        summary.append({**entry, "status": "failed", "error": self.failed[k]})
+        if g.is_main:
+          _write_failure(d, self.failed[k], c.seed, None)
+        continue
+      result = {"test_error": float(test["error"][k]), **common,
+                "skipped_steps": int(skipped[k]),
+                "final_train_error": self.logs[k].last("train", "train_error"),
+                "num_params": models.num_params(
+                    g.one(feeds.fetch(state["variables"]), k)),
+                "history": self.logs[k].history(),
+                "config": c.to_dict()}
+      if name != "test":
+        result[f"{name}_error"] = float(ev["error"][k])
+      if g.stacked:
+        result["parallel"] = {"runs": g.count, "index": k,
+                              "workdir": g.workdir}
+      if g.is_main:
+        fileio.write_json(os.path.join(d, workdir_lib.RESULTS_FILE), result)
+      summary.append({**entry, "status": "ok",
+                      "test_error": result["test_error"]})
+    out = result if not g.stacked else self._write_combined(summary, step,
+                                                            timing, rate)
+    if self.failed:
+      raise TrainingError(
+          f"{len(self.failed)} of {g.count} parallel runs in {g.workdir} "
+          "diverged (" + "; ".join(
+              f"seed {g.configs[k].seed}: {self.failed[k]}"
+              for k in sorted(self.failed)) + "); the others' results are "
+          "written")
+    return out
+
+  def _write_combined(self, summary, step, timing, rate) -> Dict[str, Any]:
+    g = self.group
+    combined = {"parallel_runs": g.count, "runs": summary, "steps": step,
+                "wall_seconds": time.perf_counter() - self.wall_start,
+                "train_seconds": timing["train_seconds"],
+                "images_per_second": rate, "config": g.config.to_dict()}
+    if g.is_main:
+      fileio.write_json(os.path.join(g.workdir, workdir_lib.RESULTS_FILE),
+                        combined)
+    return combined
+
+
+def _write_failure(run_dir: str, message: str, seed: int,
+                   step: Optional[int]) -> None:
+  """Records a diverged run in ``run_dir/failed.json``."""
+  fileio.write_json(os.path.join(run_dir, workdir_lib.FAILED_FILE),
+                    {"error": message, "type": "TrainingError", "seed": seed,
+                     "step": step})
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str,
+                  step: Optional[int] = None) -> PyTree:
+  """The train state a run of ``config`` saved in ``workdir``.
+
+  Args:
+    config: the run's config (``parallel_runs > 1``: the stacked state).
+    workdir: the run's directory.
+    step: the checkpoint's step; None takes the newest.
+
+  Raises:
+    resflax.errors.CheckpointError: no checkpoint, or it does not restore.
+  """
+  info = data_lib.source_info(config.data)
+  num_classes, image_shape = info.num_classes, info.image_shape
+  if num_classes is None:  # only the dataset itself knows (image folders)
+    dataset = data_lib.load_dataset(config.data, seed=config.seed)
+    num_classes, image_shape = dataset.num_classes, dataset.image_shape
+  group = Runs(config, runs.run_configs(config), workdir, False)
+  target = initial_state(group, build_run(config, num_classes), image_shape)
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+    return c.restore(target, step)[1]

@@ -1,0 +1,63 @@
+"""Stopping on SIGTERM (what Colab, Cloud TPU and SLURM send before a kill).
+
+The handler only sets a flag; the loop finishes its step, saves a
+checkpoint and returns. With several processes, every process must stop at
+the same step (each takes part in saving it), so the flag is combined
+across processes every ``check_every`` steps and all of them see the same
+answer at the same step.
+"""
+
+import signal
+import threading
+from typing import Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+
+class StopSignal:
+  """Turns SIGTERM into a flag the loop polls through ``should_stop``.
+
+  Use as a context manager around everything from data loading to the end of
+  the loop; outside the main thread (a notebook's worker) no handler can be
+  installed, which is logged once.
+  """
+
+  def __init__(self, check_every: int = 10):
+    self.received: Optional[int] = None
+    self._previous = None
+    self._check_every = max(1, int(check_every))
+    self._installed = False
+
+  def __enter__(self) -> "StopSignal":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    else:
+      logging.warning("training runs outside the main thread: SIGTERM is not "
+                      "caught, so a preemption will not save a checkpoint "
+                      "first (interval checkpoints still do)")
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after ``step``; the same answer on every process.
+
+    Every process must call it at every step (it may run a collective).
+    """
+    if jax.process_count() == 1:
+      return self.received is not None
+    if step % self._check_every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(
+        np.int32(self.received is not None))
+    return bool(np.any(flags))
+
+  def __exit__(self, *exc):
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)

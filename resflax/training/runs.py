@@ -1,0 +1,180 @@
+"""Many runs of one program: their configs and per-run hyper-parameters.
+
+``config.train.parallel_runs = R`` trains R runs that differ only in values
+that keep every shape in one compiled program, the train state carrying a
+leading run axis. Run k is exactly the solo run of ``run_configs(config)[k]``:
+seed ``config.seed + k`` and the k-th entry of ``config.train.run_overrides``
+applied; its initialisation, data order, augmentation and dropout derive
+from its own seed, so its result equals training it alone (to float
+tolerance: batched convolutions sum in another order).
+
+``config.train.run_overrides``: empty, or a tuple of R strings, one per
+run, each ``"key=value;key=value"`` with dotted config keys (``""`` = none)::
+
+  --config.train.parallel_runs=3
+  --config.train.run_overrides="('', 'train.learning_rate=0.05',
+      'train.learning_rate=0.2;model.gate_bias_init=-7')"
+
+Only keys in ``ALLOWED_OVERRIDES`` may differ between runs: the seed, the
+optimiser's scalars (traced per run inside the step) and the model keys
+that only set initial values (each group of runs sharing them is
+initialised with its own model). Anything else changes shapes or the
+compiled program and is an error naming the key. Seeds must be distinct
+(each run's files are named by its seed).
+"""
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from resflax.errors import ConfigError
+
+# key -> type of its value. "train.*" keys are read inside the step, so
+# they are traced per run; "model.gate_bias_init" only sets initial values.
+ALLOWED_OVERRIDES = {
+    "seed": int,
+    "train.learning_rate": float,
+    "train.warmup_learning_rate": float,
+    "train.lr_decay": float,
+    "train.weight_decay": float,
+    "train.momentum": float,
+    "model.gate_bias_init": float,
+}
+
+
+def parse_run_overrides(config: ml_collections.ConfigDict
+                        ) -> List[Dict[str, Any]]:
+  """The per-run overrides of ``config.train.run_overrides``, typed.
+
+  Returns:
+    ``parallel_runs`` dicts (dotted key -> value); empty ones without
+    overrides.
+
+  Raises:
+    ConfigError: a malformed entry, a key not in ALLOWED_OVERRIDES, a
+      value of the wrong type, or a count other than ``parallel_runs``.
+  """
+  r = config.train.parallel_runs
+  entries = tuple(config.train.run_overrides)
+  if not entries:
+    return [{} for _ in range(r)]
+  if r == 1:
+    raise ConfigError(
+        "config.train.run_overrides needs config.train.parallel_runs > 1; "
+        "for a single run set the keys themselves")
+  if len(entries) != r:
+    raise ConfigError(
+        f"config.train.run_overrides has {len(entries)} entries; it needs one "
+        f"per run, config.train.parallel_runs={r} ('' for a run without "
+        "overrides)")
+  out = []
+  for k, entry in enumerate(entries):
+    where = f"config.train.run_overrides[{k}]={entry!r}"
+    if not isinstance(entry, str):
+      raise ConfigError(f"{where}: each entry is a 'key=value;...' "
+                              "string")
+    parsed = {}
+    for item in filter(None, (s.strip() for s in entry.split(";"))):
+      key, sep, text = (s.strip() for s in item.partition("="))
+      if not sep or not key:
+        raise ConfigError(f"{where}: {item!r} is not key=value")
+      if key not in ALLOWED_OVERRIDES:
+        raise ConfigError(
+            f"{where}: key {key!r} cannot differ between parallel runs (it "
+            "changes shapes or the compiled program); allowed keys: "
+            f"{', '.join(ALLOWED_OVERRIDES)}")
+      try:
+        parsed[key] = ALLOWED_OVERRIDES[key](text)
+      except ValueError:
+        raise ConfigError(
+            f"{where}: {key}={text!r} is not a valid "
+            f"{ALLOWED_OVERRIDES[key].__name__}") from None
+    out.append(parsed)
+  return out
+
+
+def run_configs(config: ml_collections.ConfigDict
+                ) -> List[ml_collections.ConfigDict]:
+  """Each run's solo config: its seed and overrides, ``parallel_runs=1``.
+
+  Raises:
+    ConfigError: invalid overrides, an invalid run config, or two
+      runs with the same seed.
+  """
+  configs = []
+  for k, overrides in enumerate(parse_run_overrides(config)):
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    c.seed = config.seed + k
+    c.update_from_flattened_dict(overrides)
+    c.train.parallel_runs = 1
+    c.train.run_overrides = ()
+    c.lock()
+    configs.append(c)
+  seen = {}
+  for k, c in enumerate(configs):
+    if c.seed in seen:
+      raise ConfigError(
+          f"parallel runs {seen[c.seed]} and {k} both have seed {c.seed}; "
+          "seeds must differ (each run's files are in seed<s>/)")
+    seen[c.seed] = k
+  return configs
+
+
+def step_hparams(configs: Sequence[ml_collections.ConfigDict]
+                 ) -> Dict[str, np.ndarray]:
+  """The step's scalars that differ between runs: dotted key -> (R,)."""
+  out = {}
+  for key in ALLOWED_OVERRIDES:
+    if not key.startswith("train."):
+      continue
+    name = key.split(".", 1)[1]
+    values = [float(c.train[name]) for c in configs]
+    if len(set(values)) > 1:
+      out[key] = np.asarray(values, np.float32)
+  return out
+
+
+class ConfigView:
+  """A read-only config whose dotted keys in ``values`` read as given.
+
+  ``step.sgd_update`` reads its hyper-parameters from the run spec's
+  config; handing it this view with per-run (traced) values makes each run
+  use its own without a second implementation of the step.
+  """
+
+  def __init__(self, base, values: Mapping[str, Any], prefix: str = ""):
+    self._base = base
+    self._values = values
+    self._prefix = prefix
+
+  def __getattr__(self, name):
+    key = self._prefix + name
+    if key in self._values:
+      return self._values[key]
+    value = getattr(self._base, name)
+    if isinstance(value, ml_collections.ConfigDict):
+      return ConfigView(value, self._values, key + ".")
+    return value
+
+  def __getitem__(self, name):
+    return self.__getattr__(name)
+
+  def __contains__(self, name):
+    return name in self._base
+
+
+def init_groups(configs: Sequence[ml_collections.ConfigDict],
+                init_only_keys: Sequence[str]) -> List[List[int]]:
+  """Indices of the runs that share every init-only model key, grouped.
+
+  Args:
+    configs: the runs' configs (``run_configs``).
+    init_only_keys: model keys (without ``model.``) that only set initial
+      values; runs differing in them need their own model to initialise.
+  """
+  groups: Dict[tuple, List[int]] = {}
+  for k, c in enumerate(configs):
+    groups.setdefault(tuple(c.model[n] for n in init_only_keys), []).append(k)
+  return list(groups.values())

@@ -1,0 +1,138 @@
+"""The static description of a run and its train state.
+
+``RunSpec`` is everything the compiled functions close over (the model, the
+config, the device mesh, the dataset size, the optimiser): static for jit.
+The train state is a plain pytree of arrays::
+
+  {'step': i32, 'variables': {params, batch_stats, lesion},
+   'opt_state': optax state, 'rng': u32 key data, 'warm': bool,
+   'nonfinite_step': i32 (-1: none), 'nonfinite_value': f32,
+   'skipped': i32, 'metrics': {'loss': f32, 'errors': i32, 'seen': i32}}
+
+Everything a step needs (data order, augmentation, dropout) is a pure
+function of ``rng`` and ``step``, so a resumed run continues exactly where
+the interrupted one was.
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resflax import models
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class RunSpec:
+  """Static description of a run: what the compiled functions close over."""
+  model: models.Network
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  num_train: int
+  optimizer: optax.GradientTransformation
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data"))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device (all processes)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(devices.reshape(-1), ("data",))
+
+
+def model_config(config: ml_collections.ConfigDict,
+                 num_devices: int) -> Dict[str, Any]:
+  """The model keys of ``config`` with the trainer's BN choice applied."""
+  m = config.model.to_dict()
+  m["widths"] = tuple(m.get("widths") or ())
+  if not config.train.bn_sync and not m.get("bn_group_size"):
+    m["bn_group_size"] = config.train.batch_size // num_devices
+  return m
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """SGD direction with weight decay added to the gradient (as in Torch).
+
+  The learning rate is applied in the step (it depends on the error-based
+  warm-up state), so the same transformation serves every schedule.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(train_cfg.weight_decay),
+      optax.trace(decay=train_cfg.momentum, nesterov=train_cfg.nesterov))
+
+
+def build_run(config: ml_collections.ConfigDict, num_classes: int,
+              num_train: int = 0,
+              mesh: Optional[jax.sharding.Mesh] = None) -> RunSpec:
+  """The model and static run description of ``config``.
+
+  Args:
+    config: an experiment config.
+    num_classes: the dataset's number of classes.
+    num_train: training images held on the devices (0 when streamed).
+    mesh: the device mesh; default: every device.
+  """
+  mesh = mesh if mesh is not None else make_mesh()
+  mcfg = model_config(config, mesh.size)
+  mcfg["num_classes"] = num_classes
+  return RunSpec(models.create_model(mcfg), config, mesh, num_train,
+                 make_optimizer(config.train))
+
+
+def schedule_scale(train_cfg) -> float:
+  """Factor applied to boundaries and warm-up (smoke configs only)."""
+  t = train_cfg
+  return (t.steps / t.schedule_steps) if t.scale_schedule else 1.0
+
+
+def learning_rate(step, warm, train_cfg) -> jax.Array:
+  """The step's learning rate: warm-up, then piecewise constant decay.
+
+  Args:
+    step: int32 step (traced).
+    warm: bool, True while the error-based warm-up is still on.
+    train_cfg: ``config.train``.
+  """
+  t = train_cfg
+  scale = schedule_scale(t)
+  boundaries = jnp.asarray([int(round(b * scale)) for b in t.lr_boundaries]
+                           or [np.iinfo(np.int32).max], jnp.int32)
+  passed = jnp.sum(step >= boundaries) if t.lr_boundaries else 0
+  lr = t.learning_rate * jnp.power(t.lr_decay, passed)
+  in_warmup = step < int(round(t.warmup_steps * scale))
+  if t.warmup_until_error > 0:
+    in_warmup = in_warmup | warm
+  return jnp.where(in_warmup, t.warmup_learning_rate, lr).astype(jnp.float32)
+
+
+def init_state(spec: RunSpec, seed, image_shape) -> PyTree:
+  """A fresh train state for ``seed`` (an int or a traced int32)."""
+  init_key, run_key = jax.random.split(jax.random.key(seed))
+  dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  variables = spec.model.init(init_key, dummy)
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "variables": variables,
+      "opt_state": spec.optimizer.init(variables["params"]),
+      "rng": jax.random.key_data(run_key),
+      "warm": jnp.asarray(spec.config.train.warmup_until_error > 0),
+      "nonfinite_step": jnp.full((), -1, jnp.int32),
+      "nonfinite_value": jnp.zeros((), jnp.float32),
+      "skipped": jnp.zeros((), jnp.int32),
+      "metrics": {"loss": jnp.zeros((), jnp.float32),
+                  "errors": jnp.zeros((), jnp.int32),
+                  "seen": jnp.zeros((), jnp.int32)},
+  }

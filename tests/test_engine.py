@@ -1,0 +1,154 @@
+"""The one training loop: stop, resume, divergence and re-runs, for a single
+run (R=1) and three runs in one program (R=3)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from resflax import training
+from resflax.config import base_config
+from resflax.errors import ConfigError, TrainingError, WorkdirError
+from resflax.training import preemption
+from resflax.training import workdir as workdir_lib
+
+
+def tiny_config(runs=1, **train_kw):
+  """A small single-conv net on 16x16 synthetic images: quick to compile."""
+  c = base_config()
+  c.model.depth = 5
+  c.model.block = "single"
+  c.model.widths = (4, 8, 8)
+  c.data.name = "synthetic"
+  c.data.image_size = 16
+  c.data.synthetic_train_size = 64
+  c.data.synthetic_test_size = 32
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 32
+  c.train.steps = 6
+  c.train.lr_boundaries = (4,)
+  c.train.warmup_steps = 1
+  c.train.log_every = 2
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.train.parallel_runs = runs
+  for k, v in train_kw.items():
+    setattr(c.train, k, v)
+  return c
+
+
+def run_results(workdir, runs):
+  """Each run's results.json."""
+  dirs = ([workdir] if runs == 1 else
+          [os.path.join(workdir, f"seed{k}") for k in range(runs)])
+  return [json.loads(open(os.path.join(d, "results.json")).read())
+          for d in dirs]
+
+
+def stop_at(monkeypatch, step):
+  """Makes the loop see a SIGTERM after ``step``."""
+  monkeypatch.setattr(preemption.StopSignal, "should_stop",
+                      lambda self, s: s == step)
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_stop_resume_and_rerun(tmp_path, monkeypatch, runs):
+  """A run stopped after step 3 and resumed ends as an uninterrupted one;
+  its results cover both segments; a re-run of the finished run keeps them."""
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  training.train_and_evaluate(tiny_config(runs), full)
+  with monkeypatch.context() as m:
+    stop_at(m, 3)
+    out = training.train_and_evaluate(tiny_config(runs), part)
+  assert out == {"interrupted": True, "step": 3}
+  assert not os.path.exists(os.path.join(part, "results.json"))
+  training.train_and_evaluate(tiny_config(runs), part)
+  a = jax.device_get(training.restore_state(tiny_config(runs), full))
+  b = jax.device_get(training.restore_state(tiny_config(runs), part))
+  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
+  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  want, got = run_results(full, runs), run_results(part, runs)
+  for w, g in zip(want, got):
+    # Evaluations at steps 2 (first segment), 4 and 6 (second segment).
+    assert [h["step"] for h in g["history"]] == [2, 4, 6]
+    assert [h["test_error"] for h in g["history"]] == pytest.approx(
+        [h["test_error"] for h in w["history"]], abs=1e-6)
+    assert g["test_error"] == pytest.approx(w["test_error"], abs=1e-6)
+    assert g["images_per_second"] > 0 and g["train_seconds"] > 0
+  before = [open(os.path.join(d, "results.json")).read()
+            for d in ([part] if runs == 1 else
+                      [os.path.join(part, f"seed{k}") for k in range(runs)])]
+  again = training.train_and_evaluate(tiny_config(runs), part)
+  assert again["steps"] == 6
+  after = [open(os.path.join(d, "results.json")).read()
+           for d in ([part] if runs == 1 else
+                     [os.path.join(part, f"seed{k}") for k in range(runs)])]
+  assert before == after
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_nonfinite_stops_without_saving_after_it(tmp_path, runs):
+  """Finite warm-up for 2 steps, then an infinite learning rate: step 3 is
+  the first non-finite one, so no checkpoint after step 2 is written."""
+  config = tiny_config(runs, warmup_steps=2, warmup_learning_rate=0.01,
+                       learning_rate=float("inf"), lr_boundaries=())
+  pattern = (r"non-finite \w+ at step 3" if runs == 1
+             else r"all 3 parallel runs .* diverged")
+  with pytest.raises(TrainingError, match=pattern):
+    training.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  dirs = ([tmp_path] if runs == 1 else
+          [tmp_path / f"seed{k}" for k in range(runs)])
+  for d in dirs:
+    failed = json.loads((d / "failed.json").read_text())
+    assert "non-finite" in failed["error"]
+    assert not (d / "results.json").exists()
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_sigterm_after_divergence_does_not_save(tmp_path, monkeypatch, runs):
+  """The stop path checks finiteness before saving, like every other save."""
+  config = tiny_config(runs, warmup_steps=2, warmup_learning_rate=0.01,
+                       learning_rate=float("inf"), lr_boundaries=(),
+                       checkpoint_every=0, log_every=0, eval_every=0)
+  stop_at(monkeypatch, 4)
+  with pytest.raises(TrainingError):
+    training.train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
+  (tmp_path / "w").mkdir()
+  with workdir_lib.WorkdirLock(str(tmp_path / "w")):
+    with pytest.raises(WorkdirError, match=rf"in use by another run \(pid "
+                       rf"{os.getpid()} on "):
+      training.train_and_evaluate(tiny_config(), str(tmp_path / "w"))
+  # Released: the same run now goes ahead.
+  assert training.train_and_evaluate(tiny_config(steps=2),
+                                     str(tmp_path / "w"))["steps"] == 2
+
+
+def test_changed_config_replaces_config_json_only_after_a_checkpoint(
+    tmp_path):
+  """A changed config that fails before its first checkpoint leaves the
+  workdir's config as it was, so the original command still works."""
+  workdir = str(tmp_path)
+  training.train_and_evaluate(tiny_config(steps=2), workdir)
+  original = (tmp_path / "config.json").read_text()
+  bad = tiny_config(steps=6, learning_rate=float("inf"), warmup_steps=0,
+                    lr_boundaries=(), allow_config_change=True)
+  with pytest.raises(TrainingError):
+    training.train_and_evaluate(bad, workdir)
+  assert (tmp_path / "config.json").read_text() == original
+  assert len((tmp_path / "config_history.jsonl").read_text().splitlines()) == 1
+  good = tiny_config(steps=4, allow_config_change=True)
+  training.train_and_evaluate(good, workdir)
+  history = [json.loads(line) for line in
+             (tmp_path / "config_history.jsonl").read_text().splitlines()]
+  assert [h["from_step"] for h in history] == [0, 4]
+  assert json.loads((tmp_path / "config.json").read_text())[
+      "train"]["steps"] == 4
+  with pytest.raises(ConfigError, match="train.steps: 4 -> 2"):
+    training.train_and_evaluate(tiny_config(steps=2), workdir)
