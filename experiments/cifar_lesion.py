@@ -63,7 +63,7 @@ def lesion_defaults() -> ml_collections.ConfigDict:
       path_lengths=(),  # Fig. 6b: measured lengths; () = every k in 0..n
       path_samples=1000,  # samples per length (Veit: 1000)
       path_batch=128,  # training images per sample
-      path_pool=5000,  # training images the batches are drawn from
+      path_pool=5000,  # class-balanced random training images the batches are drawn from
       path_chunk=1,  # samples vmapped together
       effective_share=0.9,  # share of the total gradient in the range
       signal=True,  # section 5 (He Fig. 7, gradients, lambda, gates)

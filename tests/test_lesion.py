@@ -124,6 +124,15 @@ def test_random_deletions_vmap_and_traced_k(net20):
     total = sum(float(out[f"stage{s}"]["active"].sum()) for s in range(3))
     assert total == 9 - k
   assert f._cache_size() == 1
+  # The draw is the k lowest ranks of n uniform scores (the same modules
+  # as before models.masks became the one k-of-n mechanism).
+  for k, seed in ((3, 0), (5, 9)):
+    key = jax.random.key(seed)
+    ranks = np.argsort(np.argsort(np.asarray(jax.random.uniform(key, (9,)))))
+    got = lesion.delete_modules(v, k, key=key)["lesion"]
+    np.testing.assert_array_equal(
+        np.concatenate([got[f"stage{s}"]["active"] for s in range(3)]),
+        (ranks >= k).astype(np.float32))
   # Deleting from a lesioned net picks among the modules still active.
   partial = lesion.delete_modules(v, indices=[0, 1, 2, 3, 4, 5])
   rest = lesion.delete_modules(partial, 3, key=jax.random.key(4))
@@ -181,7 +190,9 @@ def test_swap_and_swap_back_restores_outputs_exactly(net20):
   # A random reordering, undone by swapping its pairs back in reverse.
   shuffled, tau = lesion.reorder_modules(v, 3, key=jax.random.key(11))
   order = np.asarray(lesion.module_order(shuffled))
-  assert float(tau) == pytest.approx(float(lesion.kendall_tau(order)))
+  movable = [m.index for m in model.modules if m.unit > 0]
+  assert float(tau) == pytest.approx(_reference_tau(order[movable]),
+                                     abs=1e-6)
   undo = shuffled
   for pos in range(9):
     cur = np.asarray(lesion.module_order(undo))
@@ -214,24 +225,71 @@ def _brute_tau(order):
   return s / (n * (n - 1) / 2)
 
 
+def _reference_tau(order):
+  """Kendall's tau of ``order`` against its sorted order, outside resflax."""
+  try:
+    from scipy.stats import kendalltau  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _brute_tau(order)
+  return kendalltau(np.sort(order), order)[0]
+
+
 def test_kendall_tau():
   assert float(lesion.kendall_tau(np.arange(54))) == 1.0
   assert float(lesion.kendall_tau(np.arange(54)[::-1])) == -1.0
-  try:
-    from scipy.stats import kendalltau  # pylint: disable=g-import-not-at-top
-    reference = lambda o: kendalltau(np.arange(len(o)), o)[0]
-  except ImportError:
-    reference = _brute_tau
   rng = np.random.default_rng(0)
   for n in (2, 5, 54):
     for _ in range(5):
       o = rng.permutation(n)
-      assert float(lesion.kendall_tau(o)) == pytest.approx(reference(o),
+      assert float(lesion.kendall_tau(o)) == pytest.approx(_reference_tau(o),
                                                            abs=1e-6)
       assert float(lesion.kendall_tau(o)) == pytest.approx(_brute_tau(o),
                                                            abs=1e-6)
   assert float(jax.jit(lesion.kendall_tau)(jnp.asarray([1, 0, 2]))) == (
       pytest.approx(1 / 3))
+
+
+def _with_orders(variables, orders):
+  return {**variables, "lesion": {
+      s: {**l, "order": jnp.asarray(orders[s], jnp.int32)}
+      for s, l in variables["lesion"].items()}}
+
+
+def test_reorder_tau_counts_only_modules_that_can_move(net20):
+  _, v, _ = net20
+  # Stages 0 and 1 run units 2, 1; stage 2 keeps its order. The modules
+  # that can move are units 1 and 2 of each stage (1, 2, 4, 5, 7, 8); at
+  # their positions run 2, 1, 5, 4, 7, 8: 2 of 15 pairs discordant.
+  known = _with_orders(v, {"stage0": [1, 0], "stage1": [1, 0],
+                           "stage2": [0, 1]})
+  np.testing.assert_array_equal(lesion.movable_modules(known),
+                                [1, 2, 4, 5, 7, 8])
+  _, tau = lesion.reorder_modules(known, 0, key=jax.random.key(0))
+  running = np.asarray(lesion.module_order(known))[[1, 2, 4, 5, 7, 8]]
+  np.testing.assert_array_equal(running, [2, 1, 5, 4, 7, 8])
+  assert float(tau) == pytest.approx(_reference_tau(running), abs=1e-6)
+  assert float(tau) == pytest.approx(11 / 15, abs=1e-6)
+  # All 9 modules would give (36 - 2 * 2) / 36: the fixed unit-0 modules
+  # only add concordant pairs.
+  assert float(lesion.kendall_tau(lesion.module_order(known))) == (
+      pytest.approx(32 / 36, abs=1e-6))
+  # Random swaps, traced, against the same independent count.
+  reorder = jax.jit(lambda s, k: lesion.reorder_modules(v, s, key=k))
+  for seed in range(4):
+    new, tau = reorder(seed + 1, jax.random.key(seed))
+    running = np.asarray(lesion.module_order(new))[[1, 2, 4, 5, 7, 8]]
+    assert float(tau) == pytest.approx(_reference_tau(running), abs=1e-6)
+
+
+def test_a_lone_unit_cannot_move():
+  # Stage 1 has one unit besides unit 0: no partner of its shape, so it is
+  # left out of tau along with both unit-0 modules.
+  v = {"lesion": {"stage0": {"active": jnp.ones(3), "order": jnp.arange(2)},
+                  "stage1": {"active": jnp.ones(2), "order": jnp.arange(1)}}}
+  np.testing.assert_array_equal(lesion.movable_modules(v), [1, 2])
+  new, tau = lesion.reorder_modules(v, 1, key=jax.random.key(3))
+  np.testing.assert_array_equal(lesion.module_order(new), [0, 2, 1, 3, 4])
+  assert float(tau) == -1.0
 
 
 def test_ten_lesions_one_compilation(net20):

@@ -1,18 +1,22 @@
-"""The lesion command (resflax.lesion_study) and signal statistics."""
+"""The lesion command (resflax.experiment.lesion_study), its analyses,
+summary and figures, and the signal statistics."""
 
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resflax import models, train
-from resflax.experiment import lesion_study
+from resflax import models, training
+from resflax.errors import ConfigError
+from resflax.experiment import lesion_analysis, lesion_study, lesion_summary
+from resflax.experiment import paper
 from resflax.lesion import signal_stats
 from resflax.training import checkpoint
 from test_lesion import random_variables
@@ -35,13 +39,10 @@ def fake_run(run_dir, cfg, seed=0):
   os.makedirs(run_dir, exist_ok=True)
   with open(os.path.join(run_dir, "config.json"), "w") as f:
     f.write(cfg.to_json())
-  mcfg = train.model_config(cfg, jax.device_count())
-  model = models.create_model(mcfg)
-  task = train.Task(model, cfg, train.make_mesh(), 256,
-                    train.make_optimizer(cfg.train))
-  target = jax.eval_shape(lambda: train.init_state(task, 0, (32, 32, 3)))
+  spec = training.build_run(cfg, 10, 256)
+  target = jax.eval_shape(lambda: training.init_state(spec, 0, (32, 32, 3)))
   state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
-  state["variables"] = random_variables(model, seed=seed)
+  state["variables"] = random_variables(spec.model, seed=seed)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"))
   ckpt.save(1, state)
   ckpt.close()
@@ -56,11 +57,11 @@ def test_config_and_unknown_keys():
   with pytest.raises(ValueError, match="unknown arg 'x'"):
     lesion_config("x")
   config.lesion.max_k = -1
-  with pytest.raises(train.ConfigError, match=r"config.lesion.max_k=-1"):
+  with pytest.raises(ConfigError, match=r"config.lesion.max_k=-1"):
     lesion_study.check_config(config)
   config = lesion_config("smoke")
   config.lesion.checkpoint = "/nonexistent/run"
-  with pytest.raises(train.ConfigError, match="not a resflax run directory"):
+  with pytest.raises(ConfigError, match="not a resflax run directory"):
     lesion_study.check_config(config)
   assert "lesion" not in lesion_study.training_config(config)
   vgg = lesion_study.vgg_config(config)
@@ -105,6 +106,86 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
   assert "Effective paths: lengths" in summary
   saved = json.loads((out / "lesion" / "results.json").read_text())
   assert saved["single_deletion"]["resnet"]["stats"]["num_modules"] == 9
+
+
+def test_path_pool_is_a_class_balanced_random_sample():
+  # Class-sorted, as folder and archive loaders give them: pixel (0, 0)
+  # holds the class, pixel (0, 1) the image's number within its class.
+  labels = np.repeat(np.arange(10), 50)
+  images = np.zeros((500, 2, 2, 3), np.uint8)
+  images[:, 0, 0, 0] = labels
+  images[:, 0, 1, 0] = np.tile(np.arange(50), 10)
+  ds = types.SimpleNamespace(train_images=images, train_labels=labels,
+                             num_train=500, mean=np.zeros(3),
+                             std=np.full(3, 1 / 255))
+  picked = {}
+  for size, seed in ((64, 0), (64, 1), (50, 0)):
+    x, y = lesion_analysis.path_pool(ds, size, seed)
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == np.float32 and x.shape == (size, 2, 2, 3)
+    np.testing.assert_array_equal(x[:, 0, 0, 0], y)  # labels match images
+    counts = np.bincount(y, minlength=10)
+    assert counts.sum() == size
+    assert counts.min() == size // 10 and counts.max() <= -(-size // 10)
+    pairs = set(zip(y.tolist(), x[:, 0, 1, 0].astype(int).tolist()))
+    assert len(pairs) == size  # without replacement
+    picked[size, seed] = pairs
+  assert picked[64, 0] != picked[64, 1]
+  assert len(lesion_analysis.path_pool(ds, 5000, 0)[1]) == 500
+
+
+def _summary_inputs():
+  """The smallest results a summary can be written from."""
+  return {
+      "date": "2016-05-20", "networks": {"resnet": "cifar_resnet-20"},
+      "eval_images": 8, "compilations": 1, "chance_error": 0.9,
+      "single_deletion": {"resnet": {"stats": {
+          "intact_error": 0.1, "mean_error": 0.2, "max_error": 0.3}}},
+      "k_deletion": {"per_k": []}, "reorder": {"rows": [], "skipped": "-"},
+      "paths": {"num_modules": 9, "paths_95": {"low": 2, "high": 7},
+                "decay_per_module": None, "samples": 2, "batch": 8,
+                "pool": 64, "effective": {
+                    "low": 1, "high": 3, "gradient_share": 0.9,
+                    "path_share": 0.2}},
+      "seconds": {}}
+
+
+def test_summary_quotes_the_papers_numbers_from_paper_py(tmp_path,
+                                                         monkeypatch):
+  rows = paper.TABLES["veit"].rows
+  for case, text in (("num_modules", "154"),
+                     ("path_length_bulk_pct", "96"),
+                     ("path_length_95pct_min_modules", "119"),
+                     ("path_length_95pct_max_modules", "135"),
+                     ("effective_path_min_modules", "105"),
+                     ("effective_path_max_modules", "117"),
+                     ("effective_path_fraction_pct", "0.145")):
+    monkeypatch.setitem(rows, case, {(): paper.PaperValue(text, paper.V2)})
+  text = lesion_summary.write_summary(str(tmp_path / "summary.md"),
+                                      _summary_inputs())
+  assert "96% of the paths have length 2 to 7 (Veit, n = 154: 119 to 135)" in (
+      text)
+  assert "(Veit, n = 154: 105 to 117, 0.145%)" in text
+  assert (tmp_path / "summary.md").read_text() == text
+
+
+def test_figures_leave_pyplot_and_the_backend_alone(tmp_path):
+  # A notebook's inline backend must survive writing the study's PNGs: a
+  # fresh process with the svg backend still has it afterwards.
+  code = (
+      "import sys, matplotlib\n"
+      "from resflax.experiment import lesion_plots\n"
+      "per = [{'k': 1, 'mean': 0.2, 'std': 0.01}]\n"
+      "lesion_plots.plot_k(sys.argv[1], {'per_k': per, 'rows': []}, 0.1)\n"
+      "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no-pyplot',"
+      " matplotlib.rcParams['backend'])\n")
+  png = tmp_path / "k.png"
+  proc = subprocess.run([sys.executable, "-c", code, str(png)], cwd=REPO,
+                        env={**os.environ, "MPLBACKEND": "svg"},
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["no-pyplot", "svg"]
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_scaled_shortcut_gradient_factor_within_a_stage():

@@ -1,5 +1,6 @@
 """Paths and their gradients (Veit et al. 2016 sec. 5) and path training."""
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from resflax import config as config_lib
-from resflax import lesion, models, train
+from resflax import lesion, models, training
 from resflax.lesion import paths
 from test_lesion import random_variables
 
@@ -33,6 +34,10 @@ def test_path_masks_pick_k_modules():
     assert float(res.sum()) == k
     np.testing.assert_array_equal(res + skip, 1.0)
   assert f._cache_size() == 1  # k is data
+  # The k lowest ranks of n uniform scores, the draw lesions use too.
+  key = jax.random.key(4)
+  ranks = np.argsort(np.argsort(np.asarray(jax.random.uniform(key, (12,)))))
+  np.testing.assert_array_equal(f(key, 5)[0], (ranks < 5).astype(np.float32))
 
 
 def _route(a, m):
@@ -187,16 +192,15 @@ def test_effective_path_training_updates_only_sampled_modules():
   cfg.train.gradient_modules = k = 2
   cfg.train.weight_decay = 0.0  # only the loss moves the weights
   cfg.train.momentum = 0.0
-  model = models.create_model(train.model_config(cfg, 1))
+  spec = training.build_run(cfg, 10, num_train=16)
+  model = spec.model
   v = random_variables(model, seed=5)
-  task = train.Task(_FastInit(model, v), cfg,
-                    train.make_mesh(jax.devices()[:1]), 16,
-                    train.make_optimizer(cfg.train))
-  state = train.init_state(task, 0, (32, 32, 3))
+  task = dataclasses.replace(spec, model=_FastInit(model, v))
+  state = training.init_state(task, 0, (32, 32, 3))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
-  step = jax.jit(functools.partial(train.train_step, task))
+  step = jax.jit(functools.partial(training.step_on_dataset, task))
   new = step(state, images, labels, jnp.full((3,), 0.5), jnp.full((3,), 0.25))
   before, after = v["params"], new["variables"]["params"]
 

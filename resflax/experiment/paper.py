@@ -246,6 +246,9 @@ _VEIT = {
         '19', V2, '>95% of paths pass through 19..35 modules (n=54)'),
     'path_length_95pct_max_modules': (
         '35', V2, 'see path_length_95pct_min_modules'),
+    'path_length_bulk_pct': (
+        '95', V2, 'more than this % of the paths pass through '
+        'path_length_95pct_min..max_modules (n=54)'),
     'effective_training_sampled_modules': (
         '23', V2, 'modules sampled per mini-batch when training on short paths'),
     'effective_training_error': (

@@ -12,7 +12,8 @@ the identity, or the downsampling shortcut of unit 0); ``order`` is the
 execution order of the stage's units 1..n-1 (unit 0 never moves). Every
 function here only rewrites that collection, so all lesions and orders of
 one network run through one compiled ``model.apply`` (and one compiled
-:class:`LesionEvaluator`), and the functions are jittable and vmappable::
+``resflax.lesion.LesionEvaluator``), and the functions are jittable and
+vmappable::
 
   keys = jax.random.split(key, 100)
   lesions = jax.vmap(lambda k: delete_modules(variables, 10, key=k)['lesion'])(keys)
@@ -31,16 +32,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from resflax import data as data_lib
 from resflax.models import ModuleInfo, Network
+from resflax.models import masks
 
 PyTree = Any
 
 __all__ = [
-    "LesionEvaluator", "delete_modules", "kendall_tau", "module_order",
-    "module_table", "num_modules", "reorder_modules",
+    "delete_modules", "kendall_tau", "module_order", "module_table",
+    "movable_modules", "num_modules", "reorder_modules",
     "single_deletion_lesions", "stack_lesions", "stage_names", "stage_sizes",
     "swap_modules",
 ]
@@ -160,11 +160,6 @@ def _with_active(variables, flat_active) -> Dict[str, Any]:
   return {**variables, "lesion": new_lesion}
 
 
-def _random_ranks(key, n) -> jax.Array:
-  """A uniformly random permutation of 0..n-1, as ranks of random scores."""
-  return jnp.argsort(jnp.argsort(jax.random.uniform(key, (n,))))
-
-
 # --------------------------------------------------------------------------
 # Deletion
 
@@ -242,11 +237,7 @@ def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
       raise ValueError(
           f"delete_modules: k={k_int} but only {int(left.sum())} modules are "
           "active (and in candidates)")
-  # Ineligible modules get scores above every eligible one, so the k lowest
-  # ranks are k random eligible modules.
-  scores = jax.random.uniform(key, (n,)) + jnp.where(eligible, 0.0, 2.0)
-  ranks = jnp.argsort(jnp.argsort(scores))
-  remove = (ranks < k) & eligible
+  remove = masks.random_module_mask(key, k, n, eligible) > 0
   return _with_active(params, jnp.where(remove, 0.0, active))
 
 
@@ -324,6 +315,56 @@ def kendall_tau(order) -> jax.Array:
   return jnp.asarray(xp.sum(agree) / (n * (n - 1) / 2), jnp.float32)
 
 
+def _order_layout(sizes: Sequence[int]):
+  """Static layout of a network's concatenated ``order`` arrays.
+
+  Returns:
+    ``(movable, stage_of, first, swappable)``: units 1..n-1 per stage; the
+    stage of each order position; the module number of its stage's unit 1
+    (so ``first + order`` are the modules running there); the positions a
+    random swap may pick (stages with at least two movable units).
+  """
+  movable = np.asarray([max(s - 1, 0) for s in sizes], np.int64)
+  stage_of = np.repeat(np.arange(len(sizes)), movable)
+  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  first = offsets[stage_of] + 1
+  swappable = np.flatnonzero(movable[stage_of] >= 2)
+  return movable, stage_of, first, swappable
+
+
+def _concat_order(lesion, names) -> jax.Array:
+  return jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
+                          for s in names])
+
+
+def _split_order(lesion, names, movable, order) -> Dict[str, Any]:
+  """``lesion`` with the concatenated ``order`` split back per stage."""
+  parts = jnp.split(order, np.cumsum(movable)[:-1])
+  return {s: {**lesion[s], "order": parts[i].astype(
+      jnp.asarray(lesion[s]["order"]).dtype)} for i, s in enumerate(names)}
+
+
+def movable_modules(variables: Mapping[str, Any]) -> np.ndarray:
+  """The modules a reordering can move, in forward order.
+
+  Units 1..n-1 of every stage that has at least two of them: a stage's unit
+  0 changes the shape and never moves, and a lone unit 1 has no partner of
+  its shape to trade places with.
+
+  Returns:
+    int64 module numbers (possibly empty).
+  """
+  sizes = stage_sizes(variables)
+  return np.asarray([m.index for m in module_table(variables)
+                     if m.unit > 0 and sizes[m.stage] >= 3], np.int64)
+
+
+def _movable_tau(variables) -> jax.Array:
+  # Fixed modules always sit where they were trained; counting them would
+  # pull tau towards 1 for every reordering.
+  return kendall_tau(module_order(variables)[movable_modules(variables)])
+
+
 def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:
   """Swaps the execution positions of modules ``i`` and ``j``.
 
@@ -359,22 +400,13 @@ def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:
                        "modules of the same stage have the same shape")
   lesion = _lesion_of(params)
   names = stage_names(params)
-  sizes = stage_sizes(params)
-  movable = [max(s - 1, 0) for s in sizes]
-  # Module number of each position of the concatenated order arrays.
-  offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  base = jnp.asarray(np.repeat(offsets + 1, movable), jnp.int32)
-  order = jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
-                           for s in names])
-  modules = base + order
-  pa = jnp.argmax(modules == i)
-  pb = jnp.argmax(modules == j)
-  oa, ob = order[pa], order[pb]
-  order = order.at[pa].set(ob).at[pb].set(oa)
-  parts = jnp.split(order, np.cumsum(movable)[:-1])
-  new_lesion = {s: {**lesion[s], "order": parts[k].astype(
-      jnp.asarray(lesion[s]["order"]).dtype)} for k, s in enumerate(names)}
-  return {**params, "lesion": new_lesion}
+  movable, _, first, _ = _order_layout(stage_sizes(params))
+  order = _concat_order(lesion, names)
+  running = jnp.asarray(first, jnp.int32) + order
+  pa = jnp.argmax(running == i)
+  pb = jnp.argmax(running == j)
+  order = order.at[pa].set(order[pb]).at[pb].set(order[pa])
+  return {**params, "lesion": _split_order(lesion, names, movable, order)}
 
 
 def reorder_modules(params: Mapping[str, Any], num_swaps, *,
@@ -395,8 +427,11 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
 
   Returns:
     ``(new_params, tau)``: the variables with the new ``order`` arrays, and
-    Kendall's tau between the new execution order of all n modules and the
-    trained order 0..n-1 (``kendall_tau(module_order(new_params))``).
+    Kendall's tau between the new and the trained execution order of the
+    modules that can move (``movable_modules``); the modules that never
+    move are left out, as they would only pull tau towards 1. Pairs from
+    different stages still count (always concordant: modules never leave
+    their stage). 1.0 when nothing can move.
 
   Raises:
     ValueError: a negative concrete ``num_swaps``, or swaps requested on a
@@ -404,19 +439,14 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
   """
   lesion = _lesion_of(params)
   sizes = stage_sizes(params)
-  movable = [max(s - 1, 0) for s in sizes]
-  # Positions of the concatenated ``order`` arrays whose stage has a partner.
-  stage_of = np.repeat(np.arange(len(sizes)), movable)
-  eligible = np.flatnonzero(np.asarray(movable)[stage_of] >= 2
-                            ) if stage_of.size else np.zeros(0, np.int64)
   swaps_val = _concrete(num_swaps)
   if swaps_val is not None and int(swaps_val) < 0:
     raise ValueError(f"reorder_modules: num_swaps={int(swaps_val)} must be "
                      ">= 0")
-  if eligible.size == 0:
+  if _order_layout(sizes)[3].size == 0:
     if swaps_val is not None and int(swaps_val) == 0:
       new = {**params, "lesion": dict(lesion)}
-      return new, kendall_tau(module_order(new))
+      return new, _movable_tau(new)
     raise ValueError(
         "reorder_modules: no stage has two units of the same shape to swap "
         f"(stage sizes {list(sizes)}; unit 0 of a stage never moves)")
@@ -430,203 +460,24 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
 def _reorder(lesion, num_swaps, key):
   # Jitted with the swap count as data: one program for every count (eager,
   # the loop would compile once per trip count). Shapes give the structure.
-  variables = {"lesion": lesion}
-  names = stage_names(variables)
-  sizes = stage_sizes(variables)
-  movable = [max(s - 1, 0) for s in sizes]
+  names = stage_names({"lesion": lesion})
+  movable, stage_of, _, swappable = _order_layout(
+      stage_sizes({"lesion": lesion}))
   starts = jnp.asarray(np.concatenate([[0], np.cumsum(movable)[:-1]]),
                        jnp.int32)
-  stage_of = np.repeat(np.arange(len(sizes)), movable)
-  eligible = np.flatnonzero(np.asarray(movable)[stage_of] >= 2)
   stage_of = jnp.asarray(stage_of, jnp.int32)
   movable_j = jnp.asarray(movable, jnp.int32)
-  order = jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
-                           for s in names])
 
   def swap(i, order):
     k1, k2 = jax.random.split(jax.random.fold_in(key, i))
-    a = jnp.asarray(eligible, jnp.int32)[
-        jax.random.randint(k1, (), 0, eligible.size)]
+    a = jnp.asarray(swappable, jnp.int32)[
+        jax.random.randint(k1, (), 0, swappable.size)]
     s = stage_of[a]
     m, start = movable_j[s], starts[s]
     # A different position of the same stage, uniformly.
     b = start + (a - start + 1 + jax.random.randint(k2, (), 0, m - 1)) % m
-    oa, ob = order[a], order[b]
-    return order.at[a].set(ob).at[b].set(oa)
+    return order.at[a].set(order[b]).at[b].set(order[a])
 
-  order = jax.lax.fori_loop(0, num_swaps, swap, order)
-  parts = jnp.split(order, np.cumsum(movable)[:-1])
-  new_lesion = {s: {**lesion[s], "order": parts[i].astype(
-      lesion[s]["order"].dtype)} for i, s in enumerate(names)}
-  return new_lesion, kendall_tau(module_order({"lesion": new_lesion}))
-
-
-# --------------------------------------------------------------------------
-# One compiled evaluator for every lesion
-
-
-class LesionEvaluator:
-  """Test error of many lesions of one network, through one compilation.
-
-  The images live on the device; a call evaluates a stack of lesions in
-  chunks of ``lesions_per_call``, scanning over fixed-shape image batches.
-  Chunks are padded with the intact lesion, so every call has the same
-  shapes and the function compiles once for all lesions, orders and even
-  other checkpoints of the same architecture.
-
-  Inside the one program two branches are chosen by data (``lax.cond``):
-
-  * the lesions of a chunk share one order (deletions, Veit Fig. 3/5a):
-    the ``active`` arrays are vmapped, the weights are not, so the lesions
-    run as one larger batch and the stem is computed once;
-  * the orders differ (swaps, Fig. 5b): the lesions run one after another
-    (``lax.map``). Vmapping differing orders would gather a different
-    weight stack per lesion, turning every convolution into a batched-kernel
-    (grouped) one, many times slower on CPU.
-
-  Example::
-
-    ev = LesionEvaluator(model, ds.test_images, ds.test_labels, ds.mean,
-                         ds.std, batch_size=500, lesions_per_call=4)
-    out = ev(variables, single_deletion_lesions(variables))
-    out['error']          # numpy [n + 1]
-    ev.compilations       # 1
-  """
-
-  def __init__(self, model: Network, images, labels, mean, std, *,
-               batch_size: int = 500, lesions_per_call: int = 1):
-    """Puts the evaluation set on the device and builds the jitted function.
-
-    Args:
-      model: the network (``resflax.models.create_model``).
-      images: uint8 NHWC images (e.g. ``Dataset.test_images``).
-      labels: int labels.
-      mean, std: normalisation constants of the training set.
-      batch_size: images per scanned batch (the last batch is padded and
-        masked, so every image counts once).
-      lesions_per_call: lesions evaluated per call (vmapped when they share
-        an order). Memory grows linearly with it.
-
-    Raises:
-      ValueError: empty images, mismatched labels, or non-positive sizes.
-    """
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4 or len(images) == 0 or len(images) != len(labels):
-      raise ValueError(f"LesionEvaluator needs NHWC images and one label "
-                       f"each; got images {images.shape}, labels "
-                       f"{labels.shape}")
-    if batch_size <= 0 or lesions_per_call <= 0:
-      raise ValueError(f"batch_size ({batch_size}) and lesions_per_call "
-                       f"({lesions_per_call}) must be positive")
-    self.model = model
-    self.num_images = len(images)
-    self.lesions_per_call = int(lesions_per_call)
-    layout = data_lib.eval_batches(len(images), min(batch_size, len(images)))
-    self._data = tuple(jax.device_put(a) for a in (
-        images, labels.astype(np.int32), np.asarray(mean, np.float32),
-        np.asarray(std, np.float32), layout.indices, layout.mask))
-    self._fn = jax.jit(self._errors)
-    self.calls = 0
-
-  def _errors(self, params, batch_stats, lesions, shared_order, images,
-              labels, mean, std, indices, mask):
-    model = self.model
-    dtype = jnp.dtype(model.config.dtype)
-    num = jax.tree.leaves(lesions)[0].shape[0]
-
-    def batch(idx, m):
-      x = data_lib.normalize(images[idx], mean, std, dtype=dtype)
-      return x, labels[idx], m
-
-    def score(lesion, x, y, m):
-      logits = model.apply({"params": params, "batch_stats": batch_stats,
-                            "lesion": lesion}, x)
-      wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32) * m
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * m
-      return wrong.sum(), loss.sum()
-
-    def shared(_):
-      # One order for the chunk: only ``active`` is batched.
-      actives = {s: l["active"] for s, l in lesions.items()}
-
-      def body(carry, xs):
-        x, y, m = batch(*xs)
-        one = lambda act: score(
-            {s: {"active": act[s], "order": shared_order[s]}
-             for s in lesions}, x, y, m)
-        w, l = jax.vmap(one)(actives)
-        return (carry[0] + w, carry[1] + l), None
-
-      zeros = jnp.zeros((num,), jnp.float32)
-      out, _ = jax.lax.scan(body, (zeros, zeros), (indices, mask))
-      return out
-
-    def separate(_):
-      def per_lesion(lesion):
-        def body(carry, xs):
-          w, l = score(lesion, *batch(*xs))
-          return (carry[0] + w, carry[1] + l), None
-        out, _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)),
-                              (indices, mask))
-        return out
-      return jax.lax.map(per_lesion, lesions)
-
-    same = jnp.all(jnp.stack([
-        jnp.all(l["order"] == shared_order[s][None]) for s, l in
-        lesions.items()]))
-    wrong, loss = jax.lax.cond(same, shared, separate, None)
-    total = jnp.sum(mask)
-    return wrong / total, loss / total
-
-  @property
-  def compilations(self) -> int:
-    """How many programs the evaluator has compiled (1 after any use)."""
-    return self._fn._cache_size()  # pylint: disable=protected-access
-
-  def __call__(self, variables: Mapping[str, Any],
-               lesions: Optional[Any] = None) -> Dict[str, np.ndarray]:
-    """Evaluates lesions of ``variables``.
-
-    Args:
-      variables: the network's full variables pytree.
-      lesions: a stacked lesion pytree (leading axis L, e.g. from
-        ``single_deletion_lesions`` or a vmapped ``delete_modules``), a list
-        of lesion dicts or variables, or None for ``variables``' own lesion.
-
-    Returns:
-      ``{'error': float64[L], 'loss': float64[L]}`` (fractions, mean loss).
-    """
-    if lesions is None:
-      lesions = stack_lesions([variables])
-    elif isinstance(lesions, (list, tuple)):
-      lesions = stack_lesions(lesions)
-    lesions = jax.tree.map(np.asarray, dict(lesions))
-    count = jax.tree.leaves(lesions)[0].shape[0]
-    per = self.lesions_per_call
-    intact = jax.tree.map(np.asarray, dict(_lesion_of(variables)))
-    # Pad with the intact lesion's active flags and the last lesion's order,
-    # so every call has the same shapes and padding never splits a chunk
-    # that shares one order.
-    pad = (-count) % per
-    if pad:
-      lesions = {s: {"active": np.concatenate([
-          l["active"], np.broadcast_to(intact[s]["active"],
-                                       (pad,) + l["active"].shape[1:])]),
-                     "order": np.concatenate([
-                         l["order"], np.broadcast_to(
-                             l["order"][-1:], (pad,) + l["order"].shape[1:])])}
-                 for s, l in lesions.items()}
-    errors, losses = [], []
-    for start in range(0, count + pad, per):
-      chunk = jax.tree.map(lambda a: a[start:start + per], lesions)
-      # The first lesion's order; the program checks whether all share it.
-      shared_order = {s: l["order"][0] for s, l in chunk.items()}
-      e, l = self._fn(variables["params"], variables["batch_stats"], chunk,
-                      shared_order, *self._data)
-      self.calls += 1
-      errors.append(e)
-      losses.append(l)
-    errors = np.concatenate(jax.device_get(errors))[:count]
-    losses = np.concatenate(jax.device_get(losses))[:count]
-    return {"error": errors.astype(np.float64),
-            "loss": losses.astype(np.float64)}
+  order = jax.lax.fori_loop(0, num_swaps, swap, _concat_order(lesion, names))
+  new_lesion = _split_order(lesion, names, movable, order)
+  return new_lesion, _movable_tau({"lesion": new_lesion})

@@ -23,9 +23,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from resflax.models import Network
+from resflax.models import Network, masks, scoring
 
 __all__ = [
     "EffectivePaths", "PathGradients", "effective_paths",
@@ -63,12 +62,11 @@ def path_masks(key: jax.Array, k, n: int):
     n: number of modules (static).
 
   Returns:
-    ``(residual_grad, skip_grad)``, float32[n] each: k random modules get
-    residual 1 / skip 0, the others residual 0 / skip 1. The k modules are
-    those whose random rank is below k, so k can be data.
+    ``(residual_grad, skip_grad)``, float32[n] each: k random modules
+    (``resflax.models.masks.random_module_mask``, so k can be data) get
+    residual 1 / skip 0, the others residual 0 / skip 1.
   """
-  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (n,))))
-  residual = (ranks < k).astype(jnp.float32)
+  residual = masks.random_module_mask(key, k, n)
   return residual, 1.0 - residual
 
 
@@ -173,7 +171,7 @@ def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None,
     own cross-entropy, so the value does not depend on the batch size).
   """
 
-  per_image = loss or optax.softmax_cross_entropy_with_integer_labels
+  per_image = loss or scoring.cross_entropy
 
   def grad_norm(residual, skip, key, variables, images, labels):
     if batch_size is not None and batch_size < images.shape[0]:

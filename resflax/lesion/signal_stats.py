@@ -27,11 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from resflax import lesion as lesion_lib
 from resflax import models
-from resflax.models import Network
+from resflax.lesion import ops
+from resflax.models import Network, scoring
 from resflax.models.network import Head
 from resflax.models.unit import ResidualUnit
 
@@ -41,7 +40,7 @@ __all__ = ["gate_statistics", "module_input_gradients", "response_stds",
 
 def _rows_meta(model: Network, variables) -> List[Dict[str, Any]]:
   """Execution position -> module number, stage, unit, downsampling."""
-  order = np.asarray(lesion_lib.module_order(variables))
+  order = np.asarray(ops.module_order(variables))
   info = model.modules
   return [{"position": p, "module": int(m), "stage": info[m].stage,
            "unit": info[m].unit, "downsampling": info[m].downsampling}
@@ -171,8 +170,7 @@ def _perturbed_loss(probe: Network, variables, images, labels, residual_grad,
   with nn.intercept_methods(interceptor):
     logits = probe.apply(variables, images, residual_grad=residual_grad,
                          skip_grad=skip_grad)
-  return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         labels).sum()
+  return scoring.cross_entropy(logits, labels).sum()
 
 
 @functools.lru_cache(maxsize=16)
@@ -191,7 +189,7 @@ def _input_grad_fn(model: Network):
       raise RuntimeError(
           f"module_input_gradients traced {len(shapes)} module/head calls, "
           f"expected {expected}: the network's call structure changed; "
-          "update resflax/signal_stats.py")
+          "update resflax/lesion/signal_stats.py")
     eps = [jnp.zeros(s.shape, jnp.float32) for s in shapes]
     grads = jax.grad(lambda e: _perturbed_loss(*args, e, None))(eps)
     return jnp.stack([jnp.mean(jnp.sqrt(jnp.sum(
@@ -203,7 +201,8 @@ def _input_grad_fn(model: Network):
 def module_input_gradients(model: Network, variables: Mapping[str, Any],
                            images, labels, *,
                            residual_grad: Optional[Any] = None,
-                           skip_grad: Optional[Any] = None) -> List[Dict[str, Any]]:
+                           skip_grad: Optional[Any] = None
+                           ) -> List[Dict[str, Any]]:
   """Norm of the loss gradient at the input of every module.
 
   Args:
