@@ -1,325 +1,21 @@
-"""Tests for resflax.data: loading, caching, errors, device-side sampling."""
-
-import json
-import os
-import subprocess
-import sys
-import tarfile
-import textwrap
-import time
-from pathlib import Path
+"""Tests for resflax.data's sources: registry, TFDS, ImageNet, synthetic."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from resflax import data
-
-REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = Path(__file__).resolve().parents[1].parent / (
-    'shared/data/cifar10-jpeg.tar.gz')
-
-# Deliberately not in sorted order: labels must follow sorted names.
-CLASSES = ('cat', 'ant', 'bee')
-COLOURS = {'ant': (220, 20, 20), 'bee': (20, 220, 20), 'cat': (20, 20, 220),
-           'dog': (120, 120, 120)}
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-  """Every test gets its own empty cache, never the user's."""
-  path = tmp_path / 'cache'
-  monkeypatch.setenv('RESFLAX_CACHE', str(path))
-  return path
 
 
 def make_config(**overrides):
   config = ml_collections.ConfigDict(dict(
-      name='folder', path='', tfds_data_dir='', validation_split=0,
+      name='synthetic', path='', tfds_data_dir='', validation_split=0,
       normalization='pixel_mean', synthetic_train_size=64,
       synthetic_test_size=32, image_size=32, num_classes=10,
       max_train_images=0, max_test_images=0))
   config.update(overrides)
   return config
-
-
-def image_id(image):
-  """Recovers the id that make_tree writes into pixel (0, 0)."""
-  return int(image[0, 0, 0]) + 256 * int(image[0, 0, 1])
-
-
-def make_tree(root, train_per_class=4, test_per_class=2, classes=CLASSES,
-              size=32, ext='png'):
-  """Writes <root>/{train,test}/<class>/<i>.<ext>; returns root.
-
-  Images are the class colour with a unique id in pixel (0, 0) (exact for
-  PNG), so tests can tell every image apart after loading.
-  """
-  next_id = 1
-  for split, count in (('train', train_per_class), ('test', test_per_class)):
-    for cls in classes:
-      folder = root / split / cls
-      folder.mkdir(parents=True)
-      for i in range(count):
-        pixels = np.empty((size, size, 3), np.uint8)
-        pixels[:] = COLOURS[cls]
-        pixels[0, 0] = (next_id % 256, next_id // 256, 0)
-        next_id += 1
-        Image.fromarray(pixels).save(folder / f'{i:03d}.{ext}')
-  return root
-
-
-def files_in(path):
-  return sorted(p for p in Path(path).rglob('*') if p.is_file())
-
-
-def make_archive(tree_root, archive, wrap=None):
-  """Tars tree_root's train/ and test/ (under `wrap`/); gzip for .gz names."""
-  mode = 'w:gz' if archive.name.endswith('.gz') else 'w'
-  with tarfile.open(archive, mode) as tar:
-    for split in ('train', 'test'):
-      if (tree_root / split).exists():
-        arcname = f'{wrap}/{split}' if wrap else split
-        tar.add(tree_root / split, arcname=arcname)
-  return archive
-
-
-# ---------------------------------------------------------------------------
-# Image folders.
-# ---------------------------------------------------------------------------
-
-
-def test_folder_labels_shapes_dtypes(tmp_path):
-  root = make_tree(tmp_path / 'mini')
-  ds = data.load_dataset(make_config(path=str(root)))
-  assert ds.class_names == ('ant', 'bee', 'cat')
-  assert ds.num_classes == 3
-  assert ds.name == 'mini'
-  assert ds.train_images.shape == (12, 32, 32, 3)
-  assert ds.test_images.shape == (6, 32, 32, 3)
-  assert ds.train_images.dtype == np.uint8
-  assert ds.train_labels.dtype == np.int32
-  assert ds.test_labels.dtype == np.int32
-  assert ds.eval_split == 'test'
-  np.testing.assert_array_equal(ds.eval_images, ds.test_images)
-  np.testing.assert_array_equal(ds.eval_labels, ds.test_labels)
-  # Each image's colour says its class; the label must be its sorted index.
-  for images, labels in ((ds.train_images, ds.train_labels),
-                         (ds.test_images, ds.test_labels)):
-    for image, label in zip(images, labels):
-      assert tuple(image[16, 16]) == COLOURS[ds.class_names[label]]
-  assert ds.mean.dtype == np.float32 and ds.std.dtype == np.float32
-  # `name` other than 'folder' is kept as the label.
-  assert data.load_dataset(make_config(name='cifar10', path=str(root))).name \
-      == 'cifar10'
-
-
-def test_folder_jpeg_and_grayscale_become_rgb(tmp_path):
-  root = make_tree(tmp_path / 'mini', ext='jpg')
-  Image.new('L', (32, 32), 90).save(root / 'train' / 'ant' / 'gray.png')
-  ds = data.load_dataset(make_config(path=str(root)))
-  assert ds.train_images.shape == (13, 32, 32, 3)
-  gray = ds.train_images[ds.train_labels == 0][-1]
-  assert (gray == 90).all()
-
-
-def test_statistics_use_training_images_only(tmp_path):
-  root = make_tree(tmp_path / 'mini')
-  for path in (root / 'test').rglob('*.png'):  # Make test very different.
-    Image.new('RGB', (32, 32), (255, 255, 255)).save(path)
-  ds = data.load_dataset(make_config(path=str(root)))
-  train = ds.train_images.astype(np.float64) / 255
-  assert ds.mean.shape == (32, 32, 3)
-  np.testing.assert_allclose(ds.mean, train.mean(axis=0), atol=1e-6)
-  np.testing.assert_array_equal(ds.std, np.ones(3, np.float32))
-
-  ds = data.load_dataset(make_config(path=str(root),
-                                     normalization='channel_standardize'))
-  assert ds.mean.shape == (3,) and ds.std.shape == (3,)
-  np.testing.assert_allclose(ds.mean, train.mean(axis=(0, 1, 2)), atol=1e-6)
-  np.testing.assert_allclose(ds.std, train.std(axis=(0, 1, 2)), atol=1e-6)
-  normalized = np.asarray(data.normalize(ds.train_images, ds.mean, ds.std))
-  np.testing.assert_allclose(normalized.mean(axis=(0, 1, 2)), 0, atol=1e-4)
-  np.testing.assert_allclose(normalized.std(axis=(0, 1, 2)), 1, atol=1e-4)
-
-
-def test_validation_split(tmp_path):
-  root = make_tree(tmp_path / 'mini', train_per_class=5)
-  full = data.load_dataset(make_config(path=str(root)))
-  ds = data.load_dataset(make_config(path=str(root), validation_split=4))
-  assert ds.eval_split == 'validation'
-  assert ds.num_train == 11 and ds.num_eval == 4 and ds.num_test == 6
-  train_ids = {image_id(x) for x in ds.train_images}
-  eval_ids = {image_id(x) for x in ds.eval_images}
-  assert not train_ids & eval_ids
-  assert train_ids | eval_ids == {image_id(x) for x in full.train_images}
-  np.testing.assert_array_equal(ds.test_images, full.test_images)
-  for image, label in zip(ds.eval_images, ds.eval_labels):
-    assert tuple(image[16, 16]) == COLOURS[ds.class_names[label]]
-  # Statistics come from the 11 remaining training images only.
-  np.testing.assert_allclose(
-      ds.mean, ds.train_images.mean(axis=0, dtype=np.float64) / 255,
-      atol=1e-6)
-  # The held-out set is fixed (seed 0), whatever the run's seed.
-  other = data.load_dataset(make_config(path=str(root), validation_split=4),
-                            seed=7)
-  np.testing.assert_array_equal(other.eval_images, ds.eval_images)
-
-
-def test_max_images_takes_balanced_fixed_subsets(tmp_path):
-  root = make_tree(tmp_path / 'mini', train_per_class=6, test_per_class=4)
-  config = make_config(path=str(root), max_train_images=6, max_test_images=3)
-  ds = data.load_dataset(config)
-  assert np.bincount(ds.train_labels).tolist() == [2, 2, 2]
-  assert np.bincount(ds.test_labels).tolist() == [1, 1, 1]
-  assert np.bincount(ds.eval_labels).tolist() == [1, 1, 1]
-  again = data.load_dataset(config, seed=3)
-  np.testing.assert_array_equal(again.train_images, ds.train_images)
-  np.testing.assert_allclose(
-      ds.mean, ds.train_images.mean(axis=0, dtype=np.float64) / 255,
-      atol=1e-6)
-
-
-def test_cache_hit_skips_decoding(tmp_path, cache_dir, monkeypatch):
-  root = make_tree(tmp_path / 'mini')
-  first = data.load_dataset(make_config(path=str(root)))
-  npz = [p for p in files_in(cache_dir)]
-  assert len(npz) == 1 and npz[0].suffix == '.npz'  # No temp files left.
-
-  def fail(*args, **kwargs):
-    raise AssertionError('decoded although the cache is valid')
-
-  monkeypatch.setattr(data, '_decode_image', fail)
-  monkeypatch.setattr(data, '_decode_all', fail)
-  second = data.load_dataset(make_config(path=str(root)))
-  np.testing.assert_array_equal(second.train_images, first.train_images)
-  np.testing.assert_array_equal(second.test_labels, first.test_labels)
-  assert second.class_names == first.class_names
-
-  # A changed file listing invalidates the cache.
-  Image.new('RGB', (32, 32)).save(root / 'train' / 'ant' / 'new.png')
-  with pytest.raises(AssertionError, match='decoded although'):
-    data.load_dataset(make_config(path=str(root)))
-
-
-def test_unreadable_cache_file_is_rebuilt(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  first = data.load_dataset(make_config(path=str(root)))
-  (npz,) = files_in(cache_dir)
-  npz.write_bytes(b'garbage')
-  second = data.load_dataset(make_config(path=str(root)))
-  np.testing.assert_array_equal(second.train_images, first.train_images)
-
-
-def test_cache_dir_from_config(tmp_path):
-  root = make_tree(tmp_path / 'mini')
-  data.load_dataset(make_config(path=str(root),
-                                cache_dir=str(tmp_path / 'elsewhere')))
-  assert len(files_in(tmp_path / 'elsewhere')) == 1
-
-
-def test_parallel_decoding_matches_serial(tmp_path, monkeypatch):
-  root = make_tree(tmp_path / 'mini', ext='jpg')
-  serial = data.load_dataset(make_config(path=str(root),
-                                         cache_dir=str(tmp_path / 'c1')))
-  calls = []
-  original = data._decode_in_subprocess
-
-  def spy(sources, shape):
-    result = original(sources, shape)
-    calls.append(result is not None)
-    return result
-
-  monkeypatch.setattr(data, '_PARALLEL_MIN_FILES', 1)
-  monkeypatch.setattr(data, '_num_decoders', lambda n: 3)
-  monkeypatch.setattr(data, '_decode_in_subprocess', spy)
-  parallel = data.load_dataset(make_config(path=str(root),
-                                           cache_dir=str(tmp_path / 'c2')))
-  np.testing.assert_array_equal(parallel.train_images, serial.train_images)
-  np.testing.assert_array_equal(parallel.test_images, serial.test_images)
-  assert calls == [True, True]  # Two child processes, both succeeded.
-
-  # The archive path sends bytes instead of paths to the children.
-  archive = make_archive(root, tmp_path / 'mini.tar.gz')
-  from_archive = data.load_dataset(make_config(
-      path=str(archive), cache_dir=str(tmp_path / 'c3')))
-  np.testing.assert_array_equal(from_archive.train_images, serial.train_images)
-  assert calls == [True] * 4
-
-
-def test_no_tensorflow_import_for_folders(tmp_path):
-  root = make_tree(tmp_path / 'mini')
-  archive = make_archive(root, tmp_path / 'mini.tar.gz')
-  script = textwrap.dedent(f"""
-      import json, sys
-      from resflax import data
-      ds = data.load_dataset({{'name': 'folder', 'path': {str(root)!r}}})
-      ds = data.load_dataset({{'name': 'folder', 'path': {str(archive)!r}}})
-      print(json.dumps([ds.num_train,
-                        sorted(m for m in sys.modules
-                               if m.split('.')[0] in
-                               ('tensorflow', 'tensorflow_datasets'))]))
-      """)
-  env = dict(os.environ, PYTHONPATH=str(REPO), RESFLAX_CACHE=str(
-      tmp_path / 'c'))
-  result = subprocess.run([sys.executable, '-c', script], env=env,
-                          capture_output=True, text=True, check=True,
-                          cwd=tmp_path)
-  num_train, tf_modules = json.loads(result.stdout.strip().splitlines()[-1])
-  assert num_train == 12
-  assert tf_modules == []
-
-
-# ---------------------------------------------------------------------------
-# Archives.
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize('wrap', [None, 'mini'])
-def test_archive_matches_folder_and_is_cached(tmp_path, cache_dir,
-                                              monkeypatch, wrap):
-  root = make_tree(tmp_path / 'mini')
-  archive = make_archive(root, tmp_path / 'mini-data.tar.gz', wrap=wrap)
-  folder = data.load_dataset(make_config(path=str(root),
-                                         cache_dir=str(tmp_path / 'c')))
-  ds = data.load_dataset(make_config(path=str(archive)))
-  assert ds.name == 'mini-data'
-  assert ds.class_names == folder.class_names
-  np.testing.assert_array_equal(ds.train_images, folder.train_images)
-  np.testing.assert_array_equal(ds.test_labels, folder.test_labels)
-  # Nothing is unpacked: the cache holds just the decoded arrays.
-  assert [p.suffix for p in files_in(cache_dir)] == ['.npz']
-
-  def fail(*args, **kwargs):
-    raise AssertionError('read the archive although the cache is valid')
-
-  monkeypatch.setattr(data, '_gather_archive', fail)
-  again = data.load_dataset(make_config(name='cifar10', path=str(archive)))
-  assert again.name == 'cifar10'
-  np.testing.assert_array_equal(again.train_images, ds.train_images)
-
-
-def test_unpack_archive_is_atomic_and_once(tmp_path, monkeypatch):
-  root = make_tree(tmp_path / 'mini')
-  archive = make_archive(root, tmp_path / 'mini.tar.gz', wrap='top')
-  unpacked = data.unpack_archive(archive, tmp_path / 'c')
-  assert (unpacked / 'train' / 'ant' / '000.png').is_file()
-  assert unpacked.parent.parent == tmp_path / 'c'
-  assert not list((tmp_path / 'c').glob('.*'))  # No temp folder left.
-
-  def fail(*args):
-    raise AssertionError('unpacked twice')
-
-  monkeypatch.setattr(data, '_unpack', fail)
-  assert data.unpack_archive(archive, tmp_path / 'c') == unpacked
-
-
-# ---------------------------------------------------------------------------
-# Errors a user can act on.
-# ---------------------------------------------------------------------------
 
 
 def assert_data_error(config, *fragments):
@@ -330,99 +26,9 @@ def assert_data_error(config, *fragments):
   return info.value
 
 
-def test_error_missing_path(tmp_path, cache_dir):
-  missing = tmp_path / 'nowhere'
-  assert_data_error(make_config(path=str(missing)), missing,
-                    'config.data.path')
-  assert_data_error(make_config(name='folder'), 'config.data.path')
-  assert not cache_dir.exists()
-
-
-def test_error_missing_split(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  for path in sorted((root / 'test').rglob('*'), reverse=True):
-    path.unlink() if path.is_file() else path.rmdir()
-  (root / 'test').rmdir()
-  assert_data_error(make_config(path=str(root)), root / 'test')
-  assert not files_in(cache_dir)
-
-
-def test_error_empty_class_folder(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  (root / 'train' / 'dog').mkdir()
-  (root / 'train' / 'dog' / 'notes.txt').write_text('not an image')
-  assert_data_error(make_config(path=str(root)), "'dog'",
-                    root / 'train' / 'dog')
-  assert not files_in(cache_dir)
-
-
-def test_error_class_lists_differ(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  make_tree(tmp_path / 'other', classes=('dog',))
-  (tmp_path / 'other' / 'test' / 'dog').rename(root / 'test' / 'dog')
-  error = assert_data_error(make_config(path=str(root)), 'dog')
-  assert 'only in test' in str(error)
-  assert not files_in(cache_dir)
-
-
-@pytest.mark.parametrize('parallel', [False, True])
-def test_error_corrupt_image(tmp_path, cache_dir, monkeypatch, parallel):
-  if parallel:
-    monkeypatch.setattr(data, '_PARALLEL_MIN_FILES', 1)
-    monkeypatch.setattr(data, '_num_decoders', lambda n: 2)
-  root = make_tree(tmp_path / 'mini')
-  bad = root / 'test' / 'cat' / '001.png'
-  bad.write_bytes(b'\x89PNG not really')
-  assert_data_error(make_config(path=str(root)), bad)
-  assert not files_in(cache_dir)
-
-
-def test_error_mismatched_image_size(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  odd = root / 'train' / 'bee' / '002.png'
-  Image.new('RGB', (40, 36)).save(odd)
-  assert_data_error(make_config(path=str(root)), odd, '40x36', '32x32',
-                    root / 'train' / 'ant' / '000.png')
-  assert not files_in(cache_dir)
-
-
-def test_error_image_size_differs_from_config(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini', size=24)
-  assert_data_error(make_config(path=str(root)), 'config.data.image_size',
-                    '24x24')
-  assert not files_in(cache_dir)
-  ds = data.load_dataset(make_config(path=str(root), image_size=24))
-  assert ds.image_shape == (24, 24, 3)
-
-
-def test_error_validation_split_too_large(tmp_path, cache_dir):
-  root = make_tree(tmp_path / 'mini')
-  assert_data_error(make_config(path=str(root), validation_split=12),
-                    'config.data.validation_split')
-  assert not files_in(cache_dir)
-
-
-def test_error_bad_archives(tmp_path, cache_dir):
-  garbage = tmp_path / 'broken.tar.gz'
-  garbage.write_bytes(b'this is not gzip')
-  assert_data_error(make_config(path=str(garbage)), garbage)
-
-  root = make_tree(tmp_path / 'mini')
-  (root / 'train' / 'ant' / '001.png').write_bytes(b'junk')
-  archive = make_archive(root, tmp_path / 'mini.tar.gz')
-  assert_data_error(make_config(path=str(archive)), "'train/ant/001.png'",
-                    archive)
-  wrapped = make_archive(root, tmp_path / 'wrapped.tar.gz', wrap='top')
-  assert_data_error(make_config(path=str(wrapped)),
-                    "'top/train/ant/001.png'", wrapped)
-  (root / 'test').rename(tmp_path / 'test-elsewhere')
-  no_test = make_archive(root, tmp_path / 'no-test.tar', wrap='top')
-  assert_data_error(make_config(path=str(no_test)), "'top/test'", no_test)
-
-  not_archive = tmp_path / 'data.zip'
-  not_archive.write_bytes(b'PK')
-  assert_data_error(make_config(path=str(not_archive)), 'config.data.path')
-  assert not files_in(cache_dir)
+# ---------------------------------------------------------------------------
+# Config errors, TFDS and ImageNet.
+# ---------------------------------------------------------------------------
 
 
 def test_error_config_values():
@@ -474,6 +80,7 @@ def test_tfds_cifar_glue(monkeypatch):
   assert ds.class_names == data.CIFAR10_CLASSES
   assert (ds.num_train, ds.num_eval, ds.num_test) == (25, 5, 20)
   assert ds.train_labels.dtype == np.int32 and ds.test_labels.dtype == np.int32
+  assert ds.summary().startswith('cifar10 from TFDS cifar10: 25 train, ')
 
 
 @pytest.mark.slow
@@ -497,7 +104,6 @@ def test_imagenet_iterator_with_mock_data():
     assert (batches[-1]['image'][1:] == 0).all()
   with pytest.raises(data.DataError, match='config.data.tfds_data_dir'):
     data.imagenet_iterator(make_config(name='imagenet2012'), 'validation', 3)
-
 
 # ---------------------------------------------------------------------------
 # Synthetic data.
@@ -531,156 +137,102 @@ def test_synthetic_with_validation_split():
 
 
 # ---------------------------------------------------------------------------
-# Host helpers.
+# The source registry and what is known before loading.
 # ---------------------------------------------------------------------------
 
 
-def test_shard_for_process():
-  images = np.arange(10 * 2).reshape(10, 2)
-  labels = np.arange(10)
-  shards = [data.shard_for_process(images, labels, i, 3) for i in range(3)]
-  assert [len(s[1]) for s in shards] == [3, 3, 4]
-  np.testing.assert_array_equal(np.concatenate([s[0] for s in shards]),
-                                images)
-  np.testing.assert_array_equal(np.concatenate([s[1] for s in shards]),
-                                labels)
-  with pytest.raises(ValueError):
-    data.shard_for_process(images, labels, 3, 3)
+def test_source_info_of_each_registered_source():
+  expected = {
+      'cifar10': (10, (32, 32, 3), False, 'test', ('train', 'test')),
+      'cifar100': (100, (32, 32, 3), False, 'test', ('train', 'test')),
+      'synthetic': (7, (16, 16, 3), False, 'test', ('train', 'test')),
+      'imagenet2012': (1000, (16, 16, 3), True, 'validation',
+                       ('train', 'validation')),
+  }
+  assert set(expected) | {'folder'} == set(data.SOURCES.names())
+  for name, (classes, shape, streams, eval_split, splits) in expected.items():
+    info = data.source_info(make_config(name=name, num_classes=7,
+                                        image_size=16))
+    assert (info.name, info.source) == (name, name)
+    assert (info.num_classes, info.image_shape, info.streams,
+            info.eval_split, info.splits) == (classes, shape, streams,
+                                              eval_split, splits)
+  held_out = data.source_info(make_config(name='cifar10', validation_split=5))
+  assert held_out.eval_split == 'validation'
+  # ImageNet's side defaults to 224 when the config leaves it out.
+  assert data.source_info({'name': 'imagenet2012'}).image_shape == (
+      224, 224, 3)
 
 
-def test_eval_batches_cover_each_example_once():
-  layout = data.eval_batches(25, 10)
-  assert layout.indices.shape == layout.mask.shape == (3, 10)
-  assert layout.num_batches == 3
-  assert layout.indices.dtype == np.int32 and layout.mask.dtype == np.float32
-  assert layout.mask.sum() == 25
-  covered = layout.indices[layout.mask > 0]
-  np.testing.assert_array_equal(np.sort(covered), np.arange(25))
-  assert (layout.indices < 25).all()
-  exact = data.eval_batches(20, 10)
-  assert exact.num_batches == 2 and exact.mask.all()
-
-
-# ---------------------------------------------------------------------------
-# Device-side functions.
-# ---------------------------------------------------------------------------
-
-
-def test_normalize_dtype_and_values():
-  images = np.full((2, 4, 4, 3), 255, np.uint8)
-  mean = np.array([0.5, 0.25, 0.0], np.float32)
-  std = np.array([0.5, 0.25, 1.0], np.float32)
-  out = data.normalize(images, mean, std, dtype=jnp.bfloat16)
-  assert out.dtype == jnp.bfloat16 and out.shape == images.shape
-  np.testing.assert_allclose(np.asarray(out[0, 0, 0], np.float32),
-                             [1.0, 3.0, 1.0])
-
-
-@pytest.fixture(scope='module')
-def augmented():
-  rng = np.random.default_rng(0)
-  images = rng.integers(1, 256, (512, 32, 32, 3), dtype=np.uint8)
-  out = jax.jit(data.augment)(jax.random.key(0), images)
-  return images, np.asarray(out)
-
-
-def test_augment_shape_dtype(augmented):
-  images, out = augmented
-  assert out.shape == images.shape and out.dtype == np.uint8
-  floats = data.augment(jax.random.key(1), images[:4].astype(np.float32))
-  assert floats.dtype == jnp.float32 and floats.shape == (4, 32, 32, 3)
-
-
-def test_augment_crops_are_shifts_and_flips_are_half(augmented):
-  images, out = augmented
-  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
-  offsets, flips = [], []
-  for source, result in zip(padded, out):
-    matches = [(dy, dx, flip)
-               for dy in range(9) for dx in range(9) for flip in (False, True)
-               if np.array_equal(
-                   source[dy:dy + 32, dx:dx + 32][:, ::-1 if flip else 1],
-                   result)]
-    assert len(matches) == 1  # Every output is exactly one window.
-    dy, dx, flip = matches[0]
-    offsets.append((dy, dx))
-    flips.append(flip)
-  assert 0.4 < np.mean(flips) < 0.6
-  offsets = np.array(offsets)
-  assert len({tuple(o) for o in offsets}) > 70  # Of 81 possible.
-  np.testing.assert_allclose(offsets.mean(axis=0), 4, atol=0.5)
-  assert (offsets == 0).any() and (offsets == 8).any()
-
-
-def test_sample_batch_indices_epochs():
-  key = jax.random.key(42)
-  num_examples, batch_size = 103, 10  # 10 steps/epoch, 3 dropped each.
-  sample = jax.jit(data.sample_batch_indices, static_argnums=(2, 3))
-  epochs = []
-  for epoch in range(3):
-    batches = [np.asarray(sample(key, jnp.int32(step), num_examples,
-                                 batch_size))
-               for step in range(epoch * 10, epoch * 10 + 10)]
-    seen = np.concatenate(batches)
-    assert seen.dtype == np.int32 and seen.shape == (100,)
-    assert len(np.unique(seen)) == 100  # At most once per epoch.
-    assert seen.min() >= 0 and seen.max() < num_examples
-    epochs.append(seen)
-  assert not np.array_equal(epochs[0], epochs[1])
-  assert not np.array_equal(epochs[1], epochs[2])
-  # A pure function of (key, step): recomputing (resuming) gives the same.
-  np.testing.assert_array_equal(
-      np.asarray(data.sample_batch_indices(key, 13, num_examples, batch_size)),
-      epochs[1][30:40])
-  other = data.sample_batch_indices(jax.random.key(7), 0, num_examples,
-                                    batch_size)
-  assert not np.array_equal(np.asarray(other), epochs[0][:10])
-
-
-def test_sample_batch_indices_inside_scan():
-  key = jax.random.PRNGKey(0)  # Raw uint32 keys work too.
-
-  def body(carry, step):
-    return carry, data.sample_batch_indices(key, step, 20, 5)
-
-  _, batches = jax.lax.scan(body, 0, jnp.arange(8, dtype=jnp.int32))
-  batches = np.asarray(batches)
-  assert batches.shape == (8, 5)
-  assert len(np.unique(batches[:4])) == 20 == len(np.unique(batches[4:]))
-  with pytest.raises(ValueError):
-    data.sample_batch_indices(key, 0, 4, 5)
-
-
-# ---------------------------------------------------------------------------
-# The real CIFAR-10 archive.
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.data
-def test_real_cifar10_archive(tmp_path, capsys):
-  if not ARCHIVE.is_file():
-    pytest.skip(f'{ARCHIVE} is absent (see ../shared/data/README.md)')
-  config = make_config(name='cifar10', path=str(ARCHIVE),
-                       normalization='channel_standardize')
-  start = time.perf_counter()
+def test_source_info_agrees_with_synthetic_load():
+  config = make_config(name='synthetic', num_classes=4, image_size=8,
+                       validation_split=8)
+  info = data.source_info(config)
   ds = data.load_dataset(config)
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  cached = data.load_dataset(config)
-  second = time.perf_counter() - start
-  with capsys.disabled():
-    print(f'\ncifar10-jpeg.tar.gz: first load {first:.1f} s, '
-          f'cached load {second:.2f} s')
-  assert ds.train_images.shape == (50_000, 32, 32, 3)
-  assert ds.test_images.shape == (10_000, 32, 32, 3)
-  assert ds.num_classes == 10
-  assert ds.class_names == data.CIFAR10_CLASSES
-  assert np.bincount(ds.train_labels).tolist() == [5000] * 10
-  assert np.bincount(ds.test_labels).tolist() == [1000] * 10
-  np.testing.assert_allclose(ds.mean, [0.4913, 0.4821, 0.4465], atol=5e-4)
-  np.testing.assert_allclose(
-      ds.train_images.reshape(-1, 3).mean(axis=0) / 255,
-      [0.4913, 0.4821, 0.4465], atol=5e-4)
-  np.testing.assert_array_equal(cached.train_images, ds.train_images)
-  assert second < 3.0
+  assert (info.name, info.num_classes, info.image_shape, info.eval_split) == (
+      ds.name, ds.num_classes, ds.image_shape, ds.eval_split)
+
+
+def test_source_info_errors_name_the_key():
+  with pytest.raises(data.DataError) as info:
+    data.source_info(make_config(name='mnist'))
+  message = str(info.value)
+  assert 'config.data.name' in message and "'mnist'" in message
+  for name in data.SOURCES.names():
+    assert name in message
+  with pytest.raises(data.DataError, match='config.data.image_size'):
+    data.source_info({'name': 'synthetic', 'image_size': 'big'})
+
+
+def test_summary_of_synthetic_data_is_one_line():
+  ds = data.load_dataset(make_config(name='synthetic', num_classes=4,
+                                     image_size=8, validation_split=4), seed=2)
+  assert ds.summary() == ('synthetic from class-coloured noise, seed 2: '
+                          '60 train, 4 eval (validation), 32 test images; '
+                          '4 classes; 8x8x3')
+  assert ds.cache_path is None
+
+
+# ---------------------------------------------------------------------------
+# Class-balanced samples.
+# ---------------------------------------------------------------------------
+
+
+def test_balanced_sample_covers_classes_equally():
+  labels = np.repeat(np.arange(10), 50)  # Class-ordered, as a folder is.
+  sample = data.balanced_sample(labels, 30, 0)
+  assert sample.shape == (30,) and len(np.unique(sample)) == 30
+  assert sample.min() >= 0 and sample.max() < 500
+  assert np.bincount(labels[sample], minlength=10).tolist() == [3] * 10
+  # Any count: the class shares differ by at most one.
+  counts = np.bincount(labels[data.balanced_sample(labels, 37, 1)],
+                       minlength=10)
+  assert counts.sum() == 37 and counts.max() - counts.min() == 1
+  # A class with too few examples gives all it has.
+  uneven = np.array([0] * 2 + [1] * 50 + [2] * 50)
+  assert np.bincount(uneven[data.balanced_sample(uneven, 30, 0)]).tolist() \
+      == [2, 14, 14]
+
+
+def test_balanced_sample_is_random_in_its_seed_or_key():
+  labels = np.repeat(np.arange(4), 100)
+  by_seed = [data.balanced_sample(labels, 20, seed) for seed in range(3)]
+  np.testing.assert_array_equal(by_seed[0], data.balanced_sample(labels, 20, 0))
+  assert not np.array_equal(np.sort(by_seed[0]), np.sort(by_seed[1]))
+  assert not np.array_equal(np.sort(by_seed[1]), np.sort(by_seed[2]))
+  typed, raw = jax.random.key(3), jax.random.PRNGKey(3)
+  from_key = data.balanced_sample(labels, 20, typed)
+  np.testing.assert_array_equal(from_key,
+                                data.balanced_sample(labels, 20, raw))
+  assert not np.array_equal(
+      np.sort(from_key),
+      np.sort(data.balanced_sample(labels, 20, jax.random.key(4))))
+  assert np.bincount(labels[from_key]).tolist() == [5] * 4
+  # Not class-ordered: its first half already holds more than one class.
+  assert len(set(labels[from_key[:10]])) > 1
+
+
+def test_balanced_sample_rejects_bad_counts():
+  for count in (0, 11):
+    with pytest.raises(ValueError, match='count'):
+      data.balanced_sample(np.arange(10), count, 0)
