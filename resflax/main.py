@@ -15,6 +15,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from resflax import logs
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (file.py[:arg]).",
     lock_config=True)
@@ -30,18 +32,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-  """Drops the INFO chatter of orbax (a dozen lines per checkpoint)."""
-
-  def filter(self, record):
-    return (record.levelno >= logging.WARNING
-            or "/orbax/" not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logs.setup_logging()
   config = _CONFIG.value
   if config.distributed or _COORDINATOR.value:
     # Must precede any other use of JAX in the process.
