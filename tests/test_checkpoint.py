@@ -1,11 +1,14 @@
-"""Tests for resflax.checkpoint: round trips, interrupted saves, corruption."""
+"""Tests for resflax.checkpoint: round trips, interrupted saves, corruption
+versus errors that are not corruption, failed saves."""
 
+import builtins
 import errno
 import gc
 import glob
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -231,6 +234,226 @@ def test_unverified_checkpoint_still_restores(tmp_path):
     _assert_same(ckpt.restore_latest_good(_state())[1], _state(1))
 
 
+def _big_state(offset=0):
+  # Large enough for OCDBT to keep `w` in a data file of its own instead of
+  # inline in a b-tree node.
+  w = jnp.arange(64 * 64, dtype=jnp.float32).reshape(64, 64) + offset
+  return {'w': w, 'step': jnp.int32(offset)}
+
+
+@pytest.fixture(scope='module')
+def unsealed(tmp_path_factory):
+  """Steps 1 and 2 without checksum files: only Orbax's own checks apply."""
+  root = tmp_path_factory.mktemp('unsealed')
+  with Checkpointer(root) as ckpt:
+    ckpt.save(1, _big_state(1))
+    ckpt.save(2, _big_state(2))
+  for step in ('1', '2'):
+    os.remove(root / step / ckpt_lib.CHECKSUM_FILE)
+  return root
+
+
+def _truncate(path):
+  os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _btree_node(step_dir):
+  [path] = glob.glob(os.path.join(step_dir, 'default', 'd', '*'))
+  return path
+
+
+def _flip(path, bit, index):
+  data = bytearray(open(path, 'rb').read())
+  data[index] ^= bit
+  open(path, 'wb').write(data)
+
+
+# What each kind of damage makes tensorstore/Orbax raise, as observed with
+# orbax-checkpoint 0.12.8 / tensorstore 0.1.86 (the warning quotes it).
+_DAMAGE = {
+    'truncated array data': (lambda d: _truncate(_data_files(d)[0]),
+                             'OUT_OF_RANGE'),
+    'truncated b-tree node': (lambda d: _truncate(_btree_node(d)),
+                              'OUT_OF_RANGE'),
+    'b-tree node fails its CRC': (
+        lambda d: _flip(_btree_node(d), 0x01, -1), 'DATA_LOSS'),
+    'undecodable b-tree node': (  # tensorstore gives no status for this one
+        lambda d: _flip(_btree_node(d), 0x01, 14),
+        'Error decoding b-tree node'),
+    'damaged zstd frame': (lambda d: _flip(_data_files(d)[0], 0x01, 0),
+                           'FAILED_PRECONDITION'),
+    'truncated metadata': (
+        lambda d: _truncate(os.path.join(d, 'default', '_METADATA')),
+        'JSONDecodeError'),
+    'non-UTF-8 metadata': (
+        lambda d: _flip(os.path.join(d, 'default', '_METADATA'), 0x80, 0),
+        'UnicodeDecodeError'),
+}
+
+
+@pytest.mark.parametrize('damage', sorted(_DAMAGE))
+def test_orbax_detected_corruption_falls_back(unsealed, tmp_path,
+                                              absl_warnings, damage):
+  directory = tmp_path / 'ck'
+  shutil.copytree(unsealed, directory)
+  corrupt, expected = _DAMAGE[damage]
+  corrupt(str(directory / '2'))
+  with Checkpointer(directory) as ckpt:
+    step, restored = ckpt.restore_latest_good(_big_state())
+    assert step == 1
+    _assert_same(restored, _big_state(1))
+  warning = next(r.getMessage() for r in absl_warnings.records
+                 if 'is corrupt' in r.getMessage())
+  assert str(directory / '2') in warning and expected in warning
+  assert sorted(os.listdir(directory)) == ['1', '2' + ckpt_lib.CORRUPT_SUFFIX]
+
+
+def _deny(monkeypatch, layer, error, step_dir):
+  """Makes reading checkpoint `step_dir` raise `error` at `layer`."""
+  if layer == 'our checksum check':
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):
+      if str(file).startswith(step_dir + os.sep):
+        raise error
+      return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'open', open_)
+  else:  # Orbax, e.g. for errors raised inside tensorstore's C++ code.
+    real_restore = ckpt_lib.ocp.CheckpointManager.restore
+
+    def restore(self, step, *args, **kwargs):
+      if str(step) == os.path.basename(step_dir):
+        raise error
+      return real_restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_lib.ocp.CheckpointManager, 'restore', restore)
+
+
+_DENIED = 'PERMISSION_DENIED: Error reading "w/0.0" in OCDBT database: Failed'
+_OOM = 'RESOURCE_EXHAUSTED: Error reading "w/0.0": Out of memory'
+
+
+@pytest.mark.parametrize('layer,error,expected', [
+    ('our checksum check', PermissionError(13, 'Permission denied'),
+     'PermissionError'),
+    ('orbax', PermissionError(13, 'Permission denied'), 'PermissionError'),
+    ('orbax', ValueError(_DENIED + ' to open: Permission denied'),
+     'PERMISSION_DENIED'),
+    ('orbax', MemoryError(), 'MemoryError'),
+    ('orbax', ValueError(_OOM), 'RESOURCE_EXHAUSTED'),
+    ('our checksum check', OSError(errno.EIO, 'Input/output error'),
+     'Input/output error'),
+])
+def test_unreadable_is_not_corrupt(tmp_path, monkeypatch, layer, error,
+                                   expected):
+  """Errors that say nothing about the data stop; nothing is set aside."""
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(1))
+    ckpt.save(2, _state(2))
+  tried = []
+  real_restore_step = Checkpointer._restore_step
+
+  def spy(self, step, target):
+    tried.append(step)
+    return real_restore_step(self, step, target)
+
+  monkeypatch.setattr(Checkpointer, '_restore_step', spy)
+  _deny(monkeypatch, layer, error, str(tmp_path / '2'))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(CheckpointError) as excinfo:
+      ckpt.restore_latest_good(_state())
+  message = str(excinfo.value)
+  assert str(tmp_path / '2') in message and expected in message
+  assert '\n' not in message
+  assert tried == [2]  # no fallback to an older checkpoint
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+
+
+_RESTORE_CHILD = textwrap.dedent("""
+    import sys
+    import jax.numpy as jnp
+    from resflax.training.checkpoint import Checkpointer, CheckpointError
+
+    for directory in sys.argv[1:]:
+      with Checkpointer(directory) as ckpt:
+        try:
+          ckpt.restore_latest_good({'w': jnp.zeros((64, 64)),
+                                    'step': jnp.int32(0)})
+        except CheckpointError as e:
+          print('ERROR', e, flush=True)
+""")
+
+
+def test_permission_denied_on_disk_is_not_corrupt(tmp_path):
+  """A data file of the newest step really unreadable (chmod 000)."""
+  dirs = {'sealed': tmp_path / 'sealed', 'unsealed': tmp_path / 'unsealed'}
+  for name, directory in dirs.items():
+    with Checkpointer(directory) as ckpt:
+      ckpt.save(1, _big_state(1))
+      ckpt.save(2, _big_state(2))
+    if name == 'unsealed':  # Then tensorstore is the first to read it.
+      for step in ('1', '2'):
+        os.remove(directory / step / ckpt_lib.CHECKSUM_FILE)
+  cmd = [sys.executable, '-c', _RESTORE_CHILD, *map(str, dirs.values())]
+  if os.geteuid() == 0:  # Root reads anything unless it drops that power.
+    if not shutil.which('setpriv'):
+      pytest.skip('running as root, and no setpriv to drop CAP_DAC_OVERRIDE')
+    cmd = ['setpriv', '--bounding-set', '-dac_override,-dac_read_search', *cmd]
+  denied = [_data_files(str(d / '2'))[0] for d in dirs.values()]
+  for path in denied:
+    os.chmod(path, 0)
+  try:
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO + os.pathsep
+                 + os.environ.get('PYTHONPATH', '')))
+  finally:
+    for path in denied:
+      os.chmod(path, 0o644)
+  if cmd[0] == 'setpriv' and 'setpriv:' in proc.stderr:
+    pytest.skip(f'setpriv cannot drop capabilities here: {proc.stderr}')
+  errors = [l for l in proc.stdout.splitlines() if l.startswith('ERROR ')]
+  assert len(errors) == 2, proc.stdout + proc.stderr[-3000:]
+  for error, directory, expected in zip(
+      errors, dirs.values(), ['PermissionError', 'PERMISSION_DENIED']):
+    assert f'cannot restore checkpoint {directory / "2"}: ' in error
+    assert expected in error, error
+    assert sorted(os.listdir(directory)) == ['1', '2']
+
+
+def test_newest_not_matching_target_is_not_corrupt(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(1))
+    ckpt.save(2, dict(_state(2), extra=jnp.zeros(3)))
+    with pytest.raises(CheckpointError) as excinfo:
+      ckpt.restore_latest_good(_state())
+  assert str(tmp_path / '2') in str(excinfo.value)
+  assert 'do not match' in str(excinfo.value)
+  assert '\n' not in str(excinfo.value)
+  assert sorted(os.listdir(tmp_path)) == ['1', '2']
+
+
+@pytest.mark.parametrize('elsewhere', ['failed', 'corrupt'])
+def test_processes_agree(tmp_path, monkeypatch, elsewhere):
+  """What another process saw about step 2 decides for this one too."""
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(1))
+    ckpt.save(2, _state(2))
+  other = {'failed': ckpt_lib._FAILED, 'corrupt': ckpt_lib._CORRUPT}[elsewhere]
+  others = iter([other])  # only for the first step tried, step 2
+  monkeypatch.setattr(ckpt_lib, '_worst_outcome',
+                      lambda outcome: max(outcome, next(others, outcome)))
+  with Checkpointer(tmp_path) as ckpt:
+    if elsewhere == 'failed':
+      with pytest.raises(CheckpointError, match='another process'):
+        ckpt.restore_latest_good(_state())
+      assert sorted(os.listdir(tmp_path)) == ['1', '2']
+    else:
+      assert ckpt.restore_latest_good(_state())[0] == 1
+      assert ckpt.all_steps() == [1]
+
+
 def _fail_commit(monkeypatch):
   atomicity = pytest.importorskip('orbax.checkpoint._src.path.atomicity')
 
@@ -245,20 +468,51 @@ def _fail_commit(monkeypatch):
 
 
 @pytest.mark.parametrize('wait', [True, False])
-def test_failed_save_keeps_previous(tmp_path, monkeypatch, wait):
+def test_failed_save_keeps_previous(tmp_path, monkeypatch, caplog, capfd,
+                                    wait):
+  """Disk full: one error line, no Orbax tracebacks, last good step kept."""
+  caplog.set_level(logging.DEBUG)
   ckpt = Checkpointer(tmp_path, max_to_keep=1)
   ckpt.save(1, _state(1))
   _fail_commit(monkeypatch)
   with pytest.raises(CheckpointError) as excinfo:
     ckpt.save(2, _state(2), wait=wait)
     ckpt.wait_until_finished()
-  assert str(tmp_path / '2') in str(excinfo.value)
-  assert 'No space left' in str(excinfo.value)
+  message = str(excinfo.value)
+  assert str(tmp_path / '2') in message and 'No space left' in message
+  assert '\n' not in message
+  formatter = logging.Formatter()
+  loud = [formatter.format(r) for r in caplog.records
+          if r.levelno >= logging.WARNING]
+  assert not any('Traceback (most recent call last)' in t for t in loud), loud
+  assert 'Traceback (most recent call last)' not in capfd.readouterr().err
+  # Orbax's tracebacks are still there for whoever turns on DEBUG.
+  assert any(r.levelno == logging.DEBUG and r.exc_info and
+             'No space left' in formatter.format(r) for r in caplog.records)
   monkeypatch.undo()
   # max_to_keep=1 must not have deleted the last good checkpoint.
   assert ckpt.all_steps() == [1]
   _assert_same(ckpt.restore(_state())[1], _state(1))
   ckpt.close()
+
+
+def test_other_orbax_tracebacks_become_one_line(tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  Checkpointer(tmp_path).close()  # installs the filter
+  try:
+    raise OSError(errno.EIO, 'Input/output error')
+  except OSError:
+    exc_info = sys.exc_info()
+  # What orbax's storage backend logs (and swallows) if it cannot delete.
+  record = logging.LogRecord(
+      'absl', logging.ERROR, '/x/orbax/checkpoint/_src/path/storage_backend.py',
+      172, 'Failed to remove checkpoint (%s)', ('/ck/1',), exc_info,
+      func='delete_checkpoint')
+  logging.getLogger('absl').handle(record)
+  [kept] = caplog.records
+  assert kept.levelno == logging.ERROR and not kept.exc_info
+  assert kept.getMessage() == ('Failed to remove checkpoint (/ck/1) (OSError:'
+                               ' [Errno 5] Input/output error)')
 
 
 @pytest.mark.skipif(

@@ -11,29 +11,27 @@ Layout on disk (Orbax >= 0.11, default options)::
       2000.orbax-checkpoint-tmp/     a save that never finished (process killed)
       1500.resflax-corrupt/          a checkpoint this module set aside
 
-How completeness is decided. On a POSIX filesystem Orbax writes each step into
-`<step>.orbax-checkpoint-tmp` (older releases appended `-<timestamp>`; the
-item inside is likewise `default.orbax-checkpoint-tmp` until it is renamed)
-and renames it to `<step>` only after every array and metadata file is
-written, so a process killed mid-save leaves only the temporary directory,
-which Orbax never lists as a step (and which `cleanup_tmp_directories` deletes
-on the next start). On object stores Orbax instead marks completion with
-`commit_success.txt`; either way only steps that
-`CheckpointManager.all_steps()` lists are considered.
-
-Retention (`max_to_keep`) deletes old steps only after a newer one committed,
-but Orbax deletes in place: a kill during that deletion can leave an old,
-half-deleted step that still looks complete. It is the oldest one, so it only
-matters if every newer step is unreadable, and then the checksums catch it.
+How completeness is decided. On a POSIX filesystem Orbax renames the
+temporary directory to `<step>` only after every file is written, so a killed
+save leaves only the temporary one, which Orbax never lists as a step (and
+deletes on the next start); on object stores `commit_success.txt` marks
+completion. Retention deletes in place, so a kill during it can leave an old,
+half-deleted step that looks complete; the checksums catch it.
 
 How corruption is detected. Orbax/tensorstore detect truncated files and
 damaged OCDBT b-tree nodes (they carry CRC-32C), but array *values* have no
-checksum: a flipped bit in a data file restores silently. After a save has
-completed, this module therefore fsyncs every file of the step and records
-each file's size and CRC-32 in `resflax_checksums.json`; restore verifies them
-first. Steps without that file (e.g. the process died between Orbax's rename
-and the checksum write, or written by other tools) are still restored and rely
-on Orbax's own checks.
+checksum: a flipped bit in a data file restores silently. After each save this
+module therefore fsyncs every file of the step and records each file's size and
+CRC-32 in `resflax_checksums.json`; restore verifies them first. Steps without
+that file (the process died before writing it, or another tool wrote the step)
+rely on Orbax's own checks.
+
+Only proof of corruption sets a checkpoint aside and falls back to an older
+one: a checksum mismatch (`_Corrupt`) or an error that tensorstore or Orbax
+raise for undecodable data (`_is_corruption`). Anything else (permissions, out
+of memory, a target that does not match, an unknown error) says nothing about
+the data, and falling back would silently throw training away, so
+`restore_latest_good` stops with that error instead.
 
 Multi-process use: Orbax coordinates hosts itself, so *every* process must
 call `save`, `restore`, `restore_latest_good` and `close` with the same
@@ -45,7 +43,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
+import re
 import time
 import zlib
 from typing import Any, Sequence
@@ -62,15 +62,110 @@ PyTree = Any
 
 CHECKSUM_FILE = 'resflax_checksums.json'
 CORRUPT_SUFFIX = '.resflax-corrupt'
-# Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp` in 0.11.40
-# and 0.12, `<step>.orbax-checkpoint-tmp-<timestamp>` in older releases);
-# matched as a substring so both spellings are recognised.
+# Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp`, with
+# `-<timestamp>` appended before 0.11.40); a substring matches both.
 _ORBAX_TMP_MARKER = '.orbax-checkpoint-tmp'
 _CHECKSUM_VERSION = 1
 _MUTABLE_FILES = frozenset({'_CHECKPOINT_METADATA'})
 _READ_CHUNK = 1 << 22
+# Tensorstore reports failures as ValueError('<STATUS>: ...'), without the
+# status for some decoding failures. What it says for damaged files, as
+# observed (tests/test_checkpoint.py reproduces each): a failed CRC or
+# b-tree/manifest decoding, a file shorter than its index says, a compressed
+# node or chunk that does not decompress.
+_TS_STATUS = re.compile(r'([A-Z][A-Z_]{3,}): ')
+_TS_CORRUPTION_STATUSES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION')
+_TS_CORRUPTION = re.compile(
+    r'^DATA_LOSS: |^OUT_OF_RANGE: .*is not valid for value of size'
+    r'|ZSTD_decompressStream\(\) failed: (?:Data corruption detected'
+    r'|Unknown frame descriptor|Destination buffer is too small)'
+    r'|Truncated Zstd-compressed stream', re.DOTALL)
+_MAX_ERROR_CHARS = 600
+# Outcomes of one restore attempt, ordered so that processes agree on the max.
+_OK, _CORRUPT, _FAILED = 0, 1, 2
+_ORBAX_SOURCE = f'{os.sep}orbax{os.sep}'
+# Orbax functions that log an exception with its traceback and then hand it
+# on (raise it, or keep it for `check_for_errors`), so that it reaches our
+# caller as one CheckpointError line anyway.
+_ORBAX_RERAISING = frozenset({
+    ('future.py', 'run'), ('async_checkpointer.py', '_thread_func'),
+    ('checkpoint_manager.py', 'wait_until_finished'),
+    ('checkpoint.py', '_write_and_log'), ('checkpoint.py', '_update_and_log'),
+})
 
 
+class _Corrupt(CheckpointError):
+  """A step's files provably differ from what was saved."""
+
+
+def _error_chain(error: BaseException | None):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or (
+        None if error.__suppress_context__ else error.__context__)
+
+
+def _describe(error: BaseException) -> str:
+  """Returns '<Type>: <message>' on one line, for messages and logs."""
+  # Orbax wraps tensorstore read errors in a bare Exception whose text is a
+  # multi-line dump of the TensorStore spec; the cause says what went wrong.
+  while type(error) is Exception and error.__cause__ is not None:
+    error = error.__cause__
+  if isinstance(error, CheckpointError):
+    return str(error)
+  text = ' '.join(str(error).split(' [tensorstore_spec', 1)[0].split())
+  if len(text) > _MAX_ERROR_CHARS:
+    text = text[:_MAX_ERROR_CHARS - 3] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _is_corruption(error: BaseException) -> bool:
+  """True only if `error` (from restoring a step) proves its data damaged.
+
+  That is `_Corrupt`, metadata that is not valid JSON/UTF-8, or a tensorstore
+  error matching `_TS_CORRUPTION`, unless the chain also holds an OSError, a
+  MemoryError or another tensorstore status (PERMISSION_DENIED, ...). Anything
+  not known to mean damage is not proof.
+  """
+  chain = list(_error_chain(error))
+  if any(isinstance(e, _Corrupt) for e in chain):
+    return True
+  evidence = False
+  for e in chain:
+    if isinstance(e, (OSError, MemoryError)):
+      return False
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+      evidence = True
+    elif isinstance(e, ValueError):
+      status = _TS_STATUS.match(str(e))
+      if status and status.group(1) not in _TS_CORRUPTION_STATUSES:
+        return False
+      evidence = evidence or bool(_TS_CORRUPTION.search(str(e)))
+  return evidence
+
+
+def _orbax_traceback_filter(record: py_logging.LogRecord) -> bool:
+  """Logging filter (absl logger) keeping Orbax's tracebacks off the terminal.
+
+  A failed background save makes Orbax log the same exception with its
+  traceback from up to four threads. Those records (`_ORBAX_RERAISING`) go to
+  DEBUG; other Orbax records keep their level but carry only a one-line
+  summary of the exception. With DEBUG logging on, tracebacks are kept.
+  """
+  exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+  if (exc is None or record.levelno < py_logging.WARNING
+      or _ORBAX_SOURCE not in record.pathname):
+    return True
+  debug = py_logging.getLogger(record.name).isEnabledFor(py_logging.DEBUG)
+  if (os.path.basename(record.pathname), record.funcName) in _ORBAX_RERAISING:
+    record.levelno, record.levelname = py_logging.DEBUG, 'DEBUG'
+    return debug
+  if not debug:
+    record.msg, record.args = f'{record.getMessage()} ({_describe(exc)})', ()
+    record.exc_info = record.exc_text = None
+  return True
 
 
 def _is_local(directory: str) -> bool:
@@ -105,8 +200,7 @@ def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
       # file (timestamps, custom metadata) after commit; restore does not
       # depend on the latter.
       if name.startswith(('.' + CHECKSUM_FILE, CHECKSUM_FILE)) or (
-          rel in _MUTABLE_FILES
-      ):
+          rel in _MUTABLE_FILES):
         continue
       files[rel] = list(crc)
     if fsync:
@@ -115,44 +209,45 @@ def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
 
 
 def _verify_step_files(step_dir: str) -> bool:
-  """Checks `step_dir` against its checksum file.
-
-  Args:
-    step_dir: A complete step directory.
+  """Checks `step_dir` (a complete step) against its checksum file.
 
   Returns:
-    True if the checksum file exists and every file matches, False if there is
-    no checksum file (nothing to verify).
+    True if every listed file matches, False if there is no checksum file.
 
   Raises:
-    CheckpointError: If a listed file is missing, has another size or CRC, or
-      the checksum file itself is unreadable.
+    _Corrupt: If a listed file is missing or has another size or CRC, or the
+      checksum file is not valid JSON (`write_atomic` never exposes a partial
+      one, so that is damage too).
+    CheckpointError: If the checksum file has an unknown format.
+    OSError: If a file cannot be read (permissions, I/O errors), which proves
+      nothing about its contents.
   """
   manifest_path = os.path.join(step_dir, CHECKSUM_FILE)
-  if not os.path.exists(manifest_path):
+  try:
+    with open(manifest_path, 'rb') as f:
+      raw = f.read()
+  except FileNotFoundError:
     return False
   try:
-    with open(manifest_path, 'r', encoding='utf-8') as f:
-      manifest = json.load(f)
-    expected = manifest['files']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(
-        f'unreadable checksum file {manifest_path}: {type(e).__name__}: {e}'
-    ) from e
-  for rel, (size, crc) in sorted(expected.items()):
+    manifest = json.loads(raw)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise _Corrupt(f'damaged checksum file {manifest_path}: {e}') from e
+  files = manifest.get('files') if isinstance(manifest, dict) else None
+  if not (isinstance(files, dict)
+          and manifest.get('version') == _CHECKSUM_VERSION):
+    raise CheckpointError(f'unknown format of checksum file {manifest_path}')
+  for rel, (size, crc) in sorted(files.items()):
     full = os.path.join(step_dir, rel)
-    if not os.path.isfile(full):
-      raise CheckpointError(f'missing file {full}')
-    actual_size, actual_crc = _file_crc32(full, fsync=False)
+    try:
+      actual_size, actual_crc = _file_crc32(full, fsync=False)
+    except FileNotFoundError as e:
+      raise _Corrupt(f'missing file {full}') from e
     if actual_size != size:
-      raise CheckpointError(
-          f'file {full} has {actual_size} bytes, expected {size} (truncated?)'
-      )
+      raise _Corrupt(
+          f'file {full} has {actual_size} bytes, expected {size} (truncated?)')
     if actual_crc != crc:
-      raise CheckpointError(
-          f'file {full} fails its CRC-32 check (expected {crc:#010x}, got'
-          f' {actual_crc:#010x})'
-      )
+      raise _Corrupt(f'file {full} fails its CRC-32 check (expected'
+                     f' {crc:#010x}, got {actual_crc:#010x})')
   return True
 
 
@@ -168,22 +263,19 @@ def _restore_target(x: Any) -> Any:
     # single-process job the obvious intent (e.g. `jax.eval_shape(init)`) is a
     # device array; with several processes there is no safe default.
     if jax.process_count() == 1:
-      return jax.ShapeDtypeStruct(
-          x.shape,
-          x.dtype,
-          sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
-      )
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
   return x
 
 
-def _all_processes_agree(ok: bool) -> bool:
-  """Returns True iff `ok` is True on every process (collective)."""
+def _worst_outcome(outcome: int) -> int:
+  """Returns the largest `outcome` over all processes (collective)."""
   if jax.process_count() == 1:
-    return ok
+    return outcome
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  flags = multihost_utils.process_allgather(np.asarray(ok, dtype=np.int32))
-  return bool(np.all(flags))
+  outcomes = multihost_utils.process_allgather(np.asarray(outcome, np.int32))
+  return int(np.max(outcomes))
 
 
 def _sync_processes(name: str) -> None:
@@ -231,13 +323,8 @@ class Checkpointer:
     ckpt.close()                         # waits; raises if that save failed
   """
 
-  def __init__(
-      self,
-      directory: str | os.PathLike,
-      *,
-      max_to_keep: int | None = 3,
-      verify_checksums: bool = True,
-  ):
+  def __init__(self, directory: str | os.PathLike, *,
+               max_to_keep: int | None = 3):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -246,8 +333,6 @@ class Checkpointer:
         checksums and quarantine are skipped).
       max_to_keep: How many most recent complete checkpoints to keep; None
         keeps all. Older ones are deleted only after a newer save succeeded.
-      verify_checksums: Write CRC-32 checksums after each save and verify them
-        before each restore (local filesystems only).
 
     Raises:
       CheckpointError: If the directory cannot be created or opened.
@@ -257,27 +342,27 @@ class Checkpointer:
     if self._local:
       directory = os.path.abspath(directory)
     self._directory = directory
-    self._checksums = verify_checksums and self._local
     self._pending_step: int | None = None
     self._closed = False
     # Look before Orbax's start-up cleanup deletes them, so the log records
     # that a save was interrupted.
-    self._reported_incomplete = set(self._tmp_dirs())
-    if self._reported_incomplete:
+    unfinished = [
+        os.path.join(directory, name) for name in sorted(os.listdir(directory))
+        if _ORBAX_TMP_MARKER in name
+    ] if self._local and os.path.isdir(directory) else []
+    if unfinished:
       logging.warning(
           'Found %d unfinished checkpoint save(s) (process stopped while'
           ' saving); they are not restorable and will be removed: %s',
-          len(self._reported_incomplete),
-          ', '.join(sorted(self._reported_incomplete)),
-      )
+          len(unfinished), ', '.join(unfinished))
+    if _orbax_traceback_filter not in py_logging.getLogger('absl').filters:
+      py_logging.getLogger('absl').addFilter(_orbax_traceback_filter)
     try:
       self._manager = ocp.CheckpointManager(
-          directory, options=_manager_options(max_to_keep)
-      )
+          directory, options=_manager_options(max_to_keep))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot open checkpoint directory {directory}: {type(e).__name__}:'
-          f' {e}'
+          f'cannot open checkpoint directory {directory}: {_describe(e)}'
       ) from e
 
   @property
@@ -294,40 +379,8 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
-    """Returns the newest complete checkpoint's step, or None if there is none.
-
-    "Complete" means Orbax finished writing it; whether it is also readable is
-    only known after restoring (see `restore_latest_good`).
-    """
+    """Returns the newest complete (not necessarily intact) step, or None."""
     return self._manager.latest_step()
-
-  def _tmp_dirs(self) -> list[str]:
-    if not self._local or not os.path.isdir(self._directory):
-      return []
-    return [
-        os.path.join(self._directory, name)
-        for name in sorted(os.listdir(self._directory))
-        if _ORBAX_TMP_MARKER in name
-    ]
-
-  def incomplete_paths(self) -> list[str]:
-    """Returns directories left by interrupted saves (never restorable).
-
-    Only meaningful on local filesystems; returns [] elsewhere.
-    """
-    if not self._local or not os.path.isdir(self._directory):
-      return []
-    complete = {str(s) for s in self._manager.all_steps()}
-    found = []
-    for name in sorted(os.listdir(self._directory)):
-      full = os.path.join(self._directory, name)
-      if not os.path.isdir(full):
-        continue
-      if _ORBAX_TMP_MARKER in name or (name.isdigit() and name not in complete):
-        # Digit-only directories that Orbax does not list lack their commit
-        # marker (commit-file atomicity mode), i.e. they are unfinished too.
-        found.append(full)
-    return found
 
   # -- saving -----------------------------------------------------------------
 
@@ -343,11 +396,9 @@ class Checkpointer:
       step: Training step (the checkpoint's name). A step that already has a
         complete checkpoint is not overwritten.
       state: Pytree of jax/numpy arrays and Python scalars (e.g. a flax
-        TrainState). Store PRNG keys as `jax.random.key_data(key)` (uint32);
-        typed key arrays also work with Orbax 0.12 but not necessarily with
-        other versions. With several processes every jax.Array must be a
-        global array (e.g. the output of a jitted function with NamedSharding
-        out_shardings); Orbax rejects host-local single-device arrays there.
+        TrainState). Store PRNG keys as `jax.random.key_data(key)`. With
+        several processes every jax.Array must be a global array (e.g. the
+        output of a jitted function with NamedSharding out_shardings).
       wait: If True, return only once the checkpoint is complete, fsynced and
         checksummed.
 
@@ -356,28 +407,23 @@ class Checkpointer:
       had a complete checkpoint (e.g. saving again right after resuming).
 
     Raises:
-      CheckpointError: If this save (or a previous background save) failed.
-        Older checkpoints are left intact.
+      CheckpointError: If this save (or a previous background save) failed
+        (one line; Orbax's tracebacks go to the DEBUG log). Older checkpoints
+        are left intact.
     """
     self._check_open()
     self.wait_until_finished()
-    if step in self._manager.all_steps():
-      logging.info(
-          'Checkpoint for step %d already exists at %s; not saving again.',
-          step,
-          self.step_path(step),
-      )
-      return False
     path = self.step_path(step)
+    if step in self._manager.all_steps():
+      logging.info('Checkpoint %s already exists; not saving again.', path)
+      return False
     try:
       saved = self._manager.save(
-          step, args=ocp.args.StandardSave(state), force=True
-      )
+          step, args=ocp.args.StandardSave(state), force=True)
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}:'
-          f' {type(e).__name__}: {e}'
+          f'failed to save checkpoint step {step} to {path}: {_describe(e)}'
       ) from e
     if not saved:
       # force=True should make this unreachable; never report success falsely.
@@ -392,7 +438,7 @@ class Checkpointer:
     """Blocks until a background save is complete, fsynced and checksummed.
 
     Raises:
-      CheckpointError: If the background save failed.
+      CheckpointError: If the background save failed (one line, as `save`).
     """
     if self._pending_step is None:
       return
@@ -400,42 +446,33 @@ class Checkpointer:
     path = self.step_path(step)
     try:
       self._manager.wait_until_finished()
-      if hasattr(self._manager, 'check_for_errors'):
-        self._manager.check_for_errors()
+      self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}:'
-          f' {type(e).__name__}: {e}'
+          f'failed to save checkpoint step {step} to {path}: {_describe(e)}'
       ) from e
     if self._local:
       if not os.path.isdir(path):
         self._after_failed_save()
         raise CheckpointError(
-            f'checkpoint step {step} was not written: {path} does not exist'
-        )
+            f'checkpoint step {step} was not written: {path} does not exist')
       if jax.process_index() == 0:
         try:
           self._seal(step, path)
         except OSError as e:
           raise CheckpointError(
               f'checkpoint step {step} at {path} was written but could not be'
-              f' fsynced/checksummed: {type(e).__name__}: {e}'
-          ) from e
+              f' fsynced/checksummed: {_describe(e)}') from e
     _sync_processes(f'resflax_checkpoint_sealed_{step}')
 
   def _seal(self, step: int, path: str) -> None:
     """Fsyncs the step's files and records their checksums."""
     files = _scan_step_files(path, fsync=True)
-    if self._checksums:
-      results.write_atomic(
-          os.path.join(path, CHECKSUM_FILE),
-          json.dumps(
-              {'version': _CHECKSUM_VERSION, 'step': step, 'files': files},
-              sort_keys=True,
-              indent=1,
-          ),
-      )
+    if self._local:
+      manifest = {'version': _CHECKSUM_VERSION, 'step': step, 'files': files}
+      results.write_atomic(os.path.join(path, CHECKSUM_FILE),
+                           json.dumps(manifest, sort_keys=True, indent=1))
     results.fsync_dir(self._directory)
 
   def _after_failed_save(self) -> None:
@@ -443,8 +480,9 @@ class Checkpointer:
     # before writing; re-read the directory so that list matches the disk.
     try:
       self._manager.reload()
-    except Exception:  # pylint: disable=broad-except
-      logging.exception('Reloading checkpoint list of %s failed', self._directory)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Reloading checkpoint list of %s failed: %s',
+                      self._directory, _describe(e))
 
   # -- restoring --------------------------------------------------------------
 
@@ -474,94 +512,88 @@ class Checkpointer:
         raise CheckpointError(f'no complete checkpoint in {self._directory}')
     try:
       return step, self._restore_step(step, target)
-    except CheckpointError:
-      raise
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot restore checkpoint {self.step_path(step)}:'
-          f' {type(e).__name__}: {e}'
+          f'cannot restore checkpoint {self.step_path(step)}: {_describe(e)}'
       ) from e
 
   def _restore_step(self, step: int, target: PyTree) -> PyTree:
     path = self.step_path(step)
-    if self._checksums:
+    if self._local:
       _verify_step_files(path)
     abstract = jax.tree.map(_restore_target, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def restore_latest_good(
-      self, target: PyTree, *, quarantine: bool = True
-  ) -> tuple[int, PyTree] | None:
-    """Restores the newest checkpoint that is intact, falling back if needed.
+  def restore_latest_good(self, target: PyTree) -> tuple[int, PyTree] | None:
+    """Restores the newest checkpoint that is not corrupt, falling back if so.
 
-    Tries complete checkpoints from newest to oldest. A checkpoint that fails
-    (checksum mismatch, truncated or missing files, unreadable metadata) is
-    logged as a WARNING naming its path and the error, and the next older one
-    is tried. Unfinished saves are never candidates.
+    Tries complete checkpoints from newest to oldest. One proven corrupt
+    (checksum mismatch, truncated or undecodable files or metadata) is logged
+    as a WARNING naming its path and the error, and the next older one is
+    tried; once one restores, the newer corrupt ones are renamed to
+    `<step>.resflax-corrupt` (kept for inspection, invisible to Orbax) so that
+    saving those steps again and `latest_step()` are not blocked or misled.
+    Any other error stops at once (see module docs). Unfinished saves are never
+    candidates.
 
     Args:
       target: As for `restore`.
-      quarantine: If an older checkpoint restores, rename the newer broken ones
-        to `<step>.resflax-corrupt` (kept for inspection, invisible to Orbax)
-        so that later saves at those steps and `latest_step()` are not blocked
-        or misled by them.
 
     Returns:
       `(step, state)`, or None if the directory holds no complete checkpoint
       (a fresh run).
 
     Raises:
-      CheckpointError: If complete checkpoints exist but none restores; the
-        message names each one and its error. Nothing is renamed then.
+      CheckpointError: If a checkpoint fails (on any process) for a reason
+        other than proven corruption, or all checkpoints are corrupt. Nothing
+        is renamed then.
     """
     self._check_open()
     self.wait_until_finished()
-    incomplete = [
-        p for p in self.incomplete_paths() if p not in self._reported_incomplete
-    ]
-    if incomplete:
-      logging.warning(
-          'Ignoring %d unfinished checkpoint save(s) (process stopped while'
-          ' saving): %s',
-          len(incomplete),
-          ', '.join(incomplete),
-      )
-    failures: list[tuple[int, str, str]] = []
+    corrupt: list[tuple[int, str]] = []
     for step in sorted(self._manager.all_steps(), reverse=True):
-      path = self.step_path(step)
-      error = None
-      restored = None
-      try:
-        restored = self._restore_step(step, target)
-      except Exception as e:  # pylint: disable=broad-except
-        error = f'{type(e).__name__}: {e}'
-      if not _all_processes_agree(error is None):
-        error = error or 'restore failed on another process'
-        logging.warning(
-            'Checkpoint %s cannot be restored (%s); trying an older one.',
-            path,
-            error,
-        )
-        failures.append((step, path, error))
+      ok, result = self._restore_unless_corrupt(step, target)
+      if not ok:
+        path = self.step_path(step)
+        logging.warning('Checkpoint %s is corrupt (%s); trying an older one.',
+                        path, result)
+        corrupt.append((step, f'{path}: {result}'))
         continue
-      if failures:
-        logging.warning(
-            'Restored checkpoint %s after skipping %d newer unreadable'
-            ' one(s): %s',
-            path,
-            len(failures),
-            ', '.join(p for _, p, _ in failures),
-        )
-        if quarantine:
-          self._quarantine([s for s, _, _ in failures])
-      return step, restored
-    if failures:
-      details = '; '.join(f'{p}: {err}' for _, p, err in failures)
+      if corrupt:
+        logging.warning('Restored checkpoint %s after skipping %d newer'
+                        ' corrupt one(s).', self.step_path(step), len(corrupt))
+        self._quarantine([s for s, _ in corrupt])
+      return step, result
+    if corrupt:
       raise CheckpointError(
-          f'{len(failures)} checkpoint(s) in {self._directory} exist but none'
-          f' can be restored (refusing to start over): {details}'
-      )
+          f'{len(corrupt)} checkpoint(s) in {self._directory} exist but none'
+          ' can be restored (refusing to start over): '
+          + '; '.join(why for _, why in corrupt))
     return None
+
+  def _restore_unless_corrupt(self, step: int, target: PyTree
+                              ) -> tuple[bool, Any]:
+    """Returns `(True, state)`, or `(False, why)` if `step` is corrupt.
+
+    Collective: processes agree, so any that failed otherwise makes all raise
+    `CheckpointError`.
+    """
+    error = restored = None
+    try:
+      restored, outcome = self._restore_step(step, target), _OK
+    except Exception as e:  # pylint: disable=broad-except
+      error, outcome = e, (_CORRUPT if _is_corruption(e) else _FAILED)
+    worst = _worst_outcome(outcome)
+    if worst == _FAILED:
+      why = (_describe(error) if outcome == _FAILED
+             else 'another process could not read it (see its log)')
+      raise CheckpointError(
+          f'cannot restore checkpoint {self.step_path(step)}: {why} (not'
+          ' proof of corruption: no older checkpoint tried, nothing renamed)'
+      ) from error
+    if worst == _CORRUPT:
+      return False, _describe(error) if error else 'corrupt on another process'
+    return True, restored
 
   def _quarantine(self, steps: Sequence[int]) -> None:
     if not self._local:
@@ -575,9 +607,9 @@ class Checkpointer:
           dst = f'{src}{CORRUPT_SUFFIX}-{stamp}'
         try:
           os.rename(src, dst)
-          logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
+          logging.warning('Moved corrupt checkpoint %s to %s', src, dst)
         except OSError as e:
-          logging.warning('Could not move unreadable checkpoint %s: %s', src, e)
+          logging.warning('Could not move corrupt checkpoint %s: %s', src, e)
       results.fsync_dir(self._directory)
     _sync_processes('resflax_checkpoint_quarantine')
     self._manager.reload()
