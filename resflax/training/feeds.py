@@ -78,6 +78,8 @@ class InMemoryFeed:
     self.num_classes = first.num_classes
     self.image_shape = first.image_shape
     self.eval_split = first.eval_split
+    self.summary = first.summary() + (
+        " (one copy per run)" if self.per_run else "")
     self._eval_batch_size = eval_batch_size
     self._placed: Dict[str, Any] = {}
     self._eval_fn = None
@@ -147,6 +149,9 @@ class StreamedFeed:
     self.num_classes = info.num_classes
     self.num_train = 0
     self.eval_split = info.eval_split
+    self.summary = (f"{info.name} streamed from tensorflow-datasets, "
+                    f"{info.num_classes} classes, images "
+                    f"{'x'.join(map(str, self.image_shape))}")
     rep = NamedSharding(mesh, P())
     self.mean = jax.device_put(data_lib.IMAGENET_MEAN, rep)
     self.std = jax.device_put(data_lib.IMAGENET_STD, rep)

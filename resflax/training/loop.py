@@ -32,15 +32,18 @@ import numpy as np
 
 from resflax import data as data_lib
 from resflax import fileio
+from resflax import logs
 from resflax import models
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint as checkpoint_lib
 from resflax.training import feeds, runs
+from resflax.training import step as step_lib
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
 from resflax.training.state import (RunSpec, build_run, init_state,
-                                    learning_rate, make_mesh, make_optimizer)
+                                    learning_rate, make_mesh, make_optimizer,
+                                    schedule_scale)
 from resflax.training.validate import validate_config
 
 PyTree = Any
@@ -95,7 +98,6 @@ def _make_feed(config, configs, mesh):
     raise ConfigError(
         f"config.train.batch_size={config.train.batch_size} exceeds the "
         f"{datasets[0].num_train} training images")
-  logging.info("data: %s", datasets[0].summary())
   return feeds.InMemoryFeed(datasets, mesh, config.train.eval_batch_size)
 
 
@@ -164,10 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     resflax.errors.CheckpointError: checkpoints that cannot be written or
       restored.
   """
-  logging.info("process %d of %d; %d local / %d global devices (%s)",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logs.setup_logging()
   validate_config(config)
   workdir_lib.check_config(config, workdir)
   is_main = jax.process_index() == 0
@@ -189,6 +188,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
       return _Trainer(group, spec, feed, stop, changed).run()
+
+
+def _log_start(group: Runs, spec: RunSpec, feed, state, step: int) -> None:
+  """The run's start block: devices, data, model, schedule, workdir."""
+  t, m = group.config.train, spec.model.config
+  devices = jax.devices()
+  params = group.one(state["variables"], 0)["params"]
+  lines = [
+      f"resflax run in {group.workdir}" + (
+          f" ({group.count} runs in one program)" if group.stacked else ""),
+      f"devices: {len(devices)} x {devices[0].device_kind} "
+      f"({jax.process_count()} process(es))",
+      f"data: {feed.summary}",
+      f"model: {m.name} depth {m.depth} ({m.block}, {m.shortcut}, {m.unit}),"
+      f" {models.num_params(params):,} parameters",
+      f"schedule: {t.steps} steps of {t.batch_size}, lr {t.learning_rate} "
+      f"decays x{t.lr_decay} at {_boundaries(t)}" + (
+          f" (scaled to {t.steps} of {t.schedule_steps} steps)"
+          if t.scale_schedule else ""),
+      "starting" if step == 0 else f"resuming at step {step}",
+  ]
+  logging.info("\n  ".join(lines))
+  logging.info("parameters per module:\n%s", metrics_lib.model_summary(params))
+
+
+def _boundaries(train_cfg) -> tuple:
+  scale = schedule_scale(train_cfg)
+  return tuple(int(round(b * scale)) for b in train_cfg.lr_boundaries)
 
 
 def _write_configs(group: Runs, changed: bool) -> None:
@@ -234,6 +261,7 @@ class _Trainer:
                      g.workdir, t.steps)
         return fileio.read_json(os.path.join(g.workdir,
                                              workdir_lib.RESULTS_FILE))
+    _log_start(g, self.spec, self.feed, state, step)
     self.clock = self.logs[0].rewind(step)
     for log in self.logs[1:]:
       log.rewind(step)
@@ -264,14 +292,20 @@ class _Trainer:
         t.steps, every_steps=t.log_every or None,
         every_secs=None if t.log_every else 60.0, start_step=step)
     self.last = g.per_run(state["metrics"])
+    if step < t.steps:
+      logging.info("compiling the training step...")
+    compile_start = time.perf_counter()
     while step < t.steps:
       state = step_fn(state, *self.feed.step_args())
       step += 1
       if self.clock["segment_start"] is None:
         # Throughput excludes the first step of a segment (compilation).
         jax.block_until_ready(state["step"])
-        self.clock.update(segment_start=time.perf_counter(),
-                          segment_from=step)
+        now = time.perf_counter()
+        logging.info("compiled and ran the first step in %.1f s",
+                     now - compile_start)
+        self.clock.update(segment_start=now, segment_from=step)
+        self.progress.reset_timer(step)
       if self.stop.should_stop(step):
         self._save(state, step, wait=True)
         logging.warning("received signal %s: saved step %d to %s and "
@@ -318,11 +352,11 @@ class _Trainer:
     self.last = m
     warm = g.per_run(state["warm"])
     ok = [k for k in range(g.count) if k not in self.failed]
+    rates = [float(learning_rate(step - 1, bool(warm[k]),
+                                 g.configs[k].train)) for k in range(g.count)]
     for k in ok:
       scalars = {"train_loss": float(losses[k]),
-                 "train_error": float(errors[k]),
-                 "learning_rate": float(learning_rate(
-                     step - 1, bool(warm[k]), g.configs[k].train))}
+                 "train_error": float(errors[k]), "learning_rate": rates[k]}
       self.writers[k].write_scalars(step, scalars)
       self.logs[k].append(step, "train", **scalars)
     if to_terminal:
@@ -330,6 +364,7 @@ class _Trainer:
       self.progress.report(step, t.batch_size * g.count, {
           "train_loss": float(np.mean(losses[ok])),
           "train_error": float(np.mean(errors[ok])),
+          "learning_rate": rates[ok[0]],
           **({"failed_runs": len(self.failed)} if g.stacked else {})})
 
   def _evaluate(self, state, step) -> None:
@@ -377,12 +412,12 @@ class _Trainer:
     value = g.per_run(state["nonfinite_value"])
     for k in np.flatnonzero(bad >= 0):
       if k not in self.failed:
+        what = self._first_nonfinite(state, int(k), int(bad[k]))
         self.failed[int(k)] = (
-            f"non-finite {'loss' if not np.isfinite(value[k]) else 'parameters'}"
-            f" at step {bad[k] + 1} (loss = {float(value[k]):.4g}); "
-            f"{g.workdir} keeps the last good checkpoint. Lower "
-            "config.train.learning_rate, add warm-up, or set "
-            "config.train.on_nonfinite='skip'.")
+            f"non-finite {what} at step {bad[k] + 1} (loss = "
+            f"{float(value[k]):.4g}); {g.workdir} keeps the last good "
+            "checkpoint. Lower config.train.learning_rate, add warm-up, or "
+            "set config.train.on_nonfinite='skip'.")
         if g.stacked:
           logging.warning("run %d (seed %d): %s", k, g.configs[k].seed,
                           self.failed[k])
@@ -393,6 +428,34 @@ class _Trainer:
       raise TrainingError(self.failed[0] if not g.stacked else
                           f"all {g.count} parallel runs in {g.workdir} "
                           f"diverged; first: {self.failed[0]}")
+
+  def _first_nonfinite(self, state, k: int, bad_step: int) -> str:
+    """Names what went non-finite first in run k's step ``bad_step``.
+
+    The state is frozen at its last good values, so replaying the step
+    (dataset feeds only: a streamed batch is gone) shows whether the loss,
+    a gradient or an updated parameter was the first non-finite quantity.
+    """
+    if not isinstance(self.feed, feeds.InMemoryFeed):
+      return "loss or parameters"
+    c = self.group.configs[k]
+    spec = dataclasses.replace(self.spec, config=c,
+                               optimizer=make_optimizer(c.train))
+    one = {**self.group.one(state, k),
+           "step": jnp.asarray(bad_step, jnp.int32)}
+    data = self.feed.step_args()
+    if self.feed.per_run:
+      data = tuple(a[k] for a in data)
+    report = feeds.fetch(jax.jit(functools.partial(
+        step_lib.finiteness, spec))(one, *data))
+    if not report["loss"]:
+      return "loss"
+    for kind in ("gradients", "parameters"):
+      leaves = jax.tree_util.tree_flatten_with_path(report[kind])[0]
+      bad = [jax.tree_util.keystr(path) for path, ok in leaves if not ok]
+      if bad:
+        return f"{kind} (in {len(bad)} of {len(leaves)} arrays, e.g. {bad[0]})"
+    return "loss or parameters"
 
   # ------------------------------------------------------------------
   # Results

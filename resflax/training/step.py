@@ -14,7 +14,7 @@ No step syncs with the host: the loss and the non-finite guard are
 accumulated in the state and read only at the reporting interval.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,23 @@ def _select(pred, a, b):
   return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def dataset_batch(spec: RunSpec, state: PyTree, images: jax.Array,
+                  labels: jax.Array, mean: jax.Array,
+                  std: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """The normalised, augmented batch that the state's rng and step select."""
+  cfg = spec.config
+  run_key = jax.random.wrap_key_data(state["rng"])
+  idx = data_lib.sample_batch_indices(jax.random.fold_in(run_key, 0),
+                                      state["step"], spec.num_train,
+                                      cfg.train.batch_size)
+  idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
+  x = data_lib.normalize(images[idx], mean, std,
+                         dtype=jnp.dtype(cfg.model.dtype))
+  if cfg.data.augment:
+    x = data_lib.augment(_step_keys(state)[0], x)
+  return x, labels[idx]
+
+
 def step_on_dataset(spec: RunSpec, state: PyTree, images: jax.Array,
                     labels: jax.Array, mean: jax.Array,
                     std: jax.Array) -> PyTree:
@@ -56,17 +73,8 @@ def step_on_dataset(spec: RunSpec, state: PyTree, images: jax.Array,
   Returns:
     The new state.
   """
-  cfg = spec.config
-  run_key = jax.random.wrap_key_data(state["rng"])
-  idx = data_lib.sample_batch_indices(jax.random.fold_in(run_key, 0),
-                                      state["step"], spec.num_train,
-                                      cfg.train.batch_size)
-  idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
-  x = data_lib.normalize(images[idx], mean, std,
-                         dtype=jnp.dtype(cfg.model.dtype))
-  if cfg.data.augment:
-    x = data_lib.augment(_step_keys(state)[0], x)
-  return sgd_update(spec, state, x, labels[idx])
+  x, y = dataset_batch(spec, state, images, labels, mean, std)
+  return sgd_update(spec, state, x, y)
 
 
 def step_on_batch(spec: RunSpec, state: PyTree, images: jax.Array,
@@ -78,19 +86,16 @@ def step_on_batch(spec: RunSpec, state: PyTree, images: jax.Array,
   return sgd_update(spec, state, x, labels)
 
 
-def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
-               y: jax.Array) -> PyTree:
-  """The update on a normalised batch: loss, gradient, SGD, non-finite guard."""
-  t = spec.config.train
+def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
+  """Loss, logits, updated BN statistics and parameter gradients."""
   model = spec.model
-  step = state["step"]
   _, drop_key, path_key = _step_keys(state)
   residual_grad = None
-  if t.gradient_modules:
+  if spec.config.train.gradient_modules:
     # Veit et al. sec. 5: gradients through the residual branches of only k
     # random modules per mini-batch; the forward pass is unchanged.
-    residual_grad = masks.random_module_mask(path_key, t.gradient_modules,
-                                             model.num_modules)
+    residual_grad = masks.random_module_mask(
+        path_key, spec.config.train.gradient_modules, model.num_modules)
   variables = state["variables"]
 
   def loss_fn(params):
@@ -101,11 +106,25 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
 
   (loss, (logits, new_vars)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(variables["params"])
+  return loss, logits, new_vars, grads
+
+
+def _descend(spec: RunSpec, state: PyTree, grads):
+  """SGD with momentum and weight decay: new parameters and optimiser state."""
+  params = state["variables"]["params"]
   direction, opt_state = spec.optimizer.update(grads, state["opt_state"],
-                                               variables["params"])
-  lr = learning_rate(step, state["warm"], t)
-  params = jax.tree.map(lambda p, d: p - lr * d, variables["params"],
-                        direction)
+                                               params)
+  lr = learning_rate(state["step"], state["warm"], spec.config.train)
+  return jax.tree.map(lambda p, d: p - lr * d, params, direction), opt_state
+
+
+def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
+               y: jax.Array) -> PyTree:
+  """The update on a normalised batch: loss, gradient, SGD, non-finite guard."""
+  t = spec.config.train
+  step, variables = state["step"], state["variables"]
+  loss, logits, new_vars, grads = _gradients(spec, state, x, y)
+  params, opt_state = _descend(spec, state, grads)
   errors = jnp.sum(jnp.argmax(logits, -1) != y).astype(jnp.int32)
 
   finite = jnp.isfinite(loss) & _tree_all_finite(params)
@@ -128,6 +147,27 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
                   "errors": state["metrics"]["errors"] + errors,
                   "seen": state["metrics"]["seen"] + y.shape[0]},
   }
+
+
+def finiteness(spec: RunSpec, state: PyTree, images: jax.Array,
+               labels: jax.Array, mean: jax.Array,
+               std: jax.Array) -> Dict[str, PyTree]:
+  """Replays a dataset step and says what in it is finite.
+
+  ``state`` is a frozen state whose ``step`` is set back to the step that
+  went non-finite; the replay is exact because the batch, augmentation and
+  dropout are functions of the rng and step.
+
+  Returns:
+    ``{'loss': bool, 'gradients': tree of bool, 'parameters': tree of
+    bool}``, one bool per leaf.
+  """
+  x, y = dataset_batch(spec, state, images, labels, mean, std)
+  loss, _, _, grads = _gradients(spec, state, x, y)
+  params, _ = _descend(spec, state, grads)
+  leaf_finite = lambda t: jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), t)
+  return {"loss": jnp.isfinite(loss), "gradients": leaf_finite(grads),
+          "parameters": leaf_finite(params)}
 
 
 def evaluate_split(spec: RunSpec, variables: PyTree, images: jax.Array,
