@@ -5,13 +5,18 @@ Flags:
     passes ``arg`` (e.g. ``:110``, ``:smoke``). The config is locked: a
     mistyped ``--config.key=value`` is an error naming the key.
   --workdir: run directory (checkpoints, TensorBoard events, results).
+
+A mistake in the flags, the config file or the config is one line on
+stderr with exit status 2 (1 for errors found while running); set
+``RESFLAX_TRACEBACK=1`` to see the full traceback instead.
 """
 
+import os
+import re
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -36,15 +41,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.setup_logging()
-  config = _CONFIG.value
-  if config.distributed or _COORDINATOR.value:
+  try:
+    config = _CONFIG.value
+    distributed = config.distributed  # an unreadable file raises only here
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(flag_error_line(e, sys.argv))
+  if distributed or _COORDINATOR.value:
     # Must precede any other use of JAX in the process.
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  logging.info("JAX process %d/%d, %d local devices, %d devices in all",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
   from resflax import runner  # pylint: disable=g-import-not-at-top
   try:
     result = runner.run(config, _WORKDIR.value)
@@ -52,7 +58,6 @@ def main(argv):
     # Errors of ours carry a message a user can act on; print it alone.
     from resflax import errors  # pylint: disable=g-import-not-at-top
     if errors.is_user_error(e):
-      logging.error("%s", e)
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
     raise
@@ -61,5 +66,50 @@ def main(argv):
     sys.exit(143)
 
 
+def _innermost(e: BaseException) -> BaseException:
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  return e
+
+
+def flag_error_line(e: BaseException, argv) -> str:
+  """One line saying which flag, key or file is wrong and what is allowed."""
+  inner = _innermost(e)
+  if isinstance(inner, KeyError):  # a key the locked config does not have
+    key = str(inner.args[0]).strip("'\"")
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    flag = next((g for g in given if g.rsplit(".", 1)[-1] == key), key)
+    hint = re.search(r"Did you mean \"([^\"]+)\"", str(e))
+    return (f"{flag}: no such config key" +
+            (f"; did you mean {flag.rsplit('.', 1)[0]}.{hint.group(1)}?"
+             if hint else ""))
+  if isinstance(e, OSError) and "Failed loading config file" in str(e):
+    given = next((a.split("=", 1)[-1] for a in argv
+                  if a.startswith("--config=")), "")
+    path = given or next((argv[i + 1] for i, a in enumerate(argv[:-1])
+                          if a == "--config"), "?")
+    return f"--config: cannot read the experiment file {path}"
+  text = str(inner) if inner is not e else str(e)
+  if inner is not e and isinstance(e, flags.Error):
+    flag = re.match(r"flag (--[^=:]+)", str(e))
+    if flag and flag.group(1) not in text:
+      text = f"{flag.group(1)}: {text}"
+  return " ".join(text.split())
+
+
+def _fail(line: str):
+  if os.environ.get("RESFLAX_TRACEBACK"):
+    raise  # pylint: disable=misplaced-bare-raise
+  print(f"error: {line}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(flag_error_line(e, argv))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

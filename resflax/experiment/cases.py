@@ -277,10 +277,14 @@ def experiment(path: str, base: ml_collections.ConfigDict,
     elif token in groups:
       members = list(groups[token])
     else:
-      raise ValueError(
-          f"{source}: unknown argument {token!r}; use a case "
-          f"({', '.join(cases)}), a group ({', '.join(list(groups) + [ALL])})"
-          f" and/or '{SMOKE}', comma-separated")
+      valid = list(cases) + list(groups) + [ALL, SMOKE]
+      close = difflib.get_close_matches(token, valid, n=3)
+      raise ConfigError(
+          f"{source}: unknown case {token!r}"
+          + (f" (did you mean {', '.join(close)}?)" if close else "")
+          + f"; use a case ({', '.join(cases)}), a group "
+          f"({', '.join(list(groups) + [ALL])}) and/or '{SMOKE}', "
+          "comma-separated")
     selected += [m for m in members if m not in selected]
   selected = selected or table
 

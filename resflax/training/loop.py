@@ -171,11 +171,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir_lib.check_config(config, workdir)
   is_main = jax.process_index() == 0
   group = Runs(config, runs.run_configs(config), workdir, is_main)
+  if is_main:
+    workdir_lib.make_dir(workdir)
   with StopSignal() as stop:
     mesh = make_mesh()
     feed = _make_feed(config, group.configs, mesh)
-    if is_main:
-      workdir_lib.make_dir(workdir)
     lock = workdir_lib.WorkdirLock(workdir) if is_main else None
     with lock or contextlib.nullcontext():
       changed = workdir_lib.check_config(config, workdir)
