@@ -3,7 +3,8 @@
 The table: ResNet-20/32/44/56/110/1202 and the plain nets 20/32/44/56 of
 Fig. 6, 5 seeds each (results, with the paper's numbers, in DIR/results.md):
   python -m resflax.main --config experiments/cifar_resnet.py --workdir runs/table6
-Cases or groups of it (comma-separated; groups: table6, plain):
+Cases or groups of it (comma-separated; groups: table6, plain, fig6,
+effective_paths, all):
   python -m resflax.main --config experiments/cifar_resnet.py:resnet-110 --workdir runs/table6
   python -m resflax.main --config experiments/cifar_resnet.py:plain --workdir runs/table6
 The whole table shrunk to seconds per case on a CPU (synthetic data):
@@ -16,22 +17,40 @@ One network, one seed (no sweep; results in DIR/results.json):
 A tiny single run that finishes in seconds on a CPU:
   python -m resflax.main --config experiments/cifar_resnet.py:smoke --workdir /tmp/smoke
 
-Recipe (both He et al. papers): SGD momentum 0.9, weight decay 1e-4, batch
-128 (BN statistics over 64 images, as on the papers' 2 GPUs), lr 0.1 divided
-by 10 at 32k and 48k iterations, 64k iterations, pad-4/crop/flip
-augmentation, per-pixel mean subtraction. ResNet-110 (and deeper) warms up
-at lr 0.01 for 400 iterations. Table 6 reports ResNet-110 as the best of 5
-runs (mean 6.61 +- 0.16), the other rows as single numbers.
+Training curves (He et al. Fig. 6: plain nets left, ResNets right; thin
+lines train error, bold lines test error) are drawn into DIR/fig6.png when
+the sweep runs both groups (``fig6``), and every run writes its own
+DIR/<case>/seed<s>/curves.png.
+
+Veit et al. 2016 sec. 5, training on the effective paths only: ResNet-110
+with gradients through 23 of its 54 modules' branches per mini-batch,
+beside the normally trained net (group ``effective_paths``).
+
+Recipe (He et al. 2016 CVPR): SGD momentum 0.9, weight decay 1e-4, batch
+128 (BN statistics over 64 images, as on the paper's 2 GPUs), lr 0.1
+divided by 10 at 32k and 48k iterations, 64k iterations, pad-4/crop/flip
+augmentation, per-pixel mean subtraction. ResNet-110 and ResNet-1202 warm
+up at lr 0.01 until the training error is below 80% (about 400 iterations
+in the paper), then train at 0.1. Table 6 reports ResNet-110 as the best of
+5 runs (mean 6.61 +- 0.16), the other rows as single numbers.
 """
 
 import re
 
-from resflax.experiment import cases
 from resflax.config import base_config
-from resflax.experiment.cases import Case, paper_ref
+from resflax.experiment import cases, paper
+from resflax.experiment.cases import Case, Figure, paper_ref
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 PLAIN_DEPTHS = (20, 32, 44, 56)  # Fig. 6 left; plain-110 (>60%) is not plotted
+
+
+# He et al. 2016 (CVPR) sec. 4.2: "we use 0.01 to warm up the training
+# until the training error is below 80% (about 400 iterations), and then go
+# back to 0.1" for the 110- and 1202-layer nets.
+WARMUP = {"train.warmup_until_error": 0.8, "train.warmup_steps": 0}
+EFFECTIVE_MODULES = int(paper.lookup("veit",
+                                     "effective_training_sampled_modules"))
 
 
 def _net(depth, plain=False):
@@ -39,7 +58,7 @@ def _net(depth, plain=False):
   if plain:
     overrides["model.shortcut"] = "none"
   if depth >= 110:
-    overrides["train.warmup_steps"] = 400
+    overrides.update(WARMUP)
   return overrides
 
 
@@ -51,9 +70,22 @@ CASES = {
     **{f"plain-{d}": Case(_net(d, plain=True), {},
                           "Fig. 6 only (no number in the paper)")
        for d in PLAIN_DEPTHS},
+    "resnet-110-effective": Case(
+        {**_net(110), "train.gradient_modules": EFFECTIVE_MODULES},
+        paper_ref("veit", "effective_training_error"),
+        f"Veit et al. sec. 5: gradients through {EFFECTIVE_MODULES} of 54 "
+        "modules per mini-batch; the full model there: "
+        f"{paper.lookup('veit', 'full_model_error')}%"),
 }
 GROUPS = {"table6": tuple(f"resnet-{d}" for d in DEPTHS),
-          "plain": tuple(f"plain-{d}" for d in PLAIN_DEPTHS)}
+          "plain": tuple(f"plain-{d}" for d in PLAIN_DEPTHS),
+          "fig6": tuple(f"{kind}-{d}" for kind in ("plain", "resnet")
+                        for d in PLAIN_DEPTHS),
+          "effective_paths": ("resnet-110", "resnet-110-effective")}
+FIGURES = {"fig6": Figure(
+    "He et al. 2016 Fig. 6: CIFAR-10 training (thin) and test (bold) error",
+    {"plain networks": tuple(f"plain-{d}" for d in PLAIN_DEPTHS),
+     "ResNets": tuple(f"resnet-{d}" for d in PLAIN_DEPTHS)})}
 
 
 def _base():
@@ -75,10 +107,11 @@ def get_config(arg=None):
     if single and single.group(1):
       config.model.shortcut = "none"
     if config.model.depth >= 110:
-      config.train.warmup_steps = 400
+      config.update_from_flattened_dict(WARMUP)
     return shrink(config) if arg == "smoke" else config
   return cases.experiment(
-      __file__, _base(), CASES, arg, groups=GROUPS,
+      __file__, _base(), CASES, arg, groups=GROUPS, figures=FIGURES,
+      table=GROUPS["table6"] + GROUPS["plain"],
       title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
       "plain nets")
 

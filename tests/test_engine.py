@@ -152,3 +152,21 @@ def test_changed_config_replaces_config_json_only_after_a_checkpoint(
       "train"]["steps"] == 4
   with pytest.raises(ConfigError, match="train.steps: 4 -> 2"):
     training.train_and_evaluate(tiny_config(steps=2), workdir)
+
+
+def test_processes_agree_on_the_stop_step(monkeypatch):
+  """With several processes the flag is combined every ``check_every``
+  steps, so a process that got no signal stops at the same step."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  gathered = []
+
+  def allgather(flag):
+    gathered.append(int(flag))
+    return np.asarray([int(flag), 1])  # the other process got SIGTERM
+
+  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  stop = preemption.StopSignal(check_every=5)
+  assert [stop.should_stop(s) for s in range(1, 11)] == (
+      [False] * 4 + [True] + [False] * 4 + [True])
+  assert gathered == [0, 0]  # only at steps 5 and 10, with no local signal

@@ -80,3 +80,30 @@ def test_training_learns_a_separable_task():
 def test_training_learns_fails_for_a_broken_step(lr):
   # A negative learning rate flips the sign of the whole update.
   assert not learned(lr)
+
+
+def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
+  """He et al. 2016: lr 0.01 until the training error is below 80%, then
+  0.1. The switch follows the first step whose own batch error is < 80%."""
+  config = separable_config()
+  config.data.num_classes = 10
+  config.train.warmup_until_error = 0.8
+  config.train.warmup_learning_rate = 0.03
+  config.train.learning_rate = 0.1
+  dataset = data_lib.load_dataset(config.data, seed=0)
+  spec = training.build_run(config, 10, dataset.num_train,
+                            training.make_mesh(jax.devices()[:1]))
+  data = tuple(jax.device_put(a, spec.replicated) for a in (
+      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std))
+  state = training.init_state(spec, 0, (8, 8, 3))
+  step = jax.jit(functools.partial(training.step_on_dataset, spec))
+  batch_errors, rates = [], []
+  for s in range(40):
+    rates.append(float(training.learning_rate(s, state["warm"], config.train)))
+    before = int(state["metrics"]["errors"])
+    state = step(state, *data)
+    batch_errors.append((int(state["metrics"]["errors"]) - before) / 32)
+  first = next(s for s, e in enumerate(batch_errors) if e < 0.8)
+  assert first > 0, batch_errors  # the warm-up really ran
+  assert rates[:first + 1] == [pytest.approx(0.03)] * (first + 1)
+  assert rates[first + 1:] == [pytest.approx(0.1)] * (39 - first)

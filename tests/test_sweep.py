@@ -9,6 +9,7 @@ import pytest
 
 from resflax import fileio as results, runner, training
 from resflax.errors import ConfigError, TrainingError
+from resflax.training import workdir as workdir_lib
 from resflax.experiment import cases, paper, sweep, tables
 from resflax.config import base_config, load_experiment
 
@@ -49,7 +50,9 @@ class FakeTrainer:
                     config.seed + k)
       return {"parallel_runs": config.train.parallel_runs}
     if (case, config.seed) in self.fail:
-      raise TrainingError("non-finite loss or parameters at step 3")
+      message = "non-finite loss at step 3"
+      workdir_lib.write_failure(workdir, message, config.seed, 3)
+      raise TrainingError(message)
     return self._write(workdir, case, config.seed)
 
   @staticmethod
@@ -95,7 +98,7 @@ def test_restarted_sweep_skips_finished_runs(tmp_path, monkeypatch):
   assert len(fake.calls) == 3 + 4
   assert fake.calls[3][0] == fake.calls[2][0]
   by_case = {r["case"]: r for r in rows}
-  assert by_case["dropout"]["failed"] == 1 and by_case["dropout"]["runs"] == 1
+  assert by_case["dropout"]["diverged"] == 1 and by_case["dropout"]["runs"] == 2
   failed = json.loads((tmp_path / "dropout" / "seed1" / "failed.json")
                       .read_text())
   assert "non-finite" in failed["error"]
@@ -127,8 +130,10 @@ def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
   # Seeds 0 and 1: 10.8% and 11.8% test error (FakeTrainer).
   assert float(orig["median_error"]) == pytest.approx(11.3)
   assert float(orig["std_error"]) == pytest.approx(0.7071, abs=1e-3)
-  assert orig["runs"] == "2" and orig["failed"] == "0"
-  assert csv_rows["dropout"]["failed"] == "1"
+  assert orig["runs"] == "2" and orig["diverged"] == "0"
+  assert csv_rows["dropout"]["diverged"] == "1"
+  # One of two runs diverged: the median run failed, as the paper reads it.
+  assert csv_rows["dropout"]["median_failed"] == "True"
   assert "dropout seed 1: non-finite" in md
   assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -192,3 +197,35 @@ def test_cli_sweep_end_to_end_with_parallel_seeds(tmp_path):
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert [f.stat().st_mtime_ns for f in run_files] == mtimes
+
+
+@pytest.mark.parametrize("errors,diverged,median,failed", [
+    ([6.0, 7.0, 8.0, 9.0, 10.0], 0, 8.0, False),
+    ([6.0, 7.0, 8.0], 2, 8.0, False),  # 2 of 5 diverged: median still 8
+    ([6.0, 7.0], 3, float("inf"), True),  # the median run diverged
+    ([6.0, 25.0, 30.0], 0, 25.0, True),  # the median run ended above 20%
+])
+def test_diverged_runs_count_in_the_median(errors, diverged, median, failed):
+  stats = tables.summarize(errors, diverged)
+  assert stats["median"] == median and stats["median_failed"] == failed
+  assert stats["mean"] == pytest.approx(sum(errors) / len(errors))
+
+
+def test_fig6_draws_plain_and_resnet_panels(tmp_path):
+  """The sweep's Fig. 6: each case's first seed from its metrics.jsonl."""
+  from resflax.experiment import figures  # pylint: disable=g-import-not-at-top
+  config = load_experiment(os.path.join(REPO, "experiments/cifar_resnet.py"),
+                           "fig6,smoke")
+  assert list(config.sweep_figures) == ["fig6"]
+  for case in cases.case_names(config):
+    log = workdir_lib.RunLog(cases.run_dir(str(tmp_path), case, config.seed))
+    os.makedirs(os.path.dirname(log.path), exist_ok=True)
+    for step in (2, 4, 6):
+      log.append(step, "train", train_error=0.5, learning_rate=0.1)
+      log.append(step, "eval", test_error=0.4)
+  paths = figures.write_figures(str(tmp_path), config)
+  assert paths == [str(tmp_path / "fig6.png")]
+  assert (tmp_path / "fig6.png").read_bytes()[:4] == b"\x89PNG"
+  # A sweep without both groups draws nothing.
+  assert not load_experiment(os.path.join(
+      REPO, "experiments/cifar_resnet.py"), "plain,smoke").sweep_figures

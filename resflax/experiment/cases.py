@@ -27,6 +27,9 @@ Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
   sweep_notes: ConfigDict case name -> a note for the results table.
   sweep_order: the case names in table order (ConfigDict sorts its keys).
   sweep_title: the table's heading.
+  sweep_shrunk: True for a ``smoke`` sweep (results.md marks it).
+  sweep_figures: figure name -> ``{title, panel_titles, panel_cases}``, the
+    training-curve figures of the file's ``figures`` whose cases all run.
   seeds: runs per case (seeds ``seed`` .. ``seed + seeds - 1``).
 """
 
@@ -43,7 +46,7 @@ from resflax.experiment import paper as paper_lib
 from resflax.training import workdir as workdir_lib
 
 SWEEP_KEYS = ("sweep_cases", "sweep_order", "sweep_paper", "sweep_notes",
-              "sweep_title")
+              "sweep_title", "sweep_shrunk", "sweep_figures")
 FAILED_FILE = workdir_lib.FAILED_FILE
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 SMOKE = "smoke"
@@ -67,6 +70,19 @@ class Case:
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  """Side-by-side panels of training curves, as in He et al. Fig. 1 and 6.
+
+  Attributes:
+    title: the figure's title.
+    panels: panel title -> the cases drawn in it (their first seed), left
+      to right.
+  """
+  title: str
+  panels: Mapping[str, Sequence[str]]
 
 
 def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
@@ -232,7 +248,9 @@ def experiment(path: str, base: ml_collections.ConfigDict,
                groups: Optional[Mapping[str, Sequence[str]]] = None,
                shrink_fn: Callable[[ml_collections.ConfigDict],
                                    Any] = shrink,
-               seeds: int = 5) -> ml_collections.ConfigDict:
+               seeds: int = 5,
+               figures: Optional[Mapping[str, "Figure"]] = None
+               ) -> ml_collections.ConfigDict:
   """The config of an experiment file for its argument.
 
   Args:
@@ -245,6 +263,8 @@ def experiment(path: str, base: ml_collections.ConfigDict,
     groups: extra names selecting several cases (e.g. a search).
     shrink_fn: shrinks one case config for ``smoke``.
     seeds: runs per case (``config.seeds``; ``smoke`` sets 2).
+    figures: training-curve figures drawn when the sweep runs every case
+      they show (``resflax.experiment.figures``).
 
   Returns:
     ``base`` with ``seeds`` and the ``sweep_*`` keys set.
@@ -314,6 +334,14 @@ def experiment(path: str, base: ml_collections.ConfigDict,
   config.sweep_notes = ml_collections.ConfigDict(
       {name: cases[name].note for name in selected})
   config.sweep_title = title
+  config.sweep_shrunk = smoke
+  config.sweep_figures = ml_collections.ConfigDict({
+      name: {"title": fig.title, "panel_titles": tuple(fig.panels),
+             "panel_cases": tuple(tuple(m for m in members if m in selected)
+                                  for members in fig.panels.values())}
+      for name, fig in (figures or {}).items()
+      if all(m in selected for members in fig.panels.values()
+             for m in members)})
   return config
 
 

@@ -33,6 +33,12 @@ V = '[V]'
 V2 = '[V2]'
 U = '[U]'
 FAIL = 'fail'
+# What each source tag means, for tables that show the tags.
+SOURCE_TAGS = {
+    V: 'read in the paper or the authors\' repository',
+    V2: 'from notes that quote the paper',
+    U: 'unverified',
+}
 
 
 @dataclasses.dataclass(frozen=True)

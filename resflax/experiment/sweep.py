@@ -17,16 +17,20 @@ its checkpoints.
 """
 
 import os
+import time
 from typing import Any, Dict
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from resflax import training
 from resflax.errors import ConfigError, TrainingError
-from resflax.experiment import tables
+from resflax.experiment import figures, tables
 from resflax.experiment.cases import (case_config, case_names, run_dir,
                                       run_status, seeds)
+from resflax.training import metrics
+from resflax.training import workdir as workdir_lib
 
 def _check(config: ml_collections.ConfigDict) -> bool:
   """Validates the sweep and every case before anything trains.
@@ -67,7 +71,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     workdir: the sweep's directory (layout in the module docstring).
 
   Returns:
-    ``{"rows": [one dict per case, see resflax.tables.case_rows]}``, or
+    ``{"rows": [one dict per case, see tables.case_rows], "files": [the
+    results and figure files]}``, or
     ``{"interrupted": True}`` when a run was stopped by SIGTERM (its
     checkpoint is saved; run the same command to resume).
 
@@ -77,31 +82,44 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     sweep; a TrainingError only marks its run as failed.
   """
   parallel = _check(config)
-  os.makedirs(workdir, exist_ok=True)
-  names = case_names(config)
-  for case in names:
-    pending = [s for s in seeds(config)
-               if run_status(run_dir(workdir, case, s)) is None]
-    if not pending:
-      logging.info("sweep: %s is done (%d seeds)", case, config.seeds)
-      continue
-    if parallel:
-      result = _run_parallel(config, workdir, case)
-    else:
-      result = None
-      for s in pending:
-        result = _run_one(config, workdir, case, s)
-        if result.get("interrupted"):
-          break
-    tables.write_tables(workdir, config)
-    if result and result.get("interrupted"):
+  workdir_lib.make_dir(workdir)
+  units = ([(case, tuple(seeds(config))) for case in case_names(config)]
+           if parallel else [(case, (s,)) for case in case_names(config)
+                             for s in seeds(config)])
+  todo = [u for u in units if any(
+      run_status(run_dir(workdir, u[0], s)) is None for s in u[1])]
+  logging.info("sweep: %d runs in %s, %d to do", len(units), workdir,
+               len(todo))
+  durations = []
+  for k, (case, members) in enumerate(todo):
+    left = len(todo) - k
+    eta = (f"; sweep ETA {metrics.format_duration(left * np.mean(durations))}"
+           if durations else "")
+    logging.info("sweep: run %d of %d: %s, seed%s %s%s",
+                 units.index((case, members)) + 1, len(units), case,
+                 "s" if len(members) > 1 else "",
+                 ",".join(map(str, members)), eta)
+    start = time.perf_counter()
+    result = (_run_parallel(config, workdir, case) if parallel
+              else _run_one(config, workdir, case, members[0]))
+    durations.append(time.perf_counter() - start)
+    _write_outputs(workdir, config)
+    if result.get("interrupted"):
       return {"interrupted": True}
-  return {"rows": tables.write_tables(workdir, config)}
+  rows, paths = _write_outputs(workdir, config)
+  logging.info("sweep done; results in %s", ", ".join(paths))
+  return {"rows": rows, "files": paths}
+
+
+def _write_outputs(workdir: str, config):
+  rows = tables.write_tables(workdir, config)
+  paths = [os.path.join(workdir, f"results.{ext}")
+           for ext in ("md", "csv", "png")]
+  return rows, paths + figures.write_figures(workdir, config)
 
 
 def _run_one(config, workdir: str, case: str, seed: int) -> Dict[str, Any]:
   path = run_dir(workdir, case, seed)
-  logging.info("sweep: training %s seed %d in %s", case, seed, path)
   try:
     return training.train_and_evaluate(case_config(config, case, seed=seed), path)
   except TrainingError as e:
@@ -112,8 +130,6 @@ def _run_one(config, workdir: str, case: str, seed: int) -> Dict[str, Any]:
 
 def _run_parallel(config, workdir: str, case: str) -> Dict[str, Any]:
   path = os.path.join(workdir, case)
-  logging.info("sweep: training %s, seeds %s, in one program in %s", case,
-               seeds(config), path)
   try:
     return training.train_and_evaluate(
         case_config(config, case, seed=config.seed,

@@ -1,38 +1,37 @@
 """Results tables and plots: a sweep's test errors beside the paper's.
 
 ``write_tables(workdir, config)`` reads every run of a sweep (see
-``resflax.sweep`` for the layout) and writes, atomically:
+``resflax.experiment.sweep`` for the layout) and writes, atomically:
 
-  results.csv  one row per case: median, mean, std (ddof=1), best of the
-               finished runs' test error in %, run counts, the paper's
-               number (and its mean/std where the paper gives them), the
-               reference into ``resflax.paper`` and each run's error.
+  results.csv  one row per case: median over every run (a diverged run
+               counts as failed, as in Identity Mappings Table 1), mean,
+               std (ddof=1) and best of the finished runs' test error in %,
+               run counts (diverged, above 20%), the paper's number (and its
+               mean/std where the paper gives them), the reference into
+               ``resflax.experiment.paper`` and each run's error.
   results.md   the same as a Markdown table with the difference
-               median - paper, and the paper tables' titles and units.
+               median - paper, the paper tables' titles and what the tags
+               mean.
   results.png  per case: each run (dots), our median (bar) and the paper's
                number (red x; 'fail' = above 20% drawn at the right edge).
-
-``read_scalars(logdir)`` reads the TensorBoard scalars a run wrote, without
-TensorFlow, for plotting learning curves.
 """
 
-import glob
 import io
 import math
 import os
-import struct
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from resflax.experiment import paper as paper_lib
 from resflax import fileio as results_lib
 from resflax.experiment import cases
+from resflax.experiment import paper as paper_lib
+from resflax.training.metrics import read_scalars  # noqa: F401  (notebooks)
 
-FIELDS = ("case", "median_error", "mean_error", "std_error", "best_error",
-          "runs", "failed", "pending", "paper_error", "paper_error_mean",
-          "paper_error_std", "paper_source", "paper_reference", "run_errors",
-          "note")
+FIELDS = ("case", "median_error", "median_failed", "mean_error", "std_error",
+          "best_error", "runs", "diverged", "above_20", "pending",
+          "paper_error", "paper_error_mean", "paper_error_std", "paper_source",
+          "paper_reference", "run_errors", "note")
 
 # Identity Mappings Table 1 calls a run with test error above 20% "fail".
 FAIL_THRESHOLD = 20.0
@@ -64,15 +63,29 @@ def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
   return {"errors": errors, "failed": failed, "pending": pending}
 
 
-def summarize(errors: Sequence[float]) -> Dict[str, float]:
-  """Median, mean, sample std (ddof=1) and best (min); NaN where undefined."""
+def summarize(errors: Sequence[float], diverged: int = 0) -> Dict[str, Any]:
+  """Statistics of a case's runs, as Identity Mappings Table 1 reads them.
+
+  Args:
+    errors: test errors (%) of the finished runs.
+    diverged: runs stopped by a non-finite loss; they count as failed runs
+      (error above every finished one) in the median.
+
+  Returns:
+    ``median`` over all runs (inf when the median run diverged),
+    ``median_failed`` (the median run diverged or ended above 20%, the
+    paper's "fail"), ``mean``, ``std`` (ddof=1) and ``best`` of the finished
+    runs; NaN where undefined.
+  """
   e = np.asarray(list(errors), np.float64)
+  every = np.concatenate([e, np.full(diverged, np.inf)])
   nan = float("nan")
-  if e.size == 0:
-    return {"median": nan, "mean": nan, "std": nan, "best": nan}
-  return {"median": float(np.median(e)), "mean": float(e.mean()),
+  median = float(np.median(every)) if every.size else nan
+  return {"median": median,
+          "median_failed": bool(every.size) and median > FAIL_THRESHOLD,
+          "mean": float(e.mean()) if e.size else nan,
           "std": float(e.std(ddof=1)) if e.size > 1 else nan,
-          "best": float(e.min())}
+          "best": float(e.min()) if e.size else nan}
 
 
 def reference_text(ref: Mapping[str, Any]) -> str:
@@ -95,15 +108,17 @@ def case_rows(workdir: str, config) -> List[Dict[str, Any]]:
     entry = cases.paper_value(ref)
     mean = cases.paper_value(ref, "error_mean")
     std = cases.paper_value(ref, "error_std")
-    stats = summarize(runs["errors"].values())
+    stats = summarize(runs["errors"].values(), len(runs["failed"]))
     rows.append({
         "case": case,
         "median_error": stats["median"],
+        "median_failed": stats["median_failed"],
         "mean_error": stats["mean"],
         "std_error": stats["std"],
         "best_error": stats["best"],
-        "runs": len(runs["errors"]),
-        "failed": len(runs["failed"]),
+        "runs": len(runs["errors"]) + len(runs["failed"]),
+        "diverged": len(runs["failed"]),
+        "above_20": sum(e > FAIL_THRESHOLD for e in runs["errors"].values()),
         "pending": len(runs["pending"]),
         "paper_error": None if entry is None else entry.value,
         "paper_error_mean": None if mean is None else mean.value,
@@ -130,44 +145,74 @@ def _paper_text(value) -> str:
   return paper_lib.format_paper_value(value)
 
 
+def _median_text(r: Mapping[str, Any]) -> str:
+  if r["median_failed"]:
+    return f"fail (>{FAIL_THRESHOLD:g}%)"
+  return _num(r["median_error"])
+
+
 def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
-                    seeds: Sequence[int]) -> str:
-  """The Markdown table of ``case_rows``."""
+                    seeds: Sequence[int], shrunk: bool = False,
+                    synthetic: bool = False) -> str:
+  """The Markdown table of ``case_rows``.
+
+  Args:
+    rows: from ``case_rows``.
+    title: the table's heading.
+    seeds: the seeds of each case.
+    shrunk: the networks were shrunk for a smoke run.
+    synthetic: the runs trained on synthetic data.
+  """
+  mark = " ".join(m for m, on in (("[shrunk: smoke run]", shrunk),
+                                  ("[synthetic data]", synthetic)) if on)
+  comparable = not (shrunk or synthetic)
   lines = [
-      f"# {title}", "",
-      f"Test error (%) of each case's finished runs (seeds "
-      f"{seeds[0]}..{seeds[-1]}): median, mean ± std (ddof=1) and best. "
-      "`failed`: runs stopped by a non-finite loss, left out of the "
-      "statistics; `pending`: not run yet. Δ = our median − the paper's "
-      "number.", "",
-      "| case | median | mean ± std | best | runs | failed | pending | paper "
-      "| paper mean ± std | Δ | reference | note |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      f"# {title}" + (f" {mark}" if mark else ""), "",
+      f"Test error (%) of each case's runs (seeds {seeds[0]}..{seeds[-1]}). "
+      "`median` is over every run, a diverged run counting as failed; it "
+      f"reads `fail` when the median run diverged or ended above "
+      f"{FAIL_THRESHOLD:g}%, as Identity Mappings Table 1 does. `mean ± std` "
+      "(ddof=1) and `best` are over the finished runs. `diverged`: runs "
+      "stopped by a non-finite loss; `>20%`: finished runs above "
+      f"{FAIL_THRESHOLD:g}%; `pending`: not run yet. Δ = our median − the "
+      "paper's number.", "",
+  ]
+  if not comparable:
+    lines += [f"These runs are {mark}: their numbers test the pipeline and "
+              "are not comparable with the paper's, so Δ is left out.", ""]
+  lines += [
+      "| case | median | mean ± std | best | runs | diverged | >20% | pending "
+      "| paper | paper mean ± std | Δ | reference | note |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     p = r["paper_error"]
-    delta = (r["median_error"] - p if isinstance(p, float) else None)
+    delta = (r["median_error"] - p if comparable and isinstance(p, float)
+             and not r["median_failed"] else None)
     pm = ("—" if r["paper_error_mean"] is None else
           f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}")
     paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
     ours = ("—" if math.isnan(r["mean_error"]) else
             f"{_num(r['mean_error'])} ± {_num(r['std_error'])}")
     lines.append(
-        f"| {r['case']} | {_num(r['median_error'])} | {ours} | "
-        f"{_num(r['best_error'])} | {r['runs']} | {r['failed']} | "
-        f"{r['pending']} | {paper} | {pm} | "
+        f"| {r['case']} | {_median_text(r)} | {ours} | "
+        f"{_num(r['best_error'])} | {r['runs']} | {r['diverged']} | "
+        f"{r['above_20']} | {r['pending']} | {paper} | {pm} | "
         f"{'—' if delta is None else f'{delta:+.2f}'} | "
         f"{r['paper_reference'] or '—'} | {r['note']} |")
   tables = sorted({r["_table"] for r in rows if r["_table"]})
   if tables:
-    lines += ["", "Paper numbers (`resflax.paper`, from "
-              "shared/reference/papers.md):", ""]
+    lines += ["", "Paper numbers (`resflax.experiment.paper`); the tag after "
+              "each says where it was read: " + "; ".join(
+                  f"`{tag}` {meaning}"
+                  for tag, meaning in paper_lib.SOURCE_TAGS.items()) + ".",
+              ""]
     lines += [f"- `{t}`: {paper_lib.TABLES[t].title}; "
               f"{paper_lib.TABLES[t].units}." for t in tables]
   failures = [(r["case"], s, m) for r in rows
               for s, m in sorted(r["_failures"].items())]
   if failures:
-    lines += ["", "Failed runs:", ""]
+    lines += ["", "Diverged runs:", ""]
     lines += [f"- {c} seed {s}: {m}" for c, s, m in failures]
   return "\n".join(lines) + "\n"
 
@@ -194,8 +239,9 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     if errs:
       ax.scatter(errs, [y] * len(errs), s=14, color="0.45", zorder=3,
                  label="runs")
-      ax.barh(y, r["median_error"], height=0.5, color="tab:blue", alpha=0.35,
-              label="median")
+      if math.isfinite(r["median_error"]):
+        ax.barh(y, r["median_error"], height=0.5, color="tab:blue",
+                alpha=0.35, label="median")
     p = r["paper_error"]
     if isinstance(p, float):
       ax.scatter([p], [y], marker="x", s=50, color="tab:red", zorder=4,
@@ -203,8 +249,8 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     elif p == paper_lib.FAIL:
       ax.scatter([right], [y], marker=">", s=40, color="tab:red", zorder=4,
                  label=f"paper: fail (>{FAIL_THRESHOLD:g}%)")
-    labels.append(r["case"] + (f" ({r['failed']} failed)" if r["failed"]
-                               else ""))
+    labels.append(r["case"] + (f" ({r['diverged']} diverged)"
+                               if r["diverged"] else ""))
   ax.set_yticks(ys)
   ax.set_yticklabels(labels, fontsize=8)
   ax.set_xlim(0, right * 1.03)
@@ -234,9 +280,13 @@ def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
   """
   rows = case_rows(workdir, config)
   title = config.sweep_title if "sweep_title" in config else "results"
+  first = cases.case_config(config, cases.case_names(config)[0],
+                            seed=config.seed)
   results_lib.write_atomic(
       os.path.join(workdir, "results.md"),
-      format_markdown(rows, title, cases.seeds(config)))
+      format_markdown(rows, title, cases.seeds(config),
+                      shrunk=bool(config.get("sweep_shrunk", False)),
+                      synthetic=first.data.name == "synthetic"))
   results_lib.write_csv(os.path.join(workdir, "results.csv"),
                         [{k: r[k] for k in FIELDS} for r in rows],
                         fieldnames=FIELDS)

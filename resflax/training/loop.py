@@ -36,14 +36,14 @@ from resflax import logs
 from resflax import models
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint as checkpoint_lib
-from resflax.training import feeds, runs
+from resflax.training import curves, feeds, runs
 from resflax.training import step as step_lib
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
 from resflax.training.state import (RunSpec, build_run, init_state,
-                                    learning_rate, make_mesh, make_optimizer,
-                                    schedule_scale)
+                                    learning_rate, lr_drop_steps, make_mesh,
+                                    make_optimizer)
 from resflax.training.validate import validate_config
 
 PyTree = Any
@@ -204,18 +204,13 @@ def _log_start(group: Runs, spec: RunSpec, feed, state, step: int) -> None:
       f"model: {m.name} depth {m.depth} ({m.block}, {m.shortcut}, {m.unit}),"
       f" {models.num_params(params):,} parameters",
       f"schedule: {t.steps} steps of {t.batch_size}, lr {t.learning_rate} "
-      f"decays x{t.lr_decay} at {_boundaries(t)}" + (
+      f"decays x{t.lr_decay} at {lr_drop_steps(t)}" + (
           f" (scaled to {t.steps} of {t.schedule_steps} steps)"
           if t.scale_schedule else ""),
       "starting" if step == 0 else f"resuming at step {step}",
   ]
   logging.info("\n  ".join(lines))
   logging.info("parameters per module:\n%s", metrics_lib.model_summary(params))
-
-
-def _boundaries(train_cfg) -> tuple:
-  scale = schedule_scale(train_cfg)
-  return tuple(int(round(b * scale)) for b in train_cfg.lr_boundaries)
 
 
 def _write_configs(group: Runs, changed: bool) -> None:
@@ -378,7 +373,18 @@ class _Trainer:
       self.logs[k].append(step, "eval", **scalars)
     logging.info("step %d: %s error %s", step, name,
                  " ".join(f"{e:.4f}" for e in ev["error"]))
+    self._write_curves()
     self.clock["eval_seconds"] += time.perf_counter() - start
+
+  def _write_curves(self) -> None:
+    """Each run's curves.png, redrawn from its whole log (every segment)."""
+    if not self.group.is_main:
+      return
+    m = self.spec.model.config
+    for log, c, d in zip(self.logs, self.group.configs, self.group.dirs):
+      title = f"{m.name} depth {m.depth}, seed {c.seed}: {d}"
+      fileio.write_atomic(os.path.join(d, "curves.png"), curves.plot_run(
+          log.records(), title, lr_drops=lr_drop_steps(c.train)))
 
   def _timing(self, step) -> Dict[str, float]:
     """Cumulative train time and timed steps over every segment so far."""
@@ -424,7 +430,7 @@ class _Trainer:
     if len(self.failed) == g.count:
       if g.is_main:
         for k, d in enumerate(g.dirs):
-          _write_failure(d, self.failed[k], g.configs[k].seed, int(bad[k]) + 1)
+          workdir_lib.write_failure(d, self.failed[k], g.configs[k].seed, int(bad[k]) + 1)
       raise TrainingError(self.failed[0] if not g.stacked else
                           f"all {g.count} parallel runs in {g.workdir} "
                           f"diverged; first: {self.failed[0]}")
@@ -485,7 +491,7 @@ class _Trainer:
       if k in self.failed:
         summary.append({**entry, "status": "failed", "error": self.failed[k]})
         if g.is_main:
-          _write_failure(d, self.failed[k], c.seed, None)
+          workdir_lib.write_failure(d, self.failed[k], c.seed, None)
         continue
       result = {"test_error": float(test["error"][k]), **common,
                 "skipped_steps": int(skipped[k]),
@@ -524,14 +530,6 @@ class _Trainer:
       fileio.write_json(os.path.join(g.workdir, workdir_lib.RESULTS_FILE),
                         combined)
     return combined
-
-
-def _write_failure(run_dir: str, message: str, seed: int,
-                   step: Optional[int]) -> None:
-  """Records a diverged run in ``run_dir/failed.json``."""
-  fileio.write_json(os.path.join(run_dir, workdir_lib.FAILED_FILE),
-                    {"error": message, "type": "TrainingError", "seed": seed,
-                     "step": step})
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str,

@@ -24,7 +24,7 @@ class StopSignal:
   installed, which is logged once.
   """
 
-  def __init__(self, check_every: int = 10):
+  def __init__(self, check_every: int = 20):
     self.received: Optional[int] = None
     self._previous = None
     self._check_every = max(1, int(check_every))

@@ -98,6 +98,12 @@ def schedule_scale(train_cfg) -> float:
   return (t.steps / t.schedule_steps) if t.scale_schedule else 1.0
 
 
+def lr_drop_steps(train_cfg) -> tuple:
+  """The steps at which the learning rate drops (boundaries, scaled)."""
+  scale = schedule_scale(train_cfg)
+  return tuple(int(round(b * scale)) for b in train_cfg.lr_boundaries)
+
+
 def learning_rate(step, warm, train_cfg) -> jax.Array:
   """The step's learning rate: warm-up, then piecewise constant decay.
 
@@ -108,8 +114,8 @@ def learning_rate(step, warm, train_cfg) -> jax.Array:
   """
   t = train_cfg
   scale = schedule_scale(t)
-  boundaries = jnp.asarray([int(round(b * scale)) for b in t.lr_boundaries]
-                           or [np.iinfo(np.int32).max], jnp.int32)
+  boundaries = jnp.asarray(lr_drop_steps(t) or [np.iinfo(np.int32).max],
+                           jnp.int32)
   passed = jnp.sum(step >= boundaries) if t.lr_boundaries else 0
   lr = t.learning_rate * jnp.power(t.lr_decay, passed)
   in_warmup = step < int(round(t.warmup_steps * scale))

@@ -250,6 +250,14 @@ def versions() -> Dict[str, str]:
           "orbax-checkpoint": orbax.checkpoint.__version__}
 
 
+def write_failure(run_dir: str, message: str, seed: int,
+                  step: Optional[int]) -> None:
+  """Records a diverged run in ``run_dir/failed.json`` (a sweep skips it)."""
+  fileio.write_json(os.path.join(run_dir, FAILED_FILE),
+                    {"error": message, "type": "TrainingError", "seed": seed,
+                     "step": step})
+
+
 def finished_results(run_dir: str, steps: int) -> Optional[Dict[str, Any]]:
   """The results of a run in ``run_dir`` that finished ``steps`` steps."""
   path = os.path.join(run_dir, RESULTS_FILE)
