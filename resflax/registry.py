@@ -41,6 +41,16 @@ class Registry(Generic[T]):
           f"{self.kind}={name!r} is not valid; choose one of "
           f"{', '.join(sorted(self._entries))}") from None
 
+  def unregister(self, name: str) -> T:
+    """Removes ``name`` (e.g. a test's temporary entry); returns its entry.
+
+    Raises:
+      ValueError: ``name`` is not registered, naming the valid names.
+    """
+    entry = self.get(name)
+    del self._entries[name]
+    return entry
+
   def names(self):
     return sorted(self._entries)
 

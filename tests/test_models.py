@@ -1,5 +1,7 @@
-"""Model zoo: published parameter counts, formulas, placements, scan, lesions."""
+"""Model zoo: published parameter counts, formulas, placements, scan, lesions,
+common names, the CPU convolution gradient and BN statistics."""
 
+import dataclasses
 import functools
 
 import jax
@@ -8,16 +10,16 @@ import numpy as np
 import pytest
 
 from resflax import models
-from resflax.models import layers
+from resflax.models import cpu_conv, layers
 from resflax.models.config import resolve
 from resflax.models.unit import ResidualUnit
 
 KEY = jax.random.key(0)
 
 
-def count(**kw):
-  model = models.create_model(**kw)
-  size = 64 if kw.get("name") == "imagenet_resnet" else 32
+def count(name=None, **kw):
+  model = models.create_model(name, **kw)
+  size = 64 if model.config.name == "imagenet_resnet" else 32
   shapes = jax.eval_shape(model.init, KEY, jnp.zeros((1, size, size, 3)))
   return models.num_params(shapes)
 
@@ -47,6 +49,15 @@ def test_imagenet_counts_equal_torchvision(depth, expected):
 def test_wide_resnet_28_10_count():
   # Zagoruyko & Komodakis Table: WRN-28-10 has 36.5M parameters.
   assert abs(count(name="wide_resnet", depth=28, width=10) - 36.5e6) < 0.05e6
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("resnet20", 269_722), ("resnet56", 853_018), ("plain20", 269_722),
+    ("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_common_names_have_the_published_counts(name, expected):
+  # He et al. Table 6 (CIFAR; the plain twin of option A has the same
+  # parameters) and torchvision (ImageNet).
+  assert count(name) == expected
 
 
 def test_bad_names_list_valid_ones():
@@ -388,6 +399,12 @@ def test_variants_train_and_evaluate(kw):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
 
 
+def _xla_conv(strides, padding):
+  return lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (strides, strides), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 @pytest.mark.parametrize("kernel,strides,batch", [
     (3, 1, 2), (1, 1, 2), (3, 2, 2), (1, 2, 2), (7, 2, 2),
     (3, 1, 48), (1, 1, 32)])  # 48, 32: weight gradient summed over chunks
@@ -395,25 +412,72 @@ def test_conv_gradients_match_xla(kernel, strides, batch):
   x = jax.random.normal(jax.random.key(1), (batch, 9, 9, 4))
   k = jax.random.normal(jax.random.key(2), (kernel, kernel, 4, 5))
   pad = ((kernel - 1) // 2,) * 2
-  ref = lambda a, b: jax.lax.conv_general_dilated(
-      a, b, (strides, strides), (pad, pad),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ours = lambda a, b: layers.conv2d(a, b, (strides, strides), (pad, pad))
+  ref = _xla_conv(strides, (pad, pad))
   dy = jax.random.normal(jax.random.key(3), ref(x, k).shape)
   g_ref = jax.vjp(ref, x, k)[1](dy)
-  g_ours = jax.vjp(ours, x, k)[1](dy)
-  for a, b in zip(g_ours, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  for mode in cpu_conv.MODES:
+    ours = lambda a, b, m=mode: cpu_conv.conv2d(
+        a, b, (strides, strides), (pad, pad), mode=m)
+    y, vjp = jax.vjp(ours, x, k)
+    np.testing.assert_allclose(y, ref(x, k), rtol=1e-5, atol=1e-5)
+    for a, b in zip(vjp(dy), g_ref):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_conv2d_same_padding_gradient():
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   k = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
-  ref = lambda a, b: jax.lax.conv_general_dilated(
-      a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  g_ref = jax.grad(lambda b: ref(x, b).sum())(k)
-  g = jax.grad(lambda b: layers.conv2d(x, b).sum())(k)
+  g_ref = jax.grad(lambda b: _xla_conv(1, "SAME")(x, b).sum())(k)
+  g = jax.grad(lambda b: cpu_conv.conv2d(x, b, mode="on").sum())(k)
   np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+  # The benchmarks call it through layers.
+  assert layers.conv2d is cpu_conv.conv2d
+
+
+def _has_custom_vjp(fn, *args):
+  return "custom_vjp" in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_cpu_conv_grad_switch_selects_the_backward_pass():
+  x = jnp.ones((2, 8, 8, 3))
+  k = jnp.ones((3, 3, 3, 4))
+  conv = lambda mode: lambda a, b: cpu_conv.conv2d(a, b, mode=mode)
+  assert _has_custom_vjp(conv("on"), x, k)
+  assert not _has_custom_vjp(conv("off"), x, k)
+  on_cpu = jax.default_backend() == "cpu"
+  assert _has_custom_vjp(conv("auto"), x, k) == on_cpu
+  with pytest.raises(ValueError, match="model.cpu_conv_grad='fast'.*auto, on, "
+                     "off"):
+    cpu_conv.conv2d(x, k, mode="fast")
+  with pytest.raises(ValueError, match="model.cpu_conv_grad='fast'.*auto, on, "
+                     "off"):
+    models.create_model(cpu_conv_grad="fast")
+  # The model key reaches every convolution: none is custom with "off".
+  assert models.DEFAULTS["cpu_conv_grad"] == "auto"
+  for mode in ("on", "off"):
+    m = models.create_model(depth=8, widths=(4, 8, 8), shortcut="conv1x1",
+                            cpu_conv_grad=mode)
+    v = jax.eval_shape(m.init, KEY, X[:2])
+    jaxpr = str(jax.make_jaxpr(lambda v: m.apply(v, X[:2]))(v))
+    # stem, 3 units of 2 convs and a 1x1 projection each
+    assert jaxpr.count("custom_vjp_call") == (10 if mode == "on" else 0)
+
+
+def test_cpu_conv_grad_modes_train_alike():
+  # Batch 32: the weight gradients of "on" are sums over two chunks.
+  x = jax.random.normal(jax.random.key(8), (32, 8, 8, 3))
+  grads = {}
+  for mode in ("on", "off"):
+    m = models.create_model(depth=8, widths=(4, 8, 8), projection="B",
+                            cpu_conv_grad=mode)
+    v = randomize(m.init(KEY, x))
+    loss = lambda p, m=m, v=v: jnp.sum(
+        m.apply({**v, "params": p}, x, train=True)[0] ** 2)
+    grads[mode] = jax.jit(jax.value_and_grad(loss))(v["params"])
+  np.testing.assert_allclose(grads["on"][0], grads["off"][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                       atol=1e-5),
+               grads["on"][1], grads["off"][1])
 
 
 @pytest.mark.parametrize("group_size,offset", [(0, 0.0), (4, 0.0), (0, 100.0)])
@@ -429,11 +493,19 @@ def test_batch_norm_matches_numpy(group_size, offset):
   g = group_size or 8
   xg = np.asarray(x, np.float64).reshape(8 // g, g, 5, 5, 3)
   mean = xg.mean((1, 2, 3), keepdims=True)
-  var = xg.var((1, 2, 3), keepdims=True)
+  var = xg.var((1, 2, 3), keepdims=True)  # training normalises with biased
   want = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
   np.testing.assert_allclose(y, want, atol=1e-4)
+  # Running statistics as Torch7 / PyTorch keep them: momentum 0.9 from
+  # (0, 1), each group's mean and unbiased variance (n = g * 5 * 5 values
+  # per channel), averaged over the groups.
+  per_group = xg.transpose(0, 4, 1, 2, 3).reshape(8 // g, 3, -1)
+  np.testing.assert_allclose(upd["batch_stats"]["mean"],
+                             0.1 * per_group.mean(-1).mean(0),
+                             rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(upd["batch_stats"]["var"],
-                             0.9 + 0.1 * var.reshape(-1, 3).mean(0), rtol=1e-4)
+                             0.9 + 0.1 * per_group.var(-1, ddof=1).mean(0),
+                             rtol=1e-5)
 
   def two_pass(x):  # the textbook layer, for the gradient
     xg = x.reshape(8 // g, g, 5, 5, 3)
@@ -446,3 +518,73 @@ def test_batch_norm_matches_numpy(group_size, offset):
       jax.grad(lambda x: jnp.sum(layer(x) * r))(x),
       jax.grad(lambda x: jnp.sum(two_pass(x) * r))(x),
       atol=1e-4)
+
+
+@pytest.mark.parametrize("group_size", [0, 2])
+def test_network_running_variance_is_unbiased(group_size):
+  # The stem's BN after one training step against numpy: the stem conv's
+  # output per group, var(ddof=1) over its n = group * H * W values. Small
+  # images keep n small, so n / (n - 1) is far from 1.
+  x = X[:4, :4, :4]
+  m = models.create_model(depth=8, widths=(4, 8, 8), bn_group_size=group_size)
+  v = m.init(KEY, x)
+  _, new = m.apply(v, x, train=True)
+  h = np.asarray(_conv(x, v["params"]["stem"]["conv"]["kernel"]), np.float64)
+  g = group_size or 4
+  per_group = h.reshape(4 // g, g, 4, 4, 4).transpose(0, 4, 1, 2, 3).reshape(
+      4 // g, 4, -1)
+  np.testing.assert_allclose(new["batch_stats"]["stem"]["bn"]["var"],
+                             0.9 + 0.1 * per_group.var(-1, ddof=1).mean(0),
+                             rtol=1e-5)
+
+
+# ------------------------------------------------- config and declarations
+
+
+def test_model_config_has_a_field_per_default():
+  cfg = resolve("resnet56")
+  assert [f.name for f in dataclasses.fields(cfg)] == list(models.DEFAULTS)
+  assert isinstance(cfg, models.ModelConfig)
+  assert dataclasses.asdict(cfg)["depth"] == cfg.depth == 56
+  assert cfg.replace(depth=110) == resolve("resnet110")
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.depth = 110
+  with pytest.raises(ValueError, match="model.depth=111"):
+    cfg.replace(depth=111)
+
+
+@pytest.mark.parametrize("kw,needs", [
+    ({}, False), (dict(dropout=0.3), True), (dict(stochastic_depth=0.5), True),
+    (dict(shortcut="dropout"), True),
+    (dict(shortcut="dropout", shortcut_dropout=0.0), False),
+    (dict(shortcut="exclusive_gate"), False)])
+def test_needs_rng(kw, needs):
+  assert models.needs_rng(kw) == needs
+  assert models.create_model(depth=8, **kw).needs_rng == needs
+
+
+def test_a_zero_rate_dropout_shortcut_trains_without_a_key():
+  x = X[:2, :8, :8]
+  ident = models.create_model(depth=8, widths=(4, 8, 8))
+  v = randomize(ident.init(KEY, x))
+  drop = models.create_model(depth=8, widths=(4, 8, 8), shortcut="dropout",
+                             shortcut_dropout=0.0)
+  np.testing.assert_allclose(drop.apply(v, x, train=True)[0],
+                             ident.apply(v, x, train=True)[0], atol=1e-6)
+
+
+def test_init_only_keys_only_change_initial_values():
+  assert models.init_only_keys({}) == ()
+  for name in ("exclusive_gate", "shortcut_gate"):
+    assert models.init_only_keys(dict(shortcut=name)) == ("gate_bias_init",)
+  assert models.init_only_keys("highway") == ("gate_bias_init",)
+  # Same variables, another gate_bias_init: the same function.
+  x = X[:2, :8, :8]
+  a = models.create_model("highway", depth=5, widths=(4, 8, 8))
+  b = models.create_model("highway", depth=5, widths=(4, 8, 8),
+                          gate_bias_init=3.0)
+  v = a.init(KEY, x)
+  np.testing.assert_array_equal(a.apply(v, x), b.apply(v, x))
+  bias = lambda m: jax.tree.leaves(m.init(KEY, x)["params"]["stage0"]["unit0"]
+                                   ["shortcut"]["gate"]["bias"])[0]
+  assert float(bias(a)[0]) == -2.0 and float(bias(b)[0]) == 3.0

@@ -1,38 +1,28 @@
-"""Model configuration: documented defaults, validation, and depth rules."""
+"""Model configuration: documented defaults, validation, and depth rules.
+
+Every model key has a default in ``DEFAULTS``: the keys below, plus the
+hyper-parameters each registered shortcut declares (``shortcuts.Shortcut``).
+A network family (``families.FAMILIES``, ``model.name``) overrides some of
+them where a config does not set them. ``resolve`` merges defaults, the
+family's defaults and a config into a validated ``ModelConfig``.
+"""
 
 import dataclasses
-from typing import Any, Mapping, Optional, Tuple
+import functools
+from typing import Any, Dict, Iterator, Mapping, Tuple, Union
 
-from resflax.models import blocks, placements, shortcuts
+from resflax.models import blocks, cpu_conv, families, names, placements
+from resflax.models import shortcuts
 
-NAMES = ("cifar_resnet", "imagenet_resnet", "wide_resnet", "vgg", "highway")
-
-# ImageNet units per stage (He et al. 2016 Table 1; ResNet-200 from
-# Identity Mappings / fb.resnet.torch).
-IMAGENET_STAGES = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
-}
-
-# Defaults of every model key; a network's own defaults override these where
-# create_model is not told otherwise.
-DEFAULTS = dict(
-    name="cifar_resnet",
+# The keys every network reads; shortcut hyper-parameters join them.
+_BASE_DEFAULTS = dict(
+    name="cifar_resnet",  # a network family, see families.FAMILIES
     depth=20,
     block="basic",  # basic | bottleneck | single
     shortcut="identity",  # see shortcuts.SHORTCUTS
     unit="original",  # original | bn_after_add | relu_before_add | relu_preact | full_preact
     projection="",  # A | B | C; "" = the network's default (A CIFAR, B otherwise)
     num_classes=10,
-    shortcut_scale=0.5,  # lambda of the "scale" shortcut
-    scale_residual=False,  # "scale": also multiply F by 1 - lambda
-    gate_bias_init=-6.0,  # b_g of the gated shortcuts
-    gate_kernel=1,  # kernel of the gate conv (1x1 in Identity Mappings)
-    shortcut_dropout=0.5,  # rate of the "dropout" shortcut
     width=1,  # widening factor k (wide_resnet)
     widths=(),  # stage widths; () = the network's default
     dropout=0.0,  # dropout between the convs of F (WRN)
@@ -46,145 +36,218 @@ DEFAULTS = dict(
     bn_group_size=0,  # BN statistics per group of this many images; 0 = batch
     bn_momentum=0.9,
     bn_epsilon=1e-5,
+    cpu_conv_grad="auto",  # auto | on | off: conv gradient, see cpu_conv.py
 )
 
-NETWORK_DEFAULTS = {
-    "cifar_resnet": dict(depth=20, projection="A"),
-    "imagenet_resnet": dict(depth=50, projection="B", num_classes=1000),
-    "wide_resnet": dict(depth=28, width=10, unit="full_preact",
-                        projection="B"),
-    "vgg": dict(depth=14, block="single", shortcut="none", projection="A",
-                widths=(64, 128, 256)),
-    "highway": dict(depth=20, block="single", unit="relu_before_add",
-                    shortcut="exclusive_gate", gate_kernel=3,
-                    gate_bias_init=-2.0, projection="A"),
-}
+
+def _shortcut_defaults() -> Dict[str, Any]:
+  """The hyper-parameters of every registered shortcut, with their defaults.
+
+  Raises:
+    ValueError: a shortcut declares a key that is already a model key, or
+      one another shortcut declares with a different default.
+  """
+  out: Dict[str, Any] = {}
+  owner: Dict[str, str] = {}
+  for name in shortcuts.SHORTCUTS.names():
+    for key, value in shortcuts.SHORTCUTS.get(name).hparams.items():
+      if key in _BASE_DEFAULTS:
+        raise ValueError(f"model.shortcut={name!r} declares model.{key}, "
+                         "which is already a model key; rename it")
+      if key in out and out[key] != value:
+        raise ValueError(
+            f"model.shortcut={name!r} declares model.{key}={value!r}, but "
+            f"model.shortcut={owner[key]!r} declares it ={out[key]!r}; "
+            "rename one")
+      out[key], owner[key] = value, name
+  return out
 
 
-@dataclasses.dataclass(frozen=True)
+def _defaults() -> Dict[str, Any]:
+  return {**_BASE_DEFAULTS, **_shortcut_defaults()}
+
+
+class _Defaults(Mapping[str, Any]):
+  """The live defaults: base keys plus the registered shortcuts' keys."""
+
+  def __getitem__(self, key: str) -> Any:
+    return _defaults()[key]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(_defaults())
+
+  def __len__(self) -> int:
+    return len(_defaults())
+
+  def __repr__(self) -> str:
+    return f"DEFAULTS({_defaults()})"
+
+
+# Defaults of every model key; a network's own defaults override these where
+# create_model is not told otherwise.
+DEFAULTS: Mapping[str, Any] = _Defaults()
+
+
 class ModelConfig:
-  """Every model key, resolved and validated. Fields as in DEFAULTS."""
-  name: str
-  depth: int
-  block: str
-  shortcut: str
-  unit: str
-  projection: str
-  num_classes: int
-  shortcut_scale: float
-  scale_residual: bool
-  gate_bias_init: float
-  gate_kernel: int
-  shortcut_dropout: float
-  width: int
-  widths: Tuple[int, ...]
-  dropout: float
-  stochastic_depth: float
-  stochastic_depth_mode: str
-  stride_on: str
-  scan: bool
-  scan_unroll: int
-  remat: bool
-  dtype: str
-  bn_group_size: int
-  bn_momentum: float
-  bn_epsilon: float
+  """Every model key, resolved and validated, as frozen attributes.
+
+  Instances come from ``resolve``. Each is a frozen dataclass whose fields
+  are the keys of ``DEFAULTS`` when it was resolved (a shortcut registered
+  later adds fields), so ``dataclasses.asdict`` and attribute access work.
+  """
 
   def replace(self, **kw) -> "ModelConfig":
+    """A copy with ``kw`` changed, resolved and validated again."""
     return resolve({**dataclasses.asdict(self), **kw})
 
+  def __reduce__(self):
+    # The concrete class is made at run time; pickles rebuild through resolve.
+    return resolve, (dataclasses.asdict(self),)
 
-def _valid_depths_near(depth: int, a: int, b: int, lo: int) -> str:
-  valid = [a * n + b for n in range(1, 400) if a * n + b >= lo]
-  near = sorted(valid, key=lambda d: abs(d - depth))[:4]
-  return ", ".join(str(d) for d in sorted(near))
+
+@functools.lru_cache(maxsize=None)
+def _config_class(keys: Tuple[str, ...]) -> type:
+  cls = dataclasses.make_dataclass("ModelConfig", keys, bases=(ModelConfig,),
+                                   frozen=True)
+  cls.__doc__ = ModelConfig.__doc__
+  cls.__module__ = __name__
+  return cls
 
 
 def units_per_stage(cfg: ModelConfig) -> Tuple[int, ...]:
   """Number of residual units in each stage; raises on an invalid depth."""
-  d = cfg.depth
-  if cfg.name == "imagenet_resnet":
-    if d not in IMAGENET_STAGES:
-      raise ValueError(
-          f"model.depth={d} is not an ImageNet ResNet; choose one of "
-          f"{', '.join(map(str, sorted(IMAGENET_STAGES)))}")
-    return IMAGENET_STAGES[d][1]
-  if cfg.name == "wide_resnet":
-    a, b, rule = 6, 4, "6n+4 (WRN-d-k)"
-  else:
-    layers = blocks.CONVS_PER_UNIT[cfg.block]
-    a, b = 3 * layers, 2
-    rule = f"{a}n+2 for model.block={cfg.block!r}"
-  if d < a + b or (d - b) % a:
-    raise ValueError(
-        f"model.depth={d} is invalid for model.name={cfg.name!r}: depth must "
-        f"be {rule}; valid depths near it: {_valid_depths_near(d, a, b, a + b)}")
-  n = (d - b) // a
-  return (n, n, n)
+  return families.FAMILIES.get(cfg.name).units(cfg)
 
 
-def resolve(config: Optional[Mapping[str, Any]] = None, **overrides) -> ModelConfig:
+ConfigLike = Union[None, str, Mapping[str, Any]]
+
+
+def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
   """Merges defaults, the network's defaults, ``config`` and ``overrides``.
+
+  Args:
+    config: a mapping or ConfigDict of model keys, a common name such as
+      ``"resnet110"`` (``names.expand``), a ``ModelConfig``, or None.
+    **overrides: model keys applied on top of ``config``.
 
   Raises:
     ValueError: naming the key and what is allowed, for an unknown key,
       name, variant, depth or combination.
   """
-  given = {}
-  if config is not None:
-    given.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  given: Dict[str, Any] = {}
+  if isinstance(config, str):
+    given.update(names.expand(config))
+  elif dataclasses.is_dataclass(config):
+    given.update(dataclasses.asdict(config))
+  elif config is not None:
+    given.update(config.to_dict() if hasattr(config, "to_dict")
+                 else dict(config))
   given.update(overrides)
-  unknown = sorted(set(given) - set(DEFAULTS))
+  defaults = _defaults()
+  unknown = sorted(set(given) - set(defaults))
   if unknown:
     raise ValueError(f"unknown model key(s) {unknown}; valid keys: "
-                     f"{', '.join(sorted(DEFAULTS))}")
-  name = given.get("name", DEFAULTS["name"])
-  if name not in NETWORK_DEFAULTS:
-    raise ValueError(f"model.name={name!r} is not valid; choose one of "
-                     f"{', '.join(NAMES)}")
-  values = {**DEFAULTS, **NETWORK_DEFAULTS[name]}
+                     f"{', '.join(sorted(defaults))}")
+  family = families.FAMILIES.get(given.get("name", defaults["name"]))
+  if set(family.defaults) - set(defaults):
+    raise ValueError(f"model.name={given.get('name')!r} sets unknown model "
+                     f"key(s) {sorted(set(family.defaults) - set(defaults))}")
+  values = {**defaults, **family.defaults}
   values.update({k: v for k, v in given.items()
                  if not (k == "projection" and v == "")})
-  if name == "imagenet_resnet" and "block" not in given:
-    depth = values["depth"]
-    if depth in IMAGENET_STAGES:
-      values["block"] = IMAGENET_STAGES[depth][0]
+  family.fill(values, given)
   values["widths"] = tuple(values["widths"] or ())
-  cfg = ModelConfig(**values)
+  cfg = _config_class(tuple(values))(**values)
   _validate(cfg)
   return cfg
 
 
+def _as_config(model_config: ConfigLike) -> ModelConfig:
+  if isinstance(model_config, ModelConfig):
+    return model_config
+  return resolve(model_config)
+
+
+def needs_rng(model_config: ConfigLike) -> bool:
+  """Whether training the model needs a random key.
+
+  Dropout in F, stochastic depth, and a shortcut that says so (e.g. the
+  "dropout" shortcut at a positive rate) need one.
+
+  Args:
+    model_config: as ``resolve``'s ``config``.
+  """
+  cfg = _as_config(model_config)
+  return (cfg.dropout > 0 or cfg.stochastic_depth < 1.0
+          or shortcuts.SHORTCUTS.get(cfg.shortcut).needs_rng(cfg))
+
+
+def init_only_keys(model_config: ConfigLike) -> Tuple[str, ...]:
+  """Model keys of this network that only set initial parameter values.
+
+  Runs differing only in these keys compute the same function of their
+  variables, so they can share one compiled program once initialised.
+
+  Args:
+    model_config: as ``resolve``'s ``config``.
+
+  Returns:
+    Key names without the ``model.`` prefix (e.g. ``("gate_bias_init",)``
+    for the gated shortcuts), declared by the network's shortcut.
+  """
+  cfg = _as_config(model_config)
+  return tuple(shortcuts.SHORTCUTS.get(cfg.shortcut).init_only)
+
+
+def smallest_depth(model_config: ConfigLike) -> int:
+  """The smallest valid depth of the network's family and variant.
+
+  Args:
+    model_config: as ``resolve``'s ``config``.
+  """
+  cfg = _as_config(model_config)
+  return families.FAMILIES.get(cfg.name).smallest_depth(cfg)
+
+
+def shrink(model_config: ConfigLike) -> Dict[str, Any]:
+  """Model keys for the smallest network of the same family and variant.
+
+  For smoke runs: one unit per stage, narrow stages (and a widening factor
+  of 1), BN over the whole batch; block, shortcut, unit, projection and the
+  stage count stay. Update a config's model keys with the result.
+
+  Args:
+    model_config: as ``resolve``'s ``config``.
+
+  Returns:
+    The model keys to change (``depth``, ``widths``, ``bn_group_size`` and
+    what the family adds), a network ``resolve`` accepts.
+  """
+  cfg = _as_config(model_config)
+  return families.FAMILIES.get(cfg.name).shrink(cfg)
+
+
 def _validate(cfg: ModelConfig):
   blocks.BLOCKS.get(cfg.block)
-  shortcuts.SHORTCUTS.get(cfg.shortcut)
+  shortcut = shortcuts.SHORTCUTS.get(cfg.shortcut)
   placements.PLACEMENTS.get(cfg.unit)
   choices = dict(projection=("A", "B", "C"), stride_on=("1x1", "3x3"),
                  stochastic_depth_mode=("batch", "sample"),
-                 dtype=("float32", "bfloat16", "float16"))
+                 dtype=("float32", "bfloat16", "float16"),
+                 cpu_conv_grad=cpu_conv.MODES)
   for key, allowed in choices.items():
     if getattr(cfg, key) not in allowed:
       raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not valid; "
                        f"choose one of {', '.join(allowed)}")
-  if cfg.name == "vgg" and cfg.shortcut != "none":
-    raise ValueError("model.name='vgg' is a plain net: model.shortcut must "
-                     f"be 'none', got {cfg.shortcut!r}")
-  if cfg.name == "wide_resnet" and cfg.block != "basic":
-    raise ValueError("model.name='wide_resnet' uses model.block='basic'")
-  if cfg.name == "imagenet_resnet" and cfg.projection == "A":
-    raise ValueError("model.projection='A' is not supported for ImageNet "
-                     "ResNets; choose 'B' or 'C'")
   if cfg.scale_residual and cfg.shortcut != "scale":
     raise ValueError("model.scale_residual=True needs model.shortcut='scale'")
-  for key in ("shortcut_dropout", "dropout"):
-    if not 0.0 <= getattr(cfg, key) < 1.0:
-      raise ValueError(f"model.{key}={getattr(cfg, key)} must be in [0, 1)")
+  if not 0.0 <= cfg.dropout < 1.0:
+    raise ValueError(f"model.dropout={cfg.dropout} must be in [0, 1)")
   if not 0.0 < cfg.stochastic_depth <= 1.0:
     raise ValueError(f"model.stochastic_depth={cfg.stochastic_depth} must be "
                      "in (0, 1] (survival probability of the last unit)")
-  if cfg.num_classes < 1 or cfg.width < 1 or cfg.gate_kernel < 1:
-    raise ValueError("model.num_classes, model.width and model.gate_kernel "
-                     "must be positive")
+  if cfg.num_classes < 1 or cfg.width < 1:
+    raise ValueError("model.num_classes and model.width must be positive")
   if (isinstance(cfg.scan_unroll, bool) or not isinstance(cfg.scan_unroll, int)
       or cfg.scan_unroll < 1):
     raise ValueError(f"model.scan_unroll={cfg.scan_unroll!r} must be an int "
@@ -192,4 +255,7 @@ def _validate(cfg: ModelConfig):
                      "units unrolls the stage completely)")
   if cfg.bn_group_size < 0:
     raise ValueError("model.bn_group_size must be >= 0 (0 = whole batch)")
-  units_per_stage(cfg)
+  shortcut.check(cfg)
+  family = families.FAMILIES.get(cfg.name)
+  family.check(cfg)
+  family.layout(cfg)

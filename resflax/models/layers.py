@@ -1,83 +1,32 @@
 """Leaf layers shared by every network: convolution and batch normalisation."""
 
 import functools
-import operator
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resflax.models.cpu_conv import conv2d  # re-exported: benchmarks use it
+
 # He et al. initialise as in fb.resnet.torch: N(0, 2 / (k * k * out_channels)).
 he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x, k, strides, padding):
-  return jax.lax.conv_general_dilated(x, k, strides, padding,
-                                      dimension_numbers=_DN)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_cpu(x, k, strides, padding):
-  return _conv(x, k, strides, padding)
-
-
-def _conv_cpu_fwd(x, k, strides, padding):
-  return _conv(x, k, strides, padding), (x, k)
-
-
-def _conv_cpu_bwd(strides, padding, res, dy):
-  # XLA:CPU runs the backward convolutions of a conv inside a while loop (our
-  # scanned stages) up to 50x slower than outside one, but forward
-  # convolutions at full speed. For stride 1 and odd kernels both gradients
-  # are written as forward convolutions.
-  x, k = res
-  kh, kw, _, _ = k.shape
-  if strides != (1, 1) or not (kh % 2 and kw % 2) or isinstance(padding, str):
-    return jax.vjp(lambda a, b: _conv(a, b, strides, padding), x, k)[1](dy)
-  dx = _conv(dy, jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2), (1, 1), padding)
-  # dk[a, b, i, o] = sum_{n,h,w} xpad[n, h+a, w+b, i] dy[n, h, w, o]: a conv
-  # of x (batch <-> channels swapped) with dy as the kernel. XLA:CPU runs it
-  # up to 2.8x faster as a sum over chunks of the batch than in one piece
-  # (benchmarks/conv_grad.py).
-  n = x.shape[0]
-  chunks = n // _DK_CHUNK if n % _DK_CHUNK == 0 else 1
-  dk = functools.reduce(operator.add, (
-      _conv(xc.transpose(3, 1, 2, 0), dyc.transpose(1, 2, 0, 3), (1, 1),
-            padding).transpose(1, 2, 0, 3)
-      for xc, dyc in zip(jnp.split(x, chunks), jnp.split(dy, chunks))))
-  return dx, dk.astype(k.dtype)
-
-
-# Images per chunk of the weight gradient on CPU (see _conv_cpu_bwd).
-_DK_CHUNK = 16
-
-
-_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
-
-
-def conv2d(x, kernel, strides=(1, 1), padding="SAME"):
-  """NHWC x HWIO convolution; on CPU with a loop-friendly backward pass."""
-  kh, kw = kernel.shape[:2]
-  if padding == "SAME" and tuple(strides) == (1, 1) and kh % 2 and kw % 2:
-    padding = (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2)
-  padding = tuple(map(tuple, padding)) if not isinstance(padding, str) else padding
-  if jax.default_backend() == "cpu":
-    return _conv_cpu(x, kernel, tuple(strides), padding)
-  return _conv(x, kernel, tuple(strides), padding)
-
-
 class Conv(nn.Module):
-  """Square convolution, symmetric padding, float32 weights, He init."""
+  """Square convolution, symmetric padding, float32 weights, He init.
+
+  ``grad_mode`` picks the backward pass (``cpu_conv.MODES``, the model key
+  ``cpu_conv_grad``).
+  """
   features: int
   kernel: int
   strides: int = 1
   use_bias: bool = False
   bias_init: Any = nn.initializers.zeros
   dtype: Any = jnp.float32
+  grad_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -86,7 +35,8 @@ class Conv(nn.Module):
                    jnp.float32)
     pad = (self.kernel - 1) // 2
     y = conv2d(x.astype(self.dtype), k.astype(self.dtype),
-               (self.strides, self.strides), ((pad, pad), (pad, pad)))
+               (self.strides, self.strides), ((pad, pad), (pad, pad)),
+               self.grad_mode)
     if self.use_bias:
       b = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = y + b.astype(self.dtype)
@@ -95,10 +45,16 @@ class Conv(nn.Module):
 
 def conv(features: int, kernel: int, strides: int = 1, *, dtype=jnp.float32,
          name: Optional[str] = None, use_bias: bool = False,
-         bias_init=nn.initializers.zeros) -> Conv:
+         bias_init=nn.initializers.zeros, grad_mode: str = "auto") -> Conv:
   """A square convolution with 'same'-style padding, float32 weights."""
   return Conv(features, kernel, strides, use_bias, bias_init, dtype,
-              name=name)
+              grad_mode, name=name)
+
+
+def conv_factory(cfg) -> functools.partial:
+  """``conv`` bound to the model config's compute dtype and gradient mode."""
+  return functools.partial(conv, dtype=jnp.dtype(cfg.dtype),
+                           grad_mode=cfg.cpu_conv_grad)
 
 
 class BatchNorm(nn.Module):
@@ -109,6 +65,11 @@ class BatchNorm(nn.Module):
   this reproduces it on any number of devices (the batch axis is sharded in
   contiguous blocks, so a group never straddles devices when the per-device
   batch is a multiple of it). ``group_size`` = 0 uses the whole batch.
+
+  Training normalises with the biased batch variance; the running variance
+  is updated with the unbiased one (n / (n - 1) times it, n the values per
+  channel of a group), as Torch7, Caffe and PyTorch do, so evaluation uses the
+  statistics the papers' frameworks would have stored.
 
   Statistics are computed in float32 whatever the compute dtype.
   """
@@ -138,10 +99,14 @@ class BatchNorm(nn.Module):
       y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
       if not self.is_initializing():
         m = self.momentum
+        # Bessel's correction as in the papers' frameworks (class docstring);
+        # one value per channel has no spread to correct.
+        n = math.prod(xg.shape[1:-1])
+        unbiased = var * (n / max(n - 1, 1))
         ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(
             mean.reshape(-1, c), 0)
         ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(
-            var.reshape(-1, c), 0)
+            unbiased.reshape(-1, c), 0)
     else:
       y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
     return (y * scale + bias).astype(self.dtype)

@@ -24,15 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from resflax.models import blocks, layers, placements, unit as unit_lib
-from resflax.models.config import ModelConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-  units: int
-  width: int
-  strides: int
-  pool_before: bool = False  # VGG: 2x2 max-pool before the stage
+from resflax.models.config import ModelConfig, needs_rng
+from resflax.models.families import StageSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +46,15 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     pl = placements.PLACEMENTS.get(self.cfg.unit)
-    dtype = jnp.dtype(self.cfg.dtype)
-    x = x.astype(dtype)
+    conv = layers.conv_factory(self.cfg)
+    x = x.astype(jnp.dtype(self.cfg.dtype))
     if self.imagenet:
       # fb.resnet.torch: conv7x7/2-BN-ReLU-maxpool for both unit types.
-      x = layers.conv(self.features, 7, 2, dtype=dtype, name="conv")(x)
+      x = conv(self.features, 7, 2, name="conv")(x)
       x = layers.bn_factory(self.cfg)(name="bn")(x, train)
       x = nn.relu(x)
       return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    x = layers.conv(self.features, 3, 1, dtype=dtype, name="conv")(x)
+    x = conv(self.features, 3, 1, name="conv")(x)
     for op in pl.stem:
       x = (layers.bn_factory(self.cfg)(name="bn")(x, train) if op == "bn"
            else nn.relu(x))
@@ -112,8 +105,7 @@ class Network:
                                        u == 0 and st.strides > 1, changes))
       in_features = out
     self.num_modules = len(self.modules)
-    self.needs_rng = (cfg.dropout > 0 or cfg.shortcut == "dropout"
-                      or cfg.stochastic_depth < 1.0)
+    self.needs_rng = needs_rng(cfg)
 
   def __repr__(self):
     return f"Network({self.config})"

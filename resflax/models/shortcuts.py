@@ -9,9 +9,20 @@ its module is deleted (Veit et al.: only the shortcut is left).
 Shape changes (stride or channels) are handled by the projection option
 (``model.projection``): "A" zero-pads (parameter free), "B" projects with a
 1x1 conv where the shape changes, "C" projects on every unit.
+
+A shortcut declares what it needs from the rest of the framework on its
+class, so a new one touches only its own definition and its registration:
+
+  hparams    model keys it adds, with their defaults. While it is
+             registered they are model keys like any other (``DEFAULTS``,
+             ``resolve``, ``base_config().model``, ``--config.model.KEY``).
+  init_only  model keys that only set initial values; runs differing only
+             in them share one compiled program (``resflax.parallel``).
+  needs_rng  ``needs_rng(cfg)``: whether training needs a random key.
+  check      ``check(cfg)``: raises ValueError for invalid values of its keys.
 """
 
-from typing import Any
+from typing import Any, ClassVar, Mapping, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,6 +40,20 @@ class Shortcut(nn.Module):
   cfg: Any  # resflax.models.config.ModelConfig
   preact: bool = False
 
+  hparams: ClassVar[Mapping[str, Any]] = {}
+  init_only: ClassVar[Tuple[str, ...]] = ()
+
+  @classmethod
+  def needs_rng(cls, cfg) -> bool:
+    """Whether training with this shortcut needs a random key."""
+    del cfg
+    return False
+
+  @classmethod
+  def check(cls, cfg):
+    """Raises ValueError naming a key of ``hparams`` with an invalid value."""
+    del cfg
+
   def changes_shape(self, x) -> bool:
     return self.strides != 1 or x.shape[-1] != self.features
 
@@ -36,8 +61,8 @@ class Shortcut(nn.Module):
     """h(x) of the identity family: identity, option A, B or C."""
     projection = self.cfg.projection
     if projection == "C" or (projection == "B" and self.changes_shape(x)):
-      y = layers.conv(self.features, 1, self.strides,
-                      dtype=jnp.dtype(self.cfg.dtype), name="proj")(x)
+      y = layers.conv_factory(self.cfg)(self.features, 1, self.strides,
+                                        name="proj")(x)
       # Pre-activation nets project the already normalised input, no BN
       # (fb.resnet.torch preresnet); post-activation nets add BN.
       if not self.preact:
@@ -46,16 +71,6 @@ class Shortcut(nn.Module):
     if self.changes_shape(x):
       return layers.pad_shortcut(x, self.features, self.strides)
     return x
-
-  def gate(self, x):
-    """g(x) = sigmoid(conv(x) + b), b initialised to model.gate_bias_init."""
-    k = self.cfg.gate_kernel
-    g = layers.conv(self.features, k, self.strides, use_bias=True,
-                    bias_init=nn.initializers.constant(self.cfg.gate_bias_init),
-                    dtype=jnp.dtype(self.cfg.dtype), name="gate")(x)
-    g = nn.sigmoid(g.astype(jnp.float32)).astype(g.dtype)
-    self.sow("intermediates", "gate_mean", jnp.mean(g.astype(jnp.float32)))
-    return g
 
 
 @SHORTCUTS.register("identity")
@@ -71,6 +86,10 @@ class Identity(Shortcut):
 @SHORTCUTS.register("scale")
 class Scale(Shortcut):
   """y = lambda h(x) + F(x), or (1 - lambda) F(x) with model.scale_residual."""
+  hparams = dict(
+      shortcut_scale=0.5,  # lambda
+      scale_residual=False,  # also multiply F by 1 - lambda
+  )
 
   @nn.compact
   def __call__(self, x, fx, train):
@@ -81,8 +100,34 @@ class Scale(Shortcut):
     return hx, fx, hx
 
 
+class Gated(Shortcut):
+  """Base of the gated shortcuts: a sigmoid gate g(x) of its own conv."""
+  hparams = dict(
+      gate_bias_init=-6.0,  # b_g of the gated shortcuts
+      gate_kernel=1,  # kernel of the gate conv (1x1 in Identity Mappings)
+  )
+  # b_g only sets the bias's initial value.
+  init_only = ("gate_bias_init",)
+
+  @classmethod
+  def check(cls, cfg):
+    if cfg.gate_kernel < 1:
+      raise ValueError(f"model.gate_kernel={cfg.gate_kernel} must be positive")
+
+  def gate(self, x):
+    """g(x) = sigmoid(conv(x) + b), b initialised to model.gate_bias_init."""
+    k = self.cfg.gate_kernel
+    g = layers.conv_factory(self.cfg)(
+        self.features, k, self.strides, use_bias=True,
+        bias_init=nn.initializers.constant(self.cfg.gate_bias_init),
+        name="gate")(x)
+    g = nn.sigmoid(g.astype(jnp.float32)).astype(g.dtype)
+    self.sow("intermediates", "gate_mean", jnp.mean(g.astype(jnp.float32)))
+    return g
+
+
 @SHORTCUTS.register("exclusive_gate")
-class ExclusiveGate(Shortcut):
+class ExclusiveGate(Gated):
   """y = (1 - g(x)) h(x) + g(x) F(x): also the highway unit T F + (1 - T) x."""
 
   @nn.compact
@@ -93,7 +138,7 @@ class ExclusiveGate(Shortcut):
 
 
 @SHORTCUTS.register("shortcut_gate")
-class ShortcutGate(Shortcut):
+class ShortcutGate(Gated):
   """y = (1 - g(x)) h(x) + F(x)."""
 
   @nn.compact
@@ -109,8 +154,8 @@ class Conv1x1(Shortcut):
 
   @nn.compact
   def __call__(self, x, fx, train):
-    hx = layers.conv(self.features, 1, self.strides,
-                     dtype=jnp.dtype(self.cfg.dtype), name="proj")(x)
+    hx = layers.conv_factory(self.cfg)(self.features, 1, self.strides,
+                                       name="proj")(x)
     hx = layers.bn_factory(self.cfg)(name="proj_bn")(hx, train)
     return hx, fx, hx
 
@@ -118,6 +163,17 @@ class Conv1x1(Shortcut):
 @SHORTCUTS.register("dropout")
 class Dropout(Shortcut):
   """y = dropout(h(x)) + F(x), rate model.shortcut_dropout, training only."""
+  hparams = dict(shortcut_dropout=0.5)  # the rate
+
+  @classmethod
+  def needs_rng(cls, cfg) -> bool:
+    return cfg.shortcut_dropout > 0
+
+  @classmethod
+  def check(cls, cfg):
+    if not 0.0 <= cfg.shortcut_dropout < 1.0:
+      raise ValueError(f"model.shortcut_dropout={cfg.shortcut_dropout} must "
+                       "be in [0, 1)")
 
   @nn.compact
   def __call__(self, x, fx, train):

@@ -61,8 +61,8 @@ class ResidualUnit(nn.Module):
     spec = blocks.BLOCKS.get(cfg.block)(self.width, self.strides,
                                         cfg.stride_on)
     bn = layers.bn_factory(cfg)
-    dtype = jnp.dtype(cfg.dtype)
-    x = x.astype(dtype)
+    conv = layers.conv_factory(cfg)
+    x = x.astype(jnp.dtype(cfg.dtype))
 
     def ops(names, h, tag):
       for op in names:
@@ -83,8 +83,7 @@ class ResidualUnit(nn.Module):
         h = ops(pl.pre, h, f"pre{i}")
       if i > 0 and cfg.dropout > 0:
         h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
-      h = layers.conv(c.features, c.kernel, c.strides, dtype=dtype,
-                      name=f"conv{i}")(h)
+      h = conv(c.features, c.kernel, c.strides, name=f"conv{i}")(h)
       post = pl.post if i < last else pl.last
       if post and post[0] == "bn":
         h = ops(post[:1], h, f"post{i}")
