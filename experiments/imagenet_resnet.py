@@ -65,6 +65,7 @@ def get_config(arg=None):
   """``arg``: cases or groups (comma-separated), ``smoke``; none: Table 5."""
   config = base_config()
   config.model.name = "imagenet_resnet"
+  config.model.depth = 152
   config.model.bn_group_size = 32
   config.data.name = "imagenet2012"
   config.data.image_size = 224

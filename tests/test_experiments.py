@@ -35,8 +35,9 @@ def test_every_sweep_file_is_covered():
 def test_smoke_is_the_table_shrunk(path):
   module = load(path)
   # cifar_resnet.py's "smoke" alone is its older tiny single run (the
-  # training tests and README use it); "all,smoke" is its table shrunk.
-  arg = "all,smoke" if path.endswith("cifar_resnet.py") else "smoke"
+  # training tests and README use it); "table6,plain,smoke" is its table
+  # shrunk.
+  arg = "table6,plain,smoke" if path.endswith("cifar_resnet.py") else "smoke"
   config = module.get_config(arg)
   assert cases.case_names(config) == cases.case_names(module.get_config())
   assert config.seeds == 2
@@ -54,8 +55,10 @@ def test_every_case_is_valid(path):
     one = module.get_config(case)
     assert cases.case_names(one) == [case]
     run = cases.case_config(one, case, seed=config.seed)
-    # Validated for the papers' 2 GPUs (BN groups of 64 need 64 per device).
-    training.validate_config(run, 2)
+    # Every preset runs unchanged on 1, 2, 4 and 8 devices (a Colab TPU):
+    # BN groups span devices and evaluation pads its last batch.
+    for devices in (1, 2, 4, 8):
+      training.validate_config(run, devices)
     ref = one.sweep_paper[case].to_dict()
     assert not ref or cases.paper_value(ref) is not None
 
@@ -125,7 +128,8 @@ def test_cifar_resnet_keeps_its_single_runs():
   cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
   one = cifar.get_config("110")
   assert "sweep_cases" not in one and one.model.depth == 110
-  assert one.train.warmup_steps == 400
+  # He et al. 2016 (CVPR): warm up until the training error is below 80%.
+  assert one.train.warmup_until_error == 0.8 and one.train.warmup_steps == 0
   assert cifar.get_config("plain56").model.shortcut == "none"
   assert "sweep_cases" not in cifar.get_config("smoke")
   table = cifar.get_config()

@@ -120,6 +120,32 @@ def test_one_and_four_devices_give_same_parameters():
                one["variables"], four["variables"])
 
 
+def test_bn_groups_spanning_devices_equal_one_device():
+  """Groups of 8 of the 16 images over 4 devices of 4 images each: the
+  statistics, loss and parameters equal one device's (float32 noise)."""
+  config = tiny_config()
+  config.model.bn_group_size = 8
+  one = run_steps(config, jax.devices()[:1], 2)
+  four = run_steps(config, jax.devices()[:4], 2)
+  close = functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5)
+  jax.tree.map(close, one["variables"], four["variables"])
+  close(one["metrics"]["loss"], four["metrics"]["loss"])
+  # Groups really differ from whole-batch statistics.
+  config.model.bn_group_size = 0
+  whole = run_steps(config, jax.devices()[:4], 2)
+  assert not np.allclose(whole["metrics"]["loss"], four["metrics"]["loss"])
+
+
+def test_any_eval_batch_on_any_device_count(tmp_path):
+  config = tiny_config(steps=2, eval_batch_size=27, batch_size=16)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= result["test_error"] <= 1.0
+  config = tiny_config(steps=2, eval_batch_size=64, batch_size=16)
+  again = train.train_and_evaluate(config, str(tmp_path / "b"))
+  # The masked padding leaves the error of the same 64 test images alone.
+  assert again["test_error"] == pytest.approx(result["test_error"], abs=1e-6)
+
+
 def test_bn_per_device_differs_from_global():
   config = tiny_config(bn_sync=False)
   per_device = run_steps(config, jax.devices()[:4], 2)

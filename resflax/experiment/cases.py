@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from flax import traverse_util
 import ml_collections
 
+from resflax import data as data_lib
+from resflax import models
 from resflax.errors import ConfigError
 from resflax.experiment import paper as paper_lib
 from resflax.training import workdir as workdir_lib
@@ -51,10 +53,6 @@ FAILED_FILE = workdir_lib.FAILED_FILE
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 SMOKE = "smoke"
 ALL = "all"
-
-# Class counts of the real datasets, so a shrunk case keeps its classifier.
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -190,45 +188,25 @@ def _check_case_name(name: str, source: str):
                      f"'{SMOKE}', '{ALL}' or contain '.' or ','")
 
 
-def smallest_depth(model: ml_collections.ConfigDict) -> int:
-  """The smallest depth of the network's family: one unit per stage.
-
-  It keeps a case's structure (block, shortcut, unit, projection, stage
-  count and widths' ratios) while compiling and running in seconds.
-  """
-  if model.name == "imagenet_resnet":
-    # ImageNet depths are a fixed list; 18 is the smallest basic net and 50
-    # the smallest bottleneck one.
-    return 50 if model.depth >= 50 else 18
-  if model.name == "wide_resnet":
-    return 10  # 6n+4
-  from resflax.models import blocks  # pylint: disable=g-import-not-at-top
-  return 3 * blocks.CONVS_PER_UNIT[model.block] + 2
-
-
 def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks one case in place to seconds on a CPU; returns it.
 
-  Synthetic data with the real dataset's class count, the smallest depth of
-  the case's family, narrow stages, 6 steps with the schedule scaled to them
-  (warm-up and decays at the same fractions), 2 seeds.
+  Synthetic data with the real dataset's class count, the smallest network
+  of the case's family and variant (``resflax.models.shrink``), 6 steps with
+  the schedule scaled to them (warm-up and decays at the same fractions),
+  2 seeds.
   """
   data, model, t = config.data, config.model, config.train
-  data.num_classes = _NUM_CLASSES.get(data.name, data.num_classes)
+  data.num_classes = (data_lib.source_info(data).num_classes
+                      or data.num_classes)
   data.name = "synthetic"
   data.path = ""
   data.validation_split = 0
   data.synthetic_train_size = 96
   data.synthetic_test_size = 64
   data.max_train_images = data.max_test_images = 0
-  imagenet = model.name == "imagenet_resnet"
-  # The ImageNet stem divides by 4 before its four stages.
-  data.image_size = 32 if imagenet else 16
-  model.depth = smallest_depth(model)
-  model.widths = (4, 8, 8, 8) if imagenet else (4, 8, 8)
-  if model.name == "wide_resnet":
-    model.width = 1
-  model.bn_group_size = 0
+  data.image_size = models.FAMILIES.get(model.name).smoke_image_size
+  model.update(models.shrink(model))
   t.schedule_steps = t.steps
   t.scale_schedule = True
   t.steps = 6

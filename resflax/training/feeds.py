@@ -80,7 +80,9 @@ class InMemoryFeed:
     self.eval_split = first.eval_split
     self.summary = first.summary() + (
         " (one copy per run)" if self.per_run else "")
-    self._eval_batch_size = eval_batch_size
+    # Any evaluation batch works on any device count: it is rounded up to a
+    # multiple of the devices and the padding is masked out.
+    self._eval_batch_size = -(-eval_batch_size // mesh.size) * mesh.size
     self._placed: Dict[str, Any] = {}
     self._eval_fn = None
 
@@ -188,7 +190,9 @@ class StreamedFeed:
 
   def evaluate(self, variables, split: str = "eval") -> Dict[str, np.ndarray]:
     del split  # ImageNet's validation split is its test set, as in the papers
-    per_host = self._config.train.eval_batch_size // jax.process_count()
+    devices = self._mesh.size
+    per_host = (-(-self._config.train.eval_batch_size // devices) * devices
+                // jax.process_count())
     totals = np.zeros(3)
     for batch in self._iterator("validation", per_host):
       out = fetch(self._eval_fn(

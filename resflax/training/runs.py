@@ -15,9 +15,9 @@ run, each ``"key=value;key=value"`` with dotted config keys (``""`` = none)::
   --config.train.run_overrides="('', 'train.learning_rate=0.05',
       'train.learning_rate=0.2;model.gate_bias_init=-7')"
 
-Only keys in ``ALLOWED_OVERRIDES`` may differ between runs: the seed, the
-optimiser's scalars (traced per run inside the step) and the model keys
-that only set initial values (each group of runs sharing them is
+Only keys in ``allowed_overrides(config)`` may differ between runs: the
+seed, the optimiser's scalars (traced per run inside the step) and the
+model keys the network's pieces declare as only setting initial values (each group of runs sharing them is
 initialised with its own model). Anything else changes shapes or the
 compiled program and is an error naming the key. Seeds must be distinct
 (each run's files are named by its seed).
@@ -28,19 +28,27 @@ from typing import Any, Dict, List, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from resflax import models
 from resflax.errors import ConfigError
 
 # key -> type of its value. "train.*" keys are read inside the step, so
-# they are traced per run; "model.gate_bias_init" only sets initial values.
-ALLOWED_OVERRIDES = {
+# they are traced per run. The model keys that only set initial values are
+# declared by the network's pieces (``models.init_only_keys``).
+STEP_OVERRIDES = {
     "seed": int,
     "train.learning_rate": float,
     "train.warmup_learning_rate": float,
     "train.lr_decay": float,
     "train.weight_decay": float,
     "train.momentum": float,
-    "model.gate_bias_init": float,
 }
+
+
+def allowed_overrides(config: ml_collections.ConfigDict) -> Dict[str, type]:
+  """The keys that may differ between the parallel runs of ``config``."""
+  init_only = {f"model.{k}": type(models.DEFAULTS[k])
+               for k in models.init_only_keys(config.model)}
+  return {**STEP_OVERRIDES, **init_only}
 
 
 def parse_run_overrides(config: ml_collections.ConfigDict
@@ -52,10 +60,11 @@ def parse_run_overrides(config: ml_collections.ConfigDict
     overrides.
 
   Raises:
-    ConfigError: a malformed entry, a key not in ALLOWED_OVERRIDES, a
+    ConfigError: a malformed entry, a key not in ``allowed_overrides``, a
       value of the wrong type, or a count other than ``parallel_runs``.
   """
   r = config.train.parallel_runs
+  allowed = allowed_overrides(config)
   entries = tuple(config.train.run_overrides)
   if not entries:
     return [{} for _ in range(r)]
@@ -79,17 +88,17 @@ def parse_run_overrides(config: ml_collections.ConfigDict
       key, sep, text = (s.strip() for s in item.partition("="))
       if not sep or not key:
         raise ConfigError(f"{where}: {item!r} is not key=value")
-      if key not in ALLOWED_OVERRIDES:
+      if key not in allowed:
         raise ConfigError(
             f"{where}: key {key!r} cannot differ between parallel runs (it "
             "changes shapes or the compiled program); allowed keys: "
-            f"{', '.join(ALLOWED_OVERRIDES)}")
+            f"{', '.join(allowed)}")
       try:
-        parsed[key] = ALLOWED_OVERRIDES[key](text)
+        parsed[key] = allowed[key](text)
       except ValueError:
         raise ConfigError(
             f"{where}: {key}={text!r} is not a valid "
-            f"{ALLOWED_OVERRIDES[key].__name__}") from None
+            f"{allowed[key].__name__}") from None
     out.append(parsed)
   return out
 
@@ -126,7 +135,7 @@ def step_hparams(configs: Sequence[ml_collections.ConfigDict]
                  ) -> Dict[str, np.ndarray]:
   """The step's scalars that differ between runs: dotted key -> (R,)."""
   out = {}
-  for key in ALLOWED_OVERRIDES:
+  for key in STEP_OVERRIDES:
     if not key.startswith("train."):
       continue
     name = key.split(".", 1)[1]

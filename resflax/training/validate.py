@@ -60,10 +60,9 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(
         f"config.train.batch_size={t.batch_size} must be a positive multiple "
         f"of the device count ({num_devices})")
-  if t.eval_batch_size <= 0 or t.eval_batch_size % num_devices:
+  if t.eval_batch_size <= 0:
     raise ConfigError(
-        f"config.train.eval_batch_size={t.eval_batch_size} must be a positive "
-        f"multiple of the device count ({num_devices})")
+        f"config.train.eval_batch_size={t.eval_batch_size} must be positive")
   info = data_lib.source_info(config.data)
   configs = runs.run_configs(config)
   if len(configs) > 1 and info.streams:
@@ -78,10 +77,11 @@ def validate_config(config: ml_collections.ConfigDict,
     model_cfg = models.create_model(model_config(config, num_devices)).config
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  per_device = t.batch_size // num_devices
-  if model_cfg.bn_group_size and per_device % model_cfg.bn_group_size:
+  # Groups may span devices: under jit the grouped statistics of a sharded
+  # batch are a reshape of the global batch, and XLA adds the collectives.
+  if model_cfg.bn_group_size and t.batch_size % model_cfg.bn_group_size:
     raise ConfigError(
         f"config.model.bn_group_size={model_cfg.bn_group_size} must divide "
-        f"the per-device batch ({per_device})")
+        f"config.train.batch_size={t.batch_size}")
   _warn_schedule(t)
   return model_cfg
