@@ -6,16 +6,18 @@ of ``.whl/`` when present and sets PYTHONPATH), sized to finish within about
 (each process start costs 10-20 s of imports and compilation):
 
 1. devices JAX sees, versions, data source;
-2. steps/s of the jitted ``resflax.train.train_step`` (data on the device,
-   on-device sampling and augmentation) for ResNet-20 and ResNet-110
+2. steps/s of the engine's jitted single-run step
+   (``resflax.training.loop.make_step`` of
+   ``resflax.training.step_on_dataset``: data on the device, on-device
+   sampling and augmentation) for ResNet-20 and ResNet-110
    (``experiments/cifar_resnet.py``, batch 128) scanned (``model.scan``)
    and unrolled, in float32 and bfloat16 (``model.dtype``); compile
    seconds of each;
-3. parallel runs: R=5 float32 runs in one vmapped program
-   (``resflax.parallel.make_step`` when importable, otherwise
-   ``jax.vmap(train.train_step)`` over a stacked state) against the same 5
-   runs stepped one after another with the single-run program, for
-   ResNet-20 and for the faster ResNet-110 variant;
+3. parallel runs: R=5 float32 runs in one vmapped program (the engine's
+   step of ``train.parallel_runs=5``, ``resflax.training.loop.make_step``,
+   over its stacked initial state) against the same 5 runs stepped one
+   after another with the single-run program, for ResNet-20 and for the
+   faster ResNet-110 variant;
 4. projected wall time of the 64k-iteration ResNet-110 recipe:
    64000 / measured steps/s + compile (evaluation and checkpoints
    excluded), and of 5 seeds of it (a Table 1 case of Identity Mappings),
@@ -34,7 +36,6 @@ skipped and listed.
 """
 
 import argparse
-import functools
 import os
 import platform
 import sys
@@ -44,10 +45,11 @@ import traceback
 START = time.perf_counter()
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
 
-from resflax import data as data_lib, models, train
+import abstract_step
+from resflax import data as data_lib, training
 from resflax.config import load_experiment
+from resflax.training import feeds, loop, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_STEPS = 64_000
@@ -89,20 +91,12 @@ def make_config(depth: int, dtype: str, scan: bool, batch: int, data_path):
 
 
 class Case:
-  """One compiled single-run step and its state on the device."""
+  """The engine's compiled single-run step and its state on the device."""
 
-  def __init__(self, config, dataset, device_data):
-    model = models.create_model(train.model_config(config, jax.device_count()))
-    self.task = train.Task(model, config, train.make_mesh(),
-                           dataset.num_train,
-                           train.make_optimizer(config.train))
-    self.data = device_data
-    self.image_shape = dataset.image_shape
-    self.init = jax.jit(lambda seed: train.init_state(
-        self.task, seed, self.image_shape), out_shardings=self.task.replicated)
-    self.state = self.init(jnp.int32(0))
-    step = jax.jit(functools.partial(train.train_step, self.task),
-                   donate_argnums=0)
+  def __init__(self, config, feed):
+    self.config, self.feed = config, feed
+    self.spec, step, self.state = abstract_step.engine_step(config, feed)
+    self.data = feed.step_args()
     start = time.perf_counter()
     self.step = step.lower(self.state, *self.data).compile()
     self.compile_s = time.perf_counter() - start
@@ -142,50 +136,24 @@ def measure_case(case: Case, args):
   return steps / seconds
 
 
-def own_parallel_step(task):
-  """``jax.vmap(train.train_step)`` over a stacked state, shared data."""
-  return jax.jit(jax.vmap(functools.partial(train.train_step, task),
-                          in_axes=(0, None, None, None, None)),
-                 donate_argnums=0)
-
-
-def first_parallel_step(task, stacked, data):
-  """Compiles and runs the vmapped step once.
-
-  Uses ``resflax.parallel.make_step`` when it imports and works, otherwise
-  ``own_parallel_step``.
+def measure_parallel(case: Case, num_runs: int, args):
+  """Images/s of ``num_runs`` runs vmapped vs the same runs one by one.
 
   Returns:
-    (step function, new stacked state, seconds of the first call, how).
+    ({"parallel": images/s, "sequential": images/s}, seconds of the
+    vmapped step's first call: compile and one step).
   """
-  try:
-    from resflax import parallel  # pylint: disable=g-import-not-at-top
-    inner = parallel.make_step(task, per_run_data=False)
-    step = lambda state, *d: inner(state, {}, *d)
-    start = time.perf_counter()
-    out = jax.block_until_ready(step(stacked, *data))
-    return step, out, time.perf_counter() - start, "resflax.parallel.make_step"
-  except Exception as e:  # pylint: disable=broad-except
-    reason = f"{type(e).__name__}: {e}".splitlines()[0][:100]
-    how = f"own jax.vmap(train.train_step) (resflax.parallel: {reason})"
-  if any(x.is_deleted() for x in jax.tree.leaves(stacked)):  # donated
-    raise RuntimeError("resflax.parallel step failed after donating its "
-                       "input: " + how)
-  step = own_parallel_step(task)
+  config = case.config.copy_and_resolve_references()
+  config.train.parallel_runs = num_runs
+  _, step, stacked = abstract_step.engine_step(config, case.feed)
   start = time.perf_counter()
-  out = jax.block_until_ready(step(stacked, *data))
-  return step, out, time.perf_counter() - start, how
-
-
-def measure_parallel(case: Case, runs: int, args):
-  """Images/s of ``runs`` runs vmapped vs the same runs one after another."""
-  task = case.task
-  seeds = jnp.arange(runs, dtype=jnp.int32)
-  stacked = jax.jit(jax.vmap(lambda s: train.init_state(
-      task, s, case.image_shape)), out_shardings=task.replicated)(seeds)
-  step, stacked, compile_s, how = first_parallel_step(task, stacked,
-                                                      case.data)
-  states = [case.init(jnp.int32(k)) for k in range(runs)]
+  stacked = jax.block_until_ready(step(stacked, *case.data))
+  compile_s = time.perf_counter() - start
+  # Each run's own initial state (its seed), stepped by the case's
+  # single-run program.
+  states = [loop.initial_state(abstract_step.run_group(c), case.spec,
+                               case.feed.image_shape)
+            for c in runs.run_configs(config)]
 
   def par(n):
     nonlocal stacked
@@ -194,7 +162,7 @@ def measure_parallel(case: Case, runs: int, args):
     return stacked
 
   def seq(n):
-    for k in range(runs):
+    for k in range(num_runs):
       states[k] = case.run(n, states[k])
     return states
 
@@ -205,9 +173,9 @@ def measure_parallel(case: Case, runs: int, args):
     for name, fn in (("parallel", par), ("sequential", seq)):
       steps, seconds = timed(fn, max(1, args.min_steps // 2),
                              args.min_seconds / 2, chunk)
-      rates[name].append(runs * steps * task.config.train.batch_size
+      rates[name].append(num_runs * steps * config.train.batch_size
                          / seconds)
-  return ({k: max(v) for k, v in rates.items()}, compile_s, how)
+  return {k: max(v) for k, v in rates.items()}, compile_s
 
 
 def main():
@@ -243,10 +211,9 @@ def main():
     base.data.max_train_images = 1000
     base.data.max_test_images = 100
   dataset = data_lib.load_dataset(base.data, seed=base.seed)
-  rep = jax.sharding.NamedSharding(train.make_mesh(),
-                                   jax.sharding.PartitionSpec())
-  device_data = tuple(jax.device_put(a, rep) for a in (
-      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std))
+  # One copy of the data on the devices, shared by every case.
+  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
+                            base.train.eval_batch_size)
   report(f"data: {data_path or 'synthetic'} ({dataset.num_train} train "
          f"images on device, loaded in {time.perf_counter() - t0:.1f} s)")
 
@@ -271,9 +238,10 @@ def main():
       # The faster float32 variant of this depth measured so far.
       key = max(variants, key=lambda k: results[(k[0], "float32", k[1])][0])
       try:
-        rates, compile_s, how = measure_parallel(kept[key], args.runs, args)
+        rates, compile_s = measure_parallel(kept[key], args.runs, args)
         par[key] = (rates, compile_s)
-        report(f"{label} (float32, scan={key[1]}, {how}): vmapped "
+        report(f"{label} (float32, scan={key[1]}, "
+               "resflax.training.loop.make_step): vmapped "
                f"{rates['parallel']:.0f} img/s vs sequential "
                f"{rates['sequential']:.0f} img/s -> speed-up "
                f"{rates['parallel'] / rates['sequential']:.2f}x "
@@ -288,7 +256,7 @@ def main():
       continue
     try:
       config = make_config(depth, dtype, scan, args.batch, data_path)
-      case = Case(config, dataset, device_data)
+      case = Case(config, feed)
       sps = measure_case(case, args)
       results[(depth, dtype, scan)] = (sps, case.compile_s)
       report(f"{name:32s} {sps:8.1f} steps/s  {sps * args.batch:9.0f} img/s"

@@ -1,9 +1,9 @@
 """Trace and compile seconds of the training step, scanned and unrolled.
 
-The step is the jitted ``resflax.train.train_step`` (on-device sampling and
-augmentation, forward, backward, SGD update, guards), lowered from abstract
-arguments (nothing is initialised or run), batch ``--batch`` (compile time
-does not depend on it). Cases:
+The step is the jitted ``resflax.training.step_on_dataset`` (on-device
+sampling and augmentation, forward, backward, SGD update, guards), lowered
+from abstract arguments (nothing is initialised or run), batch ``--batch``
+(compile time does not depend on it). Cases:
 
 * ResNet-20, ResNet-110, ResNet-1202: He et al. 2016 CIFAR nets (basic
   units, option A), ``experiments/cifar_resnet.py:DEPTH``;
@@ -72,13 +72,12 @@ def make_config(depth: int, scan: bool, batch: int):
 
 
 def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
-  """Times trace, lower and compile of ``train_step``; returns a dict."""
+  """Times trace, lower and compile of the step; returns a dict."""
   import abstract_step  # pylint: disable=g-import-not-at-top
   from resflax import models  # pylint: disable=g-import-not-at-top
 
-  task, step, state, data = abstract_step.build(
+  spec, step, state, data = abstract_step.build(
       make_config(depth, scan, batch), num_train)
-  model = task.model
   t0 = time.perf_counter()
   traced = step.trace(state, *data)
   t1 = time.perf_counter()
@@ -89,7 +88,7 @@ def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
   return {"depth": depth, "scan": scan, "trace_s": t1 - t0,
           "lower_s": t2 - t1, "compile_s": t3 - t2,
           "params": models.num_params(state["variables"]),
-          "units": model.num_modules}
+          "units": spec.model.num_modules}
 
 
 def run_case(depth, scan, batch, timeout):
@@ -179,7 +178,8 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} cores; batch {args.batch}; train.train_step")
+        f"{os.cpu_count()} cores; batch {args.batch}; "
+        "training.step_on_dataset")
   skipped = [f"ResNet-{r['depth']} scan={r['scan']} ({r['skipped']})"
              for r in results if "skipped" in r]
   print("skipped: " + ("; ".join(skipped) if skipped else "none"))

@@ -1,12 +1,14 @@
 """Weight gradient of one 3x3 convolution on CPU: XLA's against resflax's.
 
-``resflax.models.layers.conv2d`` computes the weight gradient on CPU as a
-sum over 16-image chunks of the batch (each a forward convolution), where
-XLA's own gradient is one convolution over the whole batch. For each shape
-(batch, channels, image size: ResNet-20's three stages, an ImageNet stage
-and WRN-28-10's first stage) both are jitted alone, checked equal, and
-timed alternately; the minimum of ``--repeats`` is kept. The last line is
-the geometric mean over shapes of XLA's time / resflax's time.
+``resflax.models.cpu_conv.conv2d`` (the convolution of every resflax
+network; model key ``cpu_conv_grad='auto'``, the default) computes the
+weight gradient on CPU as a sum over 16-image chunks of the batch (each a
+forward convolution), where XLA's own gradient is one convolution over the
+whole batch. For each shape (batch, channels, image size: ResNet-20's three
+stages, an ImageNet stage and WRN-28-10's first stage) both are jitted
+alone, checked equal, and timed alternately; the minimum of ``--repeats``
+is kept. The last line is the geometric mean over shapes of XLA's time /
+resflax's time.
 
   python benchmarks/conv_grad.py [--repeats 5]
 """
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resflax.models import layers
+from resflax.models import cpu_conv
 
 SHAPES = ((128, 16, 32), (128, 32, 16), (128, 64, 8), (32, 64, 56),
           (128, 160, 32))
@@ -37,7 +39,7 @@ def weight_grads(batch: int, channels: int, size: int):
   xla = lambda a, b: jax.lax.conv_general_dilated(
       a, b, (1, 1), ((1, 1), (1, 1)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ours = lambda a, b: layers.conv2d(a, b)
+  ours = lambda a, b: cpu_conv.conv2d(a, b)
   grad = lambda conv: jax.jit(lambda x, k, dy: jax.vjp(
       lambda k_: conv(x, k_), k)[1](dy)[0])
   return {"xla": grad(xla), "resflax": grad(ours)}, (x, k, dy)

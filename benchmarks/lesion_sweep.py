@@ -65,8 +65,10 @@ def random_variables(model, seed=0):
 
 def load(args):
   """(model, variables, test images, labels, mean, std, source)."""
+  # pylint: disable=g-import-not-at-top
   from resflax import data, models
-  from resflax.experiment import lesion_study  # pylint: disable=g-import-not-at-top
+  from resflax.experiment import lesion_analysis, lesion_study
+  # pylint: enable=g-import-not-at-top
   if args.checkpoint:
     net = lesion_study.load_run(args.checkpoint, data_path=args.data)
     ds, model, variables = net.dataset, net.model, net.variables
@@ -80,7 +82,7 @@ def load(args):
                                 num_classes=ds.num_classes)
     variables = random_variables(model)
     source = "random He initialisation"
-  idx = lesion_study.eval_subset(ds.num_test, args.images)
+  idx = lesion_analysis.eval_subset(ds.num_test, args.images)
   return (model, variables, ds.test_images[idx], ds.test_labels[idx],
           ds.mean, ds.std, source)
 

@@ -1,10 +1,10 @@
 """Peak memory of one ResNet-1001 training step, with and without remat.
 
-The step is the jitted ``resflax.train.train_step`` of the Identity Mappings
-ResNet-1001 (bottleneck, full pre-activation, projection B, scanned stages)
-at batch ``--batch`` (128, the paper's), compiled from abstract arguments.
-XLA's ``memory_analysis()`` of the compiled executable gives, without
-running anything (so it works on a CPU for a GPU-sized batch):
+The step is the jitted ``resflax.training.step_on_dataset`` of the Identity
+Mappings ResNet-1001 (bottleneck, full pre-activation, projection B, scanned
+stages) at batch ``--batch`` (128, the paper's), compiled from abstract
+arguments. XLA's ``memory_analysis()`` of the compiled executable gives,
+without running anything (so it works on a CPU for a GPU-sized batch):
 
 * argument bytes: the train state and the on-device dataset;
 * output bytes: the new train state;
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import abstract_step
-from resflax import models, train
+from resflax import models, training
 from resflax.config import load_experiment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,7 +59,7 @@ def make_config(depth: int, batch: int, remat: bool, scan: bool = True):
 
 def analyse(config, num_train: int):
   """Compiles the step; returns XLA's memory analysis as a dict of bytes."""
-  task, step, state, data = abstract_step.build(config, num_train)
+  _, step, state, data = abstract_step.build(config, num_train)
   start = time.perf_counter()
   compiled = step.lower(state, *data).compile()
   seconds = time.perf_counter() - start
@@ -81,10 +81,10 @@ def run_once(config, num_train: int):
   device = jax.devices()[0]
   if not hasattr(device, "memory_stats") or device.memory_stats() is None:
     return None
-  task, step, _, _ = abstract_step.build(config, num_train)
-  rep = task.replicated
-  state = jax.jit(functools.partial(train.init_state, task, 0, (32, 32, 3)),
-                  out_shardings=rep)()
+  spec, step, _, _ = abstract_step.build(config, num_train)
+  rep = spec.replicated
+  state = jax.jit(functools.partial(training.init_state, spec, 0,
+                                    (32, 32, 3)), out_shardings=rep)()
   key = jax.random.key(0)
   images = jax.device_put(jax.random.randint(
       key, (num_train, 32, 32, 3), 0, 256, jnp.int32).astype(jnp.uint8), rep)

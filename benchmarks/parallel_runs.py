@@ -2,9 +2,12 @@
 
 ResNet-20 (experiments/cifar_resnet.py:20, batch 128) on synthetic 32x32
 images, on whatever devices JAX finds. "Sequential" trains R runs one after
-another with ``train.train_step`` (one compiled program, each run's state in
-turn); "parallel" trains them together with ``resflax.parallel.make_step``
-(the state vmapped over runs). Compilation and warm-up steps are not timed.
+another with the single-run step of the engine
+(``resflax.training.loop.make_step`` of a one-run config: one compiled
+program, each run's state in turn); "parallel" trains them together with the
+engine's step of ``train.parallel_runs=R`` (the state vmapped over runs).
+Both share one on-device dataset (``resflax.training.feeds.InMemoryFeed``).
+Compilation and warm-up steps are not timed.
 
   python benchmarks/parallel_runs.py                  # R=2, 3 timed steps
   python benchmarks/parallel_runs.py --runs 8 --steps 20
@@ -13,18 +16,17 @@ The last line printed is the speed-up (parallel images/s over sequential).
 """
 
 import argparse
-import functools
 import os
 import platform
 import time
 
 import jax
-import jax.numpy as jnp
 
+import abstract_step
 from resflax import data as data_lib
-from resflax import parallel
-from resflax import train
+from resflax import training
 from resflax.config import load_experiment
+from resflax.training import feeds, loop, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,45 +66,40 @@ def main():
   args = parser.parse_args()
 
   config = _config(args)
-  train.validate_config(config)
+  training.validate_config(config)
   dataset = data_lib.load_dataset(config.data, seed=config.seed)
-  model = parallel.make_model(config, dataset.num_classes)
-  task = train.Task(model, config, train.make_mesh(), dataset.num_train,
-                    train.make_optimizer(config.train))
-  put = lambda a: jax.device_put(a, task.replicated)
-  data = [put(a) for a in (dataset.train_images, dataset.train_labels,
-                           dataset.mean, dataset.std)]
-  configs = parallel.run_configs(config)
+  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
+                            config.train.eval_batch_size)
+  data = feed.step_args()
+  configs = runs.run_configs(config)
   r, b = args.runs, args.batch_size
   print(f"ResNet-{args.depth}, batch {b}, R={r} runs, {args.steps} timed "
         f"steps per run; {jax.device_count()} x {jax.devices()[0].device_kind}"
         f" ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs), jax {jax.__version__}")
 
-  init = jax.jit(lambda s: train.init_state(task, s, dataset.image_shape),
-                 out_shardings=task.replicated)
-  solo_step = jax.jit(functools.partial(train.train_step, task),
-                      donate_argnums=0)
+  # One compiled single-run program; each run starts from its own initial
+  # state (its seed), as it would trained alone.
+  solo_spec, solo_step, first = abstract_step.engine_step(configs[0], feed)
   tick = time.perf_counter()
-  jax.block_until_ready(solo_step(init(jnp.int32(0)), *data))
+  jax.block_until_ready(solo_step(first, *data))
   solo_compile = time.perf_counter() - tick
   seconds = 0.0
   for c in configs:
-    _, dt = _timed(solo_step, init(jnp.int32(c.seed)), args.steps, *data)
+    state = loop.initial_state(abstract_step.run_group(c), solo_spec,
+                               feed.image_shape)
+    _, dt = _timed(solo_step, state, args.steps, *data)
     seconds += dt
   sequential = r * args.steps * b / seconds
   print(f"sequential: {sequential:8.1f} images/s ({seconds:.1f} s; "
         f"compile {solo_compile:.1f} s)")
 
-  step = parallel.make_step(task, per_run_data=False)
-  state = parallel.init_states(task, configs, dataset.image_shape,
-                               dataset.num_classes)
+  _, step, state = abstract_step.engine_step(config, feed)
   tick = time.perf_counter()
-  state = step(state, {}, *data)
+  state = step(state, *data)
   jax.block_until_ready(state)
   par_compile = time.perf_counter() - tick
-  _, seconds = _timed(lambda s, *d: step(s, {}, *d), state, args.steps,
-                      *data)
+  _, seconds = _timed(step, state, args.steps, *data)
   together = r * args.steps * b / seconds
   print(f"parallel:   {together:8.1f} images/s ({seconds:.1f} s; "
         f"compile {par_compile:.1f} s)")

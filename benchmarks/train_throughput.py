@@ -1,10 +1,12 @@
 """Images/s of the full training loop against the bare compiled step.
 
-ResNet-20, batch 128. The full loop is ``train.train_and_evaluate`` (the CLI
-path: on-device sampling and augmentation, metrics fetched and logged,
-TensorBoard events, checkpoints) at the default intervals (``--log-every``,
-``--checkpoint-every`` change them). The bare step is the same compiled
-``train_step`` called in a loop with nothing else.
+ResNet-20, batch 128. The full loop is
+``resflax.training.train_and_evaluate`` (the CLI path: on-device sampling and
+augmentation, metrics fetched and logged, TensorBoard events, checkpoints)
+at the default intervals (``--log-every``, ``--checkpoint-every`` change
+them). The bare step is the same compiled step
+(``resflax.training.loop.make_step`` of ``step_on_dataset``) called in a
+loop with nothing else.
 Compilation and the final evaluation are excluded from both. Runs alternate
 (bare, full, bare, full, ...) in one process; the last line is the ratio.
 
@@ -13,7 +15,6 @@ Compilation and the final evaluation are excluded from both. Runs alternate
 """
 
 import argparse
-import functools
 import os
 import statistics
 import tempfile
@@ -21,8 +22,10 @@ import time
 
 import jax
 
-from resflax import data as data_lib, models, train
+import abstract_step
+from resflax import data as data_lib, training
 from resflax.config import load_experiment
+from resflax.training import feeds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCHIVE = os.path.join(HERE, "..", "..", "shared", "data",
@@ -49,16 +52,10 @@ def make_config(args, steps):
 def bare(config, steps):
   """Images/s of the compiled step alone (after one compiling call)."""
   dataset = data_lib.load_dataset(config.data)
-  model = models.create_model(train.model_config(config, jax.device_count()))
-  task = train.Task(model, config, train.make_mesh(), dataset.num_train,
-                    train.make_optimizer(config.train))
-  rep = task.replicated
-  state = jax.jit(functools.partial(train.init_state, task, 0,
-                                    dataset.image_shape),
-                  out_shardings=rep)()
-  args = [jax.device_put(a, rep) for a in (
-      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std)]
-  step = jax.jit(functools.partial(train.train_step, task), donate_argnums=0)
+  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
+                            config.train.eval_batch_size)
+  _, step, state = abstract_step.engine_step(config, feed)
+  args = feed.step_args()
   state = step(state, *args)
   jax.block_until_ready(state)
   start = time.perf_counter()
@@ -70,7 +67,7 @@ def bare(config, steps):
 
 def full(config):
   with tempfile.TemporaryDirectory() as workdir:
-    return train.train_and_evaluate(config, workdir)["images_per_second"]
+    return training.train_and_evaluate(config, workdir)["images_per_second"]
 
 
 def main():

@@ -9,11 +9,12 @@ conv, He init, global average pool, linear head) and the same step (batch
 * PyTorch eager (``torch.nn`` + ``torch.optim.SGD``, NCHW, one pre-made
   normalised batch, no augmentation: the least work torch can do), with
   ``torch.set_num_threads`` = the usable cores;
-* resflax: the jitted ``resflax.train.train_step`` that training runs (batch
-  sampled, normalised and augmented on the device, non-finite guard,
-  metrics), and the bare step (the resflax model's value_and_grad + optax
-  update on a pre-made batch, as torch gets it), both with
-  ``donate_argnums``;
+* resflax: the jitted step that training runs
+  (``resflax.training.loop.make_step`` of
+  ``resflax.training.step_on_dataset``: batch sampled, normalised and
+  augmented on the device, non-finite guard, metrics), and the bare step
+  (the resflax model's value_and_grad + optax update on a pre-made batch,
+  as torch gets it), both with ``donate_argnums``;
 * plain Flax: the same bare step with a minimal ``flax.linen`` ResNet-20
   (``nn.Conv``/``nn.BatchNorm``), the control for "what does JAX itself do
   here" (``--no-plain-flax`` leaves it out).
@@ -27,11 +28,12 @@ barriers need every thread scheduled at once) than XLA's thread pool, so
 the ratio swings from below 0.5x on an idle machine to 2-3x on a loaded
 one. ``model.scan`` is chosen by a short probe (``--scan auto``; the faster
 on this machine, printed) or forced with ``--scan on|off``. The last line
-is the median over rounds of resflax ``train_step`` images/s over torch
-images/s. Before it, ``--kernels N`` (default 5) times each framework's
-single convolutions at ResNet-20's shapes (forward, input gradient, weight
-gradient): the kernels a step is made of, compared without any framework
-around them.
+is the median over rounds of the resflax step's images/s over torch
+images/s (printed as ``resflax train_step / torch eager``, the name
+benchmarks/RESULTS.md cites). Before it, ``--kernels N`` (default 5) times
+each framework's single convolutions at ResNet-20's shapes (forward, input
+gradient, weight gradient): the kernels a step is made of, compared without
+any framework around them.
 
   pip install torch==2.13.0   # or: pip install -e .[bench]
   python benchmarks/vs_pytorch.py [--rounds 5] [--steps 10] [--scan auto]
@@ -50,9 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resflax import data as data_lib, models, train
+import abstract_step
+from resflax import data as data_lib, training
 from resflax.config import base_config
-from resflax.models import layers
+from resflax.models import cpu_conv
+from resflax.training import feeds
 
 BATCH = 128
 
@@ -151,7 +155,8 @@ class TorchRunner:
       loss = F.cross_entropy(self.model(self.x), self.y)
       loss.backward()
       self.opt.step()
-    self.loss = loss.item()  # eager: already computed
+    if steps:  # --warmup 0 runs no step
+      self.loss = loss.item()  # eager: already computed
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -190,21 +195,11 @@ class _JaxRunner:
 
 
 class TrainStepRunner(_JaxRunner):
-  """The jitted ``train.train_step`` (on-device sampling + augmentation)."""
+  """The engine's jitted step (on-device sampling + augmentation)."""
 
-  def __init__(self, config, dataset):
-    model = models.create_model(train.model_config(config, jax.device_count()))
-    self.task = train.Task(model, config, train.make_mesh(), dataset.num_train,
-                           train.make_optimizer(config.train))
-    rep = self.task.replicated
-    self.state = jax.jit(functools.partial(train.init_state, self.task, 0,
-                                           dataset.image_shape),
-                         out_shardings=rep)()
-    self.args = [jax.device_put(a, rep) for a in (
-        dataset.train_images, dataset.train_labels, dataset.mean,
-        dataset.std)]
-    self.step = jax.jit(functools.partial(train.train_step, self.task),
-                        donate_argnums=0)
+  def __init__(self, config, feed):
+    self.spec, self.step, self.state = abstract_step.engine_step(config, feed)
+    self.args = feed.step_args()
 
 
 
@@ -261,14 +256,20 @@ class _PlainAdapter:
 
 
 class BareRunner(_JaxRunner):
-  """Model value_and_grad + optax SGD on one fixed batch (as torch gets)."""
+  """Model value_and_grad + optax SGD on one fixed batch (as torch gets).
 
-  def __init__(self, config, images, labels, plain_flax: bool = False):
-    self.model = (_PlainAdapter() if plain_flax else models.create_model(
-        train.model_config(config, jax.device_count())))
+  Args:
+    spec: the run spec of the engine's step (``TrainStepRunner.spec``): its
+      model (unless ``plain_flax``) and optimiser are the ones used here.
+    images, labels: the fixed normalised batch.
+    plain_flax: use ``PlainResNet20`` instead of the resflax model.
+  """
+
+  def __init__(self, spec, images, labels, plain_flax: bool = False):
+    self.model = _PlainAdapter() if plain_flax else spec.model
     variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
-    tx = optax.chain(train.make_optimizer(config.train),
-                     optax.scale(-config.train.learning_rate))
+    tx = optax.chain(spec.optimizer,
+                     optax.scale(-spec.config.train.learning_rate))
     self.state = (variables, tx.init(variables["params"]), jnp.float32(0))
     self.args = (jnp.asarray(images), jnp.asarray(labels))
     model = self.model
@@ -298,13 +299,13 @@ def fixed_batch(dataset):
   return np.asarray(x, np.float32), dataset.train_labels[:BATCH]
 
 
-def choose_scan(dataset, steps: int):
-  """Times train_step with scan on/off (alternated).
+def choose_scan(feed, steps: int):
+  """Times the engine's step with scan on/off (alternated).
 
   Returns:
     (the faster scan setting, its compiled runner, its compile seconds).
   """
-  runners = {s: TrainStepRunner(make_config(s), dataset) for s in (True, False)}
+  runners = {s: TrainStepRunner(make_config(s), feed) for s in (True, False)}
   compile_s = {s: r.compile() for s, r in runners.items()}
   for r in runners.values():
     r.run(1)
@@ -313,7 +314,7 @@ def choose_scan(dataset, steps: int):
     for s, r in runners.items():
       rates[s].append(r.run(steps))
   best = {s: max(v) for s, v in rates.items()}
-  print(f"scan probe (train_step, {steps} steps x 2): scan=True "
+  print(f"scan probe (step_on_dataset, {steps} steps x 2): scan=True "
         f"{best[True]:.1f} img/s, scan=False {best[False]:.1f} img/s",
         flush=True)
   scan = max(best, key=best.get)
@@ -333,7 +334,7 @@ def kernel_table(torch, repeats: int):
   alternate and the minimum of ``repeats`` is kept. A step is about 19 x
   these three, so their ratio bounds what a JAX program made of XLA's
   kernels can gain. The ``resflax`` rows are the gradients of
-  ``resflax.models.layers.conv2d`` (its CPU backward pass) against the
+  ``resflax.models.cpu_conv.conv2d`` (its CPU backward pass) against the
   same torch kernels.
 
   Returns:
@@ -347,7 +348,7 @@ def kernel_table(torch, repeats: int):
     dy = rng.standard_normal((BATCH, size, size, width), np.float32)
     conv = lambda a, b: jax.lax.conv_general_dilated(
         a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    ours = lambda a, b: layers.conv2d(a, b)
+    ours = lambda a, b: cpu_conv.conv2d(a, b)
     jax_ops = {
         "forward": jax.jit(conv),
         "input grad": jax.jit(lambda a, b, g: jax.vjp(
@@ -408,23 +409,27 @@ def main():
   cores = num_cores()
   torch.set_num_threads(cores)
 
-  dataset = data_lib.load_dataset(make_config(True).data)
+  base = make_config(True)
+  dataset = data_lib.load_dataset(base.data)
   images, labels = fixed_batch(dataset)
+  # One copy of the data on the device for every step runner.
+  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
+                            base.train.eval_batch_size)
   compile_s = {}
   if args.scan == "auto":
     scan, step_runner, compile_s["resflax"] = choose_scan(
-        dataset, max(3, args.steps // 2))
+        feed, max(3, args.steps // 2))
   else:
     scan = args.scan == "on"
-    step_runner = TrainStepRunner(make_config(scan), dataset)
+    step_runner = TrainStepRunner(make_config(scan), feed)
     compile_s["resflax"] = step_runner.compile()
-  config = make_config(scan)
 
   runners = {"torch": TorchRunner(torch, images, labels),
              "resflax": step_runner,
-             "bare_resflax": BareRunner(config, images, labels)}
+             "bare_resflax": BareRunner(step_runner.spec, images, labels)}
   if args.plain_flax:
-    runners["plain_flax"] = BareRunner(config, images, labels, True)
+    runners["plain_flax"] = BareRunner(step_runner.spec, images, labels,
+                                       True)
   for k in runners:
     if k not in ("torch", "resflax"):
       compile_s[k] = runners[k].compile()
@@ -455,7 +460,8 @@ def main():
         "compile (excluded): " + ", ".join(
             f"{k} {v:.1f} s" for k, v in compile_s.items()))
   print("torch: eager NCHW, fixed pre-made batch, no augmentation; resflax: "
-        "jitted train.train_step (on-device sampling + pad/crop/flip); "
+        "jitted training.step_on_dataset (on-device sampling + "
+        "pad/crop/flip); "
         "bare_resflax / plain_flax: value_and_grad + optax on a fixed batch")
   print("median img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
   print("median CPU ms/img: " + ", ".join(
