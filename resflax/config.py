@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
       on_nonfinite="stop",  # stop | skip
       allow_config_change=False,  # resume a workdir whose config differs
       parallel_runs=1,  # runs vmapped in one program (seeds + run_overrides)
+      # Persistent JAX compilation cache: "auto" = $RESFLAX_CACHE/jax
+      # (default ~/.cache/resflax/jax) unless JAX already has one; a path;
+      # or "" to switch it off.
+      compilation_cache="auto",
   ))
   c.train.run_overrides = ml_collections.FieldReference((), field_type=tuple)
   return c

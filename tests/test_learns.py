@@ -66,9 +66,9 @@ def learned(lr, steps=30) -> bool:
   state = training.init_state(spec, 0, (8, 8, 3))
   losses = []
   for _ in range(steps):
-    before = float(state["metrics"]["loss"])
+    before = float(state["metrics"].loss.total)
     state = _step()(state, np.float32(lr), *data)
-    losses.append(float(state["metrics"]["loss"]) - before)
+    losses.append(float(state["metrics"].loss.total) - before)
   return bool(np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]))
 
 
@@ -100,9 +100,9 @@ def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
   batch_errors, rates = [], []
   for s in range(40):
     rates.append(float(training.learning_rate(s, state["warm"], config.train)))
-    before = int(state["metrics"]["errors"])
+    before = float(state["metrics"].error.total)
     state = step(state, *data)
-    batch_errors.append((int(state["metrics"]["errors"]) - before) / 32)
+    batch_errors.append((float(state["metrics"].error.total) - before) / 32)
   first = next(s for s, e in enumerate(batch_errors) if e < 0.8)
   assert first > 0, batch_errors  # the warm-up really ran
   assert rates[:first + 1] == [pytest.approx(0.03)] * (first + 1)

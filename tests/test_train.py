@@ -74,23 +74,32 @@ LEGACY = os.path.join(REPO, "tests", "fixtures", "workdir_v0_1")
 
 
 def test_workdir_of_previous_version_resumes(tmp_path):
-  """A workdir that resflax 0.1.0 stopped at step 4 of 8 resumes to the
-  parameters an uninterrupted run of today's code reaches."""
+  """A workdir that resflax 0.1.0 stopped at step 4 of 8 (on one device,
+  with JAX's default random scheme) resumes to the parameters an
+  uninterrupted run of today's code reaches."""
   import shutil  # pylint: disable=g-import-not-at-top
   part = tmp_path / "legacy"
   shutil.copytree(LEGACY, part)
-  result = train.train_and_evaluate(tiny_config(), str(part))
-  assert result["steps"] == 8
   full = tmp_path / "full"
-  train.train_and_evaluate(tiny_config(), str(full))
-  a = final_state(tiny_config(), str(full))
-  b = final_state(tiny_config(), str(part))
-  jax.tree.map(np.testing.assert_array_equal, a["variables"]["params"],
-               b["variables"]["params"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
-  # Running statistics of the first four steps came from the old version.
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-3),
+  jax.config.update("jax_threefry_partitionable", True)  # as it was written
+  try:
+    result = train.train_and_evaluate(tiny_config(), str(part))
+    train.train_and_evaluate(tiny_config(), str(full))
+    a = final_state(tiny_config(), str(full))
+    b = final_state(tiny_config(), str(part))
+  finally:
+    jax.config.update("jax_threefry_partitionable", False)
+  assert result["steps"] == 8 and int(b["step"]) == 8
+  # 1 device then vs this suite's 4: equal to float32 rounding.
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, a["variables"]["params"], b["variables"]["params"])
+  jax.tree.map(close, a["opt_state"], b["opt_state"])
+  # Running statistics of the first four steps came from the old version
+  # (biased variance), so they differ a little.
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0.05),
                a["variables"]["batch_stats"], b["variables"]["batch_stats"])
+  # Its metrics were plain sums then: the train error of the whole run.
+  assert b["metrics"].error.count == 8 * 16
 
 
 def run_steps(config, devices, steps):
@@ -129,11 +138,12 @@ def test_bn_groups_spanning_devices_equal_one_device():
   four = run_steps(config, jax.devices()[:4], 2)
   close = functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5)
   jax.tree.map(close, one["variables"], four["variables"])
-  close(one["metrics"]["loss"], four["metrics"]["loss"])
+  close(one["metrics"].loss.total, four["metrics"].loss.total)
   # Groups really differ from whole-batch statistics.
   config.model.bn_group_size = 0
   whole = run_steps(config, jax.devices()[:4], 2)
-  assert not np.allclose(whole["metrics"]["loss"], four["metrics"]["loss"])
+  assert not np.allclose(whole["metrics"].loss.total,
+                         four["metrics"].loss.total)
 
 
 def test_any_eval_batch_on_any_device_count(tmp_path):

@@ -34,16 +34,17 @@ from resflax import data as data_lib
 from resflax import fileio
 from resflax import logs
 from resflax import models
-from resflax.errors import ConfigError, TrainingError
+from resflax.errors import CheckpointError, ConfigError, TrainingError
 from resflax.training import checkpoint as checkpoint_lib
-from resflax.training import curves, feeds, runs
+from resflax.training import compile_cache, curves, feeds, runs
 from resflax.training import step as step_lib
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
 from resflax.training.state import (RunSpec, build_run, init_state,
                                     learning_rate, lr_drop_steps, make_mesh,
-                                    make_optimizer)
+                                    make_optimizer, upgrade_v0_state,
+                                    v0_layout)
 from resflax.training.validate import validate_config
 
 PyTree = Any
@@ -168,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   logs.setup_logging()
   validate_config(config)
+  compile_cache.enable(config.train.compilation_cache)
   workdir_lib.check_config(config, workdir)
   is_main = jax.process_index() == 0
   group = Runs(config, runs.run_configs(config), workdir, is_main)
@@ -188,6 +190,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
       return _Trainer(group, spec, feed, stop, changed).run()
+
+
+def _restore(ckpt, state, batch_size: int):
+  """The newest good checkpoint, in today's layout or resflax 0.1's."""
+  try:
+    return ckpt.restore_latest_good(state)
+  except CheckpointError as e:
+    if "tree structures do not match" not in str(e):
+      raise
+  # A workdir of resflax 0.1: its metrics were plain sums.
+  step, old = ckpt.restore_latest_good(v0_layout(state))
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  return step, jax.device_put(upgrade_v0_state(old, batch_size), shardings)
 
 
 def _log_start(group: Runs, spec: RunSpec, feed, state, step: int) -> None:
@@ -243,7 +258,7 @@ class _Trainer:
     """Restores, trains to ``train.steps`` and returns the results."""
     g, t = self.group, self.t
     state = initial_state(g, self.spec, self.feed.image_shape)
-    restored = self.ckpt.restore_latest_good(state)
+    restored = _restore(self.ckpt, state, self.t.batch_size)
     if restored is not None:
       state = restored[1]
       logging.info("resumed %s from step %d", g.workdir, restored[0])
@@ -337,13 +352,14 @@ class _Trainer:
 
   def _report(self, state, step, to_terminal: bool) -> None:
     g, t = self.group, self.t
-    m = g.per_run(state["metrics"])
-    seen = m["seen"] - self.last["seen"]
+    m, last = g.per_run(state["metrics"]), self.last
+    seen = m.error.count - last.error.count
     if seen.max() <= 0:
       return
-    losses = (m["loss"] - self.last["loss"]) / np.maximum(
-        seen / t.batch_size, 1)
-    errors = (m["errors"] - self.last["errors"]) / np.maximum(seen, 1)
+    # The interval's means: differences of the running totals.
+    losses = (m.loss.total - last.loss.total) / np.maximum(
+        m.loss.count - last.loss.count, 1)
+    errors = (m.error.total - last.error.total) / np.maximum(seen, 1)
     self.last = m
     warm = g.per_run(state["warm"])
     ok = [k for k in range(g.count) if k not in self.failed]
@@ -552,4 +568,9 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str,
   group = Runs(config, runs.run_configs(config), workdir, False)
   target = initial_state(group, build_run(config, num_classes), image_shape)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+    if step is None:
+      restored = _restore(c, target, config.train.batch_size)
+      if restored is None:
+        raise CheckpointError(f"no complete checkpoint in {c.directory}")
+      return restored[1]
     return c.restore(target, step)[1]

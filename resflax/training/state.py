@@ -2,12 +2,16 @@
 
 ``RunSpec`` is everything the compiled functions close over (the model, the
 config, the device mesh, the dataset size, the optimiser): static for jit.
-The train state is a plain pytree of arrays::
+The train state is a pytree of arrays::
 
   {'step': i32, 'variables': {params, batch_stats, lesion},
    'opt_state': optax state, 'rng': u32 key data, 'warm': bool,
    'nonfinite_step': i32 (-1: none), 'nonfinite_value': f32,
-   'skipped': i32, 'metrics': {'loss': f32, 'errors': i32, 'seen': i32}}
+   'skipped': i32, 'metrics': TrainMetrics}
+
+``TrainMetrics`` is a ``clu.metrics`` collection accumulated on the device
+by every step (the mean loss of the finite steps, the error of every
+image); the loop reads it only at reporting intervals.
 
 Everything a step needs (data order, augmentation, dropout) is a pure
 function of ``rng`` and ``step``, so a resumed run continues exactly where
@@ -17,6 +21,8 @@ the interrupted one was.
 import dataclasses
 from typing import Any, Dict, Optional
 
+from clu import metrics as clu_metrics
+import flax
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
@@ -27,6 +33,38 @@ import optax
 from resflax import models
 
 PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """What the step accumulates: loss per finite step, error per image."""
+  loss: clu_metrics.Average.from_output("loss")
+  error: clu_metrics.Average.from_output("error")
+
+
+def upgrade_v0_state(state: PyTree, batch_size: int) -> PyTree:
+  """A train state saved by resflax 0.1 (metrics as plain sums), upgraded.
+
+  Version 0.1 kept ``{'loss': sum of step losses, 'errors': wrong images,
+  'seen': images}``; the loss count is the steps those images made.
+  """
+  m = state["metrics"]
+  metrics = jax.tree.map(lambda x: jnp.broadcast_to(x, m["loss"].shape),
+                         TrainMetrics.empty())
+  return {**state, "metrics": metrics.replace(
+      loss=metrics.loss.replace(total=m["loss"],
+                                count=m["seen"] // batch_size),
+      error=metrics.error.replace(total=m["errors"].astype(jnp.float32),
+                                  count=m["seen"]))}
+
+
+def v0_layout(state: PyTree) -> PyTree:
+  """The layout of ``state`` as resflax 0.1 saved it (restore target)."""
+  total = state["metrics"].loss.total
+  return {**state, "metrics": {
+      "loss": jnp.zeros_like(total),
+      "errors": jnp.zeros(total.shape, jnp.int32),
+      "seen": jnp.zeros(total.shape, jnp.int32)}}
 
 
 @dataclasses.dataclass
@@ -138,7 +176,5 @@ def init_state(spec: RunSpec, seed, image_shape) -> PyTree:
       "nonfinite_step": jnp.full((), -1, jnp.int32),
       "nonfinite_value": jnp.zeros((), jnp.float32),
       "skipped": jnp.zeros((), jnp.int32),
-      "metrics": {"loss": jnp.zeros((), jnp.float32),
-                  "errors": jnp.zeros((), jnp.int32),
-                  "seen": jnp.zeros((), jnp.int32)},
+      "metrics": TrainMetrics.empty(),
   }

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from resflax import data as data_lib
 from resflax.models import masks, scoring
-from resflax.training.state import RunSpec, learning_rate
+from resflax.training.state import RunSpec, TrainMetrics, learning_rate
 
 PyTree = Any
 
@@ -125,7 +125,7 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
   step, variables = state["step"], state["variables"]
   loss, logits, new_vars, grads = _gradients(spec, state, x, y)
   params, opt_state = _descend(spec, state, grads)
-  errors = jnp.sum(jnp.argmax(logits, -1) != y).astype(jnp.int32)
+  wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32)
 
   finite = jnp.isfinite(loss) & _tree_all_finite(params)
   first_bad = (~finite) & (state["nonfinite_step"] < 0)
@@ -138,15 +138,22 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
       "variables": _select(apply, {**new_vars, "params": params}, variables),
       "opt_state": _select(apply, opt_state, state["opt_state"]),
       "rng": state["rng"],
-      "warm": state["warm"] & ~(errors < t.warmup_until_error * t.batch_size),
+      "warm": state["warm"] & ~(wrong.sum() < t.warmup_until_error
+                                * t.batch_size),
       "nonfinite_step": jnp.where(first_bad, step, state["nonfinite_step"]),
       "nonfinite_value": jnp.where(first_bad, loss, state["nonfinite_value"]),
       "skipped": state["skipped"] + (~finite).astype(jnp.int32),
-      "metrics": {"loss": state["metrics"]["loss"]
-                          + jnp.where(finite, loss, 0.0),
-                  "errors": state["metrics"]["errors"] + errors,
-                  "seen": state["metrics"]["seen"] + y.shape[0]},
+      "metrics": _accumulate(state["metrics"], loss, finite, wrong),
   }
+
+
+def _accumulate(metrics: TrainMetrics, loss, finite, wrong) -> TrainMetrics:
+  """Adds a step to the running metrics: its loss if finite, every image."""
+  return metrics.replace(
+      loss=metrics.loss.merge(type(metrics.loss).from_model_output(
+          loss=loss[None], mask=finite[None])),
+      error=metrics.error.merge(type(metrics.error).from_model_output(
+          error=wrong)))
 
 
 def finiteness(spec: RunSpec, state: PyTree, images: jax.Array,

@@ -48,7 +48,8 @@ VOLATILE_KEYS = ("train.log_every", "train.eval_every",
                  "train.checkpoint_every", "train.max_checkpoints",
                  "train.allow_config_change", "data.path",
                  "data.tfds_data_dir", "model.scan", "model.scan_unroll",
-                 "model.remat", "model.cpu_conv_grad")
+                 "model.remat", "model.cpu_conv_grad",
+                 "train.compilation_cache")
 
 
 def make_dir(path: str) -> None:
