@@ -61,7 +61,7 @@ class Case:
   Attributes:
     overrides: dotted config key -> value, applied to the experiment's base
       config (``{"model.shortcut": "scale", "model.shortcut_scale": 0.5}``).
-    paper: where ``resflax.paper.lookup`` finds the paper's number (from
+    paper: where ``resflax.experiment.paper.lookup`` finds the paper's number (from
       ``paper_ref``); empty when the paper has none.
     note: shown beside the row (e.g. what the paper's number measures).
   """
@@ -84,10 +84,10 @@ class Figure:
 
 
 def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
-  """A reference to one number of ``resflax.paper``, checked now.
+  """A reference to one number of ``resflax.experiment.paper``, checked now.
 
   Args:
-    table: a ``resflax.paper.tables()`` name.
+    table: a ``resflax.experiment.paper.tables()`` name.
     case: a row of that table.
     **selectors: the table's columns (``depth=110``, ``dataset="cifar100"``).
 
@@ -115,7 +115,7 @@ def paper_value(ref: Mapping[str, Any], field: Optional[str] = None):
       cell the paper leaves empty gives None.
 
   Returns:
-    ``resflax.paper.PaperValue`` or None.
+    ``resflax.experiment.paper.PaperValue`` or None.
   """
   if not ref:
     return None

@@ -192,7 +192,7 @@ class Network:
       residual_grad, skip_grad: optional float arrays of length
         ``num_modules`` scaling the gradient that flows through each
         module's residual branch / shortcut (the forward pass is
-        unchanged); used by ``resflax.paths`` and effective-path training.
+        unchanged); used by ``resflax.lesion.paths`` and effective-path training.
       capture: also return per-unit statistics sown by the units
         (``response_std{i}``, ``stream_delta``, ``gate_mean``), in execution
         order within each stage.

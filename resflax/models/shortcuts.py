@@ -17,7 +17,7 @@ class, so a new one touches only its own definition and its registration:
              registered they are model keys like any other (``DEFAULTS``,
              ``resolve``, ``base_config().model``, ``--config.model.KEY``).
   init_only  model keys that only set initial values; runs differing only
-             in them share one compiled program (``resflax.parallel``).
+             in them share one compiled program (``resflax.training.runs``).
   needs_rng  ``needs_rng(cfg)``: whether training needs a random key.
   check      ``check(cfg)``: raises ValueError for invalid values of its keys.
 """
