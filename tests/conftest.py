@@ -8,7 +8,9 @@ import pathlib
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-os.environ.setdefault("RESFLAX_TEST_SHRINK", "1")
+# Subprocesses (the CLI) cache data and compiled programs here, not in ~.
+os.environ.setdefault("RESFLAX_CACHE", os.path.join(
+    tempfile.gettempdir(), "resflax-test-cache"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -117,7 +117,8 @@ def test_cli_nonfinite_exit_status(tmp_path):
        "--config.train.steps=4", "--config.train.eval_every=0"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 1
-  assert re.search(r"non-finite (loss|parameters) at step", proc.stderr)
+  assert re.search(r"error: non-finite (loss|gradients|parameters)\b.* at "
+                   r"step \d+", proc.stderr)
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):

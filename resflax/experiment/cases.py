@@ -219,6 +219,44 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def _select(tokens: Sequence[str], cases: Mapping[str, Case],
+            groups: Mapping[str, Sequence[str]], source: str) -> List[str]:
+  """The cases the argument's tokens name, in order, without repeats."""
+  selected: List[str] = []
+  for token in tokens:
+    if token == SMOKE:
+      continue
+    if token == ALL:
+      members = list(cases)
+    elif token in cases:
+      members = [token]
+    elif token in groups:
+      members = list(groups[token])
+    else:
+      valid = list(cases) + list(groups) + [ALL, SMOKE]
+      close = difflib.get_close_matches(token, valid, n=3)
+      raise ConfigError(
+          f"{source}: unknown case {token!r}"
+          + (f" (did you mean {', '.join(close)}?)" if close else "")
+          + f"; use a case ({', '.join(cases)}), a group "
+          f"({', '.join(list(groups) + [ALL])}) and/or '{SMOKE}', "
+          "comma-separated")
+    selected += [m for m in members if m not in selected]
+  return selected
+
+
+def _figures(figures: Mapping[str, Figure],
+             selected: Sequence[str]) -> ml_collections.ConfigDict:
+  """The figures whose every case runs, as config data."""
+  return ml_collections.ConfigDict({
+      name: {"title": fig.title, "panel_titles": tuple(fig.panels),
+             "panel_cases": tuple(tuple(members)
+                                  for members in fig.panels.values())}
+      for name, fig in figures.items()
+      if all(m in selected for members in fig.panels.values()
+             for m in members)})
+
+
 def experiment(path: str, base: ml_collections.ConfigDict,
                cases: Mapping[str, Case], arg: Optional[str], *,
                title: str,
@@ -227,7 +265,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
                shrink_fn: Callable[[ml_collections.ConfigDict],
                                    Any] = shrink,
                seeds: int = 5,
-               figures: Optional[Mapping[str, "Figure"]] = None
+               figures: Optional[Mapping[str, Figure]] = None
                ) -> ml_collections.ConfigDict:
   """The config of an experiment file for its argument.
 
@@ -264,27 +302,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
 
   tokens = [t.strip() for t in str(arg or "").split(",") if t.strip()]
   smoke = SMOKE in tokens
-  selected: List[str] = []
-  for token in tokens:
-    if token == SMOKE:
-      continue
-    if token == ALL:
-      members = list(cases)
-    elif token in cases:
-      members = [token]
-    elif token in groups:
-      members = list(groups[token])
-    else:
-      valid = list(cases) + list(groups) + [ALL, SMOKE]
-      close = difflib.get_close_matches(token, valid, n=3)
-      raise ConfigError(
-          f"{source}: unknown case {token!r}"
-          + (f" (did you mean {', '.join(close)}?)" if close else "")
-          + f"; use a case ({', '.join(cases)}), a group "
-          f"({', '.join(list(groups) + [ALL])}) and/or '{SMOKE}', "
-          "comma-separated")
-    selected += [m for m in members if m not in selected]
-  selected = selected or table
+  selected = _select(tokens, cases, groups, source) or table
 
   config = base.copy_and_resolve_references()
   config.unlock()
@@ -313,13 +331,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
       {name: cases[name].note for name in selected})
   config.sweep_title = title
   config.sweep_shrunk = smoke
-  config.sweep_figures = ml_collections.ConfigDict({
-      name: {"title": fig.title, "panel_titles": tuple(fig.panels),
-             "panel_cases": tuple(tuple(m for m in members if m in selected)
-                                  for members in fig.panels.values())}
-      for name, fig in (figures or {}).items()
-      if all(m in selected for members in fig.panels.values()
-             for m in members)})
+  config.sweep_figures = _figures(figures or {}, selected)
   return config
 
 

@@ -45,7 +45,6 @@ import dataclasses
 import json
 import logging as py_logging
 import os
-import re
 import time
 import zlib
 from typing import Any, Sequence
@@ -57,6 +56,7 @@ import orbax.checkpoint as ocp
 
 from resflax import fileio as results
 from resflax.errors import CheckpointError
+from resflax.training import checkpoint_errors as errors_lib
 
 PyTree = Any
 
@@ -68,104 +68,8 @@ _ORBAX_TMP_MARKER = '.orbax-checkpoint-tmp'
 _CHECKSUM_VERSION = 1
 _MUTABLE_FILES = frozenset({'_CHECKPOINT_METADATA'})
 _READ_CHUNK = 1 << 22
-# Tensorstore reports failures as ValueError('<STATUS>: ...'), without the
-# status for some decoding failures. What it says for damaged files, as
-# observed (tests/test_checkpoint.py reproduces each): a failed CRC or
-# b-tree/manifest decoding, a file shorter than its index says, a compressed
-# node or chunk that does not decompress.
-_TS_STATUS = re.compile(r'([A-Z][A-Z_]{3,}): ')
-_TS_CORRUPTION_STATUSES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION')
-_TS_CORRUPTION = re.compile(
-    r'^DATA_LOSS: |^OUT_OF_RANGE: .*is not valid for value of size'
-    r'|ZSTD_decompressStream\(\) failed: (?:Data corruption detected'
-    r'|Unknown frame descriptor|Destination buffer is too small)'
-    r'|Truncated Zstd-compressed stream', re.DOTALL)
-_MAX_ERROR_CHARS = 600
 # Outcomes of one restore attempt, ordered so that processes agree on the max.
 _OK, _CORRUPT, _FAILED = 0, 1, 2
-_ORBAX_SOURCE = f'{os.sep}orbax{os.sep}'
-# Orbax functions that log an exception with its traceback and then hand it
-# on (raise it, or keep it for `check_for_errors`), so that it reaches our
-# caller as one CheckpointError line anyway.
-_ORBAX_RERAISING = frozenset({
-    ('future.py', 'run'), ('async_checkpointer.py', '_thread_func'),
-    ('checkpoint_manager.py', 'wait_until_finished'),
-    ('checkpoint.py', '_write_and_log'), ('checkpoint.py', '_update_and_log'),
-})
-
-
-class _Corrupt(CheckpointError):
-  """A step's files provably differ from what was saved."""
-
-
-def _error_chain(error: BaseException | None):
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or (
-        None if error.__suppress_context__ else error.__context__)
-
-
-def _describe(error: BaseException) -> str:
-  """Returns '<Type>: <message>' on one line, for messages and logs."""
-  # Orbax wraps tensorstore read errors in a bare Exception whose text is a
-  # multi-line dump of the TensorStore spec; the cause says what went wrong.
-  while type(error) is Exception and error.__cause__ is not None:
-    error = error.__cause__
-  if isinstance(error, CheckpointError):
-    return str(error)
-  text = ' '.join(str(error).split(' [tensorstore_spec', 1)[0].split())
-  if len(text) > _MAX_ERROR_CHARS:
-    text = text[:_MAX_ERROR_CHARS - 3] + '...'
-  return f'{type(error).__name__}: {text}' if text else type(error).__name__
-
-
-def _is_corruption(error: BaseException) -> bool:
-  """True only if `error` (from restoring a step) proves its data damaged.
-
-  That is `_Corrupt`, metadata that is not valid JSON/UTF-8, or a tensorstore
-  error matching `_TS_CORRUPTION`, unless the chain also holds an OSError, a
-  MemoryError or another tensorstore status (PERMISSION_DENIED, ...). Anything
-  not known to mean damage is not proof.
-  """
-  chain = list(_error_chain(error))
-  if any(isinstance(e, _Corrupt) for e in chain):
-    return True
-  evidence = False
-  for e in chain:
-    if isinstance(e, (OSError, MemoryError)):
-      return False
-    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
-      evidence = True
-    elif isinstance(e, ValueError):
-      status = _TS_STATUS.match(str(e))
-      if status and status.group(1) not in _TS_CORRUPTION_STATUSES:
-        return False
-      evidence = evidence or bool(_TS_CORRUPTION.search(str(e)))
-  return evidence
-
-
-def _orbax_traceback_filter(record: py_logging.LogRecord) -> bool:
-  """Logging filter (absl logger) keeping Orbax's tracebacks off the terminal.
-
-  A failed background save makes Orbax log the same exception with its
-  traceback from up to four threads. Those records (`_ORBAX_RERAISING`) go to
-  DEBUG; other Orbax records keep their level but carry only a one-line
-  summary of the exception. With DEBUG logging on, tracebacks are kept.
-  """
-  exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-  if (exc is None or record.levelno < py_logging.WARNING
-      or _ORBAX_SOURCE not in record.pathname):
-    return True
-  debug = py_logging.getLogger(record.name).isEnabledFor(py_logging.DEBUG)
-  if (os.path.basename(record.pathname), record.funcName) in _ORBAX_RERAISING:
-    record.levelno, record.levelname = py_logging.DEBUG, 'DEBUG'
-    return debug
-  if not debug:
-    record.msg, record.args = f'{record.getMessage()} ({_describe(exc)})', ()
-    record.exc_info = record.exc_text = None
-  return True
 
 
 def _is_local(directory: str) -> bool:
@@ -231,7 +135,7 @@ def _verify_step_files(step_dir: str) -> bool:
   try:
     manifest = json.loads(raw)
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise _Corrupt(f'damaged checksum file {manifest_path}: {e}') from e
+    raise errors_lib.Corrupt(f'damaged checksum file {manifest_path}: {e}') from e
   files = manifest.get('files') if isinstance(manifest, dict) else None
   if not (isinstance(files, dict)
           and manifest.get('version') == _CHECKSUM_VERSION):
@@ -241,12 +145,12 @@ def _verify_step_files(step_dir: str) -> bool:
     try:
       actual_size, actual_crc = _file_crc32(full, fsync=False)
     except FileNotFoundError as e:
-      raise _Corrupt(f'missing file {full}') from e
+      raise errors_lib.Corrupt(f'missing file {full}') from e
     if actual_size != size:
-      raise _Corrupt(
+      raise errors_lib.Corrupt(
           f'file {full} has {actual_size} bytes, expected {size} (truncated?)')
     if actual_crc != crc:
-      raise _Corrupt(f'file {full} fails its CRC-32 check (expected'
+      raise errors_lib.Corrupt(f'file {full} fails its CRC-32 check (expected'
                      f' {crc:#010x}, got {actual_crc:#010x})')
   return True
 
@@ -355,14 +259,15 @@ class Checkpointer:
           'Found %d unfinished checkpoint save(s) (process stopped while'
           ' saving); they are not restorable and will be removed: %s',
           len(unfinished), ', '.join(unfinished))
-    if _orbax_traceback_filter not in py_logging.getLogger('absl').filters:
-      py_logging.getLogger('absl').addFilter(_orbax_traceback_filter)
+    absl_logger = py_logging.getLogger('absl')
+    if errors_lib.orbax_traceback_filter not in absl_logger.filters:
+      absl_logger.addFilter(errors_lib.orbax_traceback_filter)
     try:
       self._manager = ocp.CheckpointManager(
           directory, options=_manager_options(max_to_keep))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot open checkpoint directory {directory}: {_describe(e)}'
+          f'cannot open checkpoint directory {directory}: {errors_lib.describe(e)}'
       ) from e
 
   @property
@@ -423,7 +328,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {_describe(e)}'
+          f'failed to save checkpoint step {step} to {path}: {errors_lib.describe(e)}'
       ) from e
     if not saved:
       # force=True should make this unreachable; never report success falsely.
@@ -450,7 +355,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {_describe(e)}'
+          f'failed to save checkpoint step {step} to {path}: {errors_lib.describe(e)}'
       ) from e
     if self._local:
       if not os.path.isdir(path):
@@ -463,7 +368,7 @@ class Checkpointer:
         except OSError as e:
           raise CheckpointError(
               f'checkpoint step {step} at {path} was written but could not be'
-              f' fsynced/checksummed: {_describe(e)}') from e
+              f' fsynced/checksummed: {errors_lib.describe(e)}') from e
     _sync_processes(f'resflax_checkpoint_sealed_{step}')
 
   def _seal(self, step: int, path: str) -> None:
@@ -482,7 +387,7 @@ class Checkpointer:
       self._manager.reload()
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Reloading checkpoint list of %s failed: %s',
-                      self._directory, _describe(e))
+                      self._directory, errors_lib.describe(e))
 
   # -- restoring --------------------------------------------------------------
 
@@ -514,7 +419,7 @@ class Checkpointer:
       return step, self._restore_step(step, target)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot restore checkpoint {self.step_path(step)}: {_describe(e)}'
+          f'cannot restore checkpoint {self.step_path(step)}: {errors_lib.describe(e)}'
       ) from e
 
   def _restore_step(self, step: int, target: PyTree) -> PyTree:
@@ -582,17 +487,17 @@ class Checkpointer:
     try:
       restored, outcome = self._restore_step(step, target), _OK
     except Exception as e:  # pylint: disable=broad-except
-      error, outcome = e, (_CORRUPT if _is_corruption(e) else _FAILED)
+      error, outcome = e, (_CORRUPT if errors_lib.is_corruption(e) else _FAILED)
     worst = _worst_outcome(outcome)
     if worst == _FAILED:
-      why = (_describe(error) if outcome == _FAILED
+      why = (errors_lib.describe(error) if outcome == _FAILED
              else 'another process could not read it (see its log)')
       raise CheckpointError(
           f'cannot restore checkpoint {self.step_path(step)}: {why} (not'
           ' proof of corruption: no older checkpoint tried, nothing renamed)'
       ) from error
     if worst == _CORRUPT:
-      return False, _describe(error) if error else 'corrupt on another process'
+      return False, errors_lib.describe(error) if error else 'corrupt on another process'
     return True, restored
 
   def _quarantine(self, steps: Sequence[int]) -> None:

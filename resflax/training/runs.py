@@ -64,7 +64,6 @@ def parse_run_overrides(config: ml_collections.ConfigDict
       value of the wrong type, or a count other than ``parallel_runs``.
   """
   r = config.train.parallel_runs
-  allowed = allowed_overrides(config)
   entries = tuple(config.train.run_overrides)
   if not entries:
     return [{} for _ in range(r)]
@@ -77,6 +76,10 @@ def parse_run_overrides(config: ml_collections.ConfigDict
         f"config.train.run_overrides has {len(entries)} entries; it needs one "
         f"per run, config.train.parallel_runs={r} ('' for a run without "
         "overrides)")
+  try:
+    allowed = allowed_overrides(config)
+  except ValueError as e:  # the model itself is invalid
+    raise ConfigError(str(e)) from None
   out = []
   for k, entry in enumerate(entries):
     where = f"config.train.run_overrides[{k}]={entry!r}"
