@@ -173,3 +173,13 @@ def test_processes_agree_on_the_stop_step(monkeypatch):
   assert [stop.should_stop(s) for s in range(1, 11)] == (
       [False] * 4 + [True] + [False] * 4 + [True])
   assert gathered == [0, 0]  # only at steps 5 and 10, with no local signal
+
+
+def test_schedule_past_the_end_is_warned_about(caplog):
+  config = tiny_config(steps=6)
+  config.train.lr_boundaries = (4, 10)
+  config.train.warmup_steps = 8
+  training.validate_config(config)
+  text = caplog.text
+  assert "lr_boundaries (10,) fall at or after the last step (6)" in text
+  assert "warmup_steps=8 covers the whole run of 6 steps" in text

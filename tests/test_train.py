@@ -3,6 +3,8 @@
 import functools
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -119,6 +121,7 @@ def run_steps(config, devices, steps):
   return jax.device_get(state)
 
 
+@pytest.mark.slow  # test_bn_groups_spanning_devices_equal_one_device covers it
 def test_one_and_four_devices_give_same_parameters():
   assert jax.device_count() >= 4, "conftest sets 4 fake CPU devices"
   config = tiny_config()
@@ -191,6 +194,18 @@ def test_cli_smoke_subprocess(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["steps"] == 6 and len(saved["devices"]) == 2
+  # Quiet and informative: every log line comes from resflax itself (no
+  # orbax or other library chatter), each report is printed once, and the
+  # start block and compile time are there.
+  ours = {p.name for p in pathlib.Path(REPO, "resflax").rglob("*.py")}
+  sources = re.findall(r"^[IWE]\d{4} [\d:.]+ +\d+ (\S+?):\d+\]",
+                       proc.stderr, re.M)
+  assert sources and set(sources) <= ours, set(sources) - ours
+  assert proc.stderr.count("step 6/6 (100.0%)") == 1
+  for expected in ("devices: 2 x", "data: synthetic", "model: cifar_resnet",
+                   "compiling the training step", "compiled and ran the "
+                   "first step in"):
+    assert expected in proc.stderr
   # A mistyped key is an error that names it.
   bad = subprocess.run(cmd[:-2] + ["--config.train.stepz=3"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=300)
