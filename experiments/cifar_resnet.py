@@ -14,7 +14,7 @@ All seeds of a case in one program: --config.train.parallel_runs=5.
 One network, one seed (no sweep; results in DIR/results.json):
   python -m resflax.main --config experiments/cifar_resnet.py:110 --workdir runs/r110
   python -m resflax.main --config experiments/cifar_resnet.py:plain56 --workdir runs/p56
-A tiny single run that finishes in seconds on a CPU:
+A tiny single run (ResNet-8, narrow) that finishes in seconds on a CPU:
   python -m resflax.main --config experiments/cifar_resnet.py:smoke --workdir /tmp/smoke
 
 Training curves (He et al. Fig. 6: plain nets left, ResNets right; thin
@@ -37,6 +37,7 @@ in the paper), then train at 0.1. Table 6 reports ResNet-110 as the best of
 
 import re
 
+from resflax import models
 from resflax.config import base_config
 from resflax.experiment import cases, paper
 from resflax.experiment.cases import Case, Figure, paper_ref
@@ -98,7 +99,7 @@ def _base():
 def get_config(arg=None):
   """``arg``: the sweep's cases or groups (comma-separated, ``all``,
   ``smoke``; none: the whole table), or one network: a depth ("110"),
-  "plainN", or "smoke" alone (a tiny ResNet-20 run)."""
+  "plainN", or "smoke" alone (a tiny ResNet-8 run)."""
   arg = "" if arg is None else str(arg).strip()
   single = re.fullmatch(r"(plain)?(\d+)", arg)
   if single or arg == "smoke":
@@ -117,11 +118,12 @@ def get_config(arg=None):
 
 
 def shrink(config):
-  """One network, small enough for seconds on a CPU (the ``smoke`` run)."""
+  """One network, small enough for seconds on a CPU (the ``smoke`` run):
+  the smallest of the family (one unit per stage, narrow stages)."""
+  config.model.update(models.shrink(config.model))
   config.data.name = "synthetic"
   config.data.synthetic_train_size = 256
   config.data.synthetic_test_size = 128
-  config.model.bn_group_size = 0
   config.train.batch_size = 32
   config.train.eval_batch_size = 64
   config.train.steps = 20

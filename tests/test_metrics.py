@@ -290,15 +290,33 @@ _TRAIN_WITHOUT_TENSORFLOW = _NO_TENSORFLOW + textwrap.dedent("""
 """)
 
 
+def _image_folder(root):
+  """train/ and test/ of two classes of 32x32 PNGs, told apart by colour."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 24), ('test', 8)):
+    for label, colour in (('blue', (20, 40, 200)), ('red', (200, 30, 20))):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = np.clip(np.array(colour) + rng.normal(0, 30, (32, 32, 3)),
+                         0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f'{i}.png')
+  return root
+
+
 @pytest.mark.slow
 def test_training_runs_without_tensorflow(tmp_path):
+  """A smoke run on an image folder with TensorFlow unimportable."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
       tempfile.gettempdir(), 'resflax-test-jax-cache')
   workdir = tmp_path / 'run'
+  folder = _image_folder(tmp_path / 'images')
   proc = _run(_TRAIN_WITHOUT_TENSORFLOW,
               '--config', 'experiments/cifar_resnet.py:smoke',
-              '--workdir', workdir, '--config.data.name=synthetic',
+              '--workdir', workdir, '--config.data.name=folder',
+              f'--config.data.path={folder}',
               '--config.train.steps=4', '--config.train.log_every=2',
               '--config.train.eval_every=4',
               '--config.train.checkpoint_every=0',

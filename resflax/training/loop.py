@@ -103,7 +103,18 @@ def _make_feed(config, configs, mesh):
 
 
 def initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
-  """The initial state: one run's, or every run's stacked."""
+  """The initial state: one run's, or every run's stacked.
+
+  Drawn with JAX's classic (non-partitionable) threefry whatever the global
+  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
+  compiles it several times faster (benchmarks/RESULTS.md), which is most
+  of a cold start. Steps use the global setting.
+  """
+  with jax.threefry_partitionable(False):
+    return _initial_state(group, spec, image_shape)
+
+
+def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
   if not group.stacked:
     return jax.jit(lambda s: init_state(spec, s, image_shape),
                    out_shardings=spec.replicated)(group.config.seed)
