@@ -99,6 +99,8 @@ def get_config(arg=None):
       (), field_type=tuple)
   if smoke:
     base.shrink(config)
+    # Lesions need several units per stage: keep the depth, narrow stages.
+    config.model.depth = int(depth)
     config.model.widths = (4, 8, 8)
     config.train.steps = 10
     config.train.log_every = 5

@@ -383,11 +383,15 @@ class _Trainer:
       self.logs[k].append(step, "train", **scalars)
     if to_terminal:
       ok = ok or list(range(g.count))
-      self.progress.report(step, t.batch_size * g.count, {
+      speed = self.progress.report(step, t.batch_size * g.count, {
           "train_loss": float(np.mean(losses[ok])),
           "train_error": float(np.mean(errors[ok])),
           "learning_rate": rates[ok[0]],
           **({"failed_runs": len(self.failed)} if g.stacked else {})})
+      if "images_per_sec" in speed:  # compilation excluded (reset_timer)
+        for w in self.writers:
+          w.write_scalars(step, {
+              "images_per_second": speed["images_per_sec"] / g.count})
 
   def _evaluate(self, state, step) -> None:
     start = time.perf_counter()
