@@ -11,13 +11,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from resflax import data
 from resflax.data import decode, folder
+from test_data import make_config as data_config
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +38,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def make_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='folder', path='', tfds_data_dir='', validation_split=0,
-      normalization='pixel_mean', synthetic_train_size=64,
-      synthetic_test_size=32, image_size=32, num_classes=10,
-      max_train_images=0, max_test_images=0))
-  config.update(overrides)
-  return config
+  return data_config(**{'name': 'folder', **overrides})
 
 
 def image_id(image):
