@@ -183,3 +183,34 @@ def test_schedule_past_the_end_is_warned_about(caplog):
   text = caplog.text
   assert "lr_boundaries (10,) fall at or after the last step (6)" in text
   assert "warmup_steps=8 covers the whole run of 6 steps" in text
+
+
+def test_sigterm_during_data_loading_stops_before_training(tmp_path,
+                                                           monkeypatch,
+                                                           caplog):
+  import signal  # pylint: disable=g-import-not-at-top
+  from resflax import data as data_lib  # pylint: disable=g-import-not-at-top
+  load = data_lib.load_dataset
+
+  def load_then_preempted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while data loads
+    return load(*args, **kwargs)
+
+  monkeypatch.setattr(data_lib, "load_dataset", load_then_preempted)
+  out = training.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert out == {"interrupted": True, "step": 0}
+  assert "received signal 15 while loading data" in caplog.text
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_off_the_main_thread_sigterm_is_not_caught_and_says_so(caplog):
+  import threading  # pylint: disable=g-import-not-at-top
+
+  def enter():
+    with preemption.StopSignal():
+      pass
+
+  worker = threading.Thread(target=enter)
+  worker.start()
+  worker.join()
+  assert caplog.text.count("SIGTERM is not caught") == 1
