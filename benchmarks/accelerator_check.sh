@@ -6,7 +6,8 @@
 #   bash benchmarks/accelerator_check.sh [--quick] [--budget 270] [--data PATH]
 #
 # Run from anywhere; it works in the repo root. When .whl/ holds wheels
-# (ml-collections, PyYAML: what a bare jax/flax machine lacks), they are
+# (ml-collections, PyYAML, clu, wrapt: what a bare jax/flax machine lacks;
+# clu.metrics holds the train metrics and imports wrapt), they are
 # installed with --target into $RESFLAX_SITE (default /tmp/site) and put on
 # PYTHONPATH ahead of the repo root (the package is not pip-installed there).
 # RESFLAX_WHL_PIP_ARGS adds pip options (e.g. to test the cp312 wheels with
