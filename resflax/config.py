@@ -4,22 +4,9 @@ Experiment files in ``experiments/`` start from ``base_config()`` and change
 what their recipe needs. Keys are stable; README lists them.
 """
 
-from typing import Any, Dict, Mapping
-
 import ml_collections
 
 from resflax.models import DEFAULTS as MODEL_DEFAULTS
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-  """``{'train': {'steps': 5}}`` -> ``{'train.steps': 5}`` (dicts or ConfigDicts)."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, (Mapping, ml_collections.ConfigDict)):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -34,10 +34,10 @@ from typing import Any, Callable, Mapping
 from absl import logging
 from clu import asynclib
 from clu import parameter_overview
+from flax import traverse_util
 import jax
 import numpy as np
 
-from resflax.config import flatten
 
 _FILE_COUNTER = itertools.count()
 
@@ -60,6 +60,12 @@ def _tensorboardx():
     if hide_torch and sys.modules.get('torch', 0) is None:
       del sys.modules['torch']
   return event_file_writer, record_writer, summary, event_pb2
+
+
+def _plain(tree: Mapping[str, Any]) -> dict:
+  """Nested mappings (ConfigDicts included) as plain dicts."""
+  return {k: _plain(v) if isinstance(v, Mapping) or hasattr(v, 'to_dict')
+          else v for k, v in tree.items()}
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
@@ -144,7 +150,8 @@ class SummaryWriter:
       hparams: A (nested) mapping such as `config.to_dict()`; nested keys are
         joined with dots, values other than bool/int/float/str become text.
     """
-    flat = {k: _hparam_value(v) for k, v in flatten(hparams).items()}
+    flat = {k: _hparam_value(v) for k, v in traverse_util.flatten_dict(
+        _plain(hparams), sep='.').items()}
     # Only the session start: without an experiment summary TensorBoard takes
     # the metric columns from the run's scalars (tensorboardX's would declare
     # none), and a session end would mark a running run as finished.
