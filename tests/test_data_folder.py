@@ -17,6 +17,7 @@ from PIL import Image
 
 from resflax import data
 from resflax.data import decode, folder
+from test_data import assert_data_error
 from test_data import make_config as data_config
 
 
@@ -386,14 +387,6 @@ def test_folder_loads_without_tensorflow_or_jax(tmp_path):
 # ---------------------------------------------------------------------------
 # Errors a user can act on.
 # ---------------------------------------------------------------------------
-
-
-def assert_data_error(config, *fragments):
-  with pytest.raises(data.DataError) as info:
-    data.load_dataset(config)
-  for fragment in fragments:
-    assert str(fragment) in str(info.value), (fragment, str(info.value))
-  return info.value
 
 
 def test_error_missing_path(tmp_path, cache_dir):

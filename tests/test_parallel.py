@@ -9,29 +9,16 @@ import pytest
 from resflax import train, training
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import runs as runs_lib
-from resflax.config import base_config
+
+from test_engine import tiny_config as engine_config
 
 
 def tiny_config(**train_kw):
   """A gated net (so a per-run gate bias matters) that compiles quickly."""
-  c = base_config()
+  c = engine_config(steps=4, lr_boundaries=(3,), checkpoint_every=0)
   c.model.depth = 8
-  c.model.block = "single"
   c.model.shortcut = "exclusive_gate"
   c.model.gate_bias_init = -2.0
-  c.model.widths = (4, 8, 8)
-  c.data.name = "synthetic"
-  c.data.image_size = 16
-  c.data.synthetic_train_size = 64
-  c.data.synthetic_test_size = 32
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.steps = 4
-  c.train.lr_boundaries = (3,)
-  c.train.warmup_steps = 1
-  c.train.log_every = 2
-  c.train.eval_every = 2
-  c.train.checkpoint_every = 0
   for k, v in train_kw.items():
     setattr(c.train, k, v)
   return c
