@@ -4,9 +4,14 @@ Experiment files in ``experiments/`` start from ``base_config()`` and change
 what their recipe needs. Keys are stable; README lists them.
 """
 
+import os
+
 import ml_collections
 
 from resflax.models import DEFAULTS as MODEL_DEFAULTS
+
+# The experiment files shipped in the package (the checkout's experiments/).
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(__file__), "experiments")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -71,6 +76,30 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def resolve_experiment(path: str) -> str:
+  """The experiment file that ``path`` names.
+
+  ``path`` itself when it exists. Otherwise a path of the form
+  ``experiments/NAME.py`` names the file shipped with resflax (so the
+  README's commands work after ``pip install resflax``, outside a checkout)
+  when resflax has one of that name; any other path is returned unchanged.
+
+  Args:
+    path: an experiment file's path, without the ``:arg`` suffix.
+
+  Returns:
+    The path to load.
+  """
+  if os.path.exists(path):
+    return path
+  parent, name = os.path.split(os.path.normpath(path))
+  shipped = os.path.join(EXPERIMENTS_DIR, name)
+  if parent == "experiments" and name.endswith(".py") and os.path.isfile(
+      shipped):
+    return shipped
+  return path
+
+
 def load_experiment(path: str, arg=None) -> ml_collections.ConfigDict:
   """Loads ``get_config(arg)`` from an experiment file, as ``--config`` does.
 
@@ -79,9 +108,9 @@ def load_experiment(path: str, arg=None) -> ml_collections.ConfigDict:
     arg: the experiment's argument (``"110"``, ``"smoke"``, a case name).
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if arg is None and ":" in os.path.basename(path):
     path, arg = path.rsplit(":", 1)
+  path = resolve_experiment(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"experiment file {path} does not exist")
   spec = importlib.util.spec_from_file_location(

@@ -104,9 +104,27 @@ def _fail(line: str):
   sys.exit(2)
 
 
+def shipped_experiment_argv(argv):
+  """``argv`` with ``--config experiments/NAME.py[:arg]`` pointed at the file
+  shipped with resflax when the current directory has no such file."""
+  from resflax import config as config_lib  # pylint: disable=g-import-not-at-top
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith("--config="):
+      prefix, value = "--config=", a[len("--config="):]
+    elif a == "--config" and i + 1 < len(out):
+      i, prefix, value = i + 1, "", out[i + 1]
+    else:
+      continue
+    path, colon, arg = value.partition(":")
+    out[i] = prefix + config_lib.resolve_experiment(path) + colon + arg
+    break
+  return out
+
+
 def _parse_flags(argv):
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(shipped_experiment_argv(argv))
   except Exception as e:  # pylint: disable=broad-except
     _fail(flag_error_line(e, argv))
 

@@ -1,0 +1,2 @@
+"""Sweeps, tables, figures, paper numbers and the lesion study: what the
+experiment files under ``resflax/experiments/`` are run with."""
