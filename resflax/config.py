@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="cifar10",  # cifar10 | cifar100 | synthetic | folder | imagenet2012
       path="",  # image-folder tree or .tar.gz of one; overrides tfds
       tfds_data_dir="",  # tensorflow-datasets data_dir
+      download_dir="",  # CIFAR archives; "" = $RESFLAX_CACHE/downloads
       validation_split=0,  # hold out this many training images for eval
       normalization="pixel_mean",  # pixel_mean (He et al.) | channel_standardize
       image_size=32,

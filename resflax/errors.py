@@ -31,6 +31,23 @@ class WorkdirError(UserError, RuntimeError):
   """A workdir cannot be used (held by another run, unwritable, a file)."""
 
 
+class Stopped(BaseException):
+  """SIGTERM arrived inside `StopSignal.interrupting()` (a download, say).
+
+  A BaseException, like KeyboardInterrupt, not a UserError: data code wraps
+  failures with a broad `except Exception` (a corrupt image, a failing TFDS
+  call) into DataError, which would turn a stop into a failed run. Only the
+  code that asked for the interruption catches it.
+
+  Attributes:
+    signum: The signal's number.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(f'received signal {signum}')
+    self.signum = signum
+
+
 def is_user_error(e: BaseException) -> bool:
   """True for errors raised with an actionable message by resflax."""
   return isinstance(e, UserError)

@@ -57,8 +57,12 @@ def test_error_tfds_not_prepared(tmp_path):
   assert error.__cause__ is not None
 
 
-def test_tfds_cifar_glue(monkeypatch):
-  """The TFDS path converts dtypes and names without needing real data."""
+def test_tfds_cifar_glue(monkeypatch, tmp_path):
+  """The TFDS path converts dtypes and names without needing real data.
+
+  CIFAR goes through TFDS only with config.data.tfds_data_dir set (without
+  it, the canonical archive is downloaded: tests/test_download.py).
+  """
   tfds = pytest.importorskip('tensorflow_datasets')
   rng = np.random.default_rng(0)
 
@@ -76,6 +80,7 @@ def test_tfds_cifar_glue(monkeypatch):
   monkeypatch.setattr(tfds, 'as_numpy', lambda x: x)
   # tfds_download=False and nothing prepared: TensorFlow is not imported.
   ds = data.load_dataset(make_config(name='cifar10', validation_split=5,
+                                     tfds_data_dir=str(tmp_path),
                                      tfds_download=False))
   assert ds.class_names == data.CIFAR10_CLASSES
   assert (ds.num_train, ds.num_eval, ds.num_test) == (25, 5, 20)

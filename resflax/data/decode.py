@@ -113,6 +113,21 @@ def num_decoders(num_files: int) -> int:
   return max(1, min(cores, 16, num_files // 256))
 
 
+def abandon(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+  """Shuts `pool` down at once: queued work is cancelled, workers killed.
+
+  `shutdown(cancel_futures=True)` alone still lets running chunks finish,
+  and the interpreter waits for them at exit.
+  """
+  # Private, but the only handle on the workers before Python 3.14's
+  # terminate_workers(); read before shutdown, which forgets them.
+  processes = list((getattr(pool, '_processes', None) or {}).values())
+  pool.shutdown(wait=False, cancel_futures=True)
+  for process in processes:
+    if process.is_alive():
+      process.terminate()
+
+
 def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
                reference: str) -> np.ndarray:
   """Decodes images into one (N, H, W, 3) uint8 array using all cores.
@@ -145,14 +160,20 @@ def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
   try:
     with concurrent.futures.ProcessPoolExecutor(
         workers - 1, mp_context=multiprocessing.get_context('spawn')) as pool:
-      futures = [(pool.submit(decode_chunk, sources[a:b], names[a:b], shape,
-                              reference), a, b) for a, b in chunks[1:]]
-      # This process decodes the first chunk meanwhile, so every core works.
-      decode_here(*chunks[0])
-      done.add(chunks[0])
-      for future, a, b in futures:
-        out[a:b] = future.result()
-        done.add((a, b))
+      try:
+        futures = [(pool.submit(decode_chunk, sources[a:b], names[a:b],
+                                shape, reference), a, b) for a, b in chunks[1:]]
+        # This process decodes the first chunk meanwhile, so every core works.
+        decode_here(*chunks[0])
+        done.add(chunks[0])
+        for future, a, b in futures:
+          out[a:b] = future.result()
+          done.add((a, b))
+      except BaseException:
+        # A stop (resflax.errors.Stopped on SIGTERM) or a bad image: leaving
+        # the block would wait for every worker's chunk, a minute or more.
+        abandon(pool)
+        raise
   except (concurrent.futures.BrokenExecutor, OSError) as e:
     # The pool is an optimisation: a sandbox without process semaphores or a
     # worker killed for memory must not stop the load.

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-from resflax.data import folder, imagenet, synthetic, tfds_source
+from resflax.data import cifar, folder, imagenet, synthetic, tfds_source
 from resflax.data.base import NORMALIZATIONS, Dataset, Raw, choose
 from resflax.data.base import config_int, config_value, finish
 from resflax.errors import DataError
@@ -52,12 +52,25 @@ SOURCES: Registry[Source] = Registry('data.name')
 _TRAIN_TEST = ('train', 'test')
 _CIFAR_SHAPE = (32, 32, 3)
 
+
+def _load_cifar(name: str, config_data: Any, seed: int) -> Raw:
+  """CIFAR from its archive, or through TFDS with config.data.tfds_data_dir.
+
+  The archive (downloaded once) needs no TensorFlow, so a plain
+  `pip install resflax` trains on CIFAR; a TFDS data dir that already holds
+  the prepared dataset keeps working.
+  """
+  if str(config_value(config_data, 'tfds_data_dir', '')).strip():
+    return tfds_source.load_cifar(name, config_data, seed)
+  return cifar.load_cifar(name, config_data, seed)
+
+
 SOURCES.register('cifar10')(Source(
     _TRAIN_TEST, lambda c: 10, lambda c: _CIFAR_SHAPE,
-    functools.partial(tfds_source.load_cifar, 'cifar10')))
+    functools.partial(_load_cifar, 'cifar10')))
 SOURCES.register('cifar100')(Source(
     _TRAIN_TEST, lambda c: 100, lambda c: _CIFAR_SHAPE,
-    functools.partial(tfds_source.load_cifar, 'cifar100')))
+    functools.partial(_load_cifar, 'cifar100')))
 SOURCES.register('synthetic')(Source(
     _TRAIN_TEST, synthetic.num_classes,
     lambda c: (synthetic.image_size(c),) * 2 + (3,), synthetic.load_synthetic))
@@ -162,8 +175,12 @@ def load_dataset(config_data: Any, *, seed: int = 0) -> Dataset:
     name: a SOURCES name ('cifar10'). With a non-empty `path` it is only a
       label ('folder', 'cifar10', ...).
     path: image-folder root or a `.tar.gz` of one (''). Used when non-empty.
-    tfds_data_dir: TFDS data directory for 'cifar10'/'cifar100' ('' = TFDS's
-      default).
+    tfds_data_dir: TFDS data directory for 'cifar10'/'cifar100': set, they
+      load through tensorflow-datasets; '' (the default), from the
+      canonical binary archive of Krizhevsky's site, downloaded once into
+      `download_dir`.
+    download_dir: where downloaded archives are kept ('' =
+      `$RESFLAX_CACHE/downloads` or `~/.cache/resflax/downloads`).
     tfds_download: let TFDS try to download a missing dataset (True).
     cache_dir: where decoded image-folder arrays are cached ('' =
       `$RESFLAX_CACHE` or `~/.cache/resflax`).

@@ -1,5 +1,8 @@
 """CIFAR-10/100 through tensorflow-datasets, and what the TFDS sources share.
 
+CIFAR goes through TFDS only when ``config.data.tfds_data_dir`` is set;
+without it, it is read from the canonical archive (:mod:`resflax.data.cifar`).
+
 TensorFlow and tensorflow-datasets are imported inside the functions that
 need them: they cost seconds and GPU memory that folder and synthetic data
 do not need, and a run on those must work without them installed.
@@ -54,7 +57,8 @@ def load_cifar(name: str, config_data: Any, seed: int) -> Raw:
 
   Args:
     name: The TFDS name.
-    config_data: `config.data`; uses `tfds_data_dir` and `tfds_download`.
+    config_data: `config.data`; uses `tfds_data_dir` (set, or the archive
+      source is used instead) and `tfds_download`.
     seed: Unused: CIFAR does not depend on the run's seed.
 
   Returns:

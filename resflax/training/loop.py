@@ -34,7 +34,7 @@ from resflax import data as data_lib
 from resflax import fileio
 from resflax import logs
 from resflax import models
-from resflax.errors import CheckpointError, ConfigError, TrainingError
+from resflax.errors import CheckpointError, ConfigError, Stopped, TrainingError
 from resflax.training import checkpoint as checkpoint_lib
 from resflax.training import compile_cache, curves, feeds, runs
 from resflax.training import step as step_lib
@@ -188,7 +188,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     workdir_lib.make_dir(workdir)
   with StopSignal() as stop:
     mesh = make_mesh()
-    feed = _make_feed(config, group.configs, mesh)
+    try:
+      # A download or decode can take minutes and polls no flag: SIGTERM
+      # raises Stopped inside it (a download keeps its .part to resume).
+      with stop.interrupting():
+        feed = _make_feed(config, group.configs, mesh)
+    except Stopped:
+      feed = None  # stop.received is set: reported below, before any use.
     lock = workdir_lib.WorkdirLock(workdir) if is_main else None
     with lock or contextlib.nullcontext():
       changed = workdir_lib.check_config(config, workdir)

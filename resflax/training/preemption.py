@@ -4,16 +4,21 @@ The handler only sets a flag; the loop finishes its step, saves a
 checkpoint and returns. With several processes, every process must stop at
 the same step (each takes part in saving it), so the flag is combined
 across processes every ``check_every`` steps and all of them see the same
-answer at the same step.
+answer at the same step. Inside ``StopSignal.interrupting()`` (data loading:
+a download or a decode that may take minutes) the handler raises
+``resflax.errors.Stopped`` instead, so a stop does not wait for the load.
 """
 
+import contextlib
 import signal
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 from absl import logging
 import jax
 import numpy as np
+
+from resflax.errors import Stopped
 
 
 class StopSignal:
@@ -29,6 +34,7 @@ class StopSignal:
     self._previous = None
     self._check_every = max(1, int(check_every))
     self._installed = False
+    self._interrupt = False
 
   def __enter__(self) -> "StopSignal":
     if threading.current_thread() is threading.main_thread():
@@ -43,6 +49,36 @@ class StopSignal:
   def _handle(self, signum, frame):
     del frame
     self.received = signum
+    if self._interrupt:
+      # Once: the cleanup the exception runs (closing a download's .part,
+      # stopping decoder processes) must not be cut short by a second signal.
+      self._interrupt = False
+      raise Stopped(signum)
+
+  @contextlib.contextmanager
+  def interrupting(self) -> Iterator["StopSignal"]:
+    """Within it, SIGTERM raises ``resflax.errors.Stopped`` at once.
+
+    For work that cannot poll the flag and may run for minutes, such as
+    downloading or decoding a dataset. The exception is raised in the main
+    thread wherever it is (a blocking read returns early); ``finally``
+    blocks and context managers still run. A signal received before entering
+    raises on entry. Outside the main thread, where no handler is installed,
+    it changes nothing.
+
+    Yields:
+      This StopSignal.
+
+    Raises:
+      resflax.errors.Stopped: on SIGTERM; ``received`` holds the signal.
+    """
+    if self.received is not None:
+      raise Stopped(self.received)
+    self._interrupt = True
+    try:
+      yield self
+    finally:
+      self._interrupt = False
 
   def should_stop(self, step: int) -> bool:
     """Whether to stop after ``step``; the same answer on every process.

@@ -47,7 +47,8 @@ LOCK_FILE = ".lock"
 VOLATILE_KEYS = ("train.log_every", "train.eval_every",
                  "train.checkpoint_every", "train.max_checkpoints",
                  "train.allow_config_change", "data.path",
-                 "data.tfds_data_dir", "model.scan", "model.scan_unroll",
+                 "data.tfds_data_dir", "data.download_dir", "model.scan",
+                 "model.scan_unroll",
                  "model.remat", "model.cpu_conv_grad",
                  "train.compilation_cache")
 
