@@ -241,3 +241,18 @@ def test_balanced_sample_rejects_bad_counts():
   for count in (0, 11):
     with pytest.raises(ValueError, match='count'):
       data.balanced_sample(np.arange(10), count, 0)
+
+
+def test_a_path_overrides_a_smoke_configs_synthetic_name(tmp_path):
+  # `:smoke --config.data.path=DIR` trains on DIR: the path is the choice.
+  for split, n in (('train', 2), ('test', 1)):
+    for cls in ('cat', 'dog'):
+      folder = tmp_path / 'mini' / split / cls
+      folder.mkdir(parents=True)
+      for i in range(n):
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+        Image.new('RGB', (32, 32), (i * 60, 0, 0)).save(folder / f'{i}.png')
+  config = make_config(name='synthetic', path=str(tmp_path / 'mini'))
+  info = data.source_info(config)
+  assert (info.source, info.name, info.num_classes) == ('folder', 'mini', 2)
+  assert data.load_dataset(config).train_images.shape == (4, 32, 32, 3)

@@ -82,9 +82,10 @@ def resolve_path(config_data: Any) -> Path:
 
 
 def label(config_data: Any, path: Path) -> str:
-  """config.data.name, or for 'folder' a name made from the path."""
+  """config.data.name, or for 'folder' (or 'synthetic', which a path
+  overrides) a name made from the path."""
   name = str(config_value(config_data, 'name', 'cifar10')).strip()
-  if name not in ('', 'folder'):
+  if name not in ('', 'folder', 'synthetic'):
     return name
   return cache_lib.slug(path.name if path.is_dir()
                         else archive_stem(path.name))

@@ -115,11 +115,8 @@ def _source_name(config_data: Any) -> str:
   name = str(config_value(config_data, 'name', 'cifar10')).strip()
   path = str(config_value(config_data, 'path', '')).strip()
   if path:
-    if name == 'synthetic':
-      raise DataError(
-          'config.data.name is synthetic but config.data.path is set to '
-          f'{path!r}; clear config.data.path or set config.data.name to '
-          "'folder' (or a label such as 'cifar10').")
+    # The path is the more specific choice: a smoke config's 'synthetic'
+    # (or any name) then only labels the data, as 'folder' does.
     return 'folder'
   if name == 'folder':
     raise DataError(
