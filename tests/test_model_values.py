@@ -341,8 +341,14 @@ def test_every_shortcut_matches_its_formula(shortcut, kw, case):
   assert_close(got, want)
   if shortcut != "none":  # without the shortcut, F alone is a different value
     assert_differs(got, f if preact else relu(f))
-  # Deleting the module leaves the shortcut's value, before f (the ReLU).
-  assert_close(u.apply(v, x, active=jnp.float32(0)), left)
+  # Deleting the module zeroes F's contribution and f (the ReLU after the
+  # addition) still applies: y = f(h(x)), as when stochastic depth drops F.
+  deleted = u.apply(v, x, active=jnp.float32(0))
+  assert_close(deleted, left if preact else relu(left))
+  if shortcut != "none" and not preact:
+    # The same value as a unit whose branch stochastic depth dropped.
+    dropped = u.apply(v, x, survival=jnp.float32(0.0))
+    assert_close(deleted, dropped)
 
 
 # ------------------------------------------------ stochastic depth

@@ -3,8 +3,9 @@
 Each shortcut is a flax module called as ``shortcut(x, fx, train)`` with the
 unit's input ``x`` (pre-activated where the paper's edge rules say so) and
 the residual branch output ``fx``. It returns ``(skip, residual, lesion)``:
-the unit adds ``skip + residual``; ``lesion`` is what the unit outputs when
-its module is deleted (Veit et al.: only the shortcut is left).
+the unit adds ``skip + residual``; ``lesion`` replaces that sum when the
+module is deleted (Veit et al.: only the shortcut is left; the operations
+after the addition still apply, as when stochastic depth drops the branch).
 
 Shape changes (stride or channels) are handled by the projection option
 (``model.projection``): "A" zero-pads (parameter free), "B" projects with a

@@ -48,7 +48,8 @@ class ResidualUnit(nn.Module):
     Args:
       x: NHWC input.
       train: batch statistics, dropout and stochastic depth on.
-      active: scalar; 0 deletes the module (output = its shortcut).
+      active: scalar; 0 deletes the module: F contributes zero, so the
+        output is f(h(x)) (f: the operations after the addition).
       survival: scalar stochastic-depth survival probability, or None.
       residual_grad, skip_grad: scalars scaling the gradient through F and
         through h (Veit et al. sec. 5); None leaves gradients alone.
@@ -111,9 +112,13 @@ class ResidualUnit(nn.Module):
       skip = _route_gradient(skip, skip_grad.astype(skip.dtype))
     if residual_grad is not None:
       res = _route_gradient(res, residual_grad.astype(res.dtype))
-    y = ops(pl.after_add, skip + res, "add")
+    added = skip + res
     if active is not None:
-      y = jnp.where(active > 0, y, lesion_out.astype(y.dtype))
+      # A deleted module's branch contributes zero and f still applies:
+      # y = f(h(x)), the rule stochastic depth trains with (Torch's ReLU
+      # after the addition is a module of its own that stays).
+      added = jnp.where(active > 0, added, lesion_out.astype(added.dtype))
+    y = ops(pl.after_add, added, "add")
     if y.shape == x.shape:
       self.sow("intermediates", "stream_delta",
                jnp.max(jnp.abs(y.astype(jnp.float32) - x.astype(jnp.float32))))
