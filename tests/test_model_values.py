@@ -435,3 +435,23 @@ def test_stochastic_depth_batch_mode_draws_once_per_step(preact_net):
     assert (kept == kept[0]).all()
     seen.append(tuple(kept[0]))
   assert len(set(seen)) > 3  # and the draws differ between steps
+
+
+@pytest.mark.parametrize("shortcut", ["exclusive_gate", "shortcut_gate"])
+@pytest.mark.parametrize("bias", [-6.0, 6.0])
+def test_gate_bias_init_sets_the_initial_gate(shortcut, bias):
+  """Identity Mappings sec. 3.1: b_g = -6 starts the gate near 0, so the
+  unit starts near its shortcut (1 - g ~ 1); +6 starts it near 1."""
+  x = jnp.asarray(np.random.RandomState(4).randn(2, 8, 8, 4), jnp.float32)
+  cfg = resolve(name="cifar_resnet", shortcut=shortcut, gate_bias_init=bias)
+  u = unit_lib.ResidualUnit(cfg, 4, 1)
+  v = u.init(KEY, x)
+  gate = v["params"]["shortcut"]["gate"]
+  np.testing.assert_array_equal(gate["bias"], np.full(4, bias, np.float32))
+  # The gate's value from the initial weights, by hand: sigmoid(conv + b).
+  g = sigmoid(np_conv(np.asarray(x, np.float64), np.asarray(gate["kernel"]))
+              + bias)
+  assert (g.mean() < 0.01) if bias < 0 else (g.mean() > 0.99)
+  _, state = u.apply(v, x, mutable=["intermediates"])
+  gate_mean = float(state["intermediates"]["shortcut"]["gate_mean"][0])
+  np.testing.assert_allclose(gate_mean, g.mean(), rtol=1e-4)
