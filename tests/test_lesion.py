@@ -337,3 +337,25 @@ def test_evaluator_one_compilation_matches_apply(net20):
         rel=1e-5)
   ev(v)
   assert ev.compilations == 1
+
+
+@pytest.mark.parametrize("k", [2.5, 0.5, 9.5, "3", True, np.float32(2.0)])
+def test_delete_modules_refuses_a_count_that_is_not_an_integer(k):
+  model = models.create_model("resnet20")
+  v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(TypeError, match="k must be an integer"):
+    lesion.delete_modules(v, k, key=jax.random.key(1))
+  # Integers of every kind still work, traced ones included.
+  def deleted(variables):
+    return int(sum(np.asarray(s["active"]).size - np.asarray(s["active"]).sum()
+                   for s in variables["lesion"].values()))
+  for ok in (2, np.int64(2), jnp.int32(2)):
+    assert deleted(lesion.delete_modules(v, ok, key=jax.random.key(1))) == 2
+  traced = jax.jit(lambda k: lesion.delete_modules(v, k, key=jax.random.key(1)))
+  assert deleted(traced(jnp.int32(3))) == 3
+
+
+@pytest.mark.parametrize("config", [123, 1.5, ["resnet20"]])
+def test_create_model_names_its_argument_on_a_wrong_type(config):
+  with pytest.raises(TypeError, match="create_model: config must be"):
+    models.create_model(config)

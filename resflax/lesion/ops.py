@@ -198,6 +198,7 @@ def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
   """
   n = num_modules(params)
   active = _flat_active(params)
+  _check_integer("k", k)
   if (key is None) == (indices is None):
     raise ValueError("delete_modules needs exactly one of key=... (k random "
                      "modules) or indices=[...] (those modules)")
@@ -239,6 +240,21 @@ def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
           "active (and in candidates)")
   remove = masks.random_module_mask(key, k, n, eligible) > 0
   return _with_active(params, jnp.where(remove, 0.0, active))
+
+
+def _check_integer(name: str, value: Any) -> None:
+  """TypeError unless ``value`` is None or an integer (Python, numpy or an
+  integer array, traced or not): 2.5 or '3' must not pick a module count."""
+  if value is None or isinstance(value, (int, np.integer)) and not isinstance(
+      value, bool):
+    return
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and (
+      jnp.ndim(value) == 0):
+    return
+  raise TypeError(f"delete_modules: {name} must be an integer (a Python "
+                  f"int or an integer scalar array), got {value!r} of type "
+                  f"{type(value).__name__}")
 
 
 def single_deletion_lesions(params: Mapping[str, Any]) -> Dict[str, Any]:

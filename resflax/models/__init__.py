@@ -52,6 +52,13 @@ def create_model(config: Union[None, str, Mapping[str, Any]] = None,
     ValueError: an unknown key, name, variant or an invalid depth, naming
       what is valid; raised before anything is traced.
   """
+  # A mapping or ConfigDict (not a Mapping subclass) has items().
+  if config is not None and not (isinstance(config, str)
+                                 or hasattr(config, "items")):
+    raise TypeError(
+        f"create_model: config must be a model name such as 'resnet110', a "
+        f"mapping or ConfigDict of model keys, or None; got {config!r} of "
+        f"type {type(config).__name__}")
   cfg = resolve(config, **overrides)
   layout = FAMILIES.get(cfg.name).layout(cfg)
   return Network(cfg, layout.stem_features, layout.stages,
