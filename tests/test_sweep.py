@@ -136,7 +136,8 @@ def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
   assert csv_rows["dropout"]["median_failed"] == "True"
   assert "dropout seed 1: non-finite" in md
   # A smoke sweep says so, explains the source tags, names no outside path.
-  assert md.splitlines()[0].endswith("[shrunk: smoke run] [synthetic data]")
+  assert md.splitlines()[0].startswith(
+      "# SMOKE (synthetic data, shrunk network) — not a result: ")
   assert "`[V]` read in the paper" in md and "shared/" not in md
   assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -156,6 +156,9 @@ def test_cli_runs_the_shipped_experiment(installed, tmp_path, experiment,
   assert (workdir / result).exists(), proc.stderr[-3000:]
   if result == "results.json":
     assert json.loads((workdir / result).read_text())["steps"] == 20
+    # The run's curves say what they are: synthetic data, not a result.
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    assert "SYNTHETIC" in Image.open(workdir / "curves.png").text["Title"]
 
 
 @pytest.mark.parametrize("extra, package", [("cuda12", "jax-cuda12-plugin"),

@@ -1,21 +1,88 @@
 """The figures of the lesion study (Veit et al. 2016, He et al. Fig. 7).
 
 Each function draws one study's results (the dicts of
-``resflax.experiment.lesion_study``) into a PNG. Figures are built with
-matplotlib's object API on an Agg canvas: no pyplot state and no backend
-switch, so writing them from a notebook leaves its inline plots alone.
+``resflax.experiment.lesion_study``) into a PNG and returns the Figure.
+Figures are built with matplotlib's object API on an Agg canvas: no pyplot
+state and no backend switch, so writing them from a notebook leaves its
+inline plots alone.
+
+What a figure claims is what it shows: titles say what is plotted, errors
+are in percent, counts get integer ticks, and legends sit outside the axes.
+A ``Setting`` says what the networks are: a synthetic-data run's figures
+carry its mark (``resflax.training.curves.output_mark``) as their suptitle
+and in the PNG's ``Title`` chunk, and Veit et al.'s numbers
+(``resflax.experiment.paper``, table ``veit``) are drawn beside ours only
+for their network (54 modules, CIFAR-10); for any other the legend says
+they were left out.
 """
 
-from typing import Any, Dict, Mapping, Sequence
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-__all__ = ["plot_gradients", "plot_k", "plot_paths", "plot_reorder",
-           "plot_response", "plot_single"]
+from resflax.experiment import paper
+from resflax.training import curves
+
+__all__ = ["Setting", "count_scatter", "plot_gradients", "plot_k", "plot_paths",
+           "plot_reorder", "plot_response", "plot_single", "setting_of",
+           "study_setting", "veit"]
 
 _DPI = 120
+_PAPER = "tab:green"  # Veit et al.'s values, in every figure
+
+
+def veit(case: str) -> float:
+  """A number of Veit et al. (``paper`` table ``veit``) as a float."""
+  return float(paper.lookup("veit", case))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What the study's networks are, for titles and the paper's values.
+
+  Attributes:
+    mark: ``curves.output_mark`` of the networks; '' for real data.
+    num_modules: the ResNet's module count n.
+    data: the ResNet's dataset name (``config.data.name``).
+    paper: the ResNet is Veit et al.'s (n = 54, CIFAR-10): their numbers
+      are drawn beside ours.
+  """
+  mark: str = ""
+  num_modules: int = 0
+  data: str = ""
+  paper: bool = False
+
+  def note(self) -> str:
+    """Why the paper's values are not drawn ('' when they are)."""
+    if self.paper or not self.num_modules:  # Veit's net, or nothing known
+      return ""
+    n_paper = int(veit("num_modules"))
+    # Three short lines: a legend this wide would squeeze the axes.
+    return (f"Veit et al.'s values not drawn:\nthey are for n = {n_paper}, "
+            f"CIFAR-10;\nthis network: n = {self.num_modules}, "
+            f"{self.data or '?'}")
+
+
+def study_setting(num_modules: int, data: str,
+                  other_data: Sequence[str] = ()) -> Setting:
+  """The ``Setting`` of a study.
+
+  Args:
+    num_modules: the ResNet's module count.
+    data: the ResNet's ``config.data.name``.
+    other_data: the other networks' (VGG, plain twin) dataset names.
+  """
+  synthetic = "synthetic" in (data, *other_data)
+  return Setting(
+      mark=curves.output_mark(synthetic=synthetic), num_modules=num_modules,
+      data=data, paper=(not synthetic and data == "cifar10"
+                        and num_modules == int(veit("num_modules"))))
 
 
 def _figure(figsize, nrows: int = 1, ncols: int = 1):
@@ -24,125 +91,258 @@ def _figure(figsize, nrows: int = 1, ncols: int = 1):
   return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(fig: Figure, path: str) -> None:
+def _save(fig: Figure, path: str, title: str, setting: Setting) -> Figure:
+  """Writes the PNG (its Title chunk: the marked title); returns ``fig``."""
+  if setting.mark:
+    fig.suptitle(setting.mark, color="tab:red", fontsize=11,
+                 fontweight="bold")
   fig.tight_layout()
-  fig.savefig(path, dpi=_DPI)
+  fig.savefig(path, dpi=_DPI,
+              metadata={"Title": curves.marked(title, setting.mark, ": ")})
+  return fig
 
 
-def _ref_line(ax, value, label="intact network"):
-  ax.axhline(value, color="k", ls="--", lw=1, label=f"{label} ({value:.3f})")
+def _integer(axis) -> None:
+  # Module counts, indices and path lengths: no 1.5 between 1 and 2.
+  axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(ax, below: bool = False) -> None:
+  """The legend off the data: right of the axes, or below its x label."""
+  if below:
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=2, borderaxespad=0.0)
+  else:
+    curves.legend_outside(ax, fontsize=8)
+
+
+def _note(ax, setting: Setting) -> None:
+  """A legend line saying why the paper's values are missing, if they are."""
+  if setting.note():
+    ax.plot([], [], " ", label=setting.note())
+
+
+def _ref_line(ax, value_pct: float, label: str = "intact network") -> None:
+  ax.axhline(value_pct, color="k", ls="--", lw=1,
+             label=f"{label} ({value_pct:.2f}%)")
 
 
 def plot_single(path: str, studies: Mapping[str, Dict[str, Any]],
-                chance: float) -> None:
+                chance: float, *, setting: Setting = Setting()) -> Figure:
   """Veit Fig. 3: error with each module (ResNet) or layer (VGG) deleted.
 
   Args:
     path: the PNG to write.
     studies: role -> ``single_deletion_study`` result; one panel each.
-    chance: the chance-level error, drawn for reference.
+    chance: the chance-level error (a fraction), drawn for reference.
+    setting: the networks (``study_setting``).
+
+  Returns:
+    The Figure.
   """
-  fig, axes = _figure((6 * len(studies), 4), 1, len(studies))
+  fig, axes = _figure((8 * len(studies), 4.2), 1, len(studies))
   for ax, (role, st) in zip(axes[0], studies.items()):
     rows = st["rows"]
     idx = np.array([r["module"] for r in rows]) + 1
-    err = np.array([r["error"] for r in rows])
+    err = 100 * np.array([r["error"] for r in rows])
     down = np.array([r["downsampling"] for r in rows], bool)
     ax.plot(idx, err, "-", color="tab:blue", lw=1)
+    what = "module" if role == "resnet" else "layer"
     ax.plot(idx[~down], err[~down], "o", color="tab:blue", ms=4,
-            label="module deleted")
+            label=f"{what} deleted")
     if down.any():
       ax.plot(idx[down], err[down], "s", color="tab:red", ms=6,
-              label="downsampling module deleted")
-    _ref_line(ax, st["stats"]["intact_error"])
-    ax.axhline(chance, color="gray", ls=":", lw=1,
-               label=f"chance ({chance:.2f})")
-    what = "module" if role == "resnet" else "layer"
-    ax.set_xlabel(f"deleted {what} (forward order)")
-    ax.set_ylabel("test error")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{role}: one {what} deleted (Veit Fig. 3)")
-    ax.legend(fontsize=8)
-  _save(fig, path)
+              label=f"downsampling {what} deleted")
+    _ref_line(ax, 100 * st["stats"]["intact_error"])
+    ax.axhline(100 * chance, color="gray", ls=":", lw=1,
+               label=f"chance ({100 * chance:.0f}%)")
+    if role == "resnet" and setting.paper:
+      full = veit("full_model_error")
+      ax.axhline(full, color=_PAPER, ls="-.", lw=1.2,
+                 label=f"Veit et al.: intact ResNet-110 ({full:.2f}%)")
+    elif role == "resnet":
+      _note(ax, setting)
+    ax.set_xlabel(f"deleted {what} (1 = first, forward order)")
+    ax.set_ylabel("test error (%)")
+    ax.set_ylim(0, 100)
+    _integer(ax.xaxis)
+    ax.set_title(f"{role}: test error with one {what} deleted (Veit Fig. 3)")
+    _legend(ax)
+  return _save(fig, path, "Veit Fig. 3: test error with one module or "
+               "layer deleted", setting)
 
 
-def plot_k(path: str, study: Mapping[str, Any], intact: float) -> None:
-  """Veit Fig. 5a: error against the number of modules deleted."""
-  fig, axes = _figure((6, 4))
+def plot_k(path: str, study: Mapping[str, Any], intact: float, *,
+           setting: Setting = Setting()) -> Figure:
+  """Veit Fig. 5a: error against the number of modules deleted.
+
+  Args:
+    path: the PNG to write.
+    study: ``k_deletion_study``'s result (errors as fractions).
+    intact: the intact network's error (a fraction).
+    setting: the networks (``study_setting``).
+
+  Returns:
+    The Figure.
+  """
+  fig, axes = _figure((9, 4.2))
   ax = axes[0, 0]
   per = study["per_k"]
-  ax.errorbar([p["k"] for p in per], [p["mean"] for p in per],
-              yerr=[p["std"] for p in per], fmt="o-", capsize=3,
+  ax.errorbar([p["k"] for p in per], [100 * p["mean"] for p in per],
+              yerr=[100 * p["std"] for p in per], fmt="o-", capsize=3,
               label="mean ± std over draws")
   rows = study["rows"]
-  ax.plot([x["k"] for x in rows], [x["error"] for x in rows], ".",
-          color="gray", alpha=0.5, label="single draws")
-  _ref_line(ax, intact)
+  if rows:
+    ax.plot([x["k"] for x in rows], [100 * x["error"] for x in rows], ".",
+            color="gray", alpha=0.5, label="single draws")
+  _ref_line(ax, 100 * intact)
+  if setting.paper:
+    ax.plot([10], [100 * veit("delete_10_modules_error")], "*", ms=12,
+            color=_PAPER, label="Veit et al.: 10 deleted, error about "
+            f"{100 * veit('delete_10_modules_error'):.0f}%")
+    severe = veit("delete_severe_modules")
+    ax.axvline(severe, color=_PAPER, ls="-.", lw=1,
+               label=f"Veit et al.: severe drop at {severe:.0f} deleted")
+  else:
+    _note(ax, setting)
   ax.set_xlabel("number of modules deleted (k)")
-  ax.set_ylabel("test error")
-  ax.set_title("k random modules deleted (Veit Fig. 5a)")
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  ax.set_ylabel("test error (%)")
+  _integer(ax.xaxis)
+  ax.set_title("test error against the number of random modules deleted "
+               "(Veit Fig. 5a)", fontsize=10)
+  _legend(ax)
+  return _save(fig, path, "Veit Fig. 5a: test error against the number of "
+               "modules deleted", setting)
 
 
-def plot_reorder(path: str, study: Mapping[str, Any], intact: float) -> None:
-  """Veit Fig. 5b: error against Kendall's tau after random swaps."""
-  fig, axes = _figure((6, 4))
+def count_scatter(fig, ax, x, y, counts, label: str):
+  """A scatter coloured by an integer count, with a discrete colour bar.
+
+  One colour per count and a tick on each (no 1.25 "pairs swapped").
+
+  Args:
+    fig: the Figure (the colour bar takes room from ``ax``).
+    ax: the axes to draw on.
+    x, y: the points.
+    counts: an integer per point (e.g. pairs swapped).
+    label: the colour bar's label.
+
+  Returns:
+    The colour bar.
+  """
+  counts = np.asarray(counts).astype(int)
+  levels = np.arange(counts.min(), counts.max() + 1)
+  cmap = colormaps["viridis"].resampled(len(levels))
+  norm = BoundaryNorm(np.append(levels, levels[-1] + 1) - 0.5, cmap.N)
+  sc = ax.scatter(np.asarray(x), np.asarray(y), c=counts, cmap=cmap,
+                  norm=norm, s=14)
+  ticks = levels if len(levels) <= 12 else MaxNLocator(integer=True)
+  return fig.colorbar(sc, ax=ax, label=label, ticks=ticks)
+
+
+def plot_reorder(path: str, study: Mapping[str, Any], intact: float, *,
+                 setting: Setting = Setting()) -> Figure:
+  """Veit Fig. 5b: error against Kendall's tau after random swaps.
+
+  The paper gives no number for this figure (only that the error rises
+  smoothly as tau falls), so none is drawn.
+
+  Returns:
+    The Figure.
+  """
+  fig, axes = _figure((7.5, 4.8))
   ax = axes[0, 0]
   rows = study["rows"]
   if rows:
-    sc = ax.scatter([r["kendall_tau"] for r in rows],
-                    [r["error"] for r in rows], c=[r["swaps"] for r in rows],
-                    cmap="viridis", s=14)
-    fig.colorbar(sc, ax=ax, label="pairs swapped")
+    count_scatter(fig, ax, [r["kendall_tau"] for r in rows],
+                  [100 * r["error"] for r in rows],
+                  [r["swaps"] for r in rows], "pairs swapped")
   else:
     ax.text(0.5, 0.5, study.get("skipped", "no swaps"), ha="center",
             transform=ax.transAxes)
-  _ref_line(ax, intact)
+  _ref_line(ax, 100 * intact)
   ax.invert_xaxis()  # tau falls from 1 as the order is corrupted
-  ax.set_xlabel("Kendall tau between new and original order (movable "
+  ax.set_xlabel("Kendall's tau between new and original order (movable "
                 "modules)")
-  ax.set_ylabel("test error")
-  ax.set_title("random pairs of modules swapped (Veit Fig. 5b)")
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  ax.set_ylabel("test error (%)")
+  ax.set_title("test error after swapping random pairs of modules "
+               "(Veit Fig. 5b)", fontsize=10)
+  _legend(ax, below=True)
+  return _save(fig, path, "Veit Fig. 5b: test error against Kendall's tau "
+               "after random swaps", setting)
 
 
-def plot_paths(path: str, study: Mapping[str, Any]) -> None:
-  """Veit Fig. 6: path lengths, gradient per length, total per length."""
-  rows = study["rows"]
-  n = study["num_modules"]
-  k = np.arange(n + 1)
-  fig, axes = _figure((16, 4), 1, 3)
-  ax = axes[0, 0]
-  ax.bar(k, [r["path_fraction"] for r in rows], color="tab:blue")
-  ax.set_xlabel("path length (modules)")
-  ax.set_ylabel("fraction of all 2^n paths")
-  ax.set_title(f"(a) path length distribution, n = {n}")
-  ax = axes[0, 1]
-  g = study["gradients"]
+def _paper_span(ax, low: str, high: str, text: str) -> None:
+  lo, hi = veit(low), veit(high)
+  ax.axvspan(lo - 0.5, hi + 0.5, facecolor="none", edgecolor=_PAPER,
+             hatch="//", lw=1, label=f"Veit et al. (n = 54): {text} "
+             f"{lo:.0f}-{hi:.0f}")
+
+
+def _gradient_panel(ax, g: Mapping[str, Any]) -> None:
   ax.errorbar(g["lengths"], g["mean"], yerr=g["std"], fmt="o", ms=3,
               capsize=2)
   ax.set_yscale("log")
-  ax.set_xlabel("path length k")
+  ax.set_xlabel("path length (modules)")
   ax.set_ylabel("gradient norm at the input")
-  ax.set_title(f"(b) gradient per path length ({g['samples']} samples)")
+  _integer(ax.xaxis)
+  ax.set_title(f"(b) gradient norm per path length ({g['samples']} samples)",
+               fontsize=10)
+
+
+def plot_paths(path: str, study: Mapping[str, Any], *,
+               setting: Setting = Setting()) -> Figure:
+  """Veit Fig. 6: path lengths, gradient per length, total per length.
+
+  Returns:
+    The Figure.
+  """
+  rows = study["rows"]
+  n = study["num_modules"]
+  k = np.arange(n + 1)
+  fig, axes = _figure((20, 4.4), 1, 3)
+  ax = axes[0, 0]
+  ax.bar(k, [100 * r["path_fraction"] for r in rows], color="tab:blue",
+         label="paths of each length")
+  if setting.paper:
+    _paper_span(ax, "path_length_95pct_min_modules",
+                "path_length_95pct_max_modules",
+                f">{veit('path_length_bulk_pct'):.0f}% of paths in")
+  else:
+    _note(ax, setting)
+  ax.set_xlabel("path length (modules)")
+  ax.set_ylabel("paths (% of all 2^n)")
+  _integer(ax.xaxis)
+  ax.set_title(f"(a) path length distribution, n = {n}", fontsize=10)
+  _legend(ax)
+  _gradient_panel(axes[0, 1], study["gradients"])
   ax = axes[0, 2]
   eff = study["effective"]
-  ax.plot(k, [r["total_gradient_share"] for r in rows], "-o", ms=3)
+  ax.plot(k, [100 * r["total_gradient_share"] for r in rows], "-o", ms=3,
+          label="share of the total gradient")
   ax.axvspan(eff["low"] - 0.5, eff["high"] + 0.5, color="tab:orange",
              alpha=0.25, label=f"{eff['gradient_share']:.0%} of the "
                                f"gradient: {eff['low']}-{eff['high']}")
-  ax.set_xlabel("path length k")
-  ax.set_ylabel("share of the total gradient")
-  ax.set_title("(c) total gradient per path length")
-  ax.legend(fontsize=8)
-  _save(fig, path)
+  if setting.paper:
+    _paper_span(ax, "effective_path_min_modules",
+                "effective_path_max_modules", "effective paths")
+  ax.set_xlabel("path length (modules)")
+  ax.set_ylabel("share of the total gradient (%)")
+  _integer(ax.xaxis)
+  ax.set_title("(c) total gradient per path length", fontsize=10)
+  _legend(ax)
+  return _save(fig, path, "Veit Fig. 6: path lengths and the gradient per "
+               "path length", setting)
 
 
-def plot_response(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-  """He et al. Fig. 7: response std per layer, in order and sorted."""
-  fig, axes = _figure((7, 7), 2, 1)
+def plot_response(path: str, rows: Sequence[Mapping[str, Any]], *,
+                  setting: Setting = Setting()) -> Figure:
+  """He et al. Fig. 7: response std per layer, in order and sorted.
+
+  Returns:
+    The Figure.
+  """
+  fig, axes = _figure((9, 7), 2, 1)
   top, bottom = axes[0, 0], axes[1, 0]
   for label in dict.fromkeys(r["label"] for r in rows):
     std = np.array([r["std"] for r in rows if r["label"] == label])
@@ -152,16 +352,23 @@ def plot_response(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   top.set_xlabel("layer index (original)")
   bottom.set_xlabel("layer index (sorted by magnitude)")
   for ax in (top, bottom):
-    ax.set_ylabel("std of response (after BN, before ReLU/add)")
-    ax.legend(fontsize=8)
-  top.set_title("layer responses (He et al. 2016 Fig. 7)")
-  _save(fig, path)
+    ax.set_ylabel("std of response\n(after BN, before ReLU/add)")
+    _integer(ax.xaxis)
+    _legend(ax)
+  top.set_title("std of each layer's response (He et al. 2016 Fig. 7)")
+  return _save(fig, path, "He et al. Fig. 7: std of each layer's response",
+               setting)
 
 
 def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
-                   scale_rows: Sequence[Mapping[str, Any]]) -> None:
-  """Gradient norm at every module input, and the lambda^(L-l) factor."""
-  fig, axes = _figure((13, 4), 1, 2)
+                   scale_rows: Sequence[Mapping[str, Any]], *,
+                   setting: Setting = Setting()) -> Figure:
+  """Gradient norm at every module input, and the lambda^(L-l) factor.
+
+  Returns:
+    The Figure.
+  """
+  fig, axes = _figure((16, 4.2), 1, 2)
   ax = axes[0, 0]
   for label in dict.fromkeys(r["label"] for r in grad_rows):
     rs = [r for r in grad_rows if r["label"] == label]
@@ -170,8 +377,9 @@ def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
   ax.set_yscale("log")
   ax.set_xlabel("module input (forward order; last = head input)")
   ax.set_ylabel("norm of d loss / d x")
-  ax.set_title("gradient at every module input")
-  ax.legend(fontsize=8)
+  _integer(ax.xaxis)
+  ax.set_title("gradient norm at every module input")
+  _legend(ax)
   ax = axes[0, 1]
   if scale_rows:
     lam = scale_rows[0]["lambda"]
@@ -183,8 +391,15 @@ def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
     ax.plot(pos, [r["ratio_full"] for r in scale_rows], "-s", ms=3,
             label="measured, whole network")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    _legend(ax)
   ax.set_xlabel("module input l")
   ax.set_ylabel("gradient at x_l / gradient at x_L")
+  _integer(ax.xaxis)
   ax.set_title("scaled shortcut h(x) = lambda x (Identity Mappings eq. 7)")
-  _save(fig, path)
+  return _save(fig, path, "gradient norm at every module input", setting)
+
+
+def setting_of(res: Mapping[str, Any]) -> Optional[Setting]:
+  """The ``Setting`` saved in a study's results (``res['setting']``)."""
+  saved = res.get("setting")
+  return None if saved is None else Setting(**saved)

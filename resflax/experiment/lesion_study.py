@@ -17,6 +17,12 @@
    (``lesion_plots``), ``summary.md`` with the findings in numbers
    (``lesion_summary``) and ``results.json``.
 
+The study's ``setting`` (``lesion_plots.study_setting``, saved in
+``results.json``) says what the networks are: a study of networks trained
+on synthetic data (the smoke config) opens every PNG title and the summary
+with "SYNTHETIC DATA — not a result", and Veit et al.'s numbers are drawn
+beside ours only for their network (54 modules, CIFAR-10).
+
 A network trained with stochastic depth (Veit Fig. 8) goes through the same
 studies by pointing ``config.lesion.checkpoint`` at its run directory; its
 evaluation scales each residual branch by its survival probability.
@@ -24,6 +30,7 @@ evaluation scales each residual branch by its survival probability.
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -277,8 +284,17 @@ def _networks(config, workdir: str, seconds: Dict[str, float]
   return resnet, vgg, plain, notes
 
 
+def _setting(nets) -> lesion_plots.Setting:
+  """What the networks are (``nets[0]`` the ResNet), for titles and marks."""
+  resnet, others = nets[0], [n for n in nets[1:] if n is not None]
+  return lesion_plots.study_setting(
+      resnet.model.num_modules, resnet.config.data.name,
+      [n.config.data.name for n in others])
+
+
 def _lesion_studies(resnet: Net, vgg: Optional[Net], config, keys, out: str,
-                    seconds: Dict[str, float]) -> Dict[str, Any]:
+                    seconds: Dict[str, float],
+                    setting: lesion_plots.Setting) -> Dict[str, Any]:
   """Fig. 3, 5a and 5b, one evaluator per network; writes their files."""
   c = config.lesion
   k_key, swap_key = keys
@@ -293,21 +309,23 @@ def _lesion_studies(resnet: Net, vgg: Optional[Net], config, keys, out: str,
   _write(out, "single_deletion", single,
          [r for st in single.values() for r in st["rows"]])
   lesion_plots.plot_single(os.path.join(out, "single_deletion.png"), single,
-                           chance)
+                           chance, setting=setting)
 
   ev = evaluators["resnet"]
   with _timed(seconds, "k deletions"):
     kd = k_deletion_study(resnet, ev, c.max_k, c.draws_per_k, k_key)
   kd["intact_error"] = intact
   _write(out, "k_deletion", kd, kd["rows"], ["k", "draw", "error", "loss"])
-  lesion_plots.plot_k(os.path.join(out, "k_deletion.png"), kd, intact)
+  lesion_plots.plot_k(os.path.join(out, "k_deletion.png"), kd, intact,
+                      setting=setting)
 
   with _timed(seconds, "swaps"):
     ro = reorder_study(resnet, ev, c.max_swaps, c.swap_draws, swap_key)
   ro["intact_error"] = intact
   _write(out, "reorder", ro, ro["rows"],
          ["swaps", "draw", "kendall_tau", "error", "loss"])
-  lesion_plots.plot_reorder(os.path.join(out, "reorder.png"), ro, intact)
+  lesion_plots.plot_reorder(os.path.join(out, "reorder.png"), ro, intact,
+                            setting=setting)
 
   compilations = {role: e.compilations for role, e in evaluators.items()}
   return {"chance_error": chance, "eval_images": ev.num_images,
@@ -317,7 +335,8 @@ def _lesion_studies(resnet: Net, vgg: Optional[Net], config, keys, out: str,
 
 
 def _signal(config, resnet: Net, vgg: Optional[Net], plain: Optional[Net],
-            notes: List[str], out: str) -> Dict[str, Any]:
+            notes: List[str], out: str,
+            setting: lesion_plots.Setting) -> Dict[str, Any]:
   """The signal statistics of the ResNet and a plain net; writes files."""
   # He et al. compare a ResNet with its plain twin; the VGG stands in as
   # the plain network only when there is no twin.
@@ -332,9 +351,9 @@ def _signal(config, resnet: Net, vgg: Optional[Net], plain: Optional[Net],
     fileio.write_csv(os.path.join(out, f"signal_{name}.csv"), sig[name],
                      fieldnames=fields)
   lesion_plots.plot_response(os.path.join(out, "signal_response_std.png"),
-                             sig["response_std"])
+                             sig["response_std"], setting=setting)
   lesion_plots.plot_gradients(os.path.join(out, "signal_gradients.png"),
-                              sig["gradients"], sig["scale"])
+                              sig["gradients"], sig["scale"], setting=setting)
   return sig
 
 
@@ -361,20 +380,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   seconds: Dict[str, float] = {}
   resnet, vgg, plain, notes = _networks(config, workdir, seconds)
   k_key, swap_key, path_key = jax.random.split(jax.random.key(c.seed), 3)
+  setting = _setting((resnet, vgg, plain))
   res: Dict[str, Any] = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "networks": {n.role: n.describe() for n in (resnet, vgg, plain) if n},
+      "setting": dataclasses.asdict(setting),
   }
   res.update(_lesion_studies(resnet, vgg, config, (k_key, swap_key), out,
-                             seconds))
+                             seconds, setting))
   with _timed(seconds, "paths"):
     res["paths"] = path_study(resnet, config, path_key)
   _write(out, "path_lengths", res["paths"], res["paths"]["rows"])
   lesion_plots.plot_paths(os.path.join(out, "path_lengths.png"),
-                          res["paths"])
+                          res["paths"], setting=setting)
   if c.signal:
     with _timed(seconds, "signal"):
-      res["signal"] = _signal(config, resnet, vgg, plain, notes, out)
+      res["signal"] = _signal(config, resnet, vgg, plain, notes, out,
+                              setting)
   res["seconds"] = seconds
   res["config"] = json.loads(config.to_json())
   summary = lesion_summary.write_summary(os.path.join(out, "summary.md"), res)

@@ -2,7 +2,11 @@
 
 Every number of Veit et al. quoted next to a measured one comes from
 ``resflax.experiment.paper`` (table ``veit``), so the summary and the tests
-of the paper's numbers read the same transcription.
+of the paper's numbers read the same transcription. The first line of a
+study on synthetic data opens with its mark ("SYNTHETIC DATA — not a
+result", from the study's ``setting``), and when the ResNet is not Veit et
+al.'s network the summary says their numbers are a reference for another
+one.
 """
 
 from typing import Any, List, Mapping
@@ -11,6 +15,7 @@ import numpy as np
 
 from resflax import fileio
 from resflax.experiment import paper
+from resflax.training import curves
 
 __all__ = ["veit", "write_summary"]
 
@@ -25,8 +30,20 @@ def _pct(x) -> str:
 
 
 def _header(res) -> List[str]:
-  lines = ["# Lesion and path study (Veit et al. 2016)", "",
-           f"Date: {res['date']}. Networks:"]
+  setting = res.get("setting") or {}
+  mark = setting.get("mark", "")
+  lines = ["# " + curves.marked("Lesion and path study (Veit et al. 2016)",
+                                mark, ": "), ""]
+  if mark:
+    lines += [f"**{mark}.** The networks saw synthetic data: the numbers "
+              "below test the pipeline and say nothing about Veit et al.'s "
+              "findings.", ""]
+  if setting and not setting.get("paper"):
+    lines += [f"Veit et al.'s numbers (n = {veit('num_modules')} modules, "
+              f"CIFAR-10) are quoted as a reference for a different network: "
+              f"this ResNet has n = {setting.get('num_modules')} modules and "
+              f"saw {setting.get('data')} data.", ""]
+  lines.append(f"Date: {res['date']}. Networks:")
   lines += [f"- {role}: {desc}" for role, desc in res["networks"].items()]
   lines.append(f"- evaluated on {res['eval_images']} test images; "
                f"{res['compilations']} compilation(s) of the lesion "
@@ -48,6 +65,9 @@ def _single(res) -> List[str]:
           f"{_pct(s['max_error_non_downsampling'])}); downsampling module "
           f"deleted: mean {_pct(s['mean_error_downsampling'])}.")
   lines.append(f"- chance level: {_pct(res['chance_error'])}.")
+  lines.append(f"- Veit et al. (n = {veit('num_modules')}): the full model's "
+               f"test error is {veit('full_model_error')}%; the text gives "
+               "no error per deleted module.")
   return lines
 
 
@@ -59,6 +79,10 @@ def _k_deletion(res) -> List[str]:
            "| k | mean error | std | min | max |", "|---|---|---|---|---|"]
   lines += [f"| {p['k']} | {_pct(p['mean'])} | {_pct(p['std'])} | "
             f"{_pct(p['min'])} | {_pct(p['max'])} |" for p in per_k]
+  ten = paper.lookup("veit", "delete_10_modules_error")
+  lines += ["", f"Veit et al. (n = {veit('num_modules')}): with 10 modules "
+            f"deleted the error stays around {100 * ten:g}%; deleting "
+            f"{veit('delete_severe_modules')} gives a severe drop."]
   return lines
 
 

@@ -14,9 +14,14 @@
                mean.
   results.png  per case: each run (dots), our median (bar) and the paper's
                number (red x; 'fail' = above 20% drawn at the right edge).
+
+A smoke sweep (shrunk networks, synthetic data) is not a result, and each
+file says so first (``sweep_mark``): results.md's heading and results.png's
+title open with it, results.csv's first column (``mark``) holds it on every
+row, and the paper's numbers are drawn as a reference for a different
+setting (hollow grey marks) with no difference taken against them.
 """
 
-import io
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -26,10 +31,12 @@ import numpy as np
 from resflax import fileio as results_lib
 from resflax.experiment import cases
 from resflax.experiment import paper as paper_lib
+from resflax.training import curves
 from resflax.training.metrics import read_scalars  # noqa: F401  (notebooks)
 
-FIELDS = ("case", "median_error", "median_failed", "mean_error", "std_error",
-          "best_error", "runs", "diverged", "above_20", "pending",
+# "mark" first: a reader of a smoke sweep's CSV meets it before any number.
+FIELDS = ("mark", "case", "median_error", "median_failed", "mean_error",
+          "std_error", "best_error", "runs", "diverged", "above_20", "pending",
           "paper_error", "paper_error_mean", "paper_error_std", "paper_source",
           "paper_reference", "run_errors", "note")
 
@@ -39,6 +46,22 @@ FAIL_THRESHOLD = 20.0
 
 def _error_pct(result: Mapping[str, Any]) -> float:
   return 100.0 * float(result["test_error"])
+
+
+def sweep_mark(config) -> str:
+  """``curves.output_mark`` of a sweep: '' when its runs are real.
+
+  Synthetic when any case trains on synthetic data, shrunk when the sweep is
+  a smoke one (``config.sweep_shrunk``).
+  """
+  return curves.output_mark(synthetic=_synthetic(config),
+                            shrunk=bool(config.get("sweep_shrunk", False)))
+
+
+def _synthetic(config) -> bool:
+  """Whether any case of the sweep trains on synthetic data."""
+  return any(cases.case_config(config, case, seed=config.seed).data.name
+             == "synthetic" for case in cases.case_names(config))
 
 
 def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
@@ -163,11 +186,10 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
     shrunk: the networks were shrunk for a smoke run.
     synthetic: the runs trained on synthetic data.
   """
-  mark = " ".join(m for m, on in (("[shrunk: smoke run]", shrunk),
-                                  ("[synthetic data]", synthetic)) if on)
-  comparable = not (shrunk or synthetic)
+  mark = curves.output_mark(synthetic=synthetic, shrunk=shrunk)
+  comparable = not mark
   lines = [
-      f"# {title}" + (f" {mark}" if mark else ""), "",
+      f"# {curves.marked(title, mark, ': ')}", "",
       f"Test error (%) of each case's runs (seeds {seeds[0]}..{seeds[-1]}). "
       "`median` is over every run, a diverged run counting as failed; it "
       f"reads `fail` when the median run diverged or ended above "
@@ -178,8 +200,9 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
       "paper's number.", "",
   ]
   if not comparable:
-    lines += [f"These runs are {mark}: their numbers test the pipeline and "
-              "are not comparable with the paper's, so Δ is left out.", ""]
+    lines += [f"**{mark}.** These runs test the pipeline: their numbers are "
+              "not comparable with the paper's (its column is the full-size "
+              "networks on real data), so Δ is left out.", ""]
   lines += [
       "| case | median | mean ± std | best | runs | diverged | >20% | pending "
       "| paper | paper mean ± std | Δ | reference | note |",
@@ -217,15 +240,36 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
   return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
-  """PNG bytes: each case's runs, median and the paper's number."""
+def _paper_marks(ax, y: float, p, right: float, comparable: bool) -> None:
+  """The paper's number of one case: red when comparable, else hollow grey."""
+  style = (dict(color="tab:red", label="paper") if comparable else
+           dict(facecolors="none", edgecolors="0.4",
+                label="paper (full-size, real data)"))
+  if isinstance(p, float):
+    ax.scatter([p], [y], marker="x" if comparable else "o", s=50, zorder=4,
+               **style)
+  elif p == paper_lib.FAIL:
+    style["label"] += f": fail, >{FAIL_THRESHOLD:g}%"
+    ax.scatter([right], [y], marker=">", s=40, zorder=4, **style)
+
+
+def results_figure(rows: Sequence[Mapping[str, Any]], title: str,
+                   mark: str = ""):
+  """The Figure of results.png: each case's runs, median, paper's number.
+
+  Args:
+    rows: from ``case_rows``.
+    title: the table's heading.
+    mark: ``sweep_mark``; '' for real runs. A marked figure opens its title
+      with it and draws the paper's numbers as a reference only.
+  """
   # The Agg canvas directly: no pyplot state, no global backend switch, so
   # a notebook's inline backend is left alone.
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   n = len(rows)
-  fig = Figure(figsize=(9, 1.2 + 0.42 * n))
+  fig = Figure(figsize=(10, 1.6 + 0.42 * n))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   ys = np.arange(n)[::-1]
@@ -242,30 +286,29 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
       if math.isfinite(r["median_error"]):
         ax.barh(y, r["median_error"], height=0.5, color="tab:blue",
                 alpha=0.35, label="median")
-    p = r["paper_error"]
-    if isinstance(p, float):
-      ax.scatter([p], [y], marker="x", s=50, color="tab:red", zorder=4,
-                 label="paper")
-    elif p == paper_lib.FAIL:
-      ax.scatter([right], [y], marker=">", s=40, color="tab:red", zorder=4,
-                 label=f"paper: fail (>{FAIL_THRESHOLD:g}%)")
+    _paper_marks(ax, y, r["paper_error"], right, comparable=not mark)
     labels.append(r["case"] + (f" ({r['diverged']} diverged)"
                                if r["diverged"] else ""))
   ax.set_yticks(ys)
   ax.set_yticklabels(labels, fontsize=8)
   ax.set_xlim(0, right * 1.03)
   ax.set_xlabel("test error (%)")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(curves.marked(title, mark), fontsize=9,
+               color="tab:red" if mark else "black")
   ax.grid(axis="x", alpha=0.3)
   handles, names = ax.get_legend_handles_labels()
   unique = dict(zip(names, handles))
   if unique:
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0))
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
-  return buf.getvalue()
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+  return fig
+
+
+def plot(rows: Sequence[Mapping[str, Any]], title: str,
+         mark: str = "") -> bytes:
+  """PNG bytes of ``results_figure`` (its ``Title`` chunk: the title)."""
+  return curves.png_bytes(results_figure(rows, title, mark),
+                          curves.marked(title, mark, ": "))
 
 
 def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
@@ -280,18 +323,20 @@ def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
   """
   rows = case_rows(workdir, config)
   title = config.sweep_title if "sweep_title" in config else "results"
-  first = cases.case_config(config, cases.case_names(config)[0],
-                            seed=config.seed)
+  shrunk = bool(config.get("sweep_shrunk", False))
+  synthetic = _synthetic(config)
+  mark = curves.output_mark(synthetic=synthetic, shrunk=shrunk)
+  for r in rows:
+    r["mark"] = mark
   results_lib.write_atomic(
       os.path.join(workdir, "results.md"),
-      format_markdown(rows, title, cases.seeds(config),
-                      shrunk=bool(config.get("sweep_shrunk", False)),
-                      synthetic=first.data.name == "synthetic"))
+      format_markdown(rows, title, cases.seeds(config), shrunk=shrunk,
+                      synthetic=synthetic))
   results_lib.write_csv(os.path.join(workdir, "results.csv"),
                         [{k: r[k] for k in FIELDS} for r in rows],
                         fieldnames=FIELDS)
   results_lib.write_atomic(os.path.join(workdir, "results.png"),
-                           plot(rows, title))
+                           plot(rows, title, mark))
   return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 

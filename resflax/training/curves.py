@@ -6,6 +6,13 @@ bold one, and the learning-rate drops as dashed verticals. ``draw`` puts one
 run on a given matplotlib axis (the sweep's paper figures put several on
 one panel); ``plot_run`` makes a run's ``curves.png``.
 
+Outputs of a smoke or synthetic-data run must not pass for results: every
+title of such a run opens with ``output_mark`` ("SMOKE (synthetic data,
+shrunk network) — not a result"), and every PNG written here carries its
+full title in the PNG ``Title`` text chunk, so a reader (or a test) can
+check it without looking at the pixels. The sweep's tables and the lesion
+study use the same marks.
+
 Plots use matplotlib's object API (``Figure`` + the Agg canvas) and never
 pyplot, so a notebook's backend is left alone.
 """
@@ -14,6 +21,63 @@ import io
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+
+# The words every marked output carries; tests and readers grep for them.
+NOT_A_RESULT = "not a result"
+
+
+def output_mark(*, synthetic: bool, shrunk: bool = False) -> str:
+  """The words that open the title of an output that is not a result.
+
+  Args:
+    synthetic: the run trained or evaluated on synthetic data.
+    shrunk: the networks were shrunk for a smoke run.
+
+  Returns:
+    '' for a real run, else e.g. "SMOKE (synthetic data, shrunk network)
+    — not a result".
+  """
+  what = [w for w, on in (("synthetic data", synthetic),
+                          ("shrunk network", shrunk)) if on]
+  if not what:
+    return ""
+  if shrunk:
+    return f"SMOKE ({', '.join(what)}) — {NOT_A_RESULT}"
+  return f"SYNTHETIC DATA — {NOT_A_RESULT}"
+
+
+def config_mark(config) -> str:
+  """``output_mark`` of one run's (or a sweep's) config.
+
+  Synthetic when ``config.data.name`` is 'synthetic'; shrunk when the config
+  is a smoke sweep's (``sweep_shrunk``).
+  """
+  return output_mark(synthetic=config.data.name == "synthetic",
+                     shrunk=bool(config.get("sweep_shrunk", False)))
+
+
+def marked(title: str, mark: str, sep: str = ":\n") -> str:
+  """``title`` opened by ``mark`` (unchanged when ``mark`` is '')."""
+  if not mark:
+    return title
+  return f"{mark}{sep}{title}" if title else mark
+
+
+def png_bytes(fig, title: str, dpi: int = 110) -> bytes:
+  """PNG bytes of ``fig`` with ``title`` in its ``Title`` text chunk."""
+  buf = io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buf, format="png", dpi=dpi, metadata={"Title": title})
+  return buf.getvalue()
+
+
+def legend_outside(ax, **kwargs):
+  """A legend right of the axes, off the data; None when nothing is named."""
+  if not ax.get_legend_handles_labels()[0]:
+    return None
+  kwargs.setdefault("fontsize", 7)
+  return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                   borderaxespad=0.0, **kwargs)
 
 
 def curve_points(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -54,13 +118,6 @@ def draw(ax, records: Sequence[Mapping[str, Any]], label: Optional[str] = None,
     ax.axvline(s, color="0.6", linestyle="--", linewidth=0.7)
 
 
-def _finish(fig) -> bytes:
-  buf = io.BytesIO()
-  fig.tight_layout()
-  fig.savefig(buf, format="png", dpi=110)
-  return buf.getvalue()
-
-
 def _figure(width: float, height: float, panels: int = 1):
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -70,25 +127,35 @@ def _figure(width: float, height: float, panels: int = 1):
   return fig, [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
 
 
-def plot_run(records: Sequence[Mapping[str, Any]], title: str,
-             lr_drops: Sequence[int] = ()) -> bytes:
-  """PNG bytes of one run's curves (its ``curves.png``)."""
-  fig, (ax,) = _figure(6.4, 4.0)
+def run_figure(records: Sequence[Mapping[str, Any]], title: str,
+               lr_drops: Sequence[int] = (), *, mark: str = ""):
+  """The Figure of one run's curves; ``mark`` opens its title."""
+  fig, (ax,) = _figure(7.6, 4.0)
   draw(ax, records, label=f"{curve_points(records)['eval_name']} error",
        lr_drops=lr_drops)
   ax.plot([], [], linewidth=0.7, color="0.3", label="train error")
-  _style(ax, title)
-  return _finish(fig)
+  _style(ax, marked(title, mark), mark)
+  return fig
 
 
-def plot_panels(panels: Sequence[Mapping[str, Any]]) -> bytes:
-  """PNG bytes of side-by-side panels of several runs each.
+def plot_run(records: Sequence[Mapping[str, Any]], title: str,
+             lr_drops: Sequence[int] = (), *, mark: str = "") -> bytes:
+  """PNG bytes of one run's curves (its ``curves.png``).
 
   Args:
-    panels: each ``{'title': str, 'runs': [(label, records), ...],
-      'lr_drops': [steps]}``.
+    records: the run's ``metrics.jsonl`` lines.
+    title: what the run is (network, seed, directory).
+    lr_drops: steps where the learning rate drops.
+    mark: ``config_mark`` of the run's config; '' for a real run.
   """
-  fig, axes = _figure(5.2 * len(panels), 4.0, len(panels))
+  fig = run_figure(records, title, lr_drops, mark=mark)
+  return png_bytes(fig, marked(title, mark, ": "))
+
+
+def panels_figure(panels: Sequence[Mapping[str, Any]], title: str = "", *,
+                  mark: str = ""):
+  """The Figure of side-by-side panels; see ``plot_panels``."""
+  fig, axes = _figure(6.4 * len(panels), 4.4, len(panels))
   top = 0.0
   for ax, panel in zip(axes, panels):
     for k, (label, records) in enumerate(panel["runs"]):
@@ -99,13 +166,32 @@ def plot_panels(panels: Sequence[Mapping[str, Any]]) -> bytes:
     _style(ax, panel["title"])
   for ax in axes:  # one scale, as in the paper's figures
     ax.set_ylim(0, min(100.0, max(top * 1.5, 5.0)))
-  return _finish(fig)
+  if title or mark:
+    fig.suptitle(marked(title, mark), fontsize=10,
+                 color="tab:red" if mark else "black")
+  return fig
 
 
-def _style(ax, title: str) -> None:
+def plot_panels(panels: Sequence[Mapping[str, Any]], title: str = "", *,
+                mark: str = "") -> bytes:
+  """PNG bytes of side-by-side panels of several runs each.
+
+  Args:
+    panels: each ``{'title': str, 'runs': [(label, records), ...],
+      'lr_drops': [steps]}``.
+    title: the figure's title (above the panels).
+    mark: ``output_mark`` of the runs; '' for real runs.
+  """
+  fig = panels_figure(panels, title, mark=mark)
+  return png_bytes(fig, marked(title, mark, ": "))
+
+
+def _style(ax, title: str, mark: str = "") -> None:
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator
   ax.set_xlabel("iterations")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps count
   ax.set_ylabel("error (%)")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(title, fontsize=9, color="tab:red" if mark else "black")
   ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=7)
+  legend_outside(ax)

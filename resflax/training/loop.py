@@ -421,7 +421,8 @@ class _Trainer:
     for log, c, d in zip(self.logs, self.group.configs, self.group.dirs):
       title = f"{m.name} depth {m.depth}, seed {c.seed}: {d}"
       fileio.write_atomic(os.path.join(d, "curves.png"), curves.plot_run(
-          log.records(), title, lr_drops=lr_drop_steps(c.train)))
+          log.records(), title, lr_drops=lr_drop_steps(c.train),
+          mark=curves.config_mark(c)))
 
   def _timing(self, step) -> Dict[str, float]:
     """Cumulative train time and timed steps over every segment so far."""
