@@ -30,7 +30,9 @@ def test_notebook_is_clean_and_installs_only_when_needed(name):
   assert 'find_spec("resflax") is None' in install and "pip" in install
   # One line names the source; the environment variable overrides it.
   assert ('RESFLAX_SOURCE = os.environ.get("RESFLAX_SOURCE", '
-          '"https://github.com/resflax/resflax")') in install
+          '"git+https://github.com/resflax/resflax")') in install
+  # What pip installs is that one value, with no extras: no TensorFlow.
+  assert "RESFLAX_SOURCE, jax_req]" in install and "tfds" not in install
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,6 +99,9 @@ def execute(name, monkeypatch, rerun=()):
   return nb, first
 
 
+# tests/test_wheel.py runs both notebooks in the fast suite, installed from
+# the wheel; these editable runs add the re-run checks.
+@pytest.mark.slow
 def test_quickstart_runs(monkeypatch):
   # Running the training cell of a finished run again, then the results and
   # plot cells, gives the same results (results.json is kept).
@@ -114,6 +119,7 @@ def test_quickstart_runs(monkeypatch):
              for o in c.outputs)
 
 
+@pytest.mark.slow
 def test_lesion_study_runs(monkeypatch):
   nb, _ = execute("lesion_study.ipynb", monkeypatch)
   text = "".join(printed(c) for c in code_cells(nb))
