@@ -25,6 +25,8 @@ jax.config.update("jax_threefry_partitionable", False)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+AKAMASTER_DIR = (REPO.parent / "shared" / "pretrained"
+                 / "cifar10-resnet-akamaster")
 
 
 @pytest.fixture
@@ -33,3 +35,14 @@ def cifar_archive():
   if not CIFAR_ARCHIVE.exists():
     pytest.skip(f"real CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
   return CIFAR_ARCHIVE
+
+
+@pytest.fixture
+def akamaster_dir():
+  """Folder of the published PyTorch CIFAR ResNets, or skip with the reason."""
+  if not (AKAMASTER_DIR / "resnet20.npz").exists():
+    pytest.skip(f"published PyTorch CIFAR ResNets not found in {AKAMASTER_DIR}")
+  return AKAMASTER_DIR
+
+# The built wheel in a fresh venv (dist, venv, installed): tests/wheel_env.py.
+pytest_plugins = ["wheel_env"]

@@ -6,7 +6,8 @@ This package is the only place in resflax that knows where images come from.
   ``config.data.name`` to how it is read. :func:`source_info` says what a
   config's data is (classes, image shape, streamed or in memory) without
   loading it; :func:`load_dataset` loads an in-memory source (CIFAR-10/100
-  through TFDS, synthetic data, an image folder or a ``.tar.gz`` of one)
+  from their canonical archives, downloaded once by :mod:`download`, or
+  through TFDS; synthetic data; an image folder or a ``.tar.gz`` of one)
   into a :class:`Dataset`; :func:`imagenet_iterator` streams ImageNet, which
   does not fit in memory.
 * Device side (:mod:`~resflax.data.pipeline`): :func:`normalize`,

@@ -23,13 +23,14 @@ from resflax.models.families import FAMILIES, Family, StageSpec
 from resflax.models.network import ModuleInfo, Network
 from resflax.models.placements import PLACEMENTS
 from resflax.models.shortcuts import SHORTCUTS, Shortcut
+from resflax.models.torch_cifar import from_torch_cifar
 from resflax.models.torchvision import from_torchvision
 
 __all__ = ["create_model", "num_params", "Network", "ModelConfig", "DEFAULTS",
            "BLOCKS", "SHORTCUTS", "PLACEMENTS", "FAMILIES", "ModuleInfo",
            "Family", "Shortcut", "resolve", "units_per_stage", "shrink",
            "smallest_depth", "needs_rng", "init_only_keys",
-           "CPU_CONV_GRAD_MODES", "from_torchvision"]
+           "CPU_CONV_GRAD_MODES", "from_torchvision", "from_torch_cifar"]
 
 
 def create_model(config: Union[None, str, Mapping[str, Any]] = None,

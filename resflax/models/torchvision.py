@@ -14,9 +14,14 @@ signal statistics). Example::
 
 torch itself is not needed: a dict of numpy arrays (e.g. from ``np.load``)
 converts the same way; tensors are read through their own ``.numpy()``.
+
+The key mapping, layout transposes and checks (``_check_overrides``,
+``_strip_module_prefix``, ``_load_variables``) are shared with
+``resflax.models.torch_cifar``, whose PyTorch CIFAR ResNets name their
+modules the same way.
 """
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -41,12 +46,15 @@ _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
          "mean": "running_mean", "var": "running_var"}
 
 
-def _module_name(scope: str, names: Sequence[str]) -> str:
-  """torchvision's name of the resflax module ``names`` inside ``scope``."""
+def _module_name(scope: str, names: Sequence[str], head: str = "fc") -> str:
+  """torchvision's name of the resflax module ``names`` inside ``scope``.
+
+  ``head`` is the checkpoint's name of the classifier (torchvision 'fc').
+  """
   if scope == "stem":
     return {"conv": "conv1", "bn": "bn1"}[names[0]]
   if scope == "head":
-    return {"fc": "fc"}[names[0]]
+    return {"fc": head}[names[0]]
   if names[0] == "shortcut":
     return {"proj": "downsample.0", "proj_bn": "downsample.1"}[names[1]]
   for prefix in ("conv", "bn_post"):
@@ -57,20 +65,22 @@ def _module_name(scope: str, names: Sequence[str]) -> str:
   raise KeyError(names[0])
 
 
-def _torch_keys(path: Tuple[str, ...], stacked: int) -> List[str]:
+def _torch_keys(path: Tuple[str, ...], stacked: int,
+                head: str = "fc") -> List[str]:
   """The state-dict key(s) of one resflax variable.
 
   Args:
     path: (collection, scope, ..., leaf), e.g.
       ('params', 'stage1', 'units', 'conv0', 'kernel').
     stacked: how many units the leaf stacks ('units'), else 0.
+    head: the checkpoint's name of the classifier.
 
   Returns:
     One key, or one per stacked unit (units 1..n of the stage, in order).
   """
   scope, leaf = path[1], path[-1]
   if scope in ("stem", "head"):
-    return [f"{_module_name(scope, path[2:-1])}.{_LEAF[leaf]}"]
+    return [f"{_module_name(scope, path[2:-1], head)}.{_LEAF[leaf]}"]
   layer = f"layer{int(scope[len('stage'):]) + 1}"
   module = _module_name(scope, path[3:-1])
   units = [0] if path[2] == "unit0" else range(1, stacked + 1)
@@ -113,22 +123,24 @@ def _strip_module_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   return dict(state_dict)
 
 
-def _check_keys(state: Mapping[str, Any], needed: Sequence[str], depth: int):
+def _check_keys(state: Mapping[str, Any], needed: Sequence[str],
+                network: str):
+  """Raises ValueError for a key of ``network`` missing, or one too many."""
   missing = [k for k in needed if k not in state]
   if missing:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     raise ValueError(f"state_dict lacks key {missing[0]!r}{more}, needed by "
-                     f"torchvision's ResNet-{depth}")
+                     f"{network}")
   wanted = set(needed)
   unexpected = [k for k in state
                 if k not in wanted and not k.endswith(_IGNORED_SUFFIX)]
   if unexpected:
     more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
     raise ValueError(f"state_dict has unexpected key {unexpected[0]!r}{more}; "
-                     f"it is not part of torchvision's ResNet-{depth}")
+                     f"it is not part of {network}")
 
 
-def _convert_leaf(state, keys, shape, stacked, depth) -> np.ndarray:
+def _convert_leaf(state, keys, shape, stacked, network) -> np.ndarray:
   """Reads, checks and converts the state-dict entries of one variable."""
   per_unit = tuple(shape[1:] if stacked else shape)
   arrays = []
@@ -137,16 +149,18 @@ def _convert_leaf(state, keys, shape, stacked, depth) -> np.ndarray:
     if value.shape != per_unit:
       raise ValueError(
           f"state_dict[{key!r}] has shape {_to_torch_layout(value.shape)}; "
-          f"torchvision's ResNet-{depth} needs {_to_torch_layout(per_unit)}")
+          f"{network} needs {_to_torch_layout(per_unit)}")
     arrays.append(value)
   return np.stack(arrays) if stacked else arrays[0]
 
 
-def _plan(shapes):
+def _plan(shapes, network: str, head: str = "fc"):
   """Each resflax variable's path, state-dict keys, shape and stacking.
 
   Args:
     shapes: ``jax.eval_shape`` of the network's ``init``.
+    network: the checkpoint's network, for error messages.
+    head: the checkpoint's name of the classifier.
 
   Returns:
     ``(leaves, trees)``: a list of ``(path, keys, shape, stacked)`` in
@@ -160,12 +174,65 @@ def _plan(shapes):
       path = (collection,) + tuple(str(k.key) for k in kpath)
       stacked = leaf.shape[0] if "units" in path[2:3] else 0
       try:
-        keys = _torch_keys(path, stacked)
+        keys = _torch_keys(path, stacked, head)
       except KeyError:
         raise ValueError(f"resflax variable {'/'.join(path)} has no "
-                         "torchvision counterpart") from None
+                         f"counterpart in {network}") from None
       leaves.append((path, keys, leaf.shape, stacked))
   return leaves, trees
+
+
+def _check_overrides(caller: str, network: str, overrides: Mapping[str, Any]):
+  """Raises ValueError for a model key that would change the architecture."""
+  bad = sorted(set(overrides) - set(_ALLOWED_OVERRIDES))
+  if bad:
+    raise ValueError(f"{caller}: model key(s) {bad} would change "
+                     f"{network} architecture; allowed: "
+                     f"{', '.join(_ALLOWED_OVERRIDES)}")
+
+
+# adjust(path, value) -> value: a change to one converted variable.
+_Adjust = Callable[[Tuple[str, ...], np.ndarray], np.ndarray]
+
+
+def _load_variables(model, state: Mapping[str, Any], network: str, *,
+                    image_size: int, head: str = "fc",
+                    adjust: Optional[_Adjust] = None) -> Dict[str, Any]:
+  """``model``'s variables, every one read from a torch-named state dict.
+
+  Args:
+    model: the resflax ``Network`` whose variables to fill.
+    state: the state dict, 'module.' prefix already stripped.
+    network: the checkpoint's network, for error messages (e.g.
+      "torchvision's ResNet-50").
+    image_size: an input side the network accepts (only shapes are traced).
+    head: the checkpoint's name of the classifier.
+    adjust: optional ``adjust(path, value)`` applied to each converted
+      variable (resflax layout) before it is stored, e.g. to permute
+      channels.
+
+  Returns:
+    ``params``, ``batch_stats`` and an intact ``lesion``.
+
+  Raises:
+    ValueError: a key missing or unexpected, or a shape that does not fit.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, image_size, image_size, 3),
+                                    jnp.float32))
+  leaves, trees = _plan(shapes, network, head)
+  _check_keys(state, [k for _, keys, _, _ in leaves for k in keys], network)
+  values = {"params": [], "batch_stats": []}
+  for path, keys, shape, stacked in leaves:
+    value = _convert_leaf(state, keys, shape, stacked, network)
+    if adjust is not None:
+      value = adjust(path, value)
+    values[path[0]].append(jnp.asarray(value))
+  # Unflattened with init's own structure, so modules without variables
+  # (the head's batch_stats) stay present as empty dicts.
+  variables = {c: jax.tree.unflatten(trees[c], values[c]) for c in values}
+  variables["lesion"] = model.default_lesion()
+  return variables
 
 
 def from_torchvision(state_dict: Mapping[str, Any], depth: int, **overrides
@@ -197,26 +264,12 @@ def from_torchvision(state_dict: Mapping[str, Any], depth: int, **overrides
   # Imported here: resflax.models imports this module.
   from resflax.models import create_model  # pylint: disable=g-import-not-at-top
 
-  bad = sorted(set(overrides) - set(_ALLOWED_OVERRIDES))
-  if bad:
-    raise ValueError(f"from_torchvision: model key(s) {bad} would change "
-                     "torchvision's architecture; allowed: "
-                     f"{', '.join(_ALLOWED_OVERRIDES)}")
+  _check_overrides("from_torchvision", "torchvision's", overrides)
   state = _strip_module_prefix(state_dict)
   fc = state.get("fc.weight")
   num_classes = int(np.shape(fc)[0]) if fc is not None else 1000
   model = create_model(depth=depth, num_classes=num_classes,
                        **TORCHVISION_ARCH, **overrides)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 64, 64, 3), jnp.float32))
-  leaves, trees = _plan(shapes)
-  _check_keys(state, [k for _, keys, _, _ in leaves for k in keys], depth)
-  values = {"params": [], "batch_stats": []}
-  for path, keys, shape, stacked in leaves:
-    values[path[0]].append(
-        jnp.asarray(_convert_leaf(state, keys, shape, stacked, depth)))
-  # Unflattened with init's own structure, so modules without variables
-  # (the head's batch_stats) stay present as empty dicts.
-  variables = {c: jax.tree.unflatten(trees[c], values[c]) for c in values}
-  variables["lesion"] = model.default_lesion()
+  variables = _load_variables(model, state, f"torchvision's ResNet-{depth}",
+                              image_size=64)
   return model, variables
