@@ -1,24 +1,35 @@
 """Where resflax's log lines go: the command line, notebooks, plain Python.
 
-resflax logs with absl. Under absl's ``app.run`` (the command line) absl's
-handler prints INFO and above to stderr, and so do the libraries beneath
-(orbax writes dozens of INFO lines per checkpoint). Elsewhere (a notebook, a
-plain Python call) the level stays Python's default, WARNING, so progress
-lines vanish. ``setup_logging`` fixes both.
+resflax logs with absl. Every line reads ``HH:MM:SS message``; warnings and
+errors add their level (``HH:MM:SS WARNING message``). The verbose format,
+absl's own (level, date, time, thread, file:line), is for debugging: pass
+``--verbose`` on the command line, set ``RESFLAX_VERBOSE=1`` in the
+environment, or call ``setup_logging(verbose=True)``.
+
+Under absl's ``app.run`` (the command line) absl's handler prints; it gets
+this format. Elsewhere (a notebook, a plain Python call) absl's first log
+call installs Python's ``basicConfig`` handler, which prints ``INFO:absl:``
+lines, while the level stays WARNING so progress lines vanish;
+``setup_logging`` replaces that handler with one in this format and shows
+INFO. Both ways, libraries' INFO chatter (orbax writes dozens of lines per
+checkpoint) stays hidden and their warnings show.
 """
 
 import logging
 import os
 import sys
+from typing import Optional
 
-from absl import flags
 from absl import logging as absl_logging
 
 # Libraries whose INFO lines bury the progress lines; their warnings and
 # errors still show.
-QUIET_LIBRARIES = ('orbax', 'jax', 'flax', 'etils')
+QUIET_LIBRARIES = ('orbax', 'jax', 'jaxlib', 'flax', 'etils', 'matplotlib',
+                   'clu', 'tensorboardX', 'PIL')
+VERBOSE_ENV = 'RESFLAX_VERBOSE'
 
 _handler = None
+_verbose: Optional[bool] = None  # None: the environment decides
 
 
 class QuietLibraries(logging.Filter):
@@ -48,16 +59,24 @@ class QuietLibraries(logging.Filter):
 _FILTER = QuietLibraries()
 
 
+class LineFormatter(logging.Formatter):
+  """``HH:MM:SS message``; warnings and errors add their level word."""
+
+  def __init__(self):
+    super().__init__('%(asctime)s %(message)s', datefmt='%H:%M:%S')
+
+  def formatMessage(self, record: logging.LogRecord) -> str:
+    if record.levelno >= logging.WARNING:
+      return f'{record.asctime} {record.levelname} {record.message}'
+    return super().formatMessage(record)
+
+
 class _StderrHandler(logging.StreamHandler):
   """Writes to whatever `sys.stderr` is when a record arrives.
 
   Notebooks and test runners replace `sys.stderr`; a handler holding the
   object it was created with would write to a stale or closed stream.
   """
-
-  def __init__(self):
-    super().__init__()
-    self.setFormatter(absl_logging.PythonFormatter())
 
   @property
   def stream(self):
@@ -68,31 +87,64 @@ class _StderrHandler(logging.StreamHandler):
     del value  # always sys.stderr
 
 
-def setup_logging() -> None:
+def verbose() -> bool:
+  """Whether lines carry absl's prefix (file and line): ``setup_logging``'s
+  choice, else ``RESFLAX_VERBOSE`` (1, true, yes)."""
+  if _verbose is not None:
+    return _verbose
+  return os.environ.get(VERBOSE_ENV, '').strip().lower() in ('1', 'true',
+                                                             'yes')
+
+
+def _formatter() -> logging.Formatter:
+  return absl_logging.PythonFormatter() if verbose() else LineFormatter()
+
+
+def _is_basic_config(handler: logging.Handler) -> bool:
+  """Whether `handler` is the one ``logging.basicConfig()`` installs."""
+  fmt = getattr(handler.formatter, '_fmt', None)
+  # pylint: disable-next=unidiomatic-typecheck
+  return type(handler) is logging.StreamHandler and fmt == logging.BASIC_FORMAT
+
+
+# pylint: disable-next=redefined-outer-name
+def setup_logging(verbose: Optional[bool] = None) -> None:
   """Shows resflax's INFO lines once each and hides libraries' INFO chatter.
 
-  Idempotent. Under ``app.run`` it adds the filter and keeps the verbosity
-  the flags chose. Elsewhere it sets absl's verbosity to INFO and keeps any
-  handler already on the root logger: absl's first log call installs
-  Python's basic one (``INFO:absl:...`` lines), as do users. With none yet
-  it adds one in absl's format.
+  Idempotent; training calls it again. Under ``app.run`` it formats absl's
+  handler and keeps the verbosity the flags chose. Elsewhere it sets absl's
+  verbosity to INFO, removes the ``basicConfig`` handler absl's first log
+  call installs (its ``INFO:absl:`` lines would repeat every line) and adds
+  its own on the root logger, so other root handlers (a log file, pytest's
+  capture) still receive every record.
+
+  Args:
+    verbose: True: absl's prefix (level, date, time, thread, file:line) on
+      every line; False: ``HH:MM:SS message``; None: keep the earlier
+      choice, or ``RESFLAX_VERBOSE`` when there was none.
   """
-  global _handler
+  global _handler, _verbose
+  if verbose is not None:
+    _verbose = verbose
   absl_logger = logging.getLogger('absl')
   root = logging.getLogger()
   if _FILTER not in absl_logger.filters:
     absl_logger.addFilter(_FILTER)
-  if (not flags.FLAGS.is_parsed()
-      and absl_logger.getEffectiveLevel() > logging.INFO):
-    absl_logging.set_verbosity(absl_logging.INFO)
-  handlers = [absl_logging.get_absl_handler()]
-  if not root.handlers and _handler is None:
-    # Not absl's handler: before flag parsing it prints a warning that
-    # logging goes to stderr, which is the intent here.
-    _handler = _StderrHandler()
-    root.addHandler(_handler)
-  if _handler is not None:
-    handlers.append(_handler)
-  for handler in handlers:
-    if _FILTER not in handler.filters:
-      handler.addFilter(_FILTER)
+  absl_handler = absl_logging.get_absl_handler()
+  if absl_handler in root.handlers:  # app.run: absl's handler prints
+    handler = absl_handler
+  else:
+    if absl_logger.getEffectiveLevel() > logging.INFO:
+      absl_logging.set_verbosity(absl_logging.INFO)
+    for h in [h for h in root.handlers if _is_basic_config(h)]:
+      root.removeHandler(h)
+    if _handler is None:
+      # Not absl's handler: before flag parsing it prints a warning that
+      # logging goes to stderr, which is the intent here.
+      _handler = _StderrHandler()
+    if _handler not in root.handlers:
+      root.addHandler(_handler)
+    handler = _handler
+  handler.setFormatter(_formatter())
+  if _FILTER not in handler.filters:
+    handler.addFilter(_FILTER)

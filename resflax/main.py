@@ -2,13 +2,20 @@
 
 Flags:
   --config: an experiment file with ``get_config(arg)``; ``file.py:arg``
-    passes ``arg`` (e.g. ``:110``, ``:smoke``). The config is locked: a
+    passes ``arg``. In every experiment file a case, group or network is
+    named the way models are (``resnet110``; ``resnet-110`` is read the
+    same); ``smoke`` shrinks whatever the argument names to seconds on a
+    CPU. In ``cifar_resnet.py`` a depth alone (``:110``) trains one network
+    once (DIR/results.json) and a name (``:resnet110``) runs that case of
+    the table for every seed (DIR/<case>/seed<s>/). The config is locked: a
     mistyped ``--config.key=value`` is an error naming the key.
   --workdir: run directory (checkpoints, TensorBoard events, results).
+  --verbose: absl's prefix (level, date, thread, file:line) on every log
+    line instead of ``HH:MM:SS``; so does ``RESFLAX_VERBOSE=1``.
 
 A mistake in the flags, the config file or the config is one line on
-stderr with exit status 2 (1 for errors found while running); set
-``RESFLAX_TRACEBACK=1`` to see the full traceback instead.
+stderr naming the flag, with exit status 2 (1 for errors found while
+running); set ``RESFLAX_TRACEBACK=1`` to see the full traceback instead.
 """
 
 import os
@@ -26,6 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (file.py[:arg]).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Prefix log lines with absl's level, date, thread and "
+    f"file:line (or set {logs.VERBOSE_ENV}=1).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "Multi-host: host:port of process 0 (omit under SLURM, Open MPI or on "
@@ -36,11 +46,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "Multi-host: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Shown for a required flag left out.
+_EXAMPLES = {"config": "--config experiments/cifar_resnet.py:smoke",
+             "workdir": "--workdir runs/smoke"}
+_HELP = {"-h": True, "-?": True, "--help": True, "--helpshort": True,
+         "--helpfull": False}  # flag -> short help (this module's flags)
+
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.setup_logging()
+  del argv  # _parse_flags refused positional arguments
+  logs.setup_logging(verbose=True if _VERBOSE.value else None)
   try:
     config = _CONFIG.value
     distributed = config.distributed  # an unreadable file raises only here
@@ -67,9 +82,61 @@ def main(argv):
 
 
 def _innermost(e: BaseException) -> BaseException:
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
-  return e
+  """The first exception of the chain; ``raise ... from None`` ends it."""
+  while True:
+    nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    if nxt is None:
+      return e
+    e = nxt
+
+
+def _example(flag: str) -> str:
+  """``flag=value`` with its current value, or a placeholder."""
+  name = flag.lstrip("-")
+  try:
+    if name.startswith("config."):
+      value = flags.FLAGS["config"].value
+      for part in name.split(".")[1:]:
+        value = value[part]
+    else:
+      value = flags.FLAGS[name].default
+  except Exception:  # pylint: disable=broad-except
+    value = None  # the config is not loaded yet, or no such key
+  if value is None or hasattr(value, "keys"):
+    return f"{flag}=VALUE"
+  if isinstance(value, (tuple, list)):
+    return f'{flag}="{tuple(value)}"'
+  return f"{flag}={value}"
+
+
+def _absl_error_line(text: str):
+  """absl's message for a flag mistake as ``--flag: what``, or None."""
+  m = re.match(r"Missing value for flag --(\S+)", text)
+  if m:
+    example = _EXAMPLES.get(m.group(1)) or _example(f"--{m.group(1)}")
+    return f"--{m.group(1)}: needs a value (e.g. {example})"
+  m = re.match(r"Found (--config\.[^=\s]+)\S* in argv before a value for "
+               r"--config", text)
+  if m:
+    return (f"{m.group(1)}: comes before --config; put --config first, "
+            "the overrides after it")
+  m = re.match(r"Unknown command line flag '([^']+)'(?:\. Did you mean: "
+               r"(.+?) \?)?", text)
+  if m:
+    close = [f"--{c.strip()}" for c in (m.group(2) or "").split(",")
+             if c.strip()]
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return (f"--{m.group(1)}: no such flag; {hint}"
+            "--help lists the flags")
+  m = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than "
+               r"None", text)
+  if m:
+    example = _EXAMPLES.get(m.group(1), f"--{m.group(1)}=VALUE")
+    return f"--{m.group(1)}: required (e.g. {example})"
+  m = re.match(r"flag (--[^=:]+)=[^:]*: (.+)", text, re.S)
+  if m:
+    return f"{m.group(1)}: {m.group(2)}"
+  return None
 
 
 def flag_error_line(e: BaseException, argv) -> str:
@@ -90,10 +157,16 @@ def flag_error_line(e: BaseException, argv) -> str:
                           if a == "--config"), "?")
     return f"--config: cannot read the experiment file {path}"
   text = str(inner) if inner is not e else str(e)
+  bool_value = re.match(r"flag (--\w+)=(.*): \('Non-boolean argument", str(e))
+  if bool_value:
+    return (f"{bool_value.group(1)}: takes no value, =true or =false, not "
+            f"{bool_value.group(2)!r}")
   if inner is not e and isinstance(e, flags.Error):
     flag = re.match(r"flag (--[^=:]+)", str(e))
     if flag and flag.group(1) not in text:
       text = f"{flag.group(1)}: {text}"
+  elif isinstance(e, flags.Error):
+    text = _absl_error_line(text) or text
   return " ".join(text.split())
 
 
@@ -122,11 +195,27 @@ def shipped_experiment_argv(argv):
   return out
 
 
+def _help(argv):
+  """Prints the usage and exits 0 when ``argv`` asks for help."""
+  asked = [a for a in argv[1:] if a in _HELP]
+  if asked:
+    short = _HELP[asked[0]]
+    app.usage(shorthelp=short, writeto_stdout=True)
+    if short:
+      print("Try --helpfull to get a list of all flags.")
+    sys.exit(0)
+
+
 def _parse_flags(argv):
+  _help(argv)
   try:
-    return flags.FLAGS(shipped_experiment_argv(argv))
+    rest = flags.FLAGS(shipped_experiment_argv(argv))
   except Exception as e:  # pylint: disable=broad-except
     _fail(flag_error_line(e, argv))
+  if len(rest) > 1:
+    _fail(f"unexpected argument {rest[1]!r}: flags take the form "
+          "--name=value (--help lists them)")
+  return rest
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 import glob
 import importlib.util
 import os
+import re
 
 import pytest
 
 from resflax import models, training
+from resflax.config import base_config
 from resflax.experiment import cases
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +42,8 @@ def test_smoke_is_the_table_shrunk(path):
   arg = "table6,plain,smoke" if path.endswith("cifar_resnet.py") else "smoke"
   config = module.get_config(arg)
   assert cases.case_names(config) == cases.case_names(module.get_config())
-  assert config.seeds == 2
+  # One seed covers every case; the pipeline, not the spread, is checked.
+  assert config.seeds == cases.SMOKE_SEEDS == 1
 
 
 @pytest.mark.parametrize("path", FILES, ids=NAMES)
@@ -128,10 +131,87 @@ def test_cifar_resnet_keeps_its_single_runs():
   cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
   one = cifar.get_config("110")
   assert "sweep_cases" not in one and one.model.depth == 110
+  assert one.seeds == 1
   # He et al. 2016 (CVPR): warm up until the training error is below 80%.
   assert one.train.warmup_until_error == 0.8 and one.train.warmup_steps == 0
-  assert cifar.get_config("plain56").model.shortcut == "none"
   assert "sweep_cases" not in cifar.get_config("smoke")
+  # A depth with smoke is that command shrunk: still one run.
+  shrunk = cifar.get_config("110,smoke")
+  assert "sweep_cases" not in shrunk and shrunk.data.name == "synthetic"
+  assert shrunk.train.steps == cifar.get_config("smoke").train.steps
   table = cifar.get_config()
   assert cases.case_names(table) == (list(cifar.GROUPS["table6"])
                                      + list(cifar.GROUPS["plain"]))
+
+
+def test_cifar_resnet_names_a_run_or_a_case():
+  """A depth alone is one run; resnet110 and resnet-110 are the case."""
+  cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
+  for name in ("resnet110", "resnet-110", "ResNet-110"):
+    config = cifar.get_config(name)
+    assert cases.case_names(config) == ["resnet110"], name
+    assert config.seeds == 5
+    run = cases.case_config(config, "resnet110", seed=0)
+    assert run.model.depth == 110 and run.train.warmup_until_error == 0.8
+  plain = cifar.get_config("plain-56")
+  assert cases.case_names(plain) == ["plain56"]
+  assert cases.case_config(plain, "plain56", seed=0).model.shortcut == "none"
+  assert cases.case_names(cifar.get_config("resnet-110-effective")) == [
+      "resnet110_effective"]
+  with pytest.raises(ValueError, match="'110' trains one network once"):
+    cifar.get_config("110,resnet56")
+
+
+def _hyphenated(name):
+  """``resnet110_sd`` -> ``resnet-110_sd``: the other accepted spelling."""
+  return re.sub(r"(?<=[a-z]{2})(?=\d)", "-", name, count=1)
+
+
+@pytest.mark.parametrize("path", FILES, ids=NAMES)
+def test_every_name_takes_both_spellings(path):
+  module = load(path)
+  groups = getattr(module, "GROUPS", {})
+  for name in list(module.CASES) + list(groups):
+    assert cases.canonical_name(name) == name  # declared as models spell
+    expected = cases.case_names(module.get_config(name))
+    for other in (_hyphenated(name), name.upper()):
+      assert cases.case_names(module.get_config(other)) == expected, other
+  assert any(_hyphenated(n) != n for n in list(module.CASES) + list(groups))
+
+
+def test_canonical_names():
+  assert cases.canonical_name(" ResNet-110 ") == "resnet110"
+  assert cases.canonical_name("resnet-110-effective") == "resnet110_effective"
+  assert cases.canonical_name("WRN-28-10") == "wrn28_10"
+  # A minus sign is not a hyphen: b_g = -6 stays -6.
+  assert cases.canonical_name("exclusive_gate_b-6") == "exclusive_gate_b-6"
+  with pytest.raises(ValueError, match="spelt other than 'resnet110'"):
+    cases.experiment("f.py", base_config(), {"ResNet-110": cases.Case()},
+                     None, title="t")
+
+
+@pytest.mark.parametrize("arg,suggested", [
+    ("resnt-20", "resnet20"),   # a sweep case
+    ("11o", "110"),             # a single run's name
+    ("fig", "fig6"),            # a group
+])
+def test_did_you_mean_covers_every_kind_of_name(arg, suggested):
+  cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
+  with pytest.raises(ValueError) as e:
+    cifar.get_config(arg)
+  message = str(e.value)
+  hint = re.search(r"\(did you mean ([^?]+)\?\)", message)
+  assert hint and suggested in hint.group(1).split(", "), message
+  assert "\n" not in message
+  assert "a depth alone (20, 32, 44, 56, 110, 1202)" in message
+  assert "resnet110_effective" in message and "fig6" in message
+
+
+def test_lesion_depth_takes_every_spelling():
+  lesion = load(os.path.join(REPO, "experiments", "cifar_lesion.py"))
+  for arg in ("56", "resnet56", "ResNet-56", "resnet-56,smoke"):
+    assert lesion.get_config(arg).model.depth == 56, arg
+  assert lesion.get_config().model.depth == 110
+  with pytest.raises(ValueError, match=r"unknown arg 'resnt56' \(did you "
+                     r"mean resnet56"):
+    lesion.get_config("resnt56")

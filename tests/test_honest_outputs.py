@@ -408,7 +408,7 @@ def run_cells(nb, markers, ns):
 def quickstart(tmp_path, capsys, smoke):
   """Runs the quickstart's cells but training; returns (namespace, text)."""
   nb = nbformat.read(NOTEBOOKS / "quickstart.ipynb", as_version=4)
-  ns = run_cells(nb, ["RESFLAX_SOURCE = ", "REPO_DIR = next("], {})
+  ns = run_cells(nb, ["RESFLAX_SOURCE = ", "SMOKE = os.environ"], {})
   ns.update(SMOKE=smoke, plt=Pyplot(), tempfile=types.SimpleNamespace(
       mkdtemp=lambda prefix: str(tmp_path)))
   run_cells(nb, ["USE_DRIVE = False"], ns)
@@ -504,7 +504,7 @@ def lesion_stand_ins(n, data):
 def lesion_notebook(tmp_path, capsys, monkeypatch, smoke, n, data):
   nb = nbformat.read(NOTEBOOKS / "lesion_study.ipynb", as_version=4)
   monkeypatch.setenv("RESFLAX_LESION_WORKDIR", str(tmp_path))
-  ns = run_cells(nb, ["RESFLAX_SOURCE = ", "REPO_DIR = next("], {})
+  ns = run_cells(nb, ["RESFLAX_SOURCE = ", "SMOKE = os.environ"], {})
   ns.update(SMOKE=smoke, RUNS_DIR=tmp_path, plt=Pyplot())
   run_cells(nb, ["TRAIN_IF_MISSING = False"], ns)
   ns.update(lesion_stand_ins(n, data))

@@ -1,7 +1,9 @@
 """Sweeps: case configs, skip/resume, failures, parallel seeds, the tables."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -21,6 +23,7 @@ def small_sweep(**train_kw):
   """Three Table 1 cases, shrunk, 2 seeds."""
   config = load_experiment(SHORTCUTS, "original,exclusive_gate_b-6,dropout,"
                            "smoke")
+  config.seeds = 2  # smoke runs one; two exercise the medians and failures
   for k, v in train_kw.items():
     setattr(config.train, k, v)
   return config
@@ -35,11 +38,13 @@ class FakeTrainer:
 
   def __init__(self, fail=(), interrupt_at=None):
     self.calls = []
+    self.brief = []  # train_and_evaluate's brief argument, per call
     self.fail = set(fail)
     self.interrupt_at = interrupt_at
 
-  def __call__(self, config, workdir):
+  def __call__(self, config, workdir, *, brief=False):
     self.calls.append((workdir, config))
+    self.brief.append(brief)
     if len(self.calls) == self.interrupt_at:
       return {"interrupted": True, "step": 1}
     case = os.path.basename(os.path.dirname(workdir))
@@ -110,6 +115,84 @@ def test_restarted_sweep_skips_finished_runs(tmp_path, monkeypatch):
       f"{case}/seed{s}" for case in sorted(cases.case_names(config))
       for s in (0, 1)]
   assert all(c.seed == int(w[-1]) for w, c in fake.calls)
+
+
+def test_later_runs_are_brief_and_each_logs_one_line(tmp_path, monkeypatch,
+                                                   caplog):
+  config = small_sweep()
+  fake = FakeTrainer(fail={("dropout", 1)}, interrupt_at=3)
+  monkeypatch.setattr(training, "train_and_evaluate", fake)
+  caplog.set_level(logging.INFO)
+  runner.run(config, str(tmp_path))
+  # Only the first run logs its start block and progress.
+  assert fake.brief == [False, True, True]
+  caplog.clear()
+  runner.run(config, str(tmp_path))  # restarted: its first run shows all
+  assert fake.brief[3:] == [False, True, True, True]
+  lines = [r.getMessage() for r in caplog.records if r.name == "absl"]
+  assert lines[0] == (f"sweep: 3 cases x 2 seeds in {tmp_path}, 4 of 6 runs "
+                      "to do")
+  runs = [l for l in lines if l.startswith("run ")]
+  assert [l.split(":")[0] for l in runs] == [
+      "run 3 of 6", "run 4 of 6", "run 5 of 6", "run 6 of 6"]
+  assert re.fullmatch(r"run 4 of 6: exclusive_gate_b-6, seed 1: test error "
+                      r"12\.80% \(\d+s\); sweep ETA \d+s", runs[1]), runs[1]
+  failed = [r for r in caplog.records if "dropout, seed 1" in r.getMessage()]
+  assert len(failed) == 1 and failed[0].levelno == logging.WARNING
+  assert re.fullmatch(r"run 6 of 6: dropout, seed 1: failed \(\d+s\); seed 1:"
+                      r" non-finite loss at step 3", failed[0].getMessage())
+  assert "ETA" not in runs[-1]
+  assert re.fullmatch(r"sweep done in \d+s; results: .*results\.md, .*",
+                      lines[-1]), lines[-1]
+
+
+@pytest.mark.parametrize("every,writes", [(3600.0, 1), (0.0, 6 + 1)])
+def test_tables_are_redrawn_at_most_once_a_minute(tmp_path, monkeypatch,
+                                                  every, writes):
+  written = []
+  write_tables = tables.write_tables
+  monkeypatch.setattr(tables, "write_tables",
+                      lambda *a: written.append(1) or write_tables(*a))
+  monkeypatch.setattr(sweep, "OUTPUTS_EVERY_SECONDS", every)
+  monkeypatch.setattr(training, "train_and_evaluate", FakeTrainer())
+  sweep.run(small_sweep(), str(tmp_path))
+  assert len(written) == writes
+  assert (tmp_path / "results.md").exists()
+
+
+def test_smoke_sweep_runs_every_case_once():
+  config = load_experiment(SHORTCUTS, "smoke")
+  shortcuts = load_experiment(SHORTCUTS)
+  assert cases.case_names(config) == cases.case_names(shortcuts)
+  assert len(cases.case_names(config)) == 11 and config.seeds == 1
+  assert config.sweep_shrunk
+
+
+def test_cli_sweep_prints_the_start_block_once(tmp_path):
+  """Two shrunk cases for real: the first run's block, then one line each."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env.pop("RESFLAX_VERBOSE", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "resflax.main", "--config",
+       SHORTCUTS + ":original,exclusive_gate_b-6,smoke",
+       "--workdir", str(tmp_path)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = proc.stderr
+  assert text.count("resflax run in") == 1, text
+  assert text.count("parameters per module") == 1
+  assert text.count("compiling the training step") == 1
+  assert text.count("steps/s") == 2  # the first run's 6 steps, every 3
+  assert text.count(f"results: {tmp_path / 'original' / 'seed0'}") == 1
+  runs = re.findall(r"^\d\d:\d\d:\d\d (run \d of 2: .*)$", text, re.M)
+  assert [r.split(":")[:2] for r in runs] == [
+      ["run 1 of 2", " original, seed 0"],
+      ["run 2 of 2", " exclusive_gate_b-6, seed 0"]], text
+  assert text.strip().splitlines()[-1].split(" ", 2)[1:] == [
+      "sweep", f"done in {text.split('sweep done in ')[1].split(';')[0]}; "
+      f"results: {tmp_path / 'results.md'}, {tmp_path / 'results.csv'}, "
+      f"{tmp_path / 'results.png'}"]
+  assert len(text.strip().splitlines()) < 40
 
 
 def test_results_tables_have_every_case_and_paper_value(tmp_path, monkeypatch):
@@ -183,10 +266,15 @@ def test_cli_sweep_end_to_end_with_parallel_seeds(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   cmd = [sys.executable, "-m", "resflax.main",
          "--config", SHORTCUTS + ":exclusive_gate_b-6,smoke",
-         "--workdir", str(tmp_path), "--config.train.parallel_runs=2"]
+         "--workdir", str(tmp_path), "--config.seeds=2",
+         "--config.train.parallel_runs=2"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert re.search(r"^\S+ results: .*results\.json; each run's results\.json "
+                   r"and curves\.png in .*seed<s>$", proc.stderr, re.M)
+  assert re.search(r"^\S+ run 1 of 1: exclusive_gate_b-6, seeds 0,1: test "
+                   r"error \d+\.\d\d%, \d+\.\d\d% \(", proc.stderr, re.M)
   run_files = [tmp_path / "exclusive_gate_b-6" / f"seed{s}" / "results.json"
                for s in (0, 1)]
   mtimes = [f.stat().st_mtime_ns for f in run_files]

@@ -185,7 +185,7 @@ def test_cli_smoke_subprocess(tmp_path):
   cmd = [sys.executable, "-m", "resflax.main",
          "--config", os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
          "--workdir", str(tmp_path), "--config.train.steps=6",
-         "--config.train.eval_every=3"]
+         "--config.train.eval_every=3", "--verbose"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

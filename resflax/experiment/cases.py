@@ -14,8 +14,14 @@ config overrides, the paper's reference key, a note) and calls
 
 The argument is a comma-separated list of tokens: a case name or a group
 name selects those cases (none: the file's default table; ``all``: every
-case), and ``smoke`` shrinks every case (``shrink``). An unknown token is an
-error listing the cases and groups.
+case), and ``smoke`` shrinks every case (``shrink``, one seed). Names are
+spelt as models are (``resnet110``, ``wrn28_10``); ``canonical_name`` reads
+other spellings: case does not matter, a hyphen between a network and its
+depth may be left out (``resnet-110`` is ``resnet110``) and one after a
+number stands for ``_`` (``wrn-28-10`` is ``wrn28_10``). A file may also
+accept names that train one network once (``SingleRun``, e.g.
+``cifar_resnet.py:110``). An unknown token is an error with a "did you
+mean" over every accepted name, listing the cases, groups and single runs.
 
 Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
   sweep_cases: ConfigDict case name -> the case's overrides as a nested
@@ -36,6 +42,7 @@ Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
 import dataclasses
 import difflib
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from flax import traverse_util
@@ -53,6 +60,7 @@ FAILED_FILE = workdir_lib.FAILED_FILE
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 SMOKE = "smoke"
 ALL = "all"
+SMOKE_SEEDS = 1  # a smoke sweep covers every case once
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -182,10 +190,81 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def canonical_name(token: str) -> str:
+  """The spelling of a case, group or network name that resflax uses.
+
+  Lower case; a hyphen between a network and its depth dropped
+  (``ResNet-110`` -> ``resnet110``, as ``resflax.models.create_model``
+  spells it); a hyphen after a number read as ``_`` (``wrn-28-10`` ->
+  ``wrn28_10``). A minus sign stays (``exclusive_gate_b-6``).
+  """
+  name = re.sub(r"(?<=[a-z]{2})-(?=\d)", "", token.strip().lower())
+  return re.sub(r"(?<=\d)-", "_", name)
+
+
+def unknown_name_error(source: str, token: str, valid: Sequence[str],
+                       allowed: str, what: str = "case") -> ConfigError:
+  """The one-line error for a token no name matches.
+
+  Args:
+    source: the experiment file's name.
+    token: what was given.
+    valid: every accepted name, for the "did you mean".
+    allowed: what may be given, e.g. "use a case (...) or a group (...)".
+    what: the kind of name expected.
+  """
+  close = difflib.get_close_matches(canonical_name(token), list(valid), n=3)
+  return ConfigError(
+      f"{source}: unknown {what} {token!r}"
+      + (f" (did you mean {', '.join(close)}?)" if close else "")
+      + f"; {allowed}")
+
+
 def _check_case_name(name: str, source: str):
-  if not name or "." in name or "," in name or name in (SMOKE, ALL):
+  if (not name or "." in name or "," in name or name in (SMOKE, ALL)
+      or canonical_name(name) != name):
     raise ValueError(f"{source}: case name {name!r} may not be empty, "
-                     f"'{SMOKE}', '{ALL}' or contain '.' or ','")
+                     f"'{SMOKE}', '{ALL}', contain '.' or ',' or be spelt "
+                     f"other than {canonical_name(name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleRun:
+  """Names of an experiment file that train one network once, not a sweep.
+
+  Attributes:
+    make: a canonical name -> that run's config, or None when the name is
+      not one of these; ``""`` is ``smoke`` alone (None: ``smoke`` alone
+      shrinks the file's table instead).
+    shrink: shrinks the run's config for ``smoke``.
+    rule: how the names look, for errors (e.g. "a depth alone").
+    examples: names listed in errors and offered by "did you mean".
+  """
+  make: Callable[[str], Optional[ml_collections.ConfigDict]]
+  shrink: Callable[[ml_collections.ConfigDict], Any]
+  rule: str
+  examples: Sequence[str] = ()
+
+
+def _single_run(single: SingleRun, names: Sequence[str], smoke: bool,
+                source: str) -> Optional[ml_collections.ConfigDict]:
+  """The config of a single run when ``names`` name one, else None."""
+  if len(names) > 1:
+    ones = [n for n in names if single.make(n) is not None]
+    if ones:
+      raise ConfigError(
+          f"{source}: {ones[0]!r} trains one network once ({single.rule}); "
+          "name it alone (or with 'smoke'), or name only cases and groups "
+          "of the table")
+    return None
+  if not names and not smoke:
+    return None  # no argument: the file's table
+  config = single.make(names[0] if names else "")
+  if config is None:
+    return None
+  if smoke:
+    single.shrink(config)
+  return config
 
 
 def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -194,7 +273,8 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Synthetic data with the real dataset's class count, the smallest network
   of the case's family and variant (``resflax.models.shrink``), 6 steps with
   the schedule scaled to them (warm-up and decays at the same fractions),
-  2 seeds.
+  one seed (``SMOKE_SEEDS``): every case runs; the pipeline, not the
+  spread over seeds, is what a smoke sweep checks.
   """
   data, model, t = config.data, config.model, config.train
   data.num_classes = (data_lib.source_info(data).num_classes
@@ -215,17 +295,17 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.log_every = 3
   t.eval_every = 0
   t.checkpoint_every = 0
-  config.seeds = 2
+  config.seeds = SMOKE_SEEDS
   return config
 
 
 def _select(tokens: Sequence[str], cases: Mapping[str, Case],
-            groups: Mapping[str, Sequence[str]], source: str) -> List[str]:
-  """The cases the argument's tokens name, in order, without repeats."""
+            groups: Mapping[str, Sequence[str]], source: str,
+            single: Optional[SingleRun]) -> List[str]:
+  """The cases the argument's (canonical) tokens name, in order, without
+  repeats."""
   selected: List[str] = []
   for token in tokens:
-    if token == SMOKE:
-      continue
     if token == ALL:
       members = list(cases)
     elif token in cases:
@@ -233,13 +313,13 @@ def _select(tokens: Sequence[str], cases: Mapping[str, Case],
     elif token in groups:
       members = list(groups[token])
     else:
-      valid = list(cases) + list(groups) + [ALL, SMOKE]
-      close = difflib.get_close_matches(token, valid, n=3)
-      raise ConfigError(
-          f"{source}: unknown case {token!r}"
-          + (f" (did you mean {', '.join(close)}?)" if close else "")
-          + f"; use a case ({', '.join(cases)}), a group "
-          f"({', '.join(list(groups) + [ALL])}) and/or '{SMOKE}', "
+      examples = list(single.examples) if single else []
+      one = (f", or one network trained once: {single.rule} "
+             f"({', '.join(examples)})" if single else "")
+      raise unknown_name_error(
+          source, token, list(cases) + list(groups) + [ALL, SMOKE] + examples,
+          f"use cases ({', '.join(cases)}), groups "
+          f"({', '.join(list(groups) + [ALL])}){one}, and/or '{SMOKE}', "
           "comma-separated")
     selected += [m for m in members if m not in selected]
   return selected
@@ -265,7 +345,8 @@ def experiment(path: str, base: ml_collections.ConfigDict,
                shrink_fn: Callable[[ml_collections.ConfigDict],
                                    Any] = shrink,
                seeds: int = 5,
-               figures: Optional[Mapping[str, Figure]] = None
+               figures: Optional[Mapping[str, Figure]] = None,
+               single: Optional[SingleRun] = None
                ) -> ml_collections.ConfigDict:
   """The config of an experiment file for its argument.
 
@@ -278,31 +359,34 @@ def experiment(path: str, base: ml_collections.ConfigDict,
     table: the cases run without a selecting token (default: all).
     groups: extra names selecting several cases (e.g. a search).
     shrink_fn: shrinks one case config for ``smoke``.
-    seeds: runs per case (``config.seeds``; ``smoke`` sets 2).
+    seeds: runs per case (``config.seeds``; ``smoke`` sets
+      ``SMOKE_SEEDS``).
     figures: training-curve figures drawn when the sweep runs every case
       they show (``resflax.experiment.figures``).
+    single: names that train one network once instead (its config is
+      returned as it is, without sweep keys).
 
   Returns:
-    ``base`` with ``seeds`` and the ``sweep_*`` keys set.
+    ``base`` with ``seeds`` and the ``sweep_*`` keys set, or a single run's
+    config.
 
   Raises:
-    ValueError: an unknown token, listing the valid cases and groups; a
-      case whose overrides name a key the config lacks.
+    ValueError: an unknown token, listing the valid names with a "did you
+      mean"; a single run's name beside other names; a case whose
+      overrides name a key the config lacks.
   """
   source = os.path.basename(path)
   groups = dict(groups or {})
   table = list(table or cases)
-  for name in list(cases) + list(groups):
-    _check_case_name(name, source)
-  for name, members in list(groups.items()) + [("table", table)]:
-    unknown = [m for m in members if m not in cases]
-    if unknown:
-      raise ValueError(
-          f"{source}: group {name!r} names unknown cases {unknown}")
-
-  tokens = [t.strip() for t in str(arg or "").split(",") if t.strip()]
+  _check_declared(source, cases, groups, table)
+  tokens = [canonical_name(t) for t in str(arg or "").split(",")
+            if t.strip()]
   smoke = SMOKE in tokens
-  selected = _select(tokens, cases, groups, source) or table
+  names = [t for t in tokens if t != SMOKE]
+  one = _single_run(single, names, smoke, source) if single else None
+  if one is not None:
+    return one
+  selected = _select(names, cases, groups, source, single) or table
 
   config = base.copy_and_resolve_references()
   config.unlock()
@@ -333,6 +417,19 @@ def experiment(path: str, base: ml_collections.ConfigDict,
   config.sweep_shrunk = smoke
   config.sweep_figures = _figures(figures or {}, selected)
   return config
+
+
+def _check_declared(source: str, cases: Mapping[str, Case],
+                    groups: Mapping[str, Sequence[str]],
+                    table: Sequence[str]) -> None:
+  """Checks an experiment file's own names: spelt canonically, known."""
+  for name in list(cases) + list(groups):
+    _check_case_name(name, source)
+  for name, members in list(groups.items()) + [("table", table)]:
+    unknown = [m for m in members if m not in cases]
+    if unknown:
+      raise ValueError(
+          f"{source}: group {name!r} names unknown cases {unknown}")
 
 
 # --------------------------------------------------------------------------

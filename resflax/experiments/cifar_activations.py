@@ -5,13 +5,25 @@ ReLU before addition, (d) ReLU-only pre-activation, (e) full
 pre-activation, on ResNet-110 (basic units, option A) and ResNet-164
 (bottleneck units 1x1,16 / 3x3,16 / 1x1,64; projection B).
 
-The whole table (5 seeds per case; results in DIR/results.md):
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``):
+  cases: <unit>_<depth>, unit one of original, bn_after_add,
+    relu_before_add, relu_preact, full_preact (Fig. 4 (a)-(e)), depth 110
+    or 164 (e.g. full_preact_110);
+  groups: resnet110, resnet164 (every unit of a depth), each unit's name
+    (both depths), all;
+  smoke: added to any of these (alone: the table), shrinks every case to
+    seconds on a CPU (synthetic data, one seed).
+Every name runs a sweep: ``config.seeds`` runs per case (5) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+The whole table:
   python -m resflax.main --config experiments/cifar_activations.py --workdir runs/table2
 One depth, one design, or one case (comma-separated):
   python -m resflax.main --config experiments/cifar_activations.py:resnet164 --workdir runs/table2
   python -m resflax.main --config experiments/cifar_activations.py:full_preact --workdir runs/table2
   python -m resflax.main --config experiments/cifar_activations.py:full_preact_110 --workdir runs/table2
-Every case shrunk to seconds on a CPU (synthetic data, 2 seeds):
+Every case shrunk to seconds on a CPU (synthetic data, one seed each):
   python -m resflax.main --config experiments/cifar_activations.py:smoke --workdir /tmp/t2
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
@@ -50,7 +62,7 @@ GROUPS = {
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``smoke``; none: Table 2."""
+  """``arg``: the names of the module docstring; none: Table 2."""
   config = base_config()
   config.model.name = "cifar_resnet"
   config.model.bn_group_size = 64

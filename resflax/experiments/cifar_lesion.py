@@ -13,8 +13,10 @@ p_L = 0.5 (``:sd``), or point --config.lesion.checkpoint at such a run:
 A tiny version that runs on a CPU with synthetic data:
   python -m resflax.main --config experiments/cifar_lesion.py:smoke --workdir /tmp/lesion_smoke
 
-The argument is a comma-separated list of: a depth (default 110), ``sd``,
-``smoke``. Studies (``config.lesion``):
+Names (``:arg``, comma-separated, any letter case): a depth of the ResNet
+(default 110; ``110``, ``resnet110`` and ``resnet-110`` are the same), ``sd``
+(stochastic depth), ``smoke`` (tiny, synthetic data). Every argument runs
+the whole study. Studies (``config.lesion``):
   1. each single module deleted (Fig. 3), and each layer of the VGG;
   2. k random modules deleted, k = 1..max_k, draws_per_k draws (Fig. 5a);
   3. s random pairs swapped, s = 1..max_swaps, swap_draws draws, error
@@ -29,8 +31,11 @@ The argument is a comma-separated list of: a depth (default 110), ``sd``,
 
 import importlib.util
 import os
+import re
 
 import ml_collections
+
+from resflax.experiment import cases
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,22 +78,29 @@ def lesion_defaults() -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-  """``arg``: comma-separated depth (default 110), ``sd``, ``smoke``."""
-  tokens = [t for t in str(arg or "").split(",") if t]
-  depth, sd, smoke = "110", False, False
+  """``arg``: the names of the module docstring; none: ResNet-110."""
+  tokens = [cases.canonical_name(t) for t in str(arg or "").split(",")
+            if t.strip()]
+  depth, sd, smoke = None, False, False
   for t in tokens:
+    given = re.fullmatch(r"(?:resnet)?(\d+)", t)
     if t == "sd":
       sd = True
-    elif t == "smoke":
+    elif t == cases.SMOKE:
       smoke = True
-    elif t.isdigit():
-      depth = t
+    elif given:
+      depth = given.group(1)
     else:
-      raise ValueError(f"experiments/cifar_lesion.py: unknown arg {t!r}; use "
-                       "a depth like 110, 'sd', 'smoke', comma-separated")
+      digits = re.sub(r"\D", "", t)
+      examples = ["110", "resnet110", "sd", cases.SMOKE] + (
+          [f"resnet{digits}"] if digits else [])
+      raise cases.unknown_name_error(
+          "cifar_lesion.py", t, examples, "use a depth (110, resnet110 or "
+          "resnet-110), 'sd' and/or 'smoke', comma-separated", what="arg")
   base = _cifar_resnet()
-  if smoke and not any(t.isdigit() for t in tokens):
-    depth = "20"  # the smoke network: ResNet-20 at widths 4-8-8
+  if depth is None:
+    # The smoke network: ResNet-20 at widths 4-8-8; the paper's: ResNet-110.
+    depth = "20" if smoke else "110"
   config = base.get_config(depth)
   if sd:
     config.model.stochastic_depth = 0.5  # Huang et al.: p_L = 0.5

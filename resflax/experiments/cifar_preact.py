@@ -7,12 +7,24 @@ Original (post-activation, Fig. 4a) against full pre-activation units
   ResNet-164 and ResNet-1001 (bottleneck units, projection B),
 and Table 4's pre-activation ResNet-1001 at mini-batch 64.
 
-The whole table (5 seeds per case; results in DIR/results.md):
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``):
+  cases: <unit>_<net>[_c100], unit original or preact, net
+    resnet110_1layer, resnet110, resnet164 or resnet1001 (Table 3's rows;
+    _c100: CIFAR-100), and preact_resnet1001_batch64 (Table 4);
+  groups: cifar10, cifar100, original, preact, and each net's name;
+    all;
+  smoke: added to any of these (alone: the tables), shrinks every case to
+    seconds on a CPU (synthetic data, one seed).
+Every name runs a sweep: ``config.seeds`` runs per case (5) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+The whole table:
   python -m resflax.main --config experiments/cifar_preact.py --workdir runs/table3
 A group or a case (comma-separated), e.g. everything on CIFAR-100:
   python -m resflax.main --config experiments/cifar_preact.py:cifar100 --workdir runs/table3
   python -m resflax.main --config experiments/cifar_preact.py:preact_resnet1001_batch64 --workdir runs/table3
-Every case shrunk to seconds on a CPU (synthetic data, 2 seeds):
+Every case shrunk to seconds on a CPU (synthetic data, one seed each):
   python -m resflax.main --config experiments/cifar_preact.py:smoke --workdir /tmp/t3
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
@@ -87,8 +99,7 @@ GROUPS = {
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``smoke``; none: Tables 3
-  and 4."""
+  """``arg``: the names of the module docstring; none: Tables 3 and 4."""
   config = base_config()
   config.model.name = "cifar_resnet"
   config.model.bn_group_size = 64

@@ -1,19 +1,31 @@
 """He et al. 2016 (CVPR), CIFAR-10 ResNets: Table 6 and the plain twins (Fig. 6).
 
+Names (``:arg``, comma-separated; as models are spelt, ``resnet-110`` is
+read as ``resnet110``):
+  one network, trained once, results in DIR/results.json: a depth alone
+    (``:110``, ``:20``); ``:smoke`` alone is a tiny ResNet-8 run;
+  the table's cases, ``config.seeds`` runs each (5), results in
+    DIR/results.md and each run in DIR/<case>/seed<s>/: resnet20 resnet32
+    resnet44 resnet56 resnet110 resnet1202, plain20 plain32 plain44
+    plain56, resnet110_effective;
+  groups of cases: table6, plain, fig6, effective_paths, all;
+  ``smoke``: added to any of these, shrinks it to seconds on a CPU
+    (synthetic data, one seed).
+
 The table: ResNet-20/32/44/56/110/1202 and the plain nets 20/32/44/56 of
-Fig. 6, 5 seeds each (results, with the paper's numbers, in DIR/results.md):
+Fig. 6, with the paper's numbers:
   python -m resflax.main --config experiments/cifar_resnet.py --workdir runs/table6
-Cases or groups of it (comma-separated; groups: table6, plain, fig6,
-effective_paths, all):
-  python -m resflax.main --config experiments/cifar_resnet.py:resnet-110 --workdir runs/table6
+Cases or groups of it:
+  python -m resflax.main --config experiments/cifar_resnet.py:resnet110 --workdir runs/table6
   python -m resflax.main --config experiments/cifar_resnet.py:plain --workdir runs/table6
 The whole table shrunk to seconds per case on a CPU (synthetic data):
   python -m resflax.main --config experiments/cifar_resnet.py:all,smoke --workdir /tmp/t6
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
-One network, one seed (no sweep; results in DIR/results.json):
+One network, one seed (no sweep); its plain twin with a flag:
   python -m resflax.main --config experiments/cifar_resnet.py:110 --workdir runs/r110
-  python -m resflax.main --config experiments/cifar_resnet.py:plain56 --workdir runs/p56
+  python -m resflax.main --config experiments/cifar_resnet.py:56 --workdir runs/p56 \
+      --config.model.shortcut=none
 A tiny single run (ResNet-8, narrow) that finishes in seconds on a CPU:
   python -m resflax.main --config experiments/cifar_resnet.py:smoke --workdir /tmp/smoke
 
@@ -34,8 +46,6 @@ up at lr 0.01 until the training error is below 80% (about 400 iterations
 in the paper), then train at 0.1. Table 6 reports ResNet-110 as the best of
 5 runs (mean 6.61 +- 0.16), the other rows as single numbers.
 """
-
-import re
 
 from resflax import models
 from resflax.config import base_config
@@ -64,29 +74,29 @@ def _net(depth, plain=False):
 
 
 CASES = {
-    **{f"resnet-{d}": Case(
+    **{f"resnet{d}": Case(
         _net(d), paper_ref("cvpr_table6", f"resnet{d}"),
         "paper: best of 5 runs" if d == 110 else "")
        for d in DEPTHS},
-    **{f"plain-{d}": Case(_net(d, plain=True), {},
-                          "Fig. 6 only (no number in the paper)")
+    **{f"plain{d}": Case(_net(d, plain=True), {},
+                         "Fig. 6 only (no number in the paper)")
        for d in PLAIN_DEPTHS},
-    "resnet-110-effective": Case(
+    "resnet110_effective": Case(
         {**_net(110), "train.gradient_modules": EFFECTIVE_MODULES},
         paper_ref("veit", "effective_training_error"),
         f"Veit et al. sec. 5: gradients through {EFFECTIVE_MODULES} of 54 "
         "modules per mini-batch; the full model there: "
         f"{paper.lookup('veit', 'full_model_error')}%"),
 }
-GROUPS = {"table6": tuple(f"resnet-{d}" for d in DEPTHS),
-          "plain": tuple(f"plain-{d}" for d in PLAIN_DEPTHS),
-          "fig6": tuple(f"{kind}-{d}" for kind in ("plain", "resnet")
+GROUPS = {"table6": tuple(f"resnet{d}" for d in DEPTHS),
+          "plain": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
+          "fig6": tuple(f"{kind}{d}" for kind in ("plain", "resnet")
                         for d in PLAIN_DEPTHS),
-          "effective_paths": ("resnet-110", "resnet-110-effective")}
+          "effective_paths": ("resnet110", "resnet110_effective")}
 FIGURES = {"fig6": Figure(
     "He et al. 2016 Fig. 6: CIFAR-10 training (thin) and test (bold) error",
-    {"plain networks": tuple(f"plain-{d}" for d in PLAIN_DEPTHS),
-     "ResNets": tuple(f"resnet-{d}" for d in PLAIN_DEPTHS)})}
+    {"plain networks": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
+     "ResNets": tuple(f"resnet{d}" for d in PLAIN_DEPTHS)})}
 
 
 def _base():
@@ -94,27 +104,6 @@ def _base():
   config.model.name = "cifar_resnet"
   config.model.bn_group_size = 64
   return config
-
-
-def get_config(arg=None):
-  """``arg``: the sweep's cases or groups (comma-separated, ``all``,
-  ``smoke``; none: the whole table), or one network: a depth ("110"),
-  "plainN", or "smoke" alone (a tiny ResNet-8 run)."""
-  arg = "" if arg is None else str(arg).strip()
-  single = re.fullmatch(r"(plain)?(\d+)", arg)
-  if single or arg == "smoke":
-    config = _base()
-    config.model.depth = int(single.group(2)) if single else 20
-    if single and single.group(1):
-      config.model.shortcut = "none"
-    if config.model.depth >= 110:
-      config.update_from_flattened_dict(WARMUP)
-    return shrink(config) if arg == "smoke" else config
-  return cases.experiment(
-      __file__, _base(), CASES, arg, groups=GROUPS, figures=FIGURES,
-      table=GROUPS["table6"] + GROUPS["plain"],
-      title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
-      "plain nets")
 
 
 def shrink(config):
@@ -132,3 +121,29 @@ def shrink(config):
   config.train.eval_every = 10
   config.train.checkpoint_every = 10
   return config
+
+
+def _single(name):
+  """A depth alone ("110"): that ResNet, trained once; "" (``smoke``
+  alone): ResNet-20, which ``smoke`` shrinks to ResNet-8."""
+  if name and not name.isdigit():
+    return None
+  config = _base()
+  config.model.depth = int(name or 20)
+  if config.model.depth >= 110:
+    config.update_from_flattened_dict(WARMUP)
+  return config
+
+
+SINGLE = cases.SingleRun(_single, shrink, "a depth alone",
+                         tuple(str(d) for d in DEPTHS))
+
+
+def get_config(arg=None):
+  """``arg``: the names of the module docstring, comma-separated; none:
+  the whole table."""
+  return cases.experiment(
+      __file__, _base(), CASES, arg, groups=GROUPS, figures=FIGURES,
+      table=GROUPS["table6"] + GROUPS["plain"], single=SINGLE,
+      title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
+      "plain nets")

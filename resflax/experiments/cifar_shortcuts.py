@@ -1,12 +1,24 @@
 """Identity Mappings (He et al. 2016, ECCV) Table 1: shortcuts of ResNet-110.
 
-The whole table (5 seeds per case; results in DIR/results.md):
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``):
+  cases: original, scale_0, scale_half, scale_half_residual_half,
+    exclusive_gate_b0 .. exclusive_gate_b-10 (b_g = 0 .. -10; the table
+    has 0, -6 and -7), shortcut_gate_b0, shortcut_gate_b-6, conv1x1,
+    dropout;
+  groups: scale, exclusive_gate, exclusive_gate_search, shortcut_gate, all;
+  smoke: added to any of these (alone: the table), shrinks every case to
+    seconds on a CPU (synthetic data, one seed).
+Every name runs a sweep: ``config.seeds`` runs per case (5) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+The whole table:
   python -m resflax.main --config experiments/cifar_shortcuts.py --workdir runs/table1
 One case or a group of cases (comma-separated):
   python -m resflax.main --config experiments/cifar_shortcuts.py:exclusive_gate --workdir runs/table1
 The paper's gate-bias search (b_g = 0 .. -10) instead of its three rows:
   python -m resflax.main --config experiments/cifar_shortcuts.py:exclusive_gate_search --workdir runs/bg
-Every case shrunk to seconds on a CPU (synthetic data, 2 seeds):
+Every case shrunk to seconds on a CPU (synthetic data, one seed each):
   python -m resflax.main --config experiments/cifar_shortcuts.py:smoke --workdir /tmp/t1
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
@@ -71,8 +83,8 @@ TABLE = ("original", *GROUPS["scale"], *GROUPS["exclusive_gate"],
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``all``, ``smoke``; none:
-  the paper's table."""
+  """``arg``: the names of the module docstring; none: the paper's
+  table."""
   config = base_config()
   config.model.name = "cifar_resnet"
   config.model.depth = 110

@@ -1,12 +1,23 @@
 """Identity Mappings (He et al. 2016, ECCV) Table 5: ImageNet ResNet-152/200.
 
 Original (post-activation) against full pre-activation bottleneck ResNets,
-top-1 error on the ImageNet validation set:
+top-1 error on the ImageNet validation set.
+
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``):
+  cases: resnet152_original, resnet152_preact, resnet200_original,
+    resnet200_preact;
+  groups: resnet152, resnet200, original, preact, all;
+  smoke: added to any of these (alone: the table), shrinks every case to
+    seconds on a CPU.
+Every name runs a sweep: ``config.seeds`` runs per case (1) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
   python -m resflax.main --config experiments/imagenet_resnet.py --workdir runs/table5
   python -m resflax.main --config experiments/imagenet_resnet.py:resnet200_preact --workdir runs/table5
   python -m resflax.main --config experiments/imagenet_resnet.py:resnet152 --workdir runs/table5
 Every case shrunk to seconds on a CPU (synthetic 32x32 data, ResNet-50
-structure with narrow stages, 2 seeds):
+structure with narrow stages, one seed each):
   python -m resflax.main --config experiments/imagenet_resnet.py:smoke --workdir /tmp/t5
 
 Recipe (Identity Mappings appendix): batch 256 (8 GPUs, so BN statistics
@@ -62,7 +73,7 @@ GROUPS = {
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``smoke``; none: Table 5."""
+  """``arg``: the names of the module docstring; none: Table 5."""
   config = base_config()
   config.model.name = "imagenet_resnet"
   config.model.depth = 152

@@ -3,10 +3,21 @@
 ResNet-110 (and ResNet-1202) on CIFAR-10/100 with the survival probability
 decaying linearly from 1 at the first module to p_L = 0.5 at the last,
 whole residual branches dropped per mini-batch, against the same nets at
-constant depth:
+constant depth.
+
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``):
+  cases: resnet110_constant, resnet110_sd, resnet110_constant_c100,
+    resnet110_sd_c100 (CIFAR-100), resnet1202_constant, resnet1202_sd;
+  groups: resnet110, cifar100, resnet1202, all;
+  smoke: added to any of these (alone: every case), shrinks every case to
+    seconds on a CPU (synthetic data, one seed).
+Every name runs a sweep: ``config.seeds`` runs per case (5) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
   python -m resflax.main --config experiments/stochastic_depth.py --workdir runs/sd
   python -m resflax.main --config experiments/stochastic_depth.py:resnet110 --workdir runs/sd
-Every case shrunk to seconds on a CPU (synthetic data, 2 seeds):
+Every case shrunk to seconds on a CPU (synthetic data, one seed each):
   python -m resflax.main --config experiments/stochastic_depth.py:smoke --workdir /tmp/sd
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
@@ -63,7 +74,7 @@ GROUPS = {
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``smoke``; none: all."""
+  """``arg``: the names of the module docstring; none: every case."""
   config = base_config()
   config.model.name = "cifar_resnet"
   config.model.stochastic_depth_mode = "batch"

@@ -2,11 +2,22 @@
 
 WRN-28-10 with and without dropout, and the pre-activation ResNet-164 and
 ResNet-1001 baselines of the authors' README table, on CIFAR-10 and
-CIFAR-100 (median of 5 runs):
+CIFAR-100 (median of 5 runs).
+
+Names (``:arg``, comma-separated, any letter case; ``resnet-110`` is read
+as ``resnet110``, ``wrn-28-10`` as ``wrn28_10``):
+  cases: wrn28_10, wrn28_10_dropout, preact_resnet164, preact_resnet1001,
+    each also with _c100 (CIFAR-100);
+  groups: cifar10, cifar100, wrn, preact, all;
+  smoke: added to any of these (alone: every case), shrinks every case to
+    seconds on a CPU.
+Every name runs a sweep: ``config.seeds`` runs per case (5) in
+DIR/<case>/seed<s>/, the table in DIR/results.md.
+
   python -m resflax.main --config experiments/wide_resnet.py --workdir runs/wrn
   python -m resflax.main --config experiments/wide_resnet.py:wrn --workdir runs/wrn
 Every case shrunk to seconds on a CPU (synthetic data, WRN-10-1 structure
-with narrow stages, 2 seeds):
+with narrow stages, one seed each):
   python -m resflax.main --config experiments/wide_resnet.py:smoke --workdir /tmp/wrn
 All seeds of a case in one program: --config.train.parallel_runs=5.
 
@@ -67,7 +78,7 @@ GROUPS = {
 
 
 def get_config(arg=None):
-  """``arg``: cases or groups (comma-separated), ``smoke``; none: all."""
+  """``arg``: the names of the module docstring; none: every case."""
   config = base_config()
   config.model.name = "wide_resnet"
   config.model.depth = 28

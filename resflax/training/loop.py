@@ -155,13 +155,15 @@ def make_step(group: Runs, spec: RunSpec, feed):
   return lambda state, *data: vstep(state, hparams, *data)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       brief: bool = False) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
 
   Args:
     config: an experiment config (see ``resflax.config.base_config``).
     workdir: run directory: checkpoints, logs, TensorBoard events, results.
+    brief: the start block, progress, evaluation and results lines at
+      DEBUG, not INFO (a sweep's later runs); warnings still show.
 
   Returns:
     The results (the content of ``results.json``), or ``{"interrupted":
@@ -206,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         stop.received)
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
-      return _Trainer(group, spec, feed, stop, changed).run()
+      return _Trainer(group, spec, feed, stop, changed, brief).run()
 
 
 def _restore(ckpt, state, batch_size: int):
@@ -222,27 +224,16 @@ def _restore(ckpt, state, batch_size: int):
   return step, jax.device_put(upgrade_v0_state(old, batch_size), shardings)
 
 
-def _log_start(group: Runs, spec: RunSpec, feed, state, step: int) -> None:
-  """The run's start block: devices, data, model, schedule, workdir."""
-  t, m = group.config.train, spec.model.config
-  devices = jax.devices()
+def _log_start(group: Runs, spec: RunSpec, feed, state, step: int,
+               level: int = logging.INFO) -> None:
+  """The run's start block (``metrics.start_block``) at absl's ``level``."""
   params = group.one(state["variables"], 0)["params"]
-  lines = [
-      f"resflax run in {group.workdir}" + (
-          f" ({group.count} runs in one program)" if group.stacked else ""),
-      f"devices: {len(devices)} x {devices[0].device_kind} "
-      f"({jax.process_count()} process(es))",
-      f"data: {feed.summary}",
-      f"model: {m.name} depth {m.depth} ({m.block}, {m.shortcut}, {m.unit}),"
-      f" {models.num_params(params):,} parameters",
-      f"schedule: {t.steps} steps of {t.batch_size}, lr {t.learning_rate} "
-      f"decays x{t.lr_decay} at {lr_drop_steps(t)}" + (
-          f" (scaled to {t.steps} of {t.schedule_steps} steps)"
-          if t.scale_schedule else ""),
-      "starting" if step == 0 else f"resuming at step {step}",
-  ]
-  logging.info("\n  ".join(lines))
-  logging.info("parameters per module:\n%s", metrics_lib.model_summary(params))
+  logging.log(level, "%s", metrics_lib.start_block(
+      group.workdir, group.count if group.stacked else 1, feed.summary,
+      spec.model.config, params, group.config.train,
+      lr_drop_steps(group.config.train), step))
+  logging.log(level, "parameters per module:\n%s",
+              metrics_lib.model_summary(params))
 
 
 def _write_configs(group: Runs, changed: bool) -> None:
@@ -260,8 +251,10 @@ class _Trainer:
   """One segment of training: from the restored step to the end or a stop."""
 
   def __init__(self, group: Runs, spec: RunSpec, feed, stop: StopSignal,
-               config_changed: bool):
+               config_changed: bool, brief: bool = False):
     self.group, self.spec, self.feed, self.stop = group, spec, feed, stop
+    # The level of the start block, progress, evaluation and results lines.
+    self.detail = logging.DEBUG if brief else logging.INFO
     self.t = group.config.train
     self.config_changed = config_changed
     self.failed: Dict[int, str] = {}
@@ -284,11 +277,12 @@ class _Trainer:
       finished = [workdir_lib.finished_results(d, t.steps) for d in g.dirs]
       if all(r is not None for r in finished):
         self.ckpt.close()
-        logging.info("%s already finished its %d steps; its results are kept",
-                     g.workdir, t.steps)
+        logging.log(self.detail, "%s already finished its %d steps; results:"
+                    " %s", g.workdir, t.steps,
+                    os.path.join(g.workdir, workdir_lib.RESULTS_FILE))
         return fileio.read_json(os.path.join(g.workdir,
                                              workdir_lib.RESULTS_FILE))
-    _log_start(g, self.spec, self.feed, state, step)
+    _log_start(g, self.spec, self.feed, state, step, self.detail)
     self.clock = self.logs[0].rewind(step)
     for log in self.logs[1:]:
       log.rewind(step)
@@ -302,7 +296,9 @@ class _Trainer:
         w.close()
     if interrupted:
       return {"interrupted": True, "step": step}
-    return self._finish(state, step)
+    results = self._finish(state, step)
+    self._log_results()
+    return results
 
   # ------------------------------------------------------------------
   # The loop
@@ -317,10 +313,11 @@ class _Trainer:
         w.write_hparams(c.to_dict())
     self.progress = metrics_lib.ProgressLogger(
         t.steps, every_steps=t.log_every or None,
-        every_secs=None if t.log_every else 60.0, start_step=step)
+        every_secs=None if t.log_every else 60.0, start_step=step,
+        log_fn=functools.partial(logging.log, self.detail))
     self.last = g.per_run(state["metrics"])
     if step < t.steps:
-      logging.info("compiling the training step...")
+      logging.log(self.detail, "compiling the training step...")
     compile_start = time.perf_counter()
     while step < t.steps:
       state = step_fn(state, *self.feed.step_args())
@@ -329,8 +326,8 @@ class _Trainer:
         # Throughput excludes the first step of a segment (compilation).
         jax.block_until_ready(state["step"])
         now = time.perf_counter()
-        logging.info("compiled and ran the first step in %.1f s",
-                     now - compile_start)
+        logging.log(self.detail, "compiled and ran the first step in %.1f s",
+                    now - compile_start)
         self.clock.update(segment_start=now, segment_from=step)
         self.progress.reset_timer(step)
       if self.stop.should_stop(step):
@@ -408,8 +405,8 @@ class _Trainer:
                  f"{name}_loss": float(ev["loss"][k])}
       self.writers[k].write_scalars(step, scalars)
       self.logs[k].append(step, "eval", **scalars)
-    logging.info("step %d: %s error %s", step, name,
-                 " ".join(f"{e:.4f}" for e in ev["error"]))
+    logging.log(self.detail, "step %d: %s error %s", step, name,
+                " ".join(f"{e:.4f}" for e in ev["error"]))
     self._write_curves()
     self.clock["eval_seconds"] += time.perf_counter() - start
 
@@ -568,6 +565,17 @@ class _Trainer:
       fileio.write_json(os.path.join(g.workdir, workdir_lib.RESULTS_FILE),
                         combined)
     return combined
+
+  def _log_results(self) -> None:
+    """The run's last line: where its results (and curves) are."""
+    d = self.group.workdir
+    curves_png = os.path.join(d, "curves.png")
+    where = (f"; each run's results.json and curves.png in {d}/seed<s>"
+             if self.group.stacked else f" (curves: {curves_png})"
+             if os.path.exists(curves_png) else "")
+    if self.group.is_main:
+      logging.log(self.detail, "results: %s%s",
+                  os.path.join(d, workdir_lib.RESULTS_FILE), where)
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str,

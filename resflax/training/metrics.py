@@ -1,4 +1,5 @@
-"""TensorBoard scalars and hparams, progress lines and a parameter summary.
+"""TensorBoard scalars and hparams; a run's start block, progress lines and
+parameter summary.
 
 Nothing here needs TensorFlow: event files are written with tensorboardX and
 read with TensorBoard's own loader, which uses its TF-free stub when
@@ -236,6 +237,43 @@ class _ModuleRow:
   module: str
   parameters: int
   share: str
+
+
+def start_block(workdir: str, runs: int, data: str, model: Any,
+                params: Mapping[str, Any], train: Any, lr_drops: Any,
+                step: int) -> str:
+  """The text a run logs when it starts: where, on what, which model, how.
+
+  Args:
+    workdir: The run's directory.
+    runs: Runs trained in one program (1: a single run).
+    data: The data's one-line summary.
+    model: The model config (name, depth, block, shortcut, unit).
+    params: One run's parameter tree.
+    train: The train config (steps, batch, learning rate schedule).
+    lr_drops: The steps at which the learning rate drops.
+    step: The step training starts (0) or resumes at.
+
+  Returns:
+    Lines joined by newlines, each after the first indented by two spaces.
+  """
+  devices = jax.devices()
+  total = int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+  lines = [
+      f'resflax run in {workdir}'
+      + (f' ({runs} runs in one program)' if runs > 1 else ''),
+      f'devices: {len(devices)} x {devices[0].device_kind} '
+      f'({jax.process_count()} process(es))',
+      f'data: {data}',
+      f'model: {model.name} depth {model.depth} ({model.block}, '
+      f'{model.shortcut}, {model.unit}), {total:,} parameters',
+      f'schedule: {train.steps} steps of {train.batch_size}, lr '
+      f'{train.learning_rate} decays x{train.lr_decay} at {lr_drops}'
+      + (f' (scaled to {train.steps} of {train.schedule_steps} steps)'
+         if train.scale_schedule else ''),
+      'starting' if step == 0 else f'resuming at step {step}',
+  ]
+  return '\n  '.join(lines)
 
 
 def model_summary(params: Mapping[str, Any]) -> str:
