@@ -59,6 +59,29 @@ class QuietLibraries(logging.Filter):
 _FILTER = QuietLibraries()
 
 
+class ReraisedInOneLine(logging.Filter):
+  """One line, not a traceback, for errors clu's background writer re-raises.
+
+  clu's pool (behind the TensorBoard writer) logs a failed write with its
+  traceback and raises the same error again when the writer is used or
+  closed, where resflax reports it in one line. With DEBUG logging on, the
+  traceback is kept.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    """Whether to keep `record` (always; it may be shortened)."""
+    exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+    if (exc is not None and f'{os.sep}clu{os.sep}asynclib.py' in
+        record.pathname and not logging.getLogger(
+            record.name).isEnabledFor(logging.DEBUG)):
+      record.msg = f'{record.getMessage()} ({type(exc).__name__}: {exc})'
+      record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+_RERAISED = ReraisedInOneLine()
+
+
 class LineFormatter(logging.Formatter):
   """``HH:MM:SS message``; warnings and errors add their level word."""
 
@@ -128,8 +151,9 @@ def setup_logging(verbose: Optional[bool] = None) -> None:
     _verbose = verbose
   absl_logger = logging.getLogger('absl')
   root = logging.getLogger()
-  if _FILTER not in absl_logger.filters:
-    absl_logger.addFilter(_FILTER)
+  for f in (_FILTER, _RERAISED):
+    if f not in absl_logger.filters:
+      absl_logger.addFilter(f)
   absl_handler = absl_logging.get_absl_handler()
   if absl_handler in root.handlers:  # app.run: absl's handler prints
     handler = absl_handler
@@ -148,3 +172,61 @@ def setup_logging(verbose: Optional[bool] = None) -> None:
   handler.setFormatter(_formatter())
   if _FILTER not in handler.filters:
     handler.addFilter(_FILTER)
+
+
+def _is_closed_loop_noise(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == 'Event loop is closed')
+
+
+class _AbandonedOrbaxFutures(logging.Filter):
+  """Demotes asyncio's "exception was never retrieved" for Orbax's futures."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+    if exc is None or 'never retrieved' not in str(record.msg):
+      return True
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+      frames.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    if not any(f'{os.sep}orbax{os.sep}' in f for f in frames):
+      return True
+    # Kept, traceback and all, for whoever turns on DEBUG.
+    absl_logging.debug('ignored after a failed save: %s', exc,
+                       exc_info=(type(exc), exc, exc.__traceback__))
+    return False
+
+
+_ABANDONED = _AbandonedOrbaxFutures()
+
+
+def quiet_abandoned_saves() -> None:
+  """Keeps the tracebacks of a failed save's abandoned work off stderr.
+
+  After a checkpoint save failed, tensorstore completes the writes Orbax
+  abandoned: their callbacks find Orbax's event loop closed (printed as
+  unraisable "Event loop is closed" tracebacks) and asyncio reports each
+  failed future as "exception was never retrieved" with its traceback. The
+  save's error already says what went wrong, in one line; these go to the
+  DEBUG log. Every other unraisable exception or asyncio error is kept.
+  Idempotent.
+  """
+  asyncio_logger = logging.getLogger('asyncio')
+  if _ABANDONED not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_ABANDONED)
+  previous = sys.unraisablehook
+  if getattr(previous, '_resflax_quiet', False):
+    return
+
+  def hook(unraisable):
+    if _is_closed_loop_noise(unraisable):
+      absl_logging.debug('ignored after a failed save: %s',
+                         unraisable.exc_value, exc_info=(
+                             unraisable.exc_type, unraisable.exc_value,
+                             unraisable.exc_traceback))
+    else:
+      previous(unraisable)
+
+  hook._resflax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook

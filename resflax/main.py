@@ -66,19 +66,41 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  from resflax import runner  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from resflax import errors, runner
+  from resflax.training import interrupts
   try:
     result = runner.run(config, _WORKDIR.value)
-  except (ValueError, RuntimeError) as e:
-    # Errors of ours carry a message a user can act on; print it alone.
-    from resflax import errors  # pylint: disable=g-import-not-at-top
+  except KeyboardInterrupt:
+    # Before training caught Ctrl-C, or pressed twice: no save was waited for.
+    _stop_line("error: interrupted (Ctrl-C) without saving this step; run the "
+               "same command to resume from the last checkpoint", 130)
+  except Exception as e:  # pylint: disable=broad-except
+    # Errors of ours carry a message a user can act on; print it alone. An
+    # OSError (also one a library's background writer wrapped) names the
+    # file and what the system said, which is as useful.
     if errors.is_user_error(e):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+      _stop_line(f"error: {e}", 1)
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+      cause = cause.__cause__
+    if cause is not None:
+      where = (f" {cause.filename}" if cause.filename
+               else f" in {_WORKDIR.value}")
+      _stop_line(f"error: cannot use{where}: {cause.strerror or cause}; "
+                 "fix it and run the same command to resume", 1)
     raise
   if isinstance(result, dict) and result.get("interrupted"):
-    # 128 + SIGTERM: schedulers read this as "stopped by a signal, rerun".
-    sys.exit(143)
+    # 128 + the signal (143 SIGTERM, 130 Ctrl-C): schedulers read it as
+    # "stopped by a signal, rerun".
+    sys.exit(128 + (interrupts.last_signal() or 15))
+
+
+def _stop_line(line: str, status: int):
+  if os.environ.get("RESFLAX_TRACEBACK"):
+    raise  # pylint: disable=misplaced-bare-raise
+  print(" ".join(line.split()), file=sys.stderr)
+  sys.exit(status)
 
 
 def _innermost(e: BaseException) -> BaseException:

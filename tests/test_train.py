@@ -58,6 +58,33 @@ def test_train_and_evaluate_writes_results(tmp_path):
   assert (tmp_path / "checkpoints" / "8").exists()
 
 
+def test_fast_compile_reaches_every_program_and_keeps_the_math(
+    tmp_path, monkeypatch):
+  """``train.fast_compile`` sets XLA's backend optimisation level 0 on the
+  initialiser, the step and evaluation; parameters match the optimised
+  programs' to float32 noise."""
+  real_jit, seen = jax.jit, []
+
+  def spy(fn, *args, **kwargs):
+    name = getattr(getattr(fn, "func", fn), "__name__", "?")
+    seen.append((name, kwargs.get("compiler_options")))
+    return real_jit(fn, *args, **kwargs)
+
+  monkeypatch.setattr(jax, "jit", spy)
+  train.train_and_evaluate(tiny_config(fast_compile=True),
+                           str(tmp_path / "fast"))
+  monkeypatch.setattr(jax, "jit", real_jit)
+  fast = {"xla_backend_optimization_level": 0}
+  names = {n for n, options in seen if options == fast}
+  assert {"<lambda>", "step_on_dataset", "evaluate_split"} <= names, seen
+  train.train_and_evaluate(tiny_config(), str(tmp_path / "default"))
+  a = final_state(tiny_config(), str(tmp_path / "fast"))
+  b = final_state(tiny_config(), str(tmp_path / "default"))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5),
+               a["variables"], b["variables"])
+
+
 def test_resume_gives_identical_parameters(tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
   train.train_and_evaluate(tiny_config(), str(full))

@@ -273,7 +273,8 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Synthetic data with the real dataset's class count, the smallest network
   of the case's family and variant (``resflax.models.shrink``), 6 steps with
   the schedule scaled to them (warm-up and decays at the same fractions),
-  one seed (``SMOKE_SEEDS``): every case runs; the pipeline, not the
+  programs compiled unoptimised (``train.fast_compile``), one seed
+  (``SMOKE_SEEDS``): every case runs; the pipeline, not the
   spread over seeds, is what a smoke sweep checks.
   """
   data, model, t = config.data, config.model, config.train
@@ -295,6 +296,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.log_every = 3
   t.eval_every = 0
   t.checkpoint_every = 0
+  t.fast_compile = True  # a smoke run's time is compilation
   config.seeds = SMOKE_SEEDS
   return config
 

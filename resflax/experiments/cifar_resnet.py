@@ -120,6 +120,7 @@ def shrink(config):
   config.train.log_every = 5
   config.train.eval_every = 10
   config.train.checkpoint_every = 10
+  config.train.fast_compile = True
   return config
 
 

@@ -22,9 +22,11 @@ How corruption is detected. Orbax/tensorstore detect truncated files and
 damaged OCDBT b-tree nodes (they carry CRC-32C), but array *values* have no
 checksum: a flipped bit in a data file restores silently. After each save this
 module therefore fsyncs every file of the step and records each file's size and
-CRC-32 in `resflax_checksums.json`; restore verifies them first. Steps without
-that file (the process died before writing it, or another tool wrote the step)
-rely on Orbax's own checks.
+CRC-32 in `resflax_checksums.json` (sealing it, at the first `poll`, `save` or
+`wait` after Orbax committed it); restore verifies them first. A step without
+that file (killed between commit and seal, or written by another tool) is
+unverified: never taken over an older sealed step (it is set aside as
+`<step>.resflax-unverified`), restored with a warning when no step is sealed.
 
 Only proof of corruption sets a checkpoint aside and falls back to an older
 one: a checksum mismatch (`_Corrupt`) or an error that tensorstore or Orbax
@@ -55,6 +57,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resflax import fileio as results
+from resflax import logs
 from resflax.errors import CheckpointError
 from resflax.training import checkpoint_errors as errors_lib
 
@@ -62,6 +65,7 @@ PyTree = Any
 
 CHECKSUM_FILE = 'resflax_checksums.json'
 CORRUPT_SUFFIX = '.resflax-corrupt'
+UNVERIFIED_SUFFIX = '.resflax-unverified'
 # Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp`, with
 # `-<timestamp>` appended before 0.11.40); a substring matches both.
 _ORBAX_TMP_MARKER = '.orbax-checkpoint-tmp'
@@ -153,6 +157,15 @@ def _verify_step_files(step_dir: str) -> bool:
       raise errors_lib.Corrupt(f'file {full} fails its CRC-32 check (expected'
                      f' {crc:#010x}, got {actual_crc:#010x})')
   return True
+
+
+def _save_error(error: BaseException | None) -> str:
+  # A full disk hides deep in tensorstore's long message (or the cause): say so.
+  text, e = errors_lib.describe(error), error
+  while e is not None and 'No space left on device' not in str(e):
+    e = e.__cause__ or e.__context__
+  return (f'No space left on device ({text})'
+          if e is not None and 'No space left' not in text else text)
 
 
 def _restore_target(x: Any) -> Any:
@@ -250,10 +263,14 @@ class Checkpointer:
     self._closed = False
     # Look before Orbax's start-up cleanup deletes them, so the log records
     # that a save was interrupted.
-    unfinished = [
-        os.path.join(directory, name) for name in sorted(os.listdir(directory))
-        if _ORBAX_TMP_MARKER in name
-    ] if self._local and os.path.isdir(directory) else []
+    try:
+      unfinished = [
+          os.path.join(directory, name) for name in sorted(os.listdir(directory))
+          if _ORBAX_TMP_MARKER in name
+      ] if self._local and os.path.isdir(directory) else []
+    except OSError as e:
+      raise CheckpointError(f'cannot open checkpoint directory {directory}: '
+                            f'{errors_lib.describe(e)}') from None
     if unfinished:
       logging.warning(
           'Found %d unfinished checkpoint save(s) (process stopped while'
@@ -262,6 +279,7 @@ class Checkpointer:
     absl_logger = py_logging.getLogger('absl')
     if errors_lib.orbax_traceback_filter not in absl_logger.filters:
       absl_logger.addFilter(errors_lib.orbax_traceback_filter)
+    logs.quiet_abandoned_saves()
     try:
       self._manager = ocp.CheckpointManager(
           directory, options=_manager_options(max_to_keep))
@@ -328,7 +346,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {errors_lib.describe(e)}'
+          f'failed to save checkpoint step {step} to {path}: {_save_error(e)}'
       ) from e
     if not saved:
       # force=True should make this unreachable; never report success falsely.
@@ -338,6 +356,21 @@ class Checkpointer:
     if wait:
       self.wait_until_finished()
     return True
+
+  def poll(self) -> None:
+    """Seals a background save as soon as Orbax has committed it.
+
+    Cheap when nothing is pending; call it often (every step) so that a
+    kill finds few committed steps without their checksums.
+
+    Raises:
+      CheckpointError: If the background save failed (one line, as `save`).
+    """
+    # Sealing ends in a barrier, and processes see the commit at different
+    # moments: with several, the next `save` seals.
+    if (self._pending_step is not None and jax.process_count() == 1
+        and not self._manager.is_saving_in_progress()):
+      self.wait_until_finished()
 
   def wait_until_finished(self) -> None:
     """Blocks until a background save is complete, fsynced and checksummed.
@@ -355,7 +388,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {errors_lib.describe(e)}'
+          f'failed to save checkpoint step {step} to {path}: {_save_error(e)}'
       ) from e
     if self._local:
       if not os.path.isdir(path):
@@ -438,6 +471,8 @@ class Checkpointer:
     tried; once one restores, the newer corrupt ones are renamed to
     `<step>.resflax-corrupt` (kept for inspection, invisible to Orbax) so that
     saving those steps again and `latest_step()` are not blocked or misled.
+    An unverified step (no checksum file, see module docs) newer than a
+    sealed one is skipped the same way and renamed `<step>.resflax-unverified`.
     Any other error stops at once (see module docs). Unfinished saves are never
     candidates.
 
@@ -455,19 +490,34 @@ class Checkpointer:
     """
     self._check_open()
     self.wait_until_finished()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    sealed = [s for s in steps if self._is_sealed(s)]
     corrupt: list[tuple[int, str]] = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    unverified: list[int] = []
+    for step in steps:
+      path = self.step_path(step)
+      if step not in sealed and any(s < step for s in sealed):
+        logging.warning('Checkpoint %s has no %s (its save was cut short '
+                        'before it was sealed); using an older sealed one.',
+                        path, CHECKSUM_FILE)
+        unverified.append(step)
+        continue
       ok, result = self._restore_unless_corrupt(step, target)
       if not ok:
-        path = self.step_path(step)
         logging.warning('Checkpoint %s is corrupt (%s); trying an older one.',
                         path, result)
         corrupt.append((step, f'{path}: {result}'))
         continue
-      if corrupt:
+      if corrupt or unverified:
         logging.warning('Restored checkpoint %s after skipping %d newer'
-                        ' corrupt one(s).', self.step_path(step), len(corrupt))
-        self._quarantine([s for s, _ in corrupt])
+                        ' corrupt and %d unverified one(s).', path,
+                        len(corrupt), len(unverified))
+        self._quarantine([s for s, _ in corrupt], CORRUPT_SUFFIX)
+        self._quarantine(unverified, UNVERIFIED_SUFFIX)
+      if step not in sealed:
+        logging.warning('Restored checkpoint %s without %s (written by an'
+                        ' older resflax or another tool): only Orbax checked'
+                        ' it, its values are unverified.', path, CHECKSUM_FILE)
       return step, result
     if corrupt:
       raise CheckpointError(
@@ -475,6 +525,11 @@ class Checkpointer:
           ' can be restored (refusing to start over): '
           + '; '.join(why for _, why in corrupt))
     return None
+
+  def _is_sealed(self, step: int) -> bool:
+    # Remote directories carry no checksums: Orbax's checks are all there is.
+    return not self._local or os.path.exists(
+        os.path.join(self.step_path(step), CHECKSUM_FILE))
 
   def _restore_unless_corrupt(self, step: int, target: PyTree
                               ) -> tuple[bool, Any]:
@@ -500,19 +555,19 @@ class Checkpointer:
       return False, errors_lib.describe(error) if error else 'corrupt on another process'
     return True, restored
 
-  def _quarantine(self, steps: Sequence[int]) -> None:
-    if not self._local:
+  def _quarantine(self, steps: Sequence[int], suffix: str) -> None:
+    if not self._local or not steps:
       return
     if jax.process_index() == 0:
       stamp = time.strftime('%Y%m%d-%H%M%S')
       for step in steps:
         src = self.step_path(step)
-        dst = f'{src}{CORRUPT_SUFFIX}'
+        dst = f'{src}{suffix}'
         if os.path.exists(dst):
-          dst = f'{src}{CORRUPT_SUFFIX}-{stamp}'
+          dst = f'{src}{suffix}-{stamp}'
         try:
           os.rename(src, dst)
-          logging.warning('Moved corrupt checkpoint %s to %s', src, dst)
+          logging.warning('Moved checkpoint %s to %s', src, dst)
         except OSError as e:
           logging.warning('Could not move corrupt checkpoint %s: %s', src, e)
       results.fsync_dir(self._directory)

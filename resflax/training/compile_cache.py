@@ -9,9 +9,13 @@ disk instead. ``config.train.compilation_cache``:
   ``jax_compilation_cache_dir`` itself, which is then left as it is;
 - a directory: that one;
 - ``""``: off.
+
+``config.train.fast_compile`` sets the XLA options of a run's programs
+(``compiler_options``): a smoke run trades run time for compile time.
 """
 
 import os
+from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
@@ -56,3 +60,14 @@ def enable(setting: str) -> str:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     logging.info("compilation cache: %s", path)
   return path
+
+
+def compiler_options(train_cfg) -> Optional[Dict[str, Any]]:
+  """The XLA options ``jax.jit`` gets for a run's programs (None: defaults).
+
+  ``train.fast_compile`` turns the backend's optimisation off: on a CPU,
+  LLVM's passes are most of a small network's compile time.
+  """
+  if train_cfg.get("fast_compile", False):
+    return {"xla_backend_optimization_level": 0}
+  return None

@@ -114,7 +114,7 @@ class InMemoryFeed:
     if runs is not None:
       d = self.data_axis
       fn = jax.vmap(fn, in_axes=(0, d, d, d, d, None, None))
-    self._eval_fn = jax.jit(fn)
+    self._eval_fn = jax.jit(fn, **spec.jit_options)
 
   def step_args(self):
     return self.images, self.labels, self.mean, self.std
@@ -181,7 +181,8 @@ class StreamedFeed:
     seed = self._config.seed
     self._train = (self._probe if step == 0 else self._iterator(
         "train", self._per_host, seed=seed * 7919 + step))
-    self._eval_fn = jax.jit(functools.partial(step_lib.evaluate_batch, spec))
+    self._eval_fn = jax.jit(functools.partial(step_lib.evaluate_batch, spec),
+                            **spec.jit_options)
 
   def step_args(self):
     batch = next(self._train)

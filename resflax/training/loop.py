@@ -34,17 +34,18 @@ from resflax import data as data_lib
 from resflax import fileio
 from resflax import logs
 from resflax import models
-from resflax.errors import CheckpointError, ConfigError, Stopped, TrainingError
+from resflax.errors import (CheckpointError, ConfigError, Stopped,
+                            TrainingError, WorkdirError)
 from resflax.training import checkpoint as checkpoint_lib
-from resflax.training import compile_cache, curves, feeds, runs
-from resflax.training import step as step_lib
+from resflax.training import (compile_cache, curves, diverged, feeds,
+                              interrupts, runs)
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
+from resflax.training.resume import check_steps, restore as _restore
 from resflax.training.state import (RunSpec, build_run, init_state,
                                     learning_rate, lr_drop_steps, make_mesh,
-                                    make_optimizer, upgrade_v0_state,
-                                    v0_layout)
+                                    make_optimizer)
 from resflax.training.validate import validate_config
 
 PyTree = Any
@@ -117,7 +118,8 @@ def initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
 def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
   if not group.stacked:
     return jax.jit(lambda s: init_state(spec, s, image_shape),
-                   out_shardings=spec.replicated)(group.config.seed)
+                   out_shardings=spec.replicated,
+                   **spec.jit_options)(group.config.seed)
   parts = {}
   for members in runs.init_groups(group.configs,
                                   models.init_only_keys(spec.model.config)):
@@ -126,7 +128,7 @@ def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
         mesh=spec.mesh).model)
     stacked = jax.jit(jax.vmap(
         lambda s, t=member_spec: init_state(t, s, image_shape)),
-                      out_shardings=spec.replicated)(
+                      out_shardings=spec.replicated, **spec.jit_options)(
                           jnp.asarray([group.configs[k].seed for k in members],
                                       jnp.int32))
     for j, k in enumerate(members):
@@ -139,7 +141,8 @@ def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
 def make_step(group: Runs, spec: RunSpec, feed):
   """``step(state, *feed.step_args()) -> state``, jitted, state donated."""
   if not group.stacked:
-    return jax.jit(functools.partial(feed.step_impl, spec), donate_argnums=0)
+    return jax.jit(functools.partial(feed.step_impl, spec), donate_argnums=0,
+                   **spec.jit_options)
   hparams = jax.device_put(runs.step_hparams(group.configs), spec.replicated)
 
   def one(state, hp, *data):
@@ -151,7 +154,8 @@ def make_step(group: Runs, spec: RunSpec, feed):
     return feed.step_impl(run_spec, state, *data)
 
   d = feed.data_axis
-  vstep = jax.jit(jax.vmap(one, in_axes=(0, 0, d, d, d, d)), donate_argnums=0)
+  vstep = jax.jit(jax.vmap(one, in_axes=(0, 0, d, d, d, d)), donate_argnums=0,
+                  **spec.jit_options)
   return lambda state, *data: vstep(state, hparams, *data)
 
 
@@ -188,20 +192,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   group = Runs(config, runs.run_configs(config), workdir, is_main)
   if is_main:
     workdir_lib.make_dir(workdir)
-  with StopSignal() as stop:
+  with interrupts.Interrupts() as stop:
     mesh = make_mesh()
-    try:
-      # A download or decode can take minutes and polls no flag: SIGTERM
-      # raises Stopped inside it (a download keeps its .part to resume).
-      with stop.interrupting():
-        feed = _make_feed(config, group.configs, mesh)
-    except Stopped:
-      feed = None  # stop.received is set: reported below, before any use.
+    # Locked before the data loads, so a second run is refused at once.
     lock = workdir_lib.WorkdirLock(workdir) if is_main else None
     with lock or contextlib.nullcontext():
+      try:
+        # A download or decode can take minutes and polls no flag: SIGTERM
+        # raises Stopped inside it (a download keeps its .part to resume).
+        with stop.interrupting():
+          feed = _make_feed(config, group.configs, mesh)
+      except Stopped:
+        feed = None  # stop.received is set: reported below, before any use.
       changed = workdir_lib.check_config(config, workdir)
-      if is_main:
-        _write_configs(group, changed)
+      if is_main and not changed:
+        _write_configs(group, 0, missing_only=True)
       if stop.received is not None:
         logging.warning("received signal %d while loading data: stopped "
                         "before training; run the same command to start",
@@ -209,19 +214,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
       return _Trainer(group, spec, feed, stop, changed, brief).run()
-
-
-def _restore(ckpt, state, batch_size: int):
-  """The newest good checkpoint, in today's layout or resflax 0.1's."""
-  try:
-    return ckpt.restore_latest_good(state)
-  except CheckpointError as e:
-    if "tree structures do not match" not in str(e):
-      raise
-  # A workdir of resflax 0.1: its metrics were plain sums.
-  step, old = ckpt.restore_latest_good(v0_layout(state))
-  shardings = jax.tree.map(lambda a: a.sharding, state)
-  return step, jax.device_put(upgrade_v0_state(old, batch_size), shardings)
 
 
 def _log_start(group: Runs, spec: RunSpec, feed, state, step: int,
@@ -236,15 +228,10 @@ def _log_start(group: Runs, spec: RunSpec, feed, state, step: int,
               metrics_lib.model_summary(params))
 
 
-def _write_configs(group: Runs, changed: bool) -> None:
-  """Writes config.json files; a changed config waits for its checkpoint."""
-  path = os.path.join(group.workdir, workdir_lib.CONFIG_FILE)
-  if not changed and not os.path.exists(path):
-    workdir_lib.write_config(group.config, group.workdir, 0)
-  if group.stacked:
-    for c, d in zip(group.configs, group.dirs):
-      workdir_lib.make_dir(d)
-      workdir_lib.write_config(c, d, 0)
+def _write_configs(group: Runs, step: int, missing_only: bool = False) -> None:
+  workdir_lib.write_configs([(group.config, group.workdir)] + (
+      list(zip(group.configs, group.dirs)) if group.stacked else []),
+                            step, missing_only)
 
 
 class _Trainer:
@@ -256,23 +243,29 @@ class _Trainer:
     # The level of the start block, progress, evaluation and results lines.
     self.detail = logging.DEBUG if brief else logging.INFO
     self.t = group.config.train
-    self.config_changed = config_changed
+    # "key: old -> new" of an allowed config change, named if it does not
+    # fit the checkpoint; written to config.json at its first checkpoint.
+    self.changes = workdir_lib.describe_changes(
+        group.config, group.workdir, workdir_lib.config_changes(
+            group.config, group.workdir)) if config_changed else []
     self.failed: Dict[int, str] = {}
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(group.workdir, "checkpoints"),
         max_to_keep=self.t.max_checkpoints)
     self.logs = [workdir_lib.RunLog(d, group.is_main) for d in group.dirs]
     self.wall_start = time.perf_counter()
+    self.saved_step = None
 
   def run(self) -> Dict[str, Any]:
     """Restores, trains to ``train.steps`` and returns the results."""
     g, t = self.group, self.t
     state = initial_state(g, self.spec, self.feed.image_shape)
-    restored = _restore(self.ckpt, state, self.t.batch_size)
+    restored = _restore(self.ckpt, state, self.t.batch_size, self.changes)
     if restored is not None:
       state = restored[1]
       logging.info("resumed %s from step %d", g.workdir, restored[0])
-    step = int(np.ravel(feeds.fetch(state["step"]))[0])
+    step = self.resumed_at = int(np.ravel(feeds.fetch(state["step"]))[0])
+    check_steps(g.config, g.workdir, step)
     if step >= t.steps:
       finished = [workdir_lib.finished_results(d, t.steps) for d in g.dirs]
       if all(r is not None for r in finished):
@@ -290,15 +283,29 @@ class _Trainer:
     self._check_finite(state)
     try:
       state, step, interrupted = self._loop(state, step)
-    finally:
-      self.ckpt.close()
-      for w in self.writers:
-        w.close()
+    except BaseException:
+      self._close(failed=True)
+      raise
+    self._close(failed=False)
     if interrupted:
       return {"interrupted": True, "step": step}
     results = self._finish(state, step)
     self._log_results()
     return results
+
+  def _close(self, failed: bool) -> None:
+    """Closes checkpoints and event files; after an error (``failed``)
+    their own errors (a full disk, say) are logged, not raised, so that the
+    first error is the one the user sees."""
+    for close in [self.ckpt.close] + [w.close for w in
+                                      getattr(self, "writers", [])]:
+      try:
+        with workdir_lib.writing(self.group.workdir):
+          close()
+      except (CheckpointError, WorkdirError) as e:
+        if not failed:
+          raise
+        logging.warning("after the error below, also: %s", e)
 
   # ------------------------------------------------------------------
   # The loop
@@ -330,13 +337,16 @@ class _Trainer:
                     now - compile_start)
         self.clock.update(segment_start=now, segment_from=step)
         self.progress.reset_timer(step)
+      # Reports and evaluations first: a stop must not skip those of its step.
+      self._interval(state, step)
       if self.stop.should_stop(step):
-        self._save(state, step, wait=True)
+        if self.saved_step != step:
+          self._save(state, step, wait=True)
+        self.ckpt.wait_until_finished()
         logging.warning("received signal %s: saved step %d to %s and "
                         "stopped; run the same command to resume",
                         self.stop.received, step, self.ckpt.directory)
         return state, step, True
-      self._interval(state, step)
     if self.ckpt.latest_step() != step:
       self._save(state, step, wait=True)
     jax.block_until_ready(state["step"])
@@ -345,6 +355,7 @@ class _Trainer:
   def _interval(self, state, step) -> None:
     """Reports, evaluates and saves when their intervals say so."""
     t = self.t
+    self.ckpt.poll()  # seal a background save as soon as it is committed
     report = self.progress.should_report(step)
     do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.steps
     do_ckpt = (t.checkpoint_every and step % t.checkpoint_every == 0
@@ -417,29 +428,38 @@ class _Trainer:
     m = self.spec.model.config
     for log, c, d in zip(self.logs, self.group.configs, self.group.dirs):
       title = f"{m.name} depth {m.depth}, seed {c.seed}: {d}"
-      fileio.write_atomic(os.path.join(d, "curves.png"), curves.plot_run(
+      workdir_lib.write_file(os.path.join(d, "curves.png"), curves.plot_run(
           log.records(), title, lr_drops=lr_drop_steps(c.train),
           mark=curves.config_mark(c)))
 
   def _timing(self, step) -> Dict[str, float]:
-    """Cumulative train time and timed steps over every segment so far."""
+    """Cumulative train time and timed steps over every segment until
+    ``step``, fixed at its first call so that its checkpoint record and
+    results.json agree."""
     c = self.clock
+    if c.get("step") == step:
+      return c["at"]
     if c["segment_start"] is None:
       return {"train_seconds": c["train_seconds"],
               "timed_steps": c["timed_steps"]}
     seconds = time.perf_counter() - c["segment_start"] - c["eval_seconds"]
-    return {"train_seconds": c["train_seconds"] + seconds,
-            "timed_steps": c["timed_steps"] + step - c["segment_from"]}
+    c["step"], c["at"] = step, {
+        "train_seconds": c["train_seconds"] + seconds,
+        "timed_steps": c["timed_steps"] + step - c["segment_from"]}
+    return c["at"]
 
   def _save(self, state, step, wait: bool) -> None:
     self._check_finite(state)  # never write a checkpoint after a bad step
-    self.ckpt.save(step, state, wait=wait)
     if self.group.is_main:
+      # Before the save commits: a kill just after it must not lose the
+      # run's time (the record of a step that never committed is rewound).
       for log in self.logs:
         log.append(step, "checkpoint", **self._timing(step))
-      if self.config_changed:
-        workdir_lib.write_config(self.group.config, self.group.workdir, step)
-        self.config_changed = False
+    self.ckpt.save(step, state, wait=wait)
+    self.saved_step = step
+    if self.group.is_main and self.changes:
+      _write_configs(self.group, self.resumed_at)
+      self.changes = []
 
   # ------------------------------------------------------------------
   # Non-finite runs
@@ -453,12 +473,16 @@ class _Trainer:
     value = g.per_run(state["nonfinite_value"])
     for k in np.flatnonzero(bad >= 0):
       if k not in self.failed:
-        what = self._first_nonfinite(state, int(k), int(bad[k]))
+        what = diverged.first_nonfinite(self.feed, self.spec, g.configs[k],
+                                        g.one(state, k), int(bad[k]), int(k))
+        good = self.ckpt.latest_step()  # saves follow a finite check only
+        kept = (f"{g.workdir} keeps the last good checkpoint (step {good})"
+                if good is not None else "no checkpoint was saved before it")
         self.failed[int(k)] = (
             f"non-finite {what} at step {bad[k] + 1} (loss = "
-            f"{float(value[k]):.4g}); {g.workdir} keeps the last good "
-            "checkpoint. Lower config.train.learning_rate, add warm-up, or "
-            "set config.train.on_nonfinite='skip'.")
+            f"{float(value[k]):.4g}); {kept}. Lower config.train."
+            "learning_rate, add warm-up, or set config.train.on_nonfinite="
+            "'skip'.")
         if g.stacked:
           logging.warning("run %d (seed %d): %s", k, g.configs[k].seed,
                           self.failed[k])
@@ -469,34 +493,6 @@ class _Trainer:
       raise TrainingError(self.failed[0] if not g.stacked else
                           f"all {g.count} parallel runs in {g.workdir} "
                           f"diverged; first: {self.failed[0]}")
-
-  def _first_nonfinite(self, state, k: int, bad_step: int) -> str:
-    """Names what went non-finite first in run k's step ``bad_step``.
-
-    The state is frozen at its last good values, so replaying the step
-    (dataset feeds only: a streamed batch is gone) shows whether the loss,
-    a gradient or an updated parameter was the first non-finite quantity.
-    """
-    if not isinstance(self.feed, feeds.InMemoryFeed):
-      return "loss or parameters"
-    c = self.group.configs[k]
-    spec = dataclasses.replace(self.spec, config=c,
-                               optimizer=make_optimizer(c.train))
-    one = {**self.group.one(state, k),
-           "step": jnp.asarray(bad_step, jnp.int32)}
-    data = self.feed.step_args()
-    if self.feed.per_run:
-      data = tuple(a[k] for a in data)
-    report = feeds.fetch(jax.jit(functools.partial(
-        step_lib.finiteness, spec))(one, *data))
-    if not report["loss"]:
-      return "loss"
-    for kind in ("gradients", "parameters"):
-      leaves = jax.tree_util.tree_flatten_with_path(report[kind])[0]
-      bad = [jax.tree_util.keystr(path) for path, ok in leaves if not ok]
-      if bad:
-        return f"{kind} (in {len(bad)} of {len(leaves)} arrays, e.g. {bad[0]})"
-    return "loss or parameters"
 
   # ------------------------------------------------------------------
   # Results
@@ -541,7 +537,8 @@ class _Trainer:
         result["parallel"] = {"runs": g.count, "index": k,
                               "workdir": g.workdir}
       if g.is_main:
-        fileio.write_json(os.path.join(d, workdir_lib.RESULTS_FILE), result)
+        workdir_lib.write_json(os.path.join(d, workdir_lib.RESULTS_FILE),
+                               result)
       summary.append({**entry, "status": "ok",
                       "test_error": result["test_error"]})
     out = result if not g.stacked else self._write_combined(summary, step,
@@ -562,8 +559,8 @@ class _Trainer:
                 "train_seconds": timing["train_seconds"],
                 "images_per_second": rate, "config": g.config.to_dict()}
     if g.is_main:
-      fileio.write_json(os.path.join(g.workdir, workdir_lib.RESULTS_FILE),
-                        combined)
+      workdir_lib.write_json(os.path.join(g.workdir,
+                                          workdir_lib.RESULTS_FILE), combined)
     return combined
 
   def _log_results(self) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from resflax import models
+from resflax.training import compile_cache
 
 PyTree = Any
 
@@ -83,6 +84,12 @@ class RunSpec:
   @property
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
+
+  @property
+  def jit_options(self) -> Dict[str, Any]:
+    """Keyword arguments of ``jax.jit`` for this run's programs."""
+    return {"compiler_options": compile_cache.compiler_options(
+        self.config.train)}
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:

@@ -18,6 +18,7 @@ The lock is an advisory ``fcntl.flock``: the kernel releases it when the
 holder exits or is killed, so a crashed run never leaves it stuck.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -50,7 +51,7 @@ VOLATILE_KEYS = ("train.log_every", "train.eval_every",
                  "data.tfds_data_dir", "data.download_dir", "model.scan",
                  "model.scan_unroll",
                  "model.remat", "model.cpu_conv_grad",
-                 "train.compilation_cache")
+                 "train.compilation_cache", "train.fast_compile")
 
 
 def make_dir(path: str) -> None:
@@ -68,9 +69,15 @@ def make_dir(path: str) -> None:
 class WorkdirLock:
   """Holds ``workdir/.lock`` for one run; a second run is refused.
 
+  The file exists while a run holds it (a killed holder may leave it, but
+  the kernel has released its lock). It is removed on exit so that a run
+  that failed before writing anything leaves the workdir as it found it;
+  a run that opened the file just before that removal sees it gone after
+  locking and takes a fresh one.
+
   Raises (on enter):
     WorkdirError: the workdir is held by another live process (named by
-      pid and host), or cannot be written.
+      pid and host), or cannot be written (full, permissions).
   """
 
   def __init__(self, workdir: str):
@@ -78,30 +85,71 @@ class WorkdirLock:
     self._fd: Optional[int] = None
 
   def __enter__(self) -> "WorkdirLock":
+    workdir = os.path.dirname(self._path)
+    while self._fd is None:
+      fd = _os_call(workdir, os.open, self._path, os.O_RDWR | os.O_CREAT,
+                    0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        holder = os.read(fd, 200).decode(errors="replace").strip()
+        os.close(fd)
+        raise WorkdirError(
+            f"workdir {workdir} is in use by another run "
+            f"({holder or 'unknown'}); wait for it to finish or choose "
+            "another --workdir") from None
+      if not _same_file(fd, self._path):
+        os.close(fd)  # its holder removed it as we opened it: take the new one
+        continue
+      self._fd = fd
     try:
-      fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-      raise WorkdirError(f"cannot write in workdir {os.path.dirname(self._path)}"
-                         f": {e.strerror}; choose a writable --workdir") from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-      os.close(fd)
-      raise WorkdirError(
-          f"workdir {os.path.dirname(self._path)} is in use by another run "
-          f"({holder}); wait for it to finish or choose another --workdir"
-      ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-    self._fd = fd
+      _os_call(workdir, os.ftruncate, self._fd, 0)
+      _os_call(workdir, os.write, self._fd,
+               f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    except WorkdirError:
+      self.__exit__()
+      raise
     return self
 
   def __exit__(self, *exc) -> None:
     if self._fd is not None:
+      # Removed while still held, so no other run can hold this file.
+      with contextlib.suppress(OSError):
+        os.remove(self._path)
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    return os.path.samestat(os.fstat(fd), os.stat(path))
+  except OSError:
+    return False
+
+
+def _os_call(workdir: str, fn, *args):
+  """``fn(*args)``, an OSError becoming one line naming ``workdir``."""
+  try:
+    return fn(*args)
+  except OSError as e:
+    raise WorkdirError(f"cannot write in workdir {workdir}: {e.strerror}; "
+                       "free space or choose a writable --workdir") from None
+
+
+@contextlib.contextmanager
+def writing(path: str):
+  """Turns an OSError while writing ``path`` into one line naming it.
+
+  Raises:
+    WorkdirError: the file cannot be written (disk full, permissions).
+  """
+  try:
+    yield
+  except OSError as e:
+    raise WorkdirError(
+        f"cannot write {path}: {e.strerror or e}; free space (or fix its "
+        "permissions) and run the same command to resume") from None
 
 
 def _flat(tree: Dict[str, Any]) -> Dict[str, Any]:
@@ -120,16 +168,39 @@ def config_changes(config: ml_collections.ConfigDict,
   to resflax after it was written) count only if they differ from their
   defaults; keys in ``VOLATILE_KEYS`` never count.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  saved = saved_config(workdir)
+  if saved is None:
     return None
-  saved = _flat(fileio.read_json(path))
   now = _config_dict(config)
   defaults = _config_dict(base_config())
   return sorted(
       k for k in set(saved) | set(now)
       if k not in VOLATILE_KEYS
       and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
+
+
+def saved_config(workdir: str) -> Optional[Dict[str, Any]]:
+  """The workdir's config.json, flattened (None for a new workdir).
+
+  Raises:
+    ConfigError: config.json cannot be read or is not a JSON object.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    saved = fileio.read_json(path)
+  except (OSError, ValueError) as e:
+    why = getattr(e, "strerror", None) or " ".join(str(e).split())
+    raise ConfigError(
+        f"{path} cannot be read ({why}); restore it (the last line of "
+        f"{CONFIG_HISTORY_FILE} holds the config in force) or choose "
+        "another --workdir") from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path} holds no config object; restore it (the last "
+                      f"line of {CONFIG_HISTORY_FILE} holds the config in "
+                      "force) or choose another --workdir")
+  return _flat(saved)
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -146,10 +217,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
   if not diff:
     return False
   if not config.train.allow_config_change:
-    saved = _flat(fileio.read_json(os.path.join(workdir, CONFIG_FILE)))
-    now = _config_dict(config)
-    lines = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
-                      for k in diff[:10])
+    lines = "; ".join(describe_changes(config, workdir, diff[:10]))
     raise ConfigError(
         f"workdir {workdir} holds a run with a different config ({lines}). "
         "Use another --workdir, or set --config.train.allow_config_change="
@@ -158,6 +226,13 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
                   "replaced once the new config has saved a checkpoint",
                   workdir, diff)
   return True
+
+
+def describe_changes(config: ml_collections.ConfigDict, workdir: str,
+                     keys: List[str]) -> List[str]:
+  """``"key: old -> new"`` for each of ``keys`` against config.json."""
+  saved, now = saved_config(workdir) or {}, _config_dict(config)
+  return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str,
@@ -171,15 +246,45 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
         return
   append_line(os.path.join(workdir, CONFIG_HISTORY_FILE),
               {"from_step": step, "config": json.loads(config.to_json())})
-  fileio.write_atomic(path, text)
+  with writing(path):
+    fileio.write_atomic(path, text)
+
+
+def write_configs(pairs, step: int, missing_only: bool = False) -> None:
+  """Makes each ``(config, run_dir)``'s config that dir's from ``step``.
+
+  A new run writes them at step 0 (``missing_only``: an unchanged run keeps
+  the files it has); a changed config at its first checkpoint, recording
+  the step it was in force from: the step it resumed at.
+  """
+  for c, d in pairs:
+    make_dir(d)
+    if not (missing_only and os.path.exists(os.path.join(d, CONFIG_FILE))):
+      write_config(c, d, step)
 
 
 def append_line(path: str, record: Dict[str, Any]) -> None:
-  """Appends one JSON line to ``path`` and flushes it to disk."""
-  with open(path, "a") as f:
+  """Appends one JSON line to ``path`` and flushes it to disk.
+
+  Raises:
+    WorkdirError: the line cannot be written (disk full, permissions).
+  """
+  with writing(path), open(path, "a") as f:
     f.write(fileio.to_json_string(record, indent=None).rstrip("\n") + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_file(path: str, data) -> None:
+  """``fileio.write_atomic``, failing in one line naming ``path``."""
+  with writing(path):
+    fileio.write_atomic(path, data)
+
+
+def write_json(path: str, value) -> None:
+  """``fileio.write_json``, failing in one line naming ``path``."""
+  with writing(path):
+    fileio.write_json(path, value)
 
 
 class RunLog:
@@ -193,20 +298,47 @@ class RunLog:
   def __init__(self, run_dir: str, enabled: bool = True):
     self.path = os.path.join(run_dir, LOG_FILE)
     self._enabled = enabled
+    self._warned = False
 
   def records(self) -> List[Dict[str, Any]]:
+    """Every record, in file order (damaged lines left out, see ``read``)."""
+    return self.read()[0]
+
+  def read(self):
+    """The records and the numbers of the damaged lines left out.
+
+    A last line that does not parse was cut by a kill mid-write and is
+    dropped; a damaged line inside the file is skipped, keeping the lines
+    after it, and reported once per RunLog as a warning.
+
+    Returns:
+      ``(records, damaged)``: the records and the 1-based line numbers of
+      damaged lines inside the file.
+    """
     if not os.path.exists(self.path):
-      return []
-    out = []
-    with open(self.path) as f:
-      for line in f:
-        if not line.strip():
-          continue
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line cut by a kill: everything after it is unknown
-    return out
+      return [], []
+    with open(self.path, "rb") as f:
+      lines = f.read().decode("utf-8", errors="replace").split("\n")
+    out, bad = [], []
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        ok = (isinstance(record, dict) and isinstance(record.get("step"), int)
+              and isinstance(record.get("kind"), str))
+      except ValueError:
+        ok = False
+      if ok:
+        out.append(record)
+      elif any(rest.strip() for rest in lines[number:]):
+        bad.append(number)  # lines follow: damage, not a cut last line
+    if bad and not self._warned:
+      self._warned = True
+      logging.warning("%s: skipped %d damaged line(s) (line %s), kept the "
+                      "other %d", self.path, len(bad),
+                      ", ".join(map(str, bad[:5])), len(out))
+    return out, bad
 
   def rewind(self, step: int) -> Dict[str, float]:
     """Drops what came after checkpoint ``step`` (it will be redone).
@@ -214,10 +346,13 @@ class RunLog:
     Returns:
       The cumulative timing at that checkpoint: ``train_seconds`` and
       ``timed_steps`` (zeros for a new run or an older workdir).
+
+    Raises:
+      WorkdirError: the log cannot be rewritten (disk full, permissions).
     """
     kept = [r for r in self.records() if r["step"] <= step]
     if self._enabled and os.path.exists(self.path):
-      fileio.write_atomic(self.path, "".join(
+      write_file(self.path, "".join(
           fileio.to_json_string(r, indent=None).rstrip("\n") + "\n"
           for r in kept))
     marks = [r for r in kept if r["kind"] == "checkpoint" and r["step"] == step]
@@ -255,9 +390,9 @@ def versions() -> Dict[str, str]:
 def write_failure(run_dir: str, message: str, seed: int,
                   step: Optional[int]) -> None:
   """Records a diverged run in ``run_dir/failed.json`` (a sweep skips it)."""
-  fileio.write_json(os.path.join(run_dir, FAILED_FILE),
-                    {"error": message, "type": "TrainingError", "seed": seed,
-                     "step": step})
+  write_json(os.path.join(run_dir, FAILED_FILE),
+             {"error": message, "type": "TrainingError", "seed": seed,
+              "step": step})
 
 
 def finished_results(run_dir: str, steps: int) -> Optional[Dict[str, Any]]:
@@ -267,6 +402,12 @@ def finished_results(run_dir: str, steps: int) -> Optional[Dict[str, Any]]:
     return None
   try:
     result = fileio.read_json(path)
-  except (OSError, ValueError):
+  except (OSError, ValueError) as e:
+    logging.warning("%s cannot be read (%s); finishing the run again "
+                    "rewrites it", path, getattr(e, "strerror", None) or e)
+    return None
+  if not isinstance(result, dict):
+    logging.warning("%s holds no results object; finishing the run again "
+                    "rewrites it", path)
     return None
   return result if result.get("steps") == steps else None
