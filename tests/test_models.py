@@ -377,24 +377,26 @@ def test_scan_keeps_program_size_constant_in_depth():
     dict(name="wide_resnet", depth=10, width=2, dropout=0.3),
     dict(name="vgg", depth=11, widths=(8, 16, 16)),
     dict(name="highway", depth=11),
-    dict(depth=20, dtype="bfloat16"),
+    dict(depth=8, dtype="bfloat16"),
     dict(depth=11, block="single", unit="full_preact"),
-    dict(depth=20, stochastic_depth=0.5, stochastic_depth_mode="sample"),
-    dict(depth=20, remat=True, bn_group_size=2),
+    dict(depth=14, stochastic_depth=0.5, stochastic_depth_mode="sample"),
+    dict(depth=8, remat=True, bn_group_size=2),
 ])
 def test_variants_train_and_evaluate(kw):
+  # Jitted: one compile per function instead of op-by-op dispatch.
   m = models.create_model(**kw)
-  v = m.init(KEY, X)
-  logits = m.apply(v, X)
+  v = jax.jit(m.init)(KEY, X)
+  logits = jax.jit(m.apply)(v, X)
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(v["params"]))
 
-  def loss(p):
+  def loss(p, v):
     out, new = m.apply({**v, "params": p}, X, train=True,
                        rng=jax.random.key(1))
     return out.sum(), new
 
-  (val, _), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+  (val, _), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      v["params"], v)
   assert np.isfinite(float(val))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(g))
 
