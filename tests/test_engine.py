@@ -111,6 +111,27 @@ def test_nonfinite_stops_without_saving_after_it(tmp_path, runs):
 
 
 @pytest.mark.parametrize("runs", [1, 3])
+def test_diverged_run_leaves_its_curves(tmp_path, runs):
+  """No report, evaluation or checkpoint falls before the divergence at
+  step 3, yet metrics.jsonl holds the training metrics of the two finite
+  steps and curves.png is drawn."""
+  config = tiny_config(runs, warmup_steps=2, warmup_learning_rate=0.01,
+                       learning_rate=float("inf"), lr_boundaries=(),
+                       log_every=100, eval_every=0, checkpoint_every=0)
+  with pytest.raises(TrainingError):
+    training.train_and_evaluate(config, str(tmp_path))
+  for d in ([tmp_path] if runs == 1 else
+            [tmp_path / f"seed{k}" for k in range(runs)]):
+    train = [json.loads(line) for line in
+             (d / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert [r["step"] for r in train] == [2]
+    assert np.isfinite(train[0]["train_loss"])
+    assert train[0]["learning_rate"] == pytest.approx(0.01)
+    assert (d / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("runs", [1, 3])
 def test_sigterm_after_divergence_does_not_save(tmp_path, monkeypatch, runs):
   """The stop path checks finiteness before saving, like every other save."""
   config = tiny_config(runs, warmup_steps=2, warmup_learning_rate=0.01,

@@ -43,43 +43,13 @@ from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
 from resflax.training.resume import check_steps, restore as _restore
+from resflax.training.runs import Runs
 from resflax.training.state import (RunSpec, build_run, init_state,
                                     learning_rate, lr_drop_steps, make_mesh,
                                     make_optimizer)
 from resflax.training.validate import validate_config
 
 PyTree = Any
-
-
-@dataclasses.dataclass
-class Runs:
-  """The runs one program trains: their configs, directories and logs."""
-  config: ml_collections.ConfigDict
-  configs: List[ml_collections.ConfigDict]
-  workdir: str
-  is_main: bool
-
-  @property
-  def stacked(self) -> bool:
-    return self.config.train.parallel_runs > 1
-
-  @property
-  def count(self) -> int:
-    return len(self.configs)
-
-  @property
-  def dirs(self) -> List[str]:
-    if not self.stacked:
-      return [self.workdir]
-    return [os.path.join(self.workdir, f"seed{c.seed}") for c in self.configs]
-
-  def per_run(self, tree) -> PyTree:
-    """Host copies with a leading run axis (added for a single run)."""
-    return jax.tree.map(lambda a: a if self.stacked else a[None],
-                        feeds.fetch(tree))
-
-  def one(self, tree, k: int) -> PyTree:
-    return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)
 
 
 def _datasets(config, configs) -> List[data_lib.Dataset]:
@@ -249,6 +219,7 @@ class _Trainer:
         group.config, group.workdir, workdir_lib.config_changes(
             group.config, group.workdir)) if config_changed else []
     self.failed: Dict[int, str] = {}
+    self.failed_at = None  # the step every run had diverged at
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(group.workdir, "checkpoints"),
         max_to_keep=self.t.max_checkpoints)
@@ -375,7 +346,8 @@ class _Trainer:
     if do_eval:
       self.progress.reset_timer(step)
 
-  def _report(self, state, step, to_terminal: bool) -> None:
+  def _report(self, state, step, to_terminal: bool,
+              failed_too: bool = False) -> None:
     g, t = self.group, self.t
     m, last = g.per_run(state["metrics"]), self.last
     seen = m.error.count - last.error.count
@@ -387,7 +359,7 @@ class _Trainer:
     errors = (m.error.total - last.error.total) / np.maximum(seen, 1)
     self.last = m
     warm = g.per_run(state["warm"])
-    ok = [k for k in range(g.count) if k not in self.failed]
+    ok = [k for k in range(g.count) if failed_too or k not in self.failed]
     rates = [float(learning_rate(step - 1, bool(warm[k]),
                                  g.configs[k].train)) for k in range(g.count)]
     for k in ok:
@@ -428,6 +400,8 @@ class _Trainer:
     m = self.spec.model.config
     for log, c, d in zip(self.logs, self.group.configs, self.group.dirs):
       title = f"{m.name} depth {m.depth}, seed {c.seed}: {d}"
+      if self.failed_at is not None:
+        title += f" (diverged at step {self.failed_at})"
       workdir_lib.write_file(os.path.join(d, "curves.png"), curves.plot_run(
           log.records(), title, lr_drops=lr_drop_steps(c.train),
           mark=curves.config_mark(c)))
@@ -489,10 +463,22 @@ class _Trainer:
     if len(self.failed) == g.count:
       if g.is_main:
         for k, d in enumerate(g.dirs):
-          workdir_lib.write_failure(d, self.failed[k], g.configs[k].seed, int(bad[k]) + 1)
+          workdir_lib.write_failure(d, self.failed[k], g.configs[k].seed,
+                                    int(bad[k]) + 1)
+      self._log_divergence(state, int(bad.min()))
       raise TrainingError(self.failed[0] if not g.stacked else
                           f"all {g.count} parallel runs in {g.workdir} "
                           f"diverged; first: {self.failed[0]}")
+
+  def _log_divergence(self, state, bad: int) -> None:
+    """The training metrics of the finite steps before step ``bad + 1`` in
+    metrics.jsonl, and curves.png marked with the divergence: a diverged
+    run's curves are the ones a reader wants to see."""
+    if not hasattr(self, "writers"):  # diverged in an earlier segment
+      return
+    self.failed_at = bad + 1
+    self._report(state, bad, to_terminal=False, failed_too=True)
+    self._write_curves()
 
   # ------------------------------------------------------------------
   # Results

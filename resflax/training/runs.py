@@ -21,15 +21,22 @@ model keys the network's pieces declare as only setting initial values (each gro
 initialised with its own model). Anything else changes shapes or the
 compiled program and is an error naming the key. Seeds must be distinct
 (each run's files are named by its seed).
+
+``Runs`` is such a group as the training loop holds it: configs,
+directories, and host copies of per-run values.
 """
 
+import dataclasses
+import os
 from typing import Any, Dict, List, Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
 from resflax import models
 from resflax.errors import ConfigError
+from resflax.training import feeds
 
 # key -> type of its value. "train.*" keys are read inside the step, so
 # they are traced per run. The model keys that only set initial values are
@@ -190,3 +197,34 @@ def init_groups(configs: Sequence[ml_collections.ConfigDict],
   for k, c in enumerate(configs):
     groups.setdefault(tuple(c.model[n] for n in init_only_keys), []).append(k)
   return list(groups.values())
+
+
+@dataclasses.dataclass
+class Runs:
+  """The runs one program trains: their configs, directories and logs."""
+  config: ml_collections.ConfigDict
+  configs: List[ml_collections.ConfigDict]
+  workdir: str
+  is_main: bool
+
+  @property
+  def stacked(self) -> bool:
+    return self.config.train.parallel_runs > 1
+
+  @property
+  def count(self) -> int:
+    return len(self.configs)
+
+  @property
+  def dirs(self) -> List[str]:
+    if not self.stacked:
+      return [self.workdir]
+    return [os.path.join(self.workdir, f"seed{c.seed}") for c in self.configs]
+
+  def per_run(self, tree) -> Any:
+    """Host copies with a leading run axis (added for a single run)."""
+    return jax.tree.map(lambda a: a if self.stacked else a[None],
+                        feeds.fetch(tree))
+
+  def one(self, tree, k: int) -> Any:
+    return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)
