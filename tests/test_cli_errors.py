@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from test_train import REPO
+from helpers import REPO
 
 SMOKE = os.path.join(REPO, "experiments/cifar_resnet.py:smoke")
 

@@ -1,29 +1,11 @@
 """Tests for resflax.data's sources: registry, TFDS, ImageNet, synthetic."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from resflax import data
-
-
-def make_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='synthetic', path='', tfds_data_dir='', validation_split=0,
-      normalization='pixel_mean', synthetic_train_size=64,
-      synthetic_test_size=32, image_size=32, num_classes=10,
-      max_train_images=0, max_test_images=0))
-  config.update(overrides)
-  return config
-
-
-def assert_data_error(config, *fragments):
-  with pytest.raises(data.DataError) as info:
-    data.load_dataset(config)
-  for fragment in fragments:
-    assert str(fragment) in str(info.value), (fragment, str(info.value))
-  return info.value
+from helpers import data_config as make_config, assert_data_error
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from PIL import Image
 
 from resflax import data
 from resflax.data import decode, folder
-from test_data import assert_data_error
-from test_data import make_config as data_config
+from helpers import assert_data_error
+from helpers import data_config
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from resflax.data import cifar, decode, download
 from resflax.errors import Stopped
 from resflax.training.preemption import StopSignal
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                  'frog', 'horse', 'ship', 'truck')
 

@@ -9,34 +9,10 @@ import numpy as np
 import pytest
 
 from resflax import training
-from resflax.config import base_config
 from resflax.errors import ConfigError, TrainingError, WorkdirError
 from resflax.training import preemption
 from resflax.training import workdir as workdir_lib
-
-
-def tiny_config(runs=1, **train_kw):
-  """A small single-conv net on 16x16 synthetic images: quick to compile."""
-  c = base_config()
-  c.model.depth = 5
-  c.model.block = "single"
-  c.model.widths = (4, 8, 8)
-  c.data.name = "synthetic"
-  c.data.image_size = 16
-  c.data.synthetic_train_size = 64
-  c.data.synthetic_test_size = 32
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.steps = 6
-  c.train.lr_boundaries = (4,)
-  c.train.warmup_steps = 1
-  c.train.log_every = 2
-  c.train.eval_every = 2
-  c.train.checkpoint_every = 2
-  c.train.parallel_runs = runs
-  for k, v in train_kw.items():
-    setattr(c.train, k, v)
-  return c
+from helpers import engine_config as tiny_config
 
 
 def run_results(workdir, runs):

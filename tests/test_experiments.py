@@ -11,7 +11,7 @@ from resflax import models, training
 from resflax.config import base_config
 from resflax.experiment import cases
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 # The experiment files of the papers' tables (sweeps).
 NAMES = ["cifar_resnet.py", "cifar_shortcuts.py", "cifar_activations.py",
          "cifar_preact.py", "imagenet_resnet.py", "stochastic_depth.py",

@@ -32,7 +32,7 @@ from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
 from fault_helpers import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 HELPERS = os.path.join(REPO, "tests", "fault_helpers.py")
 
 pytestmark = pytest.mark.filterwarnings(

@@ -29,8 +29,8 @@ from resflax.experiment import (cases, figures, lesion_plots, lesion_study,
                                 lesion_summary, paper, sweep, tables)
 from resflax.training import curves
 from resflax.training import workdir as workdir_lib
-from test_lesion_study import _summary_inputs, lesion_config
-from test_sweep import REPO, SHORTCUTS, FakeTrainer, small_sweep
+from helpers import summary_inputs as _summary_inputs, lesion_config
+from helpers import REPO, SHORTCUTS, FakeTrainer, small_sweep
 
 NOTEBOOKS = pathlib.Path(REPO) / "notebooks"
 SMOKE_MARK = curves.output_mark(synthetic=True, shrunk=True)

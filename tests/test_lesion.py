@@ -10,39 +10,9 @@ import optax
 import pytest
 
 from resflax import lesion, models
+from helpers import random_variables
 
 X = jax.random.normal(jax.random.key(7), (4, 32, 32, 3))
-
-
-def random_variables(model, seed=0, image_shape=(32, 32, 3), bn_bias=0.1,
-                     bn_scale=(1.0, 1.2)):
-  """Variables with He-scaled random kernels and non-trivial BN, built on
-  the host from the abstract shapes (no compilation of the initialiser)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((2,) + tuple(image_shape)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    leaf = getattr(path[-1], "key", "")
-    if leaf == "kernel":
-      if len(s.shape) >= 4:  # conv (possibly stacked): HWIO
-        std = np.sqrt(2.0 / (s.shape[-1] * s.shape[-3] * s.shape[-4]))
-      else:  # dense
-        std = 1.0 / np.sqrt(s.shape[-2])
-      return jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype)
-    if leaf in ("scale", "var"):
-      lo, hi = bn_scale if leaf == "scale" else (1.0, 1.2)
-      return jnp.asarray(rng.uniform(lo, hi, s.shape), s.dtype)
-    if leaf == "bias":
-      return jnp.asarray(bn_bias + 0.05 * rng.normal(size=s.shape), s.dtype)
-    if leaf == "mean":
-      return jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype)
-    raise ValueError(f"unexpected variable {path}")
-
-  out = {c: jax.tree_util.tree_map_with_path(fill, shapes[c])
-         for c in ("params", "batch_stats")}
-  out["lesion"] = model.default_lesion()
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The lesion command (resflax.experiment.lesion_study), its analyses,
 summary and figures, and the signal statistics."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,18 +18,9 @@ from resflax.experiment import lesion_analysis, lesion_study, lesion_summary
 from resflax.experiment import paper
 from resflax.lesion import signal_stats
 from resflax.training import checkpoint
-from test_lesion import random_variables
+from helpers import lesion_config, random_variables, summary_inputs as _summary_inputs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def lesion_config(arg="smoke"):
-  spec = importlib.util.spec_from_file_location(
-      "cifar_lesion_for_tests", os.path.join(REPO, "experiments",
-                                             "cifar_lesion.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from helpers import REPO
 
 
 def fake_run(run_dir, cfg, seed=0):
@@ -132,22 +122,6 @@ def test_path_pool_is_a_class_balanced_random_sample():
     picked[size, seed] = pairs
   assert picked[64, 0] != picked[64, 1]
   assert len(lesion_analysis.path_pool(ds, 5000, 0)[1]) == 500
-
-
-def _summary_inputs():
-  """The smallest results a summary can be written from."""
-  return {
-      "date": "2016-05-20", "networks": {"resnet": "cifar_resnet-20"},
-      "eval_images": 8, "compilations": 1, "chance_error": 0.9,
-      "single_deletion": {"resnet": {"stats": {
-          "intact_error": 0.1, "mean_error": 0.2, "max_error": 0.3}}},
-      "k_deletion": {"per_k": []}, "reorder": {"rows": [], "skipped": "-"},
-      "paths": {"num_modules": 9, "paths_95": {"low": 2, "high": 7},
-                "decay_per_module": None, "samples": 2, "batch": 8,
-                "pool": 64, "effective": {
-                    "low": 1, "high": 3, "gradient_share": 0.9,
-                    "path_share": 0.2}},
-      "seconds": {}}
 
 
 def test_summary_quotes_the_papers_numbers_from_paper_py(tmp_path,

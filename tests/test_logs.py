@@ -11,7 +11,7 @@ import pytest
 
 from resflax import logs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _run(script, *args, env=None):

@@ -12,7 +12,7 @@ import pytest
 
 from resflax.training import metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 # Prepended to the scripts below: TensorFlow is hidden as if not installed,
 # as on an accelerator host or a Colab TPU runtime. Finders that return None,

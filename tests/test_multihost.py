@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resflax import train
-from test_train import REPO, final_state, tiny_config
+from helpers import REPO, final_state, tiny_config
 
 WORKER = textwrap.dedent("""
     import os, sys

@@ -10,7 +10,7 @@ from resflax import train, training
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import runs as runs_lib
 
-from test_engine import tiny_config as engine_config
+from helpers import engine_config
 
 
 def tiny_config(**train_kw):

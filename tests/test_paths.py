@@ -13,7 +13,7 @@ import pytest
 from resflax import config as config_lib
 from resflax import lesion, models, training
 from resflax.lesion import paths
-from test_lesion import random_variables
+from helpers import random_variables
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 54, 110, 1202])

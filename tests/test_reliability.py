@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -21,7 +20,7 @@ from resflax import data as data_lib, fileio as results, train
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
-from test_train import REPO, final_state, tiny_config
+from helpers import REPO, final_state, tiny_config
 
 
 def assert_same_state(a, b):

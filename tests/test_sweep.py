@@ -10,61 +10,13 @@ import sys
 import pytest
 
 from resflax import fileio as results, runner, training
-from resflax.errors import ConfigError, TrainingError
+from resflax.errors import ConfigError
 from resflax.training import workdir as workdir_lib
 from resflax.experiment import cases, paper, sweep, tables
 from resflax.config import base_config, load_experiment
+from helpers import SHORTCUTS, small_sweep, FakeTrainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORTCUTS = os.path.join(REPO, "experiments", "cifar_shortcuts.py")
-
-
-def small_sweep(**train_kw):
-  """Three Table 1 cases, shrunk, 2 seeds."""
-  config = load_experiment(SHORTCUTS, "original,exclusive_gate_b-6,dropout,"
-                           "smoke")
-  config.seeds = 2  # smoke runs one; two exercise the medians and failures
-  for k, v in train_kw.items():
-    setattr(config.train, k, v)
-  return config
-
-
-class FakeTrainer:
-  """Stands in for train.train_and_evaluate: records calls, writes results.
-
-  ``fail``: (case, seed) pairs raising TrainingError; ``interrupt_at``: the
-  call number that returns as if stopped by SIGTERM.
-  """
-
-  def __init__(self, fail=(), interrupt_at=None):
-    self.calls = []
-    self.brief = []  # train_and_evaluate's brief argument, per call
-    self.fail = set(fail)
-    self.interrupt_at = interrupt_at
-
-  def __call__(self, config, workdir, *, brief=False):
-    self.calls.append((workdir, config))
-    self.brief.append(brief)
-    if len(self.calls) == self.interrupt_at:
-      return {"interrupted": True, "step": 1}
-    case = os.path.basename(os.path.dirname(workdir))
-    if config.train.parallel_runs > 1:  # one program for every seed
-      case = os.path.basename(workdir)
-      for k in range(config.train.parallel_runs):
-        self._write(os.path.join(workdir, f"seed{config.seed + k}"), case,
-                    config.seed + k)
-      return {"parallel_runs": config.train.parallel_runs}
-    if (case, config.seed) in self.fail:
-      message = "non-finite loss at step 3"
-      workdir_lib.write_failure(workdir, message, config.seed, 3)
-      raise TrainingError(message)
-    return self._write(workdir, case, config.seed)
-
-  @staticmethod
-  def _write(path, case, seed):
-    result = {"test_error": 0.1 + 0.01 * seed + 0.001 * len(case)}
-    results.write_json(os.path.join(path, "results.json"), result)
-    return result
+from helpers import REPO
 
 
 def test_case_config_applies_overrides_and_seed():

@@ -15,33 +15,9 @@ import pytest
 
 from resflax import data as data_lib, train, training
 from resflax.config import base_config, load_experiment
+from helpers import tiny_config, final_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**train_kw):
-  c = base_config()
-  c.model.depth = 8
-  c.model.widths = (4, 8, 8)
-  c.data.name = "synthetic"
-  c.data.synthetic_train_size = 128
-  c.data.synthetic_test_size = 64
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.steps = 8
-  c.train.lr_boundaries = (6,)
-  c.train.warmup_steps = 2
-  c.train.log_every = 4
-  c.train.eval_every = 4
-  c.train.checkpoint_every = 4
-  for k, v in train_kw.items():
-    setattr(c.train, k, v)
-  return c
-
-
-def final_state(config, workdir):
-  """The state saved at the end of a run, restored into its own structure."""
-  return jax.device_get(training.restore_state(config, workdir))
+from helpers import REPO
 
 
 def test_train_and_evaluate_writes_results(tmp_path):
