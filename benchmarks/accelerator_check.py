@@ -21,13 +21,22 @@ of ``.whl/`` when present and sets PYTHONPATH), sized to finish within about
 4. projected wall time of the 64k-iteration ResNet-110 recipe:
    64000 / measured steps/s + compile (evaluation and checkpoints
    excluded), and of 5 seeds of it (a Table 1 case of Identity Mappings),
-   vmapped and one after another.
+   vmapped and one after another;
+5. after the speed goals (``accelerator_cases.py``): a ``jax.profiler``
+   trace of 20 ResNet-110 steps (``$OUT/trace.tar.gz``), the A/B cases (BN
+   groups, the non-finite guard, buffer donation) on ResNet-20, and the
+   ResNet-20 full-recipe reproduction (``--reproduce-steps``, 64k; 0 skips
+   it) on ``--data``, whose last line is ``ResNet-20 reproduction (full
+   recipe, DEVICE): test error X%``. On an H200 the whole check takes
+   about 150 s of speed cases plus about 4 minutes of training: within a
+   15-minute lease with its start.
 
 Data: CIFAR-10 from ``--data`` (default ``.device_data/cifar10-jpeg.tar.gz``
 of the repo root, through ``config.data.path``) when it exists, otherwise
 synthetic images. Figures go to stdout and, when ``$OUT`` is set, to
 ``$OUT/accelerator_check.txt``. ``--quick`` (or ``RESFLAX_CHECK_QUICK=1``):
-batch 16, a few steps, for an end-to-end test on a CPU. A case that fails
+batch 16, a few steps, ResNet-20 on synthetic data for 10 steps as
+the reproduction, for an end-to-end test on a CPU. A case that fails
 is reported and the rest go on; cases past ``--budget`` seconds are
 skipped and listed.
 
@@ -39,6 +48,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 
@@ -47,7 +57,8 @@ START = time.perf_counter()
 import jax  # pylint: disable=g-import-not-at-top
 
 import abstract_step
-from resflax import data as data_lib, training
+import accelerator_cases
+from resflax import data as data_lib, models, training
 from resflax.config import load_experiment
 from resflax.training import feeds, loop, runs
 
@@ -72,14 +83,21 @@ class Report:
       self.file.flush()
 
 
-def make_config(depth: int, dtype: str, scan: bool, batch: int, data_path):
-  """``experiments/cifar_resnet.py:depth`` with the benchmark's settings."""
+def make_config(depth: int, dtype: str, scan: bool, batch: int, data_path,
+                shrink: bool = False):
+  """``experiments/cifar_resnet.py:depth`` with the benchmark's settings.
+
+  ``shrink`` (``--quick``): the family's smallest net (one unit a stage,
+  narrow) whatever ``depth``, so that a CPU test compiles in seconds.
+  """
   config = load_experiment(os.path.join(REPO, "experiments",
                                         "cifar_resnet.py"), str(depth))
+  if shrink:
+    config.model.update(models.shrink(config.model))
   config.model.dtype = dtype
   config.model.scan = scan
   config.train.batch_size = batch
-  if batch % config.model.bn_group_size:
+  if config.model.bn_group_size and batch % config.model.bn_group_size:
     config.model.bn_group_size = 0
   if data_path:
     config.data.path = data_path
@@ -178,6 +196,47 @@ def measure_parallel(case: Case, num_runs: int, args):
   return {k: max(v) for k, v in rates.items()}, compile_s
 
 
+def extras(args, base, feed, trace_case, data_path, report) -> None:
+  """The trace, A/B cases and reproduction, after the speed goals."""
+  if trace_case is not None:
+    try:
+      path = accelerator_cases.profile(trace_case, os.environ.get("OUT"))
+      report(f"profiler trace of 20 ResNet-110 steps: {path}")
+    except Exception as e:  # pylint: disable=broad-except
+      report(f"profiler trace: FAILED: {type(e).__name__}: {e}")
+  accelerator_cases.ab_cases(base, feed, abstract_step.engine_step,
+                             max(2, args.min_steps), report)
+  if not args.reproduce_steps:
+    return
+  config = load_experiment(os.path.join(REPO, "experiments",
+                                        "cifar_resnet.py"), "20")
+  if args.quick:
+    config.data.name = "synthetic"
+    config.data.synthetic_train_size = 64
+    config.data.synthetic_test_size = 32
+    config.train.batch_size = args.batch
+    config.train.eval_batch_size = 32
+    config.model.bn_group_size = 0
+    config.train.steps = 10
+    config.train.scale_schedule = True
+  elif data_path:
+    config.data.path = data_path
+  else:
+    report("ResNet-20 reproduction: skipped (no CIFAR-10 at --data)")
+    return
+  if not args.quick:
+    config.train.steps = args.reproduce_steps
+    config.train.scale_schedule = args.reproduce_steps != RECIPE_STEPS
+  # Not under $OUT: a device run brings back only 8 files from there.
+  workdir = tempfile.mkdtemp(prefix="resflax_reproduction_")
+  try:
+    accelerator_cases.reproduce(config, workdir,
+                                jax.devices()[0].device_kind, report)
+  except Exception:  # pylint: disable=broad-except
+    report(f"ResNet-20 reproduction: FAILED\n"
+           f"{traceback.format_exc(limit=3)}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
@@ -189,6 +248,10 @@ def main():
                       help="runs of the parallel-runs case")
   parser.add_argument("--budget", type=float, default=270.0,
                       help="seconds after which remaining cases are skipped")
+  parser.add_argument("--reproduce-steps", type=int, default=RECIPE_STEPS,
+                      help="steps of the ResNet-20 reproduction (0: skip)")
+  parser.add_argument("--no-extras", action="store_true",
+                      help="skip the trace, A/B cases and reproduction")
   args = parser.parse_args()
   if args.quick:
     args.batch, args.min_steps, args.min_seconds, args.chunk = 16, 2, 0.0, 1
@@ -197,7 +260,8 @@ def main():
 
   report = Report()
   devices = jax.devices()
-  report(f"== resflax accelerator check{' (--quick)' if args.quick else ''}")
+  report(f"== resflax accelerator check"
+         f"{' (--quick: every net shrunk to ResNet-8)' if args.quick else ''}")
   report(f"python {platform.python_version()}, jax {jax.__version__}, "
          f"backend {jax.default_backend()}; {len(devices)} device(s): "
          + ", ".join(sorted({f'{d.device_kind}' for d in devices})))
@@ -206,7 +270,8 @@ def main():
 
   data_path = args.data if args.data and os.path.exists(args.data) else ""
   t0 = time.perf_counter()
-  base = make_config(20, "float32", True, args.batch, data_path)
+  base = make_config(20, "float32", True, args.batch, data_path,
+                     args.quick)
   if args.quick and data_path:
     base.data.max_train_images = 1000
     base.data.max_test_images = 100
@@ -227,6 +292,7 @@ def main():
           ("parallel", 110), (20, "float32", False),
           (20, "bfloat16", True), (110, "bfloat16", True), ("parallel", 20)]
   results, skipped, kept, par = {}, [], {}, {}
+  trace_case = None
   for item in plan:
     if item[0] == "parallel":
       depth = item[1]
@@ -255,7 +321,8 @@ def main():
       skipped.append(name)
       continue
     try:
-      config = make_config(depth, dtype, scan, args.batch, data_path)
+      config = make_config(depth, dtype, scan, args.batch, data_path,
+                           args.quick)
       case = Case(config, feed)
       sps = measure_case(case, args)
       results[(depth, dtype, scan)] = (sps, case.compile_s)
@@ -263,10 +330,15 @@ def main():
              f"  (compile {case.compile_s:.1f} s)")
       if dtype == "float32":  # candidates for the parallel-runs cases
         kept[(depth, scan)] = case
+        if depth == 110:
+          trace_case = case
       del case
     except Exception:  # pylint: disable=broad-except
       report(f"{name}: FAILED\n{traceback.format_exc(limit=3)}")
   kept.clear()
+  if not args.no_extras:
+    extras(args, base, feed, trace_case, data_path, report)
+    trace_case = None
 
   peak = None
   try:

@@ -29,20 +29,35 @@ independent of depth). ``--no-unrolled`` runs only the scanned cases.
   python benchmarks/compile_time.py [--unrolled-deep] [--timeout 900]
       [--depths 20,110,164,1001,1202] [--batch 8] [--repeats 2]
       [--no-unrolled]
+
+``--presets all`` (or comma-separated name parts, see
+``abstract_step.presets``) times instead every paper preset of
+``experiments/`` on ``--devices`` (8) fake CPU devices, each in a fresh
+process: process start until its initialiser and training step are
+compiled (what a run waits for before its first step, data loading and
+the step itself excluded), cold (empty persistent compilation cache) and
+warm (the same command on the cache the cold run filled). The cold
+process also prints XLA's memory analysis of the step per device
+(``abstract_step.memory``), so one run gives the tables of both
+``memory.py --presets`` and this script. ``--jsonl FILE`` appends each
+result as a JSON line.
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 BOTTLENECK_PREACT = dict(block="bottleneck", unit="full_preact",
                          projection="B")
 BOTTLENECK_DEPTHS = (164, 1001)  # the Identity Mappings nets
 DEEP_MIN = 1001  # unrolled cases at least this deep are opt-in
+START = time.perf_counter()
 DEEP_SKIP = ("unrolled compile of ResNet-1001/1202 needs > 20 GB RAM on this "
              "2-core machine; pass --unrolled-deep to try")
 
@@ -113,6 +128,86 @@ def run_case(depth, scan, batch, timeout):
           "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}"}
 
 
+def first_step_case(name: str, cache: str) -> dict:
+  """Seconds until ``name``'s initialiser and step are compiled (one process).
+
+  Runs in the subprocess that ``run_preset`` starts; ``START`` is its
+  interpreter's start, so imports count as a researcher's start does.
+  """
+  import abstract_step  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from resflax import training  # pylint: disable=g-import-not-at-top
+  from resflax.training import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable(cache)
+  (preset,) = [p for p in abstract_step.presets() if p.name == name]
+  config = preset.config()
+  t0 = time.perf_counter()
+  spec, step, state, data = abstract_step.preset_step(config)
+  image_shape = tuple(data[0].shape[1:])
+  # As loop.initial_state compiles it: classic threefry, replicated.
+  with jax.threefry_partitionable(False):
+    jax.jit(lambda s: training.init_state(spec, s, image_shape),
+            out_shardings=spec.replicated).lower(0).compile()
+  t1 = time.perf_counter()
+  lowered = step.lower(state, *data)
+  t2 = time.perf_counter()
+  compiled = lowered.compile()
+  t3 = time.perf_counter()
+  return {"name": name, "setup_s": t0 - START, "init_s": t1 - t0,
+          "lower_s": t2 - t1, "compile_s": t3 - t2, "total_s": t3 - START,
+          "memory": abstract_step.memory(compiled),
+          "devices": jax.device_count()}
+
+
+def run_preset(name: str, cache: str, devices: int, timeout: float) -> dict:
+  """``first_step_case`` in a fresh interpreter; its dict or a reason."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--preset-case", name,
+         "--cache", cache, "--devices", str(devices)]
+  start = time.perf_counter()
+  try:
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+  except subprocess.TimeoutExpired:
+    return {"name": name, "skipped": f"timed out after {timeout:.0f} s"}
+  for line in reversed(out.stdout.splitlines()):
+    if line.startswith("{"):
+      result = json.loads(line)
+      result["process_s"] = time.perf_counter() - start
+      return result
+  tail = (out.stderr or out.stdout).strip().splitlines()[-2:]
+  return {"name": name,
+          "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}"}
+
+
+def presets_main(args) -> None:
+  """Cold and warm time to first step of every preset (module docstring)."""
+  import abstract_step  # pylint: disable=g-import-not-at-top
+  names = None if args.presets == "all" else args.presets
+  gib = 2.0 ** 30
+  for preset in abstract_step.presets(names):
+    cache = tempfile.mkdtemp(prefix="resflax_cc_")
+    try:
+      cold = run_preset(preset.name, cache, args.devices, args.timeout)
+      warm = (run_preset(preset.name, cache, args.devices, args.timeout)
+              if "skipped" not in cold else cold)
+    finally:
+      shutil.rmtree(cache, ignore_errors=True)
+    row = {"preset": preset.name, "covers": preset.covers, "cold": cold,
+           "warm": warm, "load": os.getloadavg()[0]}
+    if args.jsonl:
+      with open(args.jsonl, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if "skipped" in cold or "skipped" in warm:
+      print(f"{preset.name:42s} {cold.get('skipped') or warm['skipped']}",
+            flush=True)
+      continue
+    mem = cold["memory"]
+    print(f"{preset.name:42s} cold {cold['total_s']:6.1f} s (step compile "
+          f"{cold['compile_s']:6.1f} s)  warm {warm['total_s']:5.1f} s  "
+          f"peak/device {mem['peak'] / gib if mem else float('nan'):6.2f} "
+          f"GiB  load {row['load']:.1f}", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depths", default="20,110,164,1001,1202")
@@ -129,7 +224,22 @@ def main():
   parser.add_argument("--repeats", type=int, default=2,
                       help="round-robin passes over the cases (min taken)")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: depth,scan
+  parser.add_argument("--presets", help="'all' or name parts: time every "
+                      "paper preset's first step, cold and warm")
+  parser.add_argument("--devices", type=int, default=8,
+                      help="fake CPU devices of the --presets cases")
+  parser.add_argument("--jsonl", help="append --presets results here")
+  parser.add_argument("--preset-case", help=argparse.SUPPRESS)  # internal
+  parser.add_argument("--cache", help=argparse.SUPPRESS)  # internal
   args = parser.parse_args()
+
+  if args.preset_case:
+    print(json.dumps(first_step_case(args.preset_case, args.cache)),
+          flush=True)
+    return
+  if args.presets:
+    presets_main(args)
+    return
 
   if args.case:
     depth, scan = (int(v) for v in args.case.split(","))
@@ -205,4 +315,8 @@ def main():
           "(a case was skipped or failed)")
 
 if __name__ == "__main__":
+  if "--preset-case" in sys.argv:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import abstract_step as _a  # pylint: disable=g-import-not-at-top
+    _a.fake_devices(int(sys.argv[sys.argv.index("--devices") + 1]))
   main()

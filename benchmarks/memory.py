@@ -21,6 +21,15 @@ initial state and the dataset). The last line is remat peak / no-remat
 peak (from ``memory_analysis``).
 
   python benchmarks/memory.py [--batch 128] [--depth 1001] [--run]
+
+``--presets all`` (or comma-separated name parts, see
+``abstract_step.presets``) instead compiles every paper preset of
+``experiments/`` for ``--devices`` (8) fake CPU devices, as training
+shards it (state and CIFAR replicated, the batch split), and prints per
+device: batch, arguments, temporaries, peak, and whether the peak fits
+8 GiB (a Colab TPU v2-8 core) and 16 GiB (a v5e core); where it does not,
+the same with ``model.remat=True``. These are XLA:CPU's buffer
+assignments, estimates of what a TPU or GPU compiler allocates.
 """
 
 import argparse
@@ -31,15 +40,23 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-
 import abstract_step
-from resflax import models, training
-from resflax.config import load_experiment
+
+if "--presets" in sys.argv:  # before JAX initialises its devices
+  abstract_step.fake_devices(
+      int(sys.argv[sys.argv.index("--devices") + 1])
+      if "--devices" in sys.argv else 8)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from resflax import models, training  # pylint: disable=wrong-import-position
+from resflax.config import load_experiment  # pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 2.0 ** 20
+GIB = 2.0 ** 30
+CORES = {"TPU v2 core": 8 * GIB, "v5e core": 16 * GIB}
 
 
 def make_config(depth: int, batch: int, remat: bool, scan: bool = True):
@@ -111,6 +128,47 @@ def device_peak_in_subprocess(args, remat: bool):
   return f"failed (rc {out.returncode}): {' | '.join(tail)}"
 
 
+def preset_memory(config) -> dict:
+  """XLA's per-device memory analysis of a preset's compiled step."""
+  _, step, state, data = abstract_step.preset_step(config)
+  start = time.perf_counter()
+  out = abstract_step.memory(step.lower(state, *data).compile()) or {}
+  out["compile_s"] = time.perf_counter() - start
+  return out
+
+
+def verdict(peak: int) -> str:
+  """'yes'/'no' for each core size of ``CORES``."""
+  return " | ".join("yes" if peak <= size else "no"
+                    for size in CORES.values())
+
+
+def presets_main(names: str) -> None:
+  """The memory table of every preset (module docstring), markdown rows."""
+  n = jax.device_count()
+  print(f"| preset (cases covered) | batch / device | arguments | temp | "
+        f"peak / device | fits {' | fits '.join(CORES)} |")
+  print("|---|---|---|---|---|" + "---|" * len(CORES))
+  for preset in abstract_step.presets(None if names == "all" else names):
+    config = preset.config()
+    per_device = config.train.batch_size // n
+    r = preset_memory(config)
+    if "peak" not in r:
+      print(f"| {preset.name} | {per_device} | memory_analysis() unavailable")
+      continue
+    row = (f"| {', '.join(preset.covers)} | {per_device} | "
+           f"{r['argument'] / GIB:.2f} GiB | {r['temp'] / GIB:.2f} GiB | "
+           f"{r['peak'] / GIB:.2f} GiB | {verdict(r['peak'])} |")
+    if r["peak"] > min(CORES.values()) and not config.model.remat:
+      config.model.remat = True
+      rr = preset_memory(config)
+      row += (f" with model.remat=True: {rr['peak'] / GIB:.2f} GiB "
+              f"({verdict(rr['peak'])})")
+    print(row, flush=True)
+  print(f"XLA:CPU buffer-assignment estimates, {n} devices, jax "
+        f"{jax.__version__}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=1001)
@@ -121,7 +179,14 @@ def main():
                       help="also run a step and read device memory_stats() "
                       "(the default on backends that have them)")
   parser.add_argument("--device-case", help=argparse.SUPPRESS)  # internal
+  parser.add_argument("--presets", help="'all' or name parts: the memory "
+                      "table of the paper presets on fake devices")
+  parser.add_argument("--devices", type=int, default=8,
+                      help="fake CPU devices of --presets")
   args = parser.parse_args()
+  if args.presets:
+    presets_main(args.presets)
+    return
   if args.device_case is not None:
     config = make_config(args.depth, args.batch, bool(int(args.device_case)))
     print(json.dumps({"device_peak": run_once(config, args.dataset_size)}))

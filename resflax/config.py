@@ -5,6 +5,7 @@ what their recipe needs. Keys are stable; README lists them.
 """
 
 import os
+from typing import Optional
 
 import ml_collections
 
@@ -123,3 +124,36 @@ def load_experiment(path: str, arg=None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def memory_fit_hint(config: ml_collections.ConfigDict, peak_bytes: int,
+                    device_bytes: int) -> Optional[str]:
+  """One line naming the setting that makes the training step fit, or None.
+
+  For a check between compiling the step and running it: ``peak_bytes``
+  from the compiled step's ``memory_analysis()`` (arguments + outputs -
+  aliased + temporaries, per device), ``device_bytes`` from the device's
+  ``memory_stats()['bytes_limit']``; a step that does not fit then fails
+  with this line instead of an out-of-memory error in its first step.
+
+  Args:
+    config: the run's config.
+    peak_bytes: the step's estimated peak bytes per device.
+    device_bytes: the memory of one device.
+
+  Returns:
+    None when the step fits; else the message.
+  """
+  if peak_bytes <= device_bytes:
+    return None
+  gib = 2.0 ** 30
+  need = (f"the training step needs about {peak_bytes / gib:.1f} GiB per "
+          f"device (XLA's memory analysis), the device has "
+          f"{device_bytes / gib:.1f} GiB: ")
+  if not config.model.remat:
+    # Remat keeps each unit's input only: 1/6 of the temporaries of
+    # ResNet-1001 (benchmarks/RESULTS.md).
+    return need + ("set --config.model.remat=True (or lower "
+                   f"config.train.batch_size={config.train.batch_size})")
+  return need + (f"lower config.train.batch_size={config.train.batch_size} "
+                 "or train on more devices")
