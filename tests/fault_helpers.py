@@ -16,28 +16,15 @@ Run as a script (``python tests/fault_helpers.py FLAGS``) it is
 import os
 import signal
 
-from resflax.config import base_config
+import helpers
 
 
 def tiny_config(**train_kw):
-  """ResNet-8 (widths 4/8/8) on 128 synthetic images: seconds on a CPU."""
-  c = base_config()
-  c.model.depth = 8
-  c.model.widths = (4, 8, 8)
-  c.data.name = "synthetic"
-  c.data.synthetic_train_size = 128
-  c.data.synthetic_test_size = 64
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.steps = 12
-  c.train.lr_boundaries = (8,)
-  c.train.warmup_steps = 2
-  c.train.log_every = 2
-  c.train.eval_every = 4
-  c.train.checkpoint_every = 2
-  for k, v in train_kw.items():
-    setattr(c.train, k, v)
-  return c
+  """helpers' ResNet-8 on 128 synthetic images, run longer (12 steps) with a
+  report and a checkpoint every 2 steps: more moments to inject faults."""
+  return helpers.tiny_config(**{
+      "steps": 12, "lr_boundaries": (8,), "log_every": 2,
+      "checkpoint_every": 2, **train_kw})
 
 
 def get_config(arg=None):
