@@ -16,12 +16,12 @@ import functools
 import glob
 import json
 import os
-from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from resflax import data as data_lib, models, training
+from resflax import data as data_lib
+from resflax import models, training
 from resflax.training import loop, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,19 +38,28 @@ def data_args(spec, image_shape, streamed: bool):
   sds, rep = jax.ShapeDtypeStruct, spec.replicated
   if streamed:
     batch, shard = spec.config.train.batch_size, spec.batch_sharding
-    return (sds((batch,) + image_shape, jnp.uint8, sharding=shard),
-            sds((batch,), jnp.int32, sharding=shard),
-            sds(image_shape[-1:], jnp.float32, sharding=rep),
-            sds(image_shape[-1:], jnp.float32, sharding=rep))
+    return (
+        sds((batch,) + image_shape, jnp.uint8, sharding=shard),
+        sds((batch,), jnp.int32, sharding=shard),
+        sds(image_shape[-1:], jnp.float32, sharding=rep),
+        sds(image_shape[-1:], jnp.float32, sharding=rep),
+    )
   n = spec.num_train
-  return (sds((n,) + image_shape, jnp.uint8, sharding=rep),
-          sds((n,), jnp.int32, sharding=rep),
-          sds(image_shape, jnp.float32, sharding=rep),
-          sds(image_shape, jnp.float32, sharding=rep))
+  return (
+      sds((n,) + image_shape, jnp.uint8, sharding=rep),
+      sds((n,), jnp.int32, sharding=rep),
+      sds(image_shape, jnp.float32, sharding=rep),
+      sds(image_shape, jnp.float32, sharding=rep),
+  )
 
 
-def build(config, num_train: int, image_shape=(32, 32, 3),
-          streamed: bool = False, num_classes: Optional[int] = None):
+def build(
+    config,
+    num_train: int,
+    image_shape=(32, 32, 3),
+    streamed: bool = False,
+    num_classes: int | None = None,
+):
   """The run spec, the jitted step and abstract (state, data) arguments.
 
   Args:
@@ -67,15 +76,19 @@ def build(config, num_train: int, image_shape=(32, 32, 3),
     runs one run (state donated, replicated over every device).
   """
   spec = training.build_run(
-      config, num_classes or config.model.num_classes,
-      num_train=0 if streamed else num_train)
+      config,
+      num_classes or config.model.num_classes,
+      num_train=0 if streamed else num_train,
+  )
   image_shape = tuple(image_shape)
   rep = spec.replicated
   state = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-      jax.eval_shape(functools.partial(training.init_state, spec, 0,
-                                       image_shape)))
-  impl = (training.step_on_batch if streamed else training.step_on_dataset)
+      jax.eval_shape(
+          functools.partial(training.init_state, spec, 0, image_shape)
+      ),
+  )
+  impl = training.step_on_batch if streamed else training.step_on_dataset
   # The program loop.make_step compiles for one run; it needs a feed, and
   # here there is no data, only its shapes.
   step = jax.jit(functools.partial(impl, spec), donate_argnums=0)
@@ -93,15 +106,17 @@ class Preset:
     covers: every case compiling the same program (up to init-only keys
       and the class count, e.g. a ``_c100`` twin).
   """
+
   name: str
   path: str
-  case: Optional[str]
-  covers: List[str]
+  case: str | None
+  covers: list[str]
 
   def config(self):
     """The training config of one run of the case (its first seed)."""
     from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
     from resflax.experiment import cases  # pylint: disable=g-import-not-at-top
+
     sweep = load_experiment(self.path, "all" if self.case else None)
     if self.case is None:
       return sweep
@@ -113,16 +128,30 @@ def program_key(config) -> str:
   m = models.resolve(training.state.model_config(config, 8))
   skip = set(models.init_only_keys(m)) | {"num_classes"}
   t = config.train
-  return json.dumps({
-      "model": {k: v for k, v in dataclasses.asdict(m).items()
-                if k not in skip},
-      "train": [t.batch_size, t.bn_sync, t.gradient_modules,
-                t.warmup_until_error > 0, t.on_nonfinite],
-      "data": [config.data.name in ("imagenet2012",), config.data.image_size,
-               config.data.augment]}, sort_keys=True, default=str)
+  return json.dumps(
+      {
+          "model": {
+              k: v for k, v in dataclasses.asdict(m).items() if k not in skip
+          },
+          "train": [
+              t.batch_size,
+              t.bn_sync,
+              t.gradient_modules,
+              t.warmup_until_error > 0,
+              t.on_nonfinite,
+          ],
+          "data": [
+              config.data.name in ("imagenet2012",),
+              config.data.image_size,
+              config.data.augment,
+          ],
+      },
+      sort_keys=True,
+      default=str,
+  )
 
 
-def presets(names: Optional[str] = None) -> List[Preset]:
+def presets(names: str | None = None) -> list[Preset]:
   """Every distinct training program of ``experiments/*.py``, in file order.
 
   Args:
@@ -131,6 +160,7 @@ def presets(names: Optional[str] = None) -> List[Preset]:
   """
   from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
   from resflax.experiment import cases  # pylint: disable=g-import-not-at-top
+
   out, seen = [], {}
   for path in sorted(glob.glob(os.path.join(REPO, "experiments", "*.py"))):
     base = os.path.basename(path)
@@ -140,7 +170,7 @@ def presets(names: Optional[str] = None) -> List[Preset]:
       sweep = load_experiment(path, "all")
     except Exception:  # pylint: disable=broad-except
       sweep = load_experiment(path)  # a file without cases (the lesion study)
-    found = (cases.case_names(sweep) if "sweep_cases" in sweep else [None])
+    found = cases.case_names(sweep) if "sweep_cases" in sweep else [None]
     for case in found:
       p = Preset(f"{base[:-3]}:{case or 'default'}", path, case, [])
       key = program_key(p.config())
@@ -159,11 +189,16 @@ def presets(names: Optional[str] = None) -> List[Preset]:
 def preset_step(config):
   """``build`` for a preset: its dataset's image shape, classes and size."""
   info = data_lib.source_info(config.data)
-  return build(config, CIFAR_TRAIN, image_shape=tuple(info.image_shape),
-               streamed=info.streams, num_classes=info.num_classes)
+  return build(
+      config,
+      CIFAR_TRAIN,
+      image_shape=tuple(info.image_shape),
+      streamed=info.streams,
+      num_classes=info.num_classes,
+  )
 
 
-def memory(compiled) -> Optional[dict]:
+def memory(compiled) -> dict | None:
   """XLA's memory analysis of ``compiled``, per device, as a dict of bytes.
 
   Peak = arguments + outputs - aliased (donated) + temporaries, XLA's own
@@ -173,16 +208,17 @@ def memory(compiled) -> Optional[dict]:
   if ma is None:
     return None
   get = lambda k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
-  out = {k: get(k) for k in ("argument", "output", "alias", "temp",
-                             "generated_code")}
+  out = {
+      k: get(k)
+      for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   return out
 
 
 def run_group(config) -> loop.Runs:
   """The engine's runs of ``config`` (``runs.run_configs``), no workdir."""
-  return loop.Runs(config, runs.run_configs(config), workdir="",
-                   is_main=False)
+  return loop.Runs(config, runs.run_configs(config), workdir="", is_main=False)
 
 
 def engine_step(config, feed):
@@ -200,11 +236,13 @@ def engine_step(config, feed):
     ``state`` is the runs' initial state. A single run's ``step`` is a
     ``jax.jit`` function (it has ``lower``).
   """
-  spec = training.build_run(config, feed.num_classes,
-                            num_train=feed.num_train)
+  spec = training.build_run(config, feed.num_classes, num_train=feed.num_train)
   group = run_group(config)
-  return (spec, loop.make_step(group, spec, feed),
-          loop.initial_state(group, spec, feed.image_shape))
+  return (
+      spec,
+      loop.make_step(group, spec, feed),
+      loop.initial_state(group, spec, feed.image_shape),
+  )
 
 
 def fake_devices(count: int = 8) -> None:
@@ -216,10 +254,11 @@ def fake_devices(count: int = 8) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def shape_of(preset: Preset) -> Tuple[str, int]:
+def shape_of(preset: Preset) -> tuple[str, int]:
   """A short description of the preset's network and its per-device batch."""
   c = preset.config()
   m = models.resolve(training.state.model_config(c, 8))
-  net = (f"{m.name} {m.depth} {m.block}/{m.unit}/{m.shortcut}"
-         + (f" k={m.width}" if m.name == "wide_resnet" else ""))
+  net = f"{m.name} {m.depth} {m.block}/{m.unit}/{m.shortcut}" + (
+      f" k={m.width}" if m.name == "wide_resnet" else ""
+  )
   return net, c.train.batch_size

@@ -58,8 +58,9 @@ def _rate(step, state, data, steps: int):
   return steps / (time.perf_counter() - start), state
 
 
-def ab_pair(config_a, config_b, feed, engine_step, steps: int,
-            donate=(True, True)):
+def ab_pair(
+    config_a, config_b, feed, engine_step, steps: int, donate=(True, True)
+):
   """Steps/s of two configs' steps, alternated twice; best of each.
 
   Args:
@@ -72,8 +73,9 @@ def ab_pair(config_a, config_b, feed, engine_step, steps: int,
   sides = []
   for config, don in ((config_a, donate[0]), (config_b, donate[1])):
     spec, _, state = engine_step(config, feed)
-    fn = jax.jit(functools.partial(feed.step_impl, spec),
-                 donate_argnums=0 if don else ())
+    fn = jax.jit(
+        functools.partial(feed.step_impl, spec), donate_argnums=0 if don else ()
+    )
     state = jax.block_until_ready(fn(state, *feed.step_args()))
     sides.append([fn, state, 0.0])
   for _ in range(2):
@@ -85,6 +87,7 @@ def ab_pair(config_a, config_b, feed, engine_step, steps: int,
 
 def ab_cases(base, feed, engine_step, steps: int, report) -> None:
   """Reports the three A/B pairs of the module docstring on ``base``."""
+
   def variant(**keys):
     c = base.copy_and_resolve_references()
     for key, value in keys.items():
@@ -94,12 +97,18 @@ def ab_cases(base, feed, engine_step, steps: int, report) -> None:
 
   group = 64 if base.train.batch_size % 64 == 0 else base.train.batch_size // 2
   pairs = [
-      (f"BN groups: model.bn_group_size={group} / 0 (whole batch)",
-       variant(model__bn_group_size=group), variant(model__bn_group_size=0),
-       (True, True)),
-      ("non-finite guard: train.on_nonfinite=stop / skip",
-       variant(train__on_nonfinite="stop"),
-       variant(train__on_nonfinite="skip"), (True, True)),
+      (
+          f"BN groups: model.bn_group_size={group} / 0 (whole batch)",
+          variant(model__bn_group_size=group),
+          variant(model__bn_group_size=0),
+          (True, True),
+      ),
+      (
+          "non-finite guard: train.on_nonfinite=stop / skip",
+          variant(train__on_nonfinite="stop"),
+          variant(train__on_nonfinite="skip"),
+          (True, True),
+      ),
       ("buffer donation: state donated / copied", base, base, (True, False)),
   ]
   for label, a, b, donate in pairs:
@@ -119,8 +128,10 @@ def reproduce(config, workdir: str, device: str, report) -> float:
   start = time.perf_counter()
   result = training.train_and_evaluate(config, workdir, brief=True)
   error = 100.0 * float(result["test_error"])
-  report(f"ResNet-20 reproduction (full recipe, {device}): test error "
-         f"{error:.2f}% ({config.train.steps} steps, "
-         f"{time.perf_counter() - start:.0f} s, data "
-         f"{config.data.path or config.data.name})")
+  report(
+      f"ResNet-20 reproduction (full recipe, {device}): test error "
+      f"{error:.2f}% ({config.train.steps} steps, "
+      f"{time.perf_counter() - start:.0f} s, data "
+      f"{config.data.path or config.data.name})"
+  )
   return error

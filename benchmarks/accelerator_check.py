@@ -54,11 +54,12 @@ import traceback
 
 START = time.perf_counter()
 
-import jax  # pylint: disable=g-import-not-at-top
-
 import abstract_step
 import accelerator_cases
-from resflax import data as data_lib, models, training
+import jax  # pylint: disable=g-import-not-at-top
+
+from resflax import data as data_lib
+from resflax import models, training
 from resflax.config import load_experiment
 from resflax.training import feeds, loop, runs
 
@@ -83,15 +84,22 @@ class Report:
       self.file.flush()
 
 
-def make_config(depth: int, dtype: str, scan: bool, batch: int, data_path,
-                shrink: bool = False):
+def make_config(
+    depth: int,
+    dtype: str,
+    scan: bool,
+    batch: int,
+    data_path,
+    shrink: bool = False,
+):
   """``experiments/cifar_resnet.py:depth`` with the benchmark's settings.
 
   ``shrink`` (``--quick``): the family's smallest net (one unit a stage,
   narrow) whatever ``depth``, so that a CPU test compiles in seconds.
   """
-  config = load_experiment(os.path.join(REPO, "experiments",
-                                        "cifar_resnet.py"), str(depth))
+  config = load_experiment(
+      os.path.join(REPO, "experiments", "cifar_resnet.py"), str(depth)
+  )
   if shrink:
     config.model.update(models.shrink(config.model))
   config.model.dtype = dtype
@@ -169,9 +177,12 @@ def measure_parallel(case: Case, num_runs: int, args):
   compile_s = time.perf_counter() - start
   # Each run's own initial state (its seed), stepped by the case's
   # single-run program.
-  states = [loop.initial_state(abstract_step.run_group(c), case.spec,
-                               case.feed.image_shape)
-            for c in runs.run_configs(config)]
+  states = [
+      loop.initial_state(
+          abstract_step.run_group(c), case.spec, case.feed.image_shape
+      )
+      for c in runs.run_configs(config)
+  ]
 
   def par(n):
     nonlocal stacked
@@ -189,10 +200,10 @@ def measure_parallel(case: Case, num_runs: int, args):
   chunk = max(1, args.chunk // 2)
   for _ in range(2):  # alternate: parallel, sequential, parallel, sequential
     for name, fn in (("parallel", par), ("sequential", seq)):
-      steps, seconds = timed(fn, max(1, args.min_steps // 2),
-                             args.min_seconds / 2, chunk)
-      rates[name].append(num_runs * steps * config.train.batch_size
-                         / seconds)
+      steps, seconds = timed(
+          fn, max(1, args.min_steps // 2), args.min_seconds / 2, chunk
+      )
+      rates[name].append(num_runs * steps * config.train.batch_size / seconds)
   return {k: max(v) for k, v in rates.items()}, compile_s
 
 
@@ -204,12 +215,14 @@ def extras(args, base, feed, trace_case, data_path, report) -> None:
       report(f"profiler trace of 20 ResNet-110 steps: {path}")
     except Exception as e:  # pylint: disable=broad-except
       report(f"profiler trace: FAILED: {type(e).__name__}: {e}")
-  accelerator_cases.ab_cases(base, feed, abstract_step.engine_step,
-                             max(2, args.min_steps), report)
+  accelerator_cases.ab_cases(
+      base, feed, abstract_step.engine_step, max(2, args.min_steps), report
+  )
   if not args.reproduce_steps:
     return
-  config = load_experiment(os.path.join(REPO, "experiments",
-                                        "cifar_resnet.py"), "20")
+  config = load_experiment(
+      os.path.join(REPO, "experiments", "cifar_resnet.py"), "20"
+  )
   if args.quick:
     config.data.name = "synthetic"
     config.data.synthetic_train_size = 64
@@ -230,28 +243,47 @@ def extras(args, base, feed, trace_case, data_path, report) -> None:
   # Not under $OUT: a device run brings back only 8 files from there.
   workdir = tempfile.mkdtemp(prefix="resflax_reproduction_")
   try:
-    accelerator_cases.reproduce(config, workdir,
-                                jax.devices()[0].device_kind, report)
+    accelerator_cases.reproduce(
+        config, workdir, jax.devices()[0].device_kind, report
+    )
   except Exception:  # pylint: disable=broad-except
-    report(f"ResNet-20 reproduction: FAILED\n"
-           f"{traceback.format_exc(limit=3)}")
+    report(
+        f"ResNet-20 reproduction: FAILED\n" f"{traceback.format_exc(limit=3)}"
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      default=os.environ.get("RESFLAX_CHECK_QUICK") == "1",
-                      help="tiny batch and steps: an end-to-end CPU test")
-  parser.add_argument("--data", default=os.path.join(
-      REPO, ".device_data", "cifar10-jpeg.tar.gz"))
-  parser.add_argument("--runs", type=int, default=5,
-                      help="runs of the parallel-runs case")
-  parser.add_argument("--budget", type=float, default=270.0,
-                      help="seconds after which remaining cases are skipped")
-  parser.add_argument("--reproduce-steps", type=int, default=RECIPE_STEPS,
-                      help="steps of the ResNet-20 reproduction (0: skip)")
-  parser.add_argument("--no-extras", action="store_true",
-                      help="skip the trace, A/B cases and reproduction")
+  parser.add_argument(
+      "--quick",
+      action="store_true",
+      default=os.environ.get("RESFLAX_CHECK_QUICK") == "1",
+      help="tiny batch and steps: an end-to-end CPU test",
+  )
+  parser.add_argument(
+      "--data",
+      default=os.path.join(REPO, ".device_data", "cifar10-jpeg.tar.gz"),
+  )
+  parser.add_argument(
+      "--runs", type=int, default=5, help="runs of the parallel-runs case"
+  )
+  parser.add_argument(
+      "--budget",
+      type=float,
+      default=270.0,
+      help="seconds after which remaining cases are skipped",
+  )
+  parser.add_argument(
+      "--reproduce-steps",
+      type=int,
+      default=RECIPE_STEPS,
+      help="steps of the ResNet-20 reproduction (0: skip)",
+  )
+  parser.add_argument(
+      "--no-extras",
+      action="store_true",
+      help="skip the trace, A/B cases and reproduction",
+  )
   args = parser.parse_args()
   if args.quick:
     args.batch, args.min_steps, args.min_seconds, args.chunk = 16, 2, 0.0, 1
@@ -260,37 +292,51 @@ def main():
 
   report = Report()
   devices = jax.devices()
-  report(f"== resflax accelerator check"
-         f"{' (--quick: every net shrunk to ResNet-8)' if args.quick else ''}")
-  report(f"python {platform.python_version()}, jax {jax.__version__}, "
-         f"backend {jax.default_backend()}; {len(devices)} device(s): "
-         + ", ".join(sorted({f'{d.device_kind}' for d in devices})))
+  report(
+      f"== resflax accelerator check"
+      f"{' (--quick: every net shrunk to ResNet-8)' if args.quick else ''}"
+  )
+  report(
+      f"python {platform.python_version()}, jax {jax.__version__}, "
+      f"backend {jax.default_backend()}; {len(devices)} device(s): "
+      + ", ".join(sorted({f"{d.device_kind}" for d in devices}))
+  )
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   report(f"ml_collections from {os.path.dirname(ml_collections.__file__)}")
 
   data_path = args.data if args.data and os.path.exists(args.data) else ""
   t0 = time.perf_counter()
-  base = make_config(20, "float32", True, args.batch, data_path,
-                     args.quick)
+  base = make_config(20, "float32", True, args.batch, data_path, args.quick)
   if args.quick and data_path:
     base.data.max_train_images = 1000
     base.data.max_test_images = 100
   dataset = data_lib.load_dataset(base.data, seed=base.seed)
   # One copy of the data on the devices, shared by every case.
-  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
-                            base.train.eval_batch_size)
-  report(f"data: {data_path or 'synthetic'} ({dataset.num_train} train "
-         f"images on device, loaded in {time.perf_counter() - t0:.1f} s)")
+  feed = feeds.InMemoryFeed(
+      [dataset], training.make_mesh(), base.train.eval_batch_size
+  )
+  report(
+      f"data: {data_path or 'synthetic'} ({dataset.num_train} train "
+      f"images on device, loaded in {time.perf_counter() - t0:.1f} s)"
+  )
 
   # In order of what the issue's goals need, so that --budget cuts the
   # least informative cases: unrolled ResNet-110 comes early (on an H200
   # ResNet-20 ran 1.3x faster unrolled than scanned; each loop iteration
   # costs a fixed overhead and ResNet-110 runs 6x more of them), then 5
   # parallel seeds of ResNet-110 (a Table 1 case of Identity Mappings).
-  plan = [(20, "float32", True), (110, "float32", True),
-          (110, "float32", False), (110, "bfloat16", False),
-          ("parallel", 110), (20, "float32", False),
-          (20, "bfloat16", True), (110, "bfloat16", True), ("parallel", 20)]
+  plan = [
+      (20, "float32", True),
+      (110, "float32", True),
+      (110, "float32", False),
+      (110, "bfloat16", False),
+      ("parallel", 110),
+      (20, "float32", False),
+      (20, "bfloat16", True),
+      (110, "bfloat16", True),
+      ("parallel", 20),
+  ]
   results, skipped, kept, par = {}, [], {}, {}
   trace_case = None
   for item in plan:
@@ -306,12 +352,14 @@ def main():
       try:
         rates, compile_s = measure_parallel(kept[key], args.runs, args)
         par[key] = (rates, compile_s)
-        report(f"{label} (float32, scan={key[1]}, "
-               "resflax.training.loop.make_step): vmapped "
-               f"{rates['parallel']:.0f} img/s vs sequential "
-               f"{rates['sequential']:.0f} img/s -> speed-up "
-               f"{rates['parallel'] / rates['sequential']:.2f}x "
-               f"(compile {compile_s:.1f} s)")
+        report(
+            f"{label} (float32, scan={key[1]}, "
+            "resflax.training.loop.make_step): vmapped "
+            f"{rates['parallel']:.0f} img/s vs sequential "
+            f"{rates['sequential']:.0f} img/s -> speed-up "
+            f"{rates['parallel'] / rates['sequential']:.2f}x "
+            f"(compile {compile_s:.1f} s)"
+        )
       except Exception:  # pylint: disable=broad-except
         report(f"{label}: FAILED\n{traceback.format_exc(limit=3)}")
       continue
@@ -321,13 +369,16 @@ def main():
       skipped.append(name)
       continue
     try:
-      config = make_config(depth, dtype, scan, args.batch, data_path,
-                           args.quick)
+      config = make_config(
+          depth, dtype, scan, args.batch, data_path, args.quick
+      )
       case = Case(config, feed)
       sps = measure_case(case, args)
       results[(depth, dtype, scan)] = (sps, case.compile_s)
-      report(f"{name:32s} {sps:8.1f} steps/s  {sps * args.batch:9.0f} img/s"
-             f"  (compile {case.compile_s:.1f} s)")
+      report(
+          f"{name:32s} {sps:8.1f} steps/s  {sps * args.batch:9.0f} img/s"
+          f"  (compile {case.compile_s:.1f} s)"
+      )
       if dtype == "float32":  # candidates for the parallel-runs cases
         kept[(depth, scan)] = case
         if depth == 110:
@@ -348,43 +399,63 @@ def main():
     pass
 
   report("-- summary")
-  report(f"device: {devices[0].device_kind} x{len(devices)} "
-         f"({jax.default_backend()}), jax {jax.__version__}, batch "
-         f"{args.batch}, data {'CIFAR-10' if data_path else 'synthetic'}")
+  report(
+      f"device: {devices[0].device_kind} x{len(devices)} "
+      f"({jax.default_backend()}), jax {jax.__version__}, batch "
+      f"{args.batch}, data {'CIFAR-10' if data_path else 'synthetic'}"
+  )
   for (depth, dtype, scan), (sps, comp) in results.items():
-    report(f"  ResNet-{depth:<4d} {dtype:8s} scan={str(scan):5s} "
-           f"{sps:7.1f} steps/s  compile {comp:5.1f} s")
+    report(
+        f"  ResNet-{depth:<4d} {dtype:8s} scan={str(scan):5s} "
+        f"{sps:7.1f} steps/s  compile {comp:5.1f} s"
+    )
   for (depth, scan), (rates, compile_s) in par.items():
-    report(f"  parallel R={args.runs} ResNet-{depth} (scan={scan}) speed-up "
-           f"{rates['parallel'] / rates['sequential']:.2f}x")
+    report(
+        f"  parallel R={args.runs} ResNet-{depth} (scan={scan}) speed-up "
+        f"{rates['parallel'] / rates['sequential']:.2f}x"
+    )
     if depth == 110:
       # Both ways, then the faster: R runs of the recipe in one go.
       for how in ("parallel", "sequential"):
         per_run = rates[how] / (args.runs * args.batch)  # steps/s of each
-        minutes = (RECIPE_STEPS / per_run
-                   + (compile_s if how == "parallel"
-                      else results[(110, "float32", scan)][1])) / 60
-        report(f"  {args.runs} seeds of a Table 1 case (ResNet-110 64k, "
-               f"float32), {how}: {minutes:.1f} min")
+        minutes = (
+            RECIPE_STEPS / per_run
+            + (
+                compile_s
+                if how == "parallel"
+                else results[(110, "float32", scan)][1]
+            )
+        ) / 60
+        report(
+            f"  {args.runs} seeds of a Table 1 case (ResNet-110 64k, "
+            f"float32), {how}: {minutes:.1f} min"
+        )
   for (depth, dtype, scan), (sps, comp) in results.items():
     if depth == 110:
       hours = (RECIPE_STEPS / sps + comp) / 3600
-      report(f"  ResNet-110 64k recipe ({dtype}, scan={scan}): {hours:.2f} h"
-             f" = {hours * 60:.1f} min (= {RECIPE_STEPS} / {sps:.1f} steps/s"
-             f" + {comp:.0f} s compile; no eval/checkpoints)")
+      report(
+          f"  ResNet-110 64k recipe ({dtype}, scan={scan}): {hours:.2f} h"
+          f" = {hours * 60:.1f} min (= {RECIPE_STEPS} / {sps:.1f} steps/s"
+          f" + {comp:.0f} s compile; no eval/checkpoints)"
+      )
   if peak:
     report(f"  device peak memory {peak / 2**30:.2f} GiB")
   if skipped:
     report("  skipped (over --budget): " + "; ".join(skipped))
   report(f"  total {time.perf_counter() - START:.0f} s in one process")
-  f32 = {scan: v for (depth, dtype, scan), v in results.items()
-         if depth == 110 and dtype == "float32"}
+  f32 = {
+      scan: v
+      for (depth, dtype, scan), v in results.items()
+      if depth == 110 and dtype == "float32"
+  }
   if f32:
     scan = max(f32, key=lambda k: f32[k][0])
     sps, comp = f32[scan]
-    report(f"ResNet-110 float32: {sps:.1f} steps/s (fastest: scan={scan}); "
-           f"64k-step recipe projected {(RECIPE_STEPS / sps + comp) / 3600:.2f}"
-           " h")
+    report(
+        f"ResNet-110 float32: {sps:.1f} steps/s (fastest: scan={scan}); "
+        f"64k-step recipe projected {(RECIPE_STEPS / sps + comp) / 3600:.2f}"
+        " h"
+    )
   else:
     report("ResNet-110 float32 not measured")
 

@@ -53,28 +53,32 @@ import sys
 import tempfile
 import time
 
-BOTTLENECK_PREACT = dict(block="bottleneck", unit="full_preact",
-                         projection="B")
+BOTTLENECK_PREACT = dict(block="bottleneck", unit="full_preact", projection="B")
 BOTTLENECK_DEPTHS = (164, 1001)  # the Identity Mappings nets
 DEEP_MIN = 1001  # unrolled cases at least this deep are opt-in
 START = time.perf_counter()
-DEEP_SKIP = ("unrolled compile of ResNet-1001/1202 needs > 20 GB RAM on this "
-             "2-core machine; pass --unrolled-deep to try")
+DEEP_SKIP = (
+    "unrolled compile of ResNet-1001/1202 needs > 20 GB RAM on this "
+    "2-core machine; pass --unrolled-deep to try"
+)
 
 
 def case_name(depth: int) -> str:
-  return f"ResNet-{depth}" + (" (bottleneck pre-act B)"
-                              if depth in BOTTLENECK_DEPTHS else "")
+  return f"ResNet-{depth}" + (
+      " (bottleneck pre-act B)" if depth in BOTTLENECK_DEPTHS else ""
+  )
 
 
 def make_config(depth: int, scan: bool, batch: int):
   """The experiment config of ``depth`` (see module docstring)."""
   # Imported here: the parent process only launches subprocesses.
   from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
+
   here = os.path.dirname(os.path.abspath(__file__))
-  config = load_experiment(os.path.join(here, "..", "experiments",
-                                        "cifar_resnet.py"),
-                           "110" if depth in BOTTLENECK_DEPTHS else str(depth))
+  config = load_experiment(
+      os.path.join(here, "..", "experiments", "cifar_resnet.py"),
+      "110" if depth in BOTTLENECK_DEPTHS else str(depth),
+  )
   if depth in BOTTLENECK_DEPTHS:
     for k, v in BOTTLENECK_PREACT.items():
       setattr(config.model, k, v)
@@ -89,10 +93,12 @@ def make_config(depth: int, scan: bool, batch: int):
 def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
   """Times trace, lower and compile of the step; returns a dict."""
   import abstract_step  # pylint: disable=g-import-not-at-top
+
   from resflax import models  # pylint: disable=g-import-not-at-top
 
   spec, step, state, data = abstract_step.build(
-      make_config(depth, scan, batch), num_train)
+      make_config(depth, scan, batch), num_train
+  )
   t0 = time.perf_counter()
   traced = step.trace(state, *data)
   t1 = time.perf_counter()
@@ -100,23 +106,38 @@ def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
   t2 = time.perf_counter()
   lowered.compile()
   t3 = time.perf_counter()
-  return {"depth": depth, "scan": scan, "trace_s": t1 - t0,
-          "lower_s": t2 - t1, "compile_s": t3 - t2,
-          "params": models.num_params(state["variables"]),
-          "units": spec.model.num_modules}
+  return {
+      "depth": depth,
+      "scan": scan,
+      "trace_s": t1 - t0,
+      "lower_s": t2 - t1,
+      "compile_s": t3 - t2,
+      "params": models.num_params(state["variables"]),
+      "units": spec.model.num_modules,
+  }
 
 
 def run_case(depth, scan, batch, timeout):
   """Runs ``measure`` in a fresh interpreter; returns its dict or a reason."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--case",
-         f"{depth},{int(scan)}", "--batch", str(batch)]
+  cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--case",
+      f"{depth},{int(scan)}",
+      "--batch",
+      str(batch),
+  ]
   start = time.perf_counter()
   try:
-    out = subprocess.run(cmd, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False
+    )
   except subprocess.TimeoutExpired:
-    return {"depth": depth, "scan": scan,
-            "skipped": f"timed out after {timeout:.0f} s"}
+    return {
+        "depth": depth,
+        "scan": scan,
+        "skipped": f"timed out after {timeout:.0f} s",
+    }
   wall = time.perf_counter() - start
   for line in reversed(out.stdout.splitlines()):
     if line.startswith("{"):
@@ -124,8 +145,11 @@ def run_case(depth, scan, batch, timeout):
       result["process_s"] = wall
       return result
   tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-  return {"depth": depth, "scan": scan,
-          "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}"}
+  return {
+      "depth": depth,
+      "scan": scan,
+      "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}",
+  }
 
 
 def first_step_case(name: str, cache: str) -> dict:
@@ -136,8 +160,10 @@ def first_step_case(name: str, cache: str) -> dict:
   """
   import abstract_step  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   from resflax import training  # pylint: disable=g-import-not-at-top
   from resflax.training import compile_cache  # pylint: disable=g-import-not-at-top
+
   compile_cache.enable(cache)
   (preset,) = [p for p in abstract_step.presets() if p.name == name]
   config = preset.config()
@@ -146,27 +172,44 @@ def first_step_case(name: str, cache: str) -> dict:
   image_shape = tuple(data[0].shape[1:])
   # As loop.initial_state compiles it: classic threefry, replicated.
   with jax.threefry_partitionable(False):
-    jax.jit(lambda s: training.init_state(spec, s, image_shape),
-            out_shardings=spec.replicated).lower(0).compile()
+    jax.jit(
+        lambda s: training.init_state(spec, s, image_shape),
+        out_shardings=spec.replicated,
+    ).lower(0).compile()
   t1 = time.perf_counter()
   lowered = step.lower(state, *data)
   t2 = time.perf_counter()
   compiled = lowered.compile()
   t3 = time.perf_counter()
-  return {"name": name, "setup_s": t0 - START, "init_s": t1 - t0,
-          "lower_s": t2 - t1, "compile_s": t3 - t2, "total_s": t3 - START,
-          "memory": abstract_step.memory(compiled),
-          "devices": jax.device_count()}
+  return {
+      "name": name,
+      "setup_s": t0 - START,
+      "init_s": t1 - t0,
+      "lower_s": t2 - t1,
+      "compile_s": t3 - t2,
+      "total_s": t3 - START,
+      "memory": abstract_step.memory(compiled),
+      "devices": jax.device_count(),
+  }
 
 
 def run_preset(name: str, cache: str, devices: int, timeout: float) -> dict:
   """``first_step_case`` in a fresh interpreter; its dict or a reason."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--preset-case", name,
-         "--cache", cache, "--devices", str(devices)]
+  cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--preset-case",
+      name,
+      "--cache",
+      cache,
+      "--devices",
+      str(devices),
+  ]
   start = time.perf_counter()
   try:
-    out = subprocess.run(cmd, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False
+    )
   except subprocess.TimeoutExpired:
     return {"name": name, "skipped": f"timed out after {timeout:.0f} s"}
   for line in reversed(out.stdout.splitlines()):
@@ -175,67 +218,104 @@ def run_preset(name: str, cache: str, devices: int, timeout: float) -> dict:
       result["process_s"] = time.perf_counter() - start
       return result
   tail = (out.stderr or out.stdout).strip().splitlines()[-2:]
-  return {"name": name,
-          "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}"}
+  return {
+      "name": name,
+      "skipped": f"failed (rc {out.returncode}): {' | '.join(tail)}",
+  }
 
 
 def presets_main(args) -> None:
   """Cold and warm time to first step of every preset (module docstring)."""
   import abstract_step  # pylint: disable=g-import-not-at-top
+
   names = None if args.presets == "all" else args.presets
-  gib = 2.0 ** 30
+  gib = 2.0**30
   for preset in abstract_step.presets(names):
     cache = tempfile.mkdtemp(prefix="resflax_cc_")
     try:
       cold = run_preset(preset.name, cache, args.devices, args.timeout)
-      warm = (run_preset(preset.name, cache, args.devices, args.timeout)
-              if "skipped" not in cold else cold)
+      warm = (
+          run_preset(preset.name, cache, args.devices, args.timeout)
+          if "skipped" not in cold
+          else cold
+      )
     finally:
       shutil.rmtree(cache, ignore_errors=True)
-    row = {"preset": preset.name, "covers": preset.covers, "cold": cold,
-           "warm": warm, "load": os.getloadavg()[0]}
+    row = {
+        "preset": preset.name,
+        "covers": preset.covers,
+        "cold": cold,
+        "warm": warm,
+        "load": os.getloadavg()[0],
+    }
     if args.jsonl:
       with open(args.jsonl, "a") as f:
         f.write(json.dumps(row) + "\n")
     if "skipped" in cold or "skipped" in warm:
-      print(f"{preset.name:42s} {cold.get('skipped') or warm['skipped']}",
-            flush=True)
+      print(
+          f"{preset.name:42s} {cold.get('skipped') or warm['skipped']}",
+          flush=True,
+      )
       continue
     mem = cold["memory"]
-    print(f"{preset.name:42s} cold {cold['total_s']:6.1f} s (step compile "
-          f"{cold['compile_s']:6.1f} s)  warm {warm['total_s']:5.1f} s  "
-          f"peak/device {mem['peak'] / gib if mem else float('nan'):6.2f} "
-          f"GiB  load {row['load']:.1f}", flush=True)
+    print(
+        f"{preset.name:42s} cold {cold['total_s']:6.1f} s (step compile "
+        f"{cold['compile_s']:6.1f} s)  warm {warm['total_s']:5.1f} s  "
+        f"peak/device {mem['peak'] / gib if mem else float('nan'):6.2f} "
+        f"GiB  load {row['load']:.1f}",
+        flush=True,
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depths", default="20,110,164,1001,1202")
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--timeout", type=float, default=900.0,
-                      help="wall-clock seconds per case (subprocess)")
-  parser.add_argument("--unrolled-deep", action="store_true",
-                      help="also run model.scan=False for depths >= 1001 "
-                      "(skipped by default: needs > 20 GB RAM)")
-  parser.add_argument("--skip-unrolled-deep", action="store_true",
-                      help="no-op, kept for old command lines (now default)")
-  parser.add_argument("--no-unrolled", action="store_true",
-                      help="only model.scan=True cases")
-  parser.add_argument("--repeats", type=int, default=2,
-                      help="round-robin passes over the cases (min taken)")
+  parser.add_argument(
+      "--timeout",
+      type=float,
+      default=900.0,
+      help="wall-clock seconds per case (subprocess)",
+  )
+  parser.add_argument(
+      "--unrolled-deep",
+      action="store_true",
+      help="also run model.scan=False for depths >= 1001 "
+      "(skipped by default: needs > 20 GB RAM)",
+  )
+  parser.add_argument(
+      "--skip-unrolled-deep",
+      action="store_true",
+      help="no-op, kept for old command lines (now default)",
+  )
+  parser.add_argument(
+      "--no-unrolled", action="store_true", help="only model.scan=True cases"
+  )
+  parser.add_argument(
+      "--repeats",
+      type=int,
+      default=2,
+      help="round-robin passes over the cases (min taken)",
+  )
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: depth,scan
-  parser.add_argument("--presets", help="'all' or name parts: time every "
-                      "paper preset's first step, cold and warm")
-  parser.add_argument("--devices", type=int, default=8,
-                      help="fake CPU devices of the --presets cases")
+  parser.add_argument(
+      "--presets",
+      help="'all' or name parts: time every "
+      "paper preset's first step, cold and warm",
+  )
+  parser.add_argument(
+      "--devices",
+      type=int,
+      default=8,
+      help="fake CPU devices of the --presets cases",
+  )
   parser.add_argument("--jsonl", help="append --presets results here")
   parser.add_argument("--preset-case", help=argparse.SUPPRESS)  # internal
   parser.add_argument("--cache", help=argparse.SUPPRESS)  # internal
   args = parser.parse_args()
 
   if args.preset_case:
-    print(json.dumps(first_step_case(args.preset_case, args.cache)),
-          flush=True)
+    print(json.dumps(first_step_case(args.preset_case, args.cache)), flush=True)
     return
   if args.presets:
     presets_main(args)
@@ -247,12 +327,19 @@ def main():
     return
 
   depths = [int(d) for d in args.depths.split(",")]
-  cases = [(d, scan) for scan in ((True,) if args.no_unrolled
-                                  else (True, False)) for d in depths]
+  cases = [
+      (d, scan)
+      for scan in ((True,) if args.no_unrolled else (True, False))
+      for d in depths
+  ]
   runs = {c: [] for c in cases}
   deep_unrolled = [c for c in cases if not c[1] and c[0] >= DEEP_MIN]
-  schedule = [(rep, c) for rep in range(args.repeats) for c in cases
-              if c not in deep_unrolled]
+  schedule = [
+      (rep, c)
+      for rep in range(args.repeats)
+      for c in cases
+      if c not in deep_unrolled
+  ]
   if args.unrolled_deep:  # the slow, memory-hungry ones once, at the end
     schedule += [(0, c) for c in deep_unrolled]
   for rep, (depth, scan) in schedule:
@@ -260,63 +347,92 @@ def main():
     runs[(depth, scan)].append(r)
     name = case_name(depth)
     if "skipped" in r:
-      print(f"[{rep}] {name:34s} scan={str(scan):5s}  {r['skipped']}",
-            flush=True)
+      print(
+          f"[{rep}] {name:34s} scan={str(scan):5s}  {r['skipped']}", flush=True
+      )
     else:
-      print(f"[{rep}] {name:34s} scan={str(scan):5s}  trace "
-            f"{r['trace_s']:6.2f} s  lower {r['lower_s']:6.2f} s  compile "
-            f"{r['compile_s']:7.2f} s  ({r['units']} units, "
-            f"{r['params'] / 1e6:.2f} M params; process "
-            f"{r['process_s']:.0f} s)", flush=True)
+      print(
+          f"[{rep}] {name:34s} scan={str(scan):5s}  trace "
+          f"{r['trace_s']:6.2f} s  lower {r['lower_s']:6.2f} s  compile "
+          f"{r['compile_s']:7.2f} s  ({r['units']} units, "
+          f"{r['params'] / 1e6:.2f} M params; process "
+          f"{r['process_s']:.0f} s)",
+          flush=True,
+      )
 
   results = []
   print("minimum over repeats:")
   for depth, scan in cases:
     ok = [r for r in runs[(depth, scan)] if "skipped" not in r]
     if not ok:
-      why = (runs[(depth, scan)][0]["skipped"] if runs[(depth, scan)]
-             else DEEP_SKIP)
+      why = (
+          runs[(depth, scan)][0]["skipped"]
+          if runs[(depth, scan)]
+          else DEEP_SKIP
+      )
       results.append({"depth": depth, "scan": scan, "skipped": why})
       print(f"  ResNet-{depth:<5d} scan={str(scan):5s}  skipped: {why}")
       continue
-    best = {k: min(r[k] for r in ok) for k in ("trace_s", "lower_s",
-                                               "compile_s")}
+    best = {
+        k: min(r[k] for r in ok) for k in ("trace_s", "lower_s", "compile_s")
+    }
     results.append({"depth": depth, "scan": scan, **best, "n": len(ok)})
-    print(f"  ResNet-{depth:<5d} scan={str(scan):5s}  trace "
-          f"{best['trace_s']:6.2f} s  lower {best['lower_s']:6.2f} s  "
-          f"compile {best['compile_s']:7.2f} s  (of {len(ok)})")
+    print(
+        f"  ResNet-{depth:<5d} scan={str(scan):5s}  trace "
+        f"{best['trace_s']:6.2f} s  lower {best['lower_s']:6.2f} s  "
+        f"compile {best['compile_s']:7.2f} s  (of {len(ok)})"
+    )
 
   import jax  # pylint: disable=g-import-not-at-top
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} cores; batch {args.batch}; "
-        "training.step_on_dataset")
-  skipped = [f"ResNet-{r['depth']} scan={r['scan']} ({r['skipped']})"
-             for r in results if "skipped" in r]
+
+  print(
+      f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+      f"{os.cpu_count()} cores; batch {args.batch}; "
+      "training.step_on_dataset"
+  )
+  skipped = [
+      f"ResNet-{r['depth']} scan={r['scan']} ({r['skipped']})"
+      for r in results
+      if "skipped" in r
+  ]
   print("skipped: " + ("; ".join(skipped) if skipped else "none"))
   got = {(r["depth"], r["scan"]): r for r in results if "skipped" not in r}
   if (1001, True) in got and (164, True) in got:
     same = got[(1001, True)]["compile_s"] / got[(164, True)]["compile_s"]
-    print(f"scanned ResNet-1001 / scanned ResNet-164 compile (same unit, "
-          f"minima) = {same:.2f}x")
+    print(
+        f"scanned ResNet-1001 / scanned ResNet-164 compile (same unit, "
+        f"minima) = {same:.2f}x"
+    )
   # Paired per round: both cases of a round saw about the same machine load.
-  pairs = [a["compile_s"] / b["compile_s"] for a, b in
-           zip(runs.get((1001, True), []), runs.get((110, True), []))
-           if "skipped" not in a and "skipped" not in b]
+  pairs = [
+      a["compile_s"] / b["compile_s"]
+      for a, b in zip(runs.get((1001, True), []), runs.get((110, True), []))
+      if "skipped" not in a and "skipped" not in b
+  ]
   if pairs:
     ratio = statistics.median(pairs)
     mins = got[(1001, True)]["compile_s"] / got[(110, True)]["compile_s"]
-    print("per-round scanned 1001/110 compile: "
-          + " ".join(f"{r:.2f}" for r in pairs) + f"; ratio of minima "
-          f"{mins:.2f}x")
-    print(f"scanned ResNet-1001 compile / scanned ResNet-110 compile = "
-          f"{ratio:.2f}x (median of {len(pairs)} rounds; target <= 2x)")
+    print(
+        "per-round scanned 1001/110 compile: "
+        + " ".join(f"{r:.2f}" for r in pairs)
+        + f"; ratio of minima "
+        f"{mins:.2f}x"
+    )
+    print(
+        f"scanned ResNet-1001 compile / scanned ResNet-110 compile = "
+        f"{ratio:.2f}x (median of {len(pairs)} rounds; target <= 2x)"
+    )
   else:
-    print("scanned ResNet-1001 / ResNet-110 compile ratio: not measured "
-          "(a case was skipped or failed)")
+    print(
+        "scanned ResNet-1001 / ResNet-110 compile ratio: not measured "
+        "(a case was skipped or failed)"
+    )
+
 
 if __name__ == "__main__":
   if "--preset-case" in sys.argv:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import abstract_step as _a  # pylint: disable=g-import-not-at-top
+
     _a.fake_devices(int(sys.argv[sys.argv.index("--devices") + 1]))
   main()

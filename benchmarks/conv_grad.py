@@ -23,25 +23,34 @@ import numpy as np
 
 from resflax.models import cpu_conv
 
-SHAPES = ((128, 16, 32), (128, 32, 16), (128, 64, 8), (32, 64, 56),
-          (128, 160, 32))
+SHAPES = (
+    (128, 16, 32),
+    (128, 32, 16),
+    (128, 64, 8),
+    (32, 64, 56),
+    (128, 160, 32),
+)
 
 
 def weight_grads(batch: int, channels: int, size: int):
   """Jitted weight-gradient functions (XLA's, resflax's) and their inputs."""
   rng = np.random.default_rng(channels)
-  x = jnp.asarray(rng.standard_normal((batch, size, size, channels),
-                                      np.float32))
-  dy = jnp.asarray(rng.standard_normal((batch, size, size, channels),
-                                       np.float32))
-  k = jnp.asarray(rng.standard_normal((3, 3, channels, channels),
-                                      np.float32) * 0.1)
+  x = jnp.asarray(
+      rng.standard_normal((batch, size, size, channels), np.float32)
+  )
+  dy = jnp.asarray(
+      rng.standard_normal((batch, size, size, channels), np.float32)
+  )
+  k = jnp.asarray(
+      rng.standard_normal((3, 3, channels, channels), np.float32) * 0.1
+  )
   xla = lambda a, b: jax.lax.conv_general_dilated(
-      a, b, (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      a, b, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   ours = lambda a, b: cpu_conv.conv2d(a, b)
-  grad = lambda conv: jax.jit(lambda x, k, dy: jax.vjp(
-      lambda k_: conv(x, k_), k)[1](dy)[0])
+  grad = lambda conv: jax.jit(
+      lambda x, k, dy: jax.vjp(lambda k_: conv(x, k_), k)[1](dy)[0]
+  )
   return {"xla": grad(xla), "resflax": grad(ours)}, (x, k, dy)
 
 
@@ -49,8 +58,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; min of "
-        f"{args.repeats}, alternated")
+  print(
+      f"jax {jax.__version__} on {jax.devices()[0].platform}; min of "
+      f"{args.repeats}, alternated"
+  )
   ratios = []
   for batch, channels, size in SHAPES:
     fns, inputs = weight_grads(batch, channels, size)
@@ -65,12 +76,16 @@ def main():
         jax.block_until_ready(fn(*inputs))
         best[name] = min(best[name], time.perf_counter() - start)
     ratios.append(best["xla"] / best["resflax"])
-    print(f"batch {batch:3d}, {channels:3d} channels, {size}x{size}: XLA "
-          f"{best['xla'] * 1e3:8.1f} ms, resflax {best['resflax'] * 1e3:8.1f}"
-          f" ms, XLA / resflax {ratios[-1]:.2f}x (max rel. diff {err:.0e})",
-          flush=True)
-  print("weight gradient, XLA / resflax (geometric mean over "
-        f"{len(SHAPES)} shapes): {math.exp(np.mean(np.log(ratios))):.2f}x")
+    print(
+        f"batch {batch:3d}, {channels:3d} channels, {size}x{size}: XLA "
+        f"{best['xla'] * 1e3:8.1f} ms, resflax {best['resflax'] * 1e3:8.1f}"
+        f" ms, XLA / resflax {ratios[-1]:.2f}x (max rel. diff {err:.0e})",
+        flush=True,
+    )
+  print(
+      "weight gradient, XLA / resflax (geometric mean over "
+      f"{len(SHAPES)} shapes): {math.exp(np.mean(np.log(ratios))):.2f}x"
+  )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ import abstract_step
 if "--presets" in sys.argv:  # before JAX initialises its devices
   abstract_step.fake_devices(
       int(sys.argv[sys.argv.index("--devices") + 1])
-      if "--devices" in sys.argv else 8)
+      if "--devices" in sys.argv
+      else 8
+  )
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,15 +56,16 @@ from resflax import models, training  # pylint: disable=wrong-import-position
 from resflax.config import load_experiment  # pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MIB = 2.0 ** 20
-GIB = 2.0 ** 30
+MIB = 2.0**20
+GIB = 2.0**30
 CORES = {"TPU v2 core": 8 * GIB, "v5e core": 16 * GIB}
 
 
 def make_config(depth: int, batch: int, remat: bool, scan: bool = True):
   """Identity Mappings bottleneck pre-activation ResNet of ``depth``."""
-  config = load_experiment(os.path.join(HERE, "..", "experiments",
-                                        "cifar_resnet.py"), "110")
+  config = load_experiment(
+      os.path.join(HERE, "..", "experiments", "cifar_resnet.py"), "110"
+  )
   config.model.block = "bottleneck"
   config.model.unit = "full_preact"
   config.model.projection = "B"
@@ -84,8 +87,10 @@ def analyse(config, num_train: int):
   if ma is None:
     return {"compile_s": seconds, "available": False}
   get = lambda k: int(getattr(ma, k, 0) or 0)
-  out = {k: get(f"{k}_size_in_bytes") for k in
-         ("argument", "output", "alias", "temp", "generated_code")}
+  out = {
+      k: get(f"{k}_size_in_bytes")
+      for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   out["compile_s"] = seconds
   out["available"] = True
@@ -100,11 +105,17 @@ def run_once(config, num_train: int):
     return None
   spec, step, _, _ = abstract_step.build(config, num_train)
   rep = spec.replicated
-  state = jax.jit(functools.partial(training.init_state, spec, 0,
-                                    (32, 32, 3)), out_shardings=rep)()
+  state = jax.jit(
+      functools.partial(training.init_state, spec, 0, (32, 32, 3)),
+      out_shardings=rep,
+  )()
   key = jax.random.key(0)
-  images = jax.device_put(jax.random.randint(
-      key, (num_train, 32, 32, 3), 0, 256, jnp.int32).astype(jnp.uint8), rep)
+  images = jax.device_put(
+      jax.random.randint(key, (num_train, 32, 32, 3), 0, 256, jnp.int32).astype(
+          jnp.uint8
+      ),
+      rep,
+  )
   labels = jax.device_put(jnp.arange(num_train, dtype=jnp.int32) % 10, rep)
   mean = jax.device_put(jnp.full((32, 32, 3), 0.5, jnp.float32), rep)
   std = jax.device_put(jnp.full((32, 32, 3), 0.25, jnp.float32), rep)
@@ -116,9 +127,18 @@ def run_once(config, num_train: int):
 
 def device_peak_in_subprocess(args, remat: bool):
   """``run_once`` in a fresh interpreter; bytes, or a reason string."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--device-case",
-         str(int(remat)), "--depth", str(args.depth), "--batch",
-         str(args.batch), "--dataset-size", str(args.dataset_size)]
+  cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--device-case",
+      str(int(remat)),
+      "--depth",
+      str(args.depth),
+      "--batch",
+      str(args.batch),
+      "--dataset-size",
+      str(args.dataset_size),
+  ]
   out = subprocess.run(cmd, capture_output=True, text=True, check=False)
   for line in reversed(out.stdout.splitlines()):
     if line.startswith("{"):
@@ -139,15 +159,16 @@ def preset_memory(config) -> dict:
 
 def verdict(peak: int) -> str:
   """'yes'/'no' for each core size of ``CORES``."""
-  return " | ".join("yes" if peak <= size else "no"
-                    for size in CORES.values())
+  return " | ".join("yes" if peak <= size else "no" for size in CORES.values())
 
 
 def presets_main(names: str) -> None:
   """The memory table of every preset (module docstring), markdown rows."""
   n = jax.device_count()
-  print(f"| preset (cases covered) | batch / device | arguments | temp | "
-        f"peak / device | fits {' | fits '.join(CORES)} |")
+  print(
+      f"| preset (cases covered) | batch / device | arguments | temp | "
+      f"peak / device | fits {' | fits '.join(CORES)} |"
+  )
   print("|---|---|---|---|---|" + "---|" * len(CORES))
   for preset in abstract_step.presets(None if names == "all" else names):
     config = preset.config()
@@ -156,33 +177,50 @@ def presets_main(names: str) -> None:
     if "peak" not in r:
       print(f"| {preset.name} | {per_device} | memory_analysis() unavailable")
       continue
-    row = (f"| {', '.join(preset.covers)} | {per_device} | "
-           f"{r['argument'] / GIB:.2f} GiB | {r['temp'] / GIB:.2f} GiB | "
-           f"{r['peak'] / GIB:.2f} GiB | {verdict(r['peak'])} |")
+    row = (
+        f"| {', '.join(preset.covers)} | {per_device} | "
+        f"{r['argument'] / GIB:.2f} GiB | {r['temp'] / GIB:.2f} GiB | "
+        f"{r['peak'] / GIB:.2f} GiB | {verdict(r['peak'])} |"
+    )
     if r["peak"] > min(CORES.values()) and not config.model.remat:
       config.model.remat = True
       rr = preset_memory(config)
-      row += (f" with model.remat=True: {rr['peak'] / GIB:.2f} GiB "
-              f"({verdict(rr['peak'])})")
+      row += (
+          f" with model.remat=True: {rr['peak'] / GIB:.2f} GiB "
+          f"({verdict(rr['peak'])})"
+      )
     print(row, flush=True)
-  print(f"XLA:CPU buffer-assignment estimates, {n} devices, jax "
-        f"{jax.__version__}")
+  print(
+      f"XLA:CPU buffer-assignment estimates, {n} devices, jax "
+      f"{jax.__version__}"
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=1001)
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--dataset-size", type=int, default=50_000,
-                      help="training images held on the device (CIFAR: 50k)")
-  parser.add_argument("--run", action="store_true",
-                      help="also run a step and read device memory_stats() "
-                      "(the default on backends that have them)")
+  parser.add_argument(
+      "--dataset-size",
+      type=int,
+      default=50_000,
+      help="training images held on the device (CIFAR: 50k)",
+  )
+  parser.add_argument(
+      "--run",
+      action="store_true",
+      help="also run a step and read device memory_stats() "
+      "(the default on backends that have them)",
+  )
   parser.add_argument("--device-case", help=argparse.SUPPRESS)  # internal
-  parser.add_argument("--presets", help="'all' or name parts: the memory "
-                      "table of the paper presets on fake devices")
-  parser.add_argument("--devices", type=int, default=8,
-                      help="fake CPU devices of --presets")
+  parser.add_argument(
+      "--presets",
+      help="'all' or name parts: the memory "
+      "table of the paper presets on fake devices",
+  )
+  parser.add_argument(
+      "--devices", type=int, default=8, help="fake CPU devices of --presets"
+  )
   args = parser.parse_args()
   if args.presets:
     presets_main(args.presets)
@@ -192,45 +230,58 @@ def main():
     print(json.dumps({"device_peak": run_once(config, args.dataset_size)}))
     return
   device = jax.devices()[0]
-  has_stats = (hasattr(device, "memory_stats")
-               and device.memory_stats() is not None)
+  has_stats = (
+      hasattr(device, "memory_stats") and device.memory_stats() is not None
+  )
 
   res = {}
   for remat in (False, True):
     config = make_config(args.depth, args.batch, remat)
     r = analyse(config, args.dataset_size)
     if not r["available"]:
-      print(f"remat={remat}: memory_analysis() unavailable on "
-            f"{device.platform}")
+      print(
+          f"remat={remat}: memory_analysis() unavailable on "
+          f"{device.platform}"
+      )
     else:
-      print(f"remat={str(remat):5s}: peak {r['peak'] / MIB:8.1f} MiB = "
-            f"arguments {r['argument'] / MIB:.1f} + outputs "
-            f"{r['output'] / MIB:.1f} - aliased {r['alias'] / MIB:.1f} + "
-            f"temp {r['temp'] / MIB:.1f} (compile {r['compile_s']:.1f} s)",
-            flush=True)
+      print(
+          f"remat={str(remat):5s}: peak {r['peak'] / MIB:8.1f} MiB = "
+          f"arguments {r['argument'] / MIB:.1f} + outputs "
+          f"{r['output'] / MIB:.1f} - aliased {r['alias'] / MIB:.1f} + "
+          f"temp {r['temp'] / MIB:.1f} (compile {r['compile_s']:.1f} s)",
+          flush=True,
+      )
     if args.run or has_stats:
       # peak_bytes_in_use only grows within a process: one process per case.
       r["device_peak"] = device_peak_in_subprocess(args, remat)
       if isinstance(r["device_peak"], int):
-        print(f"remat={str(remat):5s}: device peak_bytes_in_use "
-              f"{r['device_peak'] / MIB:.1f} MiB (one step, fresh process)",
-              flush=True)
+        print(
+            f"remat={str(remat):5s}: device peak_bytes_in_use "
+            f"{r['device_peak'] / MIB:.1f} MiB (one step, fresh process)",
+            flush=True,
+        )
       else:
-        print(f"remat={remat}: device peak not measured: "
-              f"{r['device_peak']}", flush=True)
+        print(
+            f"remat={remat}: device peak not measured: " f"{r['device_peak']}",
+            flush=True,
+        )
     res[remat] = r
 
-  print(f"ResNet-{args.depth} (bottleneck, full pre-act, projection B, "
-        f"scan), batch {args.batch}, {res[False].get('params', 0) / 1e6:.2f} "
-        f"M params, {args.dataset_size} uint8 training images on device; "
-        f"jax {jax.__version__} {device.platform} ({device.device_kind})")
+  print(
+      f"ResNet-{args.depth} (bottleneck, full pre-act, projection B, "
+      f"scan), batch {args.batch}, {res[False].get('params', 0) / 1e6:.2f} "
+      f"M params, {args.dataset_size} uint8 training images on device; "
+      f"jax {jax.__version__} {device.platform} ({device.device_kind})"
+  )
   if res[False]["available"] and res[True]["available"]:
     t = res[True]["temp"] / res[False]["temp"]
     p = res[True]["peak"] / res[False]["peak"]
     print(f"temp (activations + workspace) remat / no-remat = {t:.3f}")
-    print(f"peak memory remat / no-remat = {p:.3f} "
-          f"({res[True]['peak'] / MIB:.0f} MiB vs "
-          f"{res[False]['peak'] / MIB:.0f} MiB)")
+    print(
+        f"peak memory remat / no-remat = {p:.3f} "
+        f"({res[True]['peak'] / MIB:.0f} MiB vs "
+        f"{res[False]['peak'] / MIB:.0f} MiB)"
+    )
   else:
     print("peak memory remat / no-remat: not available on this backend")
 

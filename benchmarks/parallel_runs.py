@@ -20,9 +20,9 @@ import os
 import platform
 import time
 
+import abstract_step
 import jax
 
-import abstract_step
 from resflax import data as data_lib
 from resflax import training
 from resflax.config import load_experiment
@@ -32,8 +32,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(args):
-  config = load_experiment(os.path.join(REPO, "experiments", "cifar_resnet.py"),
-                           str(args.depth))
+  config = load_experiment(
+      os.path.join(REPO, "experiments", "cifar_resnet.py"), str(args.depth)
+  )
   config.data.name = "synthetic"
   config.data.synthetic_train_size = args.train_images
   config.data.synthetic_test_size = 64
@@ -58,8 +59,12 @@ def _timed(step, state, n, *data):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--runs", type=int, default=2, help="R")
-  parser.add_argument("--steps", type=int, default=3,
-                      help="timed steps per run (after one untimed step)")
+  parser.add_argument(
+      "--steps",
+      type=int,
+      default=3,
+      help="timed steps per run (after one untimed step)",
+  )
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--train_images", type=int, default=1024)
@@ -68,15 +73,18 @@ def main():
   config = _config(args)
   training.validate_config(config)
   dataset = data_lib.load_dataset(config.data, seed=config.seed)
-  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
-                            config.train.eval_batch_size)
+  feed = feeds.InMemoryFeed(
+      [dataset], training.make_mesh(), config.train.eval_batch_size
+  )
   data = feed.step_args()
   configs = runs.run_configs(config)
   r, b = args.runs, args.batch_size
-  print(f"ResNet-{args.depth}, batch {b}, R={r} runs, {args.steps} timed "
-        f"steps per run; {jax.device_count()} x {jax.devices()[0].device_kind}"
-        f" ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs), jax {jax.__version__}")
+  print(
+      f"ResNet-{args.depth}, batch {b}, R={r} runs, {args.steps} timed "
+      f"steps per run; {jax.device_count()} x {jax.devices()[0].device_kind}"
+      f" ({platform.processor() or platform.machine()}, "
+      f"{os.cpu_count()} CPUs), jax {jax.__version__}"
+  )
 
   # One compiled single-run program; each run starts from its own initial
   # state (its seed), as it would trained alone.
@@ -86,13 +94,16 @@ def main():
   solo_compile = time.perf_counter() - tick
   seconds = 0.0
   for c in configs:
-    state = loop.initial_state(abstract_step.run_group(c), solo_spec,
-                               feed.image_shape)
+    state = loop.initial_state(
+        abstract_step.run_group(c), solo_spec, feed.image_shape
+    )
     _, dt = _timed(solo_step, state, args.steps, *data)
     seconds += dt
   sequential = r * args.steps * b / seconds
-  print(f"sequential: {sequential:8.1f} images/s ({seconds:.1f} s; "
-        f"compile {solo_compile:.1f} s)")
+  print(
+      f"sequential: {sequential:8.1f} images/s ({seconds:.1f} s; "
+      f"compile {solo_compile:.1f} s)"
+  )
 
   _, step, state = abstract_step.engine_step(config, feed)
   tick = time.perf_counter()
@@ -101,8 +112,10 @@ def main():
   par_compile = time.perf_counter() - tick
   _, seconds = _timed(step, state, args.steps, *data)
   together = r * args.steps * b / seconds
-  print(f"parallel:   {together:8.1f} images/s ({seconds:.1f} s; "
-        f"compile {par_compile:.1f} s)")
+  print(
+      f"parallel:   {together:8.1f} images/s ({seconds:.1f} s; "
+      f"compile {par_compile:.1f} s)"
+  )
   print(f"speed-up: {together / sequential:.2f}x")
 
 

@@ -26,14 +26,27 @@ FIRST_STEP = "compiled and ran the first step"
 
 def time_to_first_step(cache: str, workdir: str, extra) -> float:
   """Seconds from process start until its first step has run."""
-  cmd = [sys.executable, "-m", "resflax.main", "--config",
-         os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
-         "--workdir", workdir, f"--config.train.compilation_cache={cache}",
-         *extra]
+  cmd = [
+      sys.executable,
+      "-m",
+      "resflax.main",
+      "--config",
+      os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+      "--workdir",
+      workdir,
+      f"--config.train.compilation_cache={cache}",
+      *extra,
+  ]
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   start = time.perf_counter()
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(
+      cmd,
+      cwd=REPO,
+      env=env,
+      stderr=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      text=True,
+  )
   seconds = None
   for line in proc.stderr:
     if FIRST_STEP in line and seconds is None:
@@ -46,22 +59,27 @@ def time_to_first_step(cache: str, workdir: str, extra) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--extra", nargs="*", default=[],
-                      help="more --config.key=value flags for the run")
+  parser.add_argument(
+      "--extra",
+      nargs="*",
+      default=[],
+      help="more --config.key=value flags for the run",
+  )
   args = parser.parse_args()
   cold, warm = [], []
   for r in range(args.repeats):
     with tempfile.TemporaryDirectory() as tmp:
       cache = os.path.join(tmp, "cache")
-      cold.append(time_to_first_step(cache, os.path.join(tmp, "a"),
-                                     args.extra))
-      warm.append(time_to_first_step(cache, os.path.join(tmp, "b"),
-                                     args.extra))
-    print(f"repeat {r}: cold {cold[-1]:.1f} s, warm {warm[-1]:.1f} s",
-          flush=True)
-  print(f"time to first step (median of {args.repeats}): cold "
-        f"{statistics.median(cold):.1f} s, warm {statistics.median(warm):.1f} "
-        f"s, cold/warm {statistics.median(cold) / statistics.median(warm):.2f}")
+      cold.append(time_to_first_step(cache, os.path.join(tmp, "a"), args.extra))
+      warm.append(time_to_first_step(cache, os.path.join(tmp, "b"), args.extra))
+    print(
+        f"repeat {r}: cold {cold[-1]:.1f} s, warm {warm[-1]:.1f} s", flush=True
+    )
+  print(
+      f"time to first step (median of {args.repeats}): cold "
+      f"{statistics.median(cold):.1f} s, warm {statistics.median(warm):.1f} "
+      f"s, cold/warm {statistics.median(cold) / statistics.median(warm):.2f}"
+  )
 
 
 if __name__ == "__main__":

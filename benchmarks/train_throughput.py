@@ -20,21 +20,24 @@ import statistics
 import tempfile
 import time
 
+import abstract_step
 import jax
 
-import abstract_step
-from resflax import data as data_lib, training
+from resflax import data as data_lib
+from resflax import training
 from resflax.config import load_experiment
 from resflax.training import feeds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARCHIVE = os.path.join(HERE, "..", "..", "shared", "data",
-                       "cifar10-jpeg.tar.gz")
+ARCHIVE = os.path.join(
+    HERE, "..", "..", "shared", "data", "cifar10-jpeg.tar.gz"
+)
 
 
 def make_config(args, steps):
-  config = load_experiment(os.path.join(HERE, "..", "experiments",
-                                        "cifar_resnet.py"), "20")
+  config = load_experiment(
+      os.path.join(HERE, "..", "experiments", "cifar_resnet.py"), "20"
+  )
   if args.data and os.path.exists(args.data):
     config.data.path = args.data
   else:
@@ -52,8 +55,9 @@ def make_config(args, steps):
 def bare(config, steps):
   """Images/s of the compiled step alone (after one compiling call)."""
   dataset = data_lib.load_dataset(config.data)
-  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
-                            config.train.eval_batch_size)
+  feed = feeds.InMemoryFeed(
+      [dataset], training.make_mesh(), config.train.eval_batch_size
+  )
   _, step, state = abstract_step.engine_step(config, feed)
   args = feed.step_args()
   state = step(state, *args)
@@ -75,26 +79,36 @@ def main():
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--data", default=ARCHIVE)
-  defaults = load_experiment(os.path.join(HERE, "..", "experiments",
-                                          "cifar_resnet.py"), "20").train
+  defaults = load_experiment(
+      os.path.join(HERE, "..", "experiments", "cifar_resnet.py"), "20"
+  ).train
   parser.add_argument("--log-every", type=int, default=defaults.log_every)
-  parser.add_argument("--checkpoint-every", type=int,
-                      default=defaults.checkpoint_every)
-  parser.add_argument("--unrolled", action="store_true",
-                      help="model.scan=False")
+  parser.add_argument(
+      "--checkpoint-every", type=int, default=defaults.checkpoint_every
+  )
+  parser.add_argument(
+      "--unrolled", action="store_true", help="model.scan=False"
+  )
   args = parser.parse_args()
   config = make_config(args, args.steps + 1)
   b, f = [], []
   for r in range(args.repeats):
     b.append(bare(config, args.steps))
     f.append(full(config))
-    print(f"repeat {r}: bare {b[-1]:.1f} img/s, full loop {f[-1]:.1f} img/s",
-          flush=True)
-  print(f"devices: {jax.devices()}; data: "
-        f"{config.data.path or 'synthetic'}; scan={config.model.scan}")
-  print(f"bare step median {statistics.median(b):.1f} img/s, full loop "
-        f"median {statistics.median(f):.1f} img/s")
-  print(f"full loop / bare step = {statistics.median(f) / statistics.median(b):.3f}")
+    print(
+        f"repeat {r}: bare {b[-1]:.1f} img/s, full loop {f[-1]:.1f} img/s",
+        flush=True,
+    )
+  print(
+      f"devices: {jax.devices()}; data: "
+      f"{config.data.path or 'synthetic'}; scan={config.model.scan}"
+  )
+  print(
+      f"bare step median {statistics.median(b):.1f} img/s, full loop "
+      f"median {statistics.median(f):.1f} img/s"
+  )
+  ratio = statistics.median(f) / statistics.median(b)
+  print(f"full loop / bare step = {ratio:.3f}")
 
 
 if __name__ == "__main__":

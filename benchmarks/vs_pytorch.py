@@ -46,14 +46,15 @@ import statistics
 import sys
 import time
 
+import abstract_step
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import abstract_step
-from resflax import data as data_lib, training
+from resflax import data as data_lib
+from resflax import training
 from resflax.config import base_config
 from resflax.models import cpu_conv
 from resflax.training import feeds
@@ -65,8 +66,10 @@ def _require_torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    sys.exit("vs_pytorch.py needs PyTorch (an optional dependency): "
-             "pip install torch==2.13.0  (or pip install -e '.[bench]')")
+    sys.exit(
+        "vs_pytorch.py needs PyTorch (an optional dependency): "
+        "pip install torch==2.13.0  (or pip install -e '.[bench]')"
+    )
   return torch
 
 
@@ -106,7 +109,7 @@ def torch_resnet20(torch, num_classes=10):
     def forward(self, x):
       h = F.relu(self.bn1(self.conv1(x)))
       h = self.bn2(self.conv2(h))
-      s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+      s = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
       if self.extra:  # option A: zero-pad the new channels (at the end)
         s = F.pad(s, (0, 0, 0, 0, 0, self.extra))
       return F.relu(h + s)
@@ -139,10 +142,12 @@ class TorchRunner:
     self.torch = torch
     torch.manual_seed(0)
     self.model = torch_resnet20(torch).train()
-    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
-                               weight_decay=1e-4)
-    self.x = torch.from_numpy(np.ascontiguousarray(
-        images.transpose(0, 3, 1, 2)))
+    self.opt = torch.optim.SGD(
+        self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
+    self.x = torch.from_numpy(
+        np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    )
     self.y = torch.from_numpy(labels.astype(np.int64))
     self.loss = None
 
@@ -202,9 +207,9 @@ class TrainStepRunner(_JaxRunner):
     self.args = feed.step_args()
 
 
-
 class _PlainUnit(nn.Module):
   """Basic unit, option A shortcut, in plain flax.linen."""
+
   cin: int
   cout: int
   stride: int
@@ -212,13 +217,15 @@ class _PlainUnit(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    conv = functools.partial(nn.Conv, self.cout, (3, 3), padding=1,
-                             use_bias=False, kernel_init=init)
-    bn = functools.partial(nn.BatchNorm, use_running_average=False,
-                           momentum=0.9, epsilon=1e-5)
+    conv = functools.partial(
+        nn.Conv, self.cout, (3, 3), padding=1, use_bias=False, kernel_init=init
+    )
+    bn = functools.partial(
+        nn.BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5
+    )
     h = nn.relu(bn()(conv(strides=self.stride)(x)))
     h = bn()(conv()(h))
-    s = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x
+    s = x[:, :: self.stride, :: self.stride] if self.stride > 1 else x
     if self.cout > self.cin:
       s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (0, self.cout - self.cin)))
     return nn.relu(h + s)
@@ -268,8 +275,9 @@ class BareRunner(_JaxRunner):
   def __init__(self, spec, images, labels, plain_flax: bool = False):
     self.model = _PlainAdapter() if plain_flax else spec.model
     variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
-    tx = optax.chain(spec.optimizer,
-                     optax.scale(-spec.config.train.learning_rate))
+    tx = optax.chain(
+        spec.optimizer, optax.scale(-spec.config.train.learning_rate)
+    )
     self.state = (variables, tx.init(variables["params"]), jnp.float32(0))
     self.args = (jnp.asarray(images), jnp.asarray(labels))
     model = self.model
@@ -278,13 +286,17 @@ class BareRunner(_JaxRunner):
       variables, opt_state, _ = state
 
       def loss_fn(params):
-        logits, new_vars = model.apply({**variables, "params": params}, x,
-                                       train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits, y).mean(), new_vars
+        logits, new_vars = model.apply(
+            {**variables, "params": params}, x, train=True
+        )
+        return (
+            optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+            new_vars,
+        )
 
       (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          variables["params"])
+          variables["params"]
+      )
       updates, opt_state = tx.update(grads, opt_state, variables["params"])
       params = optax.apply_updates(variables["params"], updates)
       return {**new_vars, "params": params}, opt_state, loss
@@ -294,8 +306,9 @@ class BareRunner(_JaxRunner):
 
 def fixed_batch(dataset):
   """One normalised float32 NHWC batch and its labels (numpy)."""
-  x = data_lib.normalize(dataset.train_images[:BATCH], dataset.mean,
-                         dataset.std)
+  x = data_lib.normalize(
+      dataset.train_images[:BATCH], dataset.mean, dataset.std
+  )
   return np.asarray(x, np.float32), dataset.train_labels[:BATCH]
 
 
@@ -314,9 +327,11 @@ def choose_scan(feed, steps: int):
     for s, r in runners.items():
       rates[s].append(r.run(steps))
   best = {s: max(v) for s, v in rates.items()}
-  print(f"scan probe (step_on_dataset, {steps} steps x 2): scan=True "
-        f"{best[True]:.1f} img/s, scan=False {best[False]:.1f} img/s",
-        flush=True)
+  print(
+      f"scan probe (step_on_dataset, {steps} steps x 2): scan=True "
+      f"{best[True]:.1f} img/s, scan=False {best[False]:.1f} img/s",
+      flush=True,
+  )
   scan = max(best, key=best.get)
   return scan, runners[scan], compile_s[scan]
 
@@ -347,24 +362,30 @@ def kernel_table(torch, repeats: int):
     k = rng.standard_normal((3, 3, width, width), np.float32) * 0.1
     dy = rng.standard_normal((BATCH, size, size, width), np.float32)
     conv = lambda a, b: jax.lax.conv_general_dilated(
-        a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     ours = lambda a, b: cpu_conv.conv2d(a, b)
     jax_ops = {
         "forward": jax.jit(conv),
-        "input grad": jax.jit(lambda a, b, g: jax.vjp(
-            lambda a_: conv(a_, b), a)[1](g)[0]),
-        "weight grad": jax.jit(lambda a, b, g: jax.vjp(
-            lambda b_: conv(a, b_), b)[1](g)[0]),
-        "resflax input grad": jax.jit(lambda a, b, g: jax.vjp(
-            lambda a_: ours(a_, b), a)[1](g)[0]),
-        "resflax weight grad": jax.jit(lambda a, b, g: jax.vjp(
-            lambda b_: ours(a, b_), b)[1](g)[0]),
+        "input grad": jax.jit(
+            lambda a, b, g: jax.vjp(lambda a_: conv(a_, b), a)[1](g)[0]
+        ),
+        "weight grad": jax.jit(
+            lambda a, b, g: jax.vjp(lambda b_: conv(a, b_), b)[1](g)[0]
+        ),
+        "resflax input grad": jax.jit(
+            lambda a, b, g: jax.vjp(lambda a_: ours(a_, b), a)[1](g)[0]
+        ),
+        "resflax weight grad": jax.jit(
+            lambda a, b, g: jax.vjp(lambda b_: ours(a, b_), b)[1](g)[0]
+        ),
     }
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     kt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
     gt = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
     back = lambda mask: torch.ops.aten.convolution_backward(
-        gt, xt, kt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        gt, xt, kt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+    )
     torch_ops = {
         "forward": lambda: torch.nn.functional.conv2d(xt, kt, padding=1),
         "input grad": lambda: back([True, False, False]),
@@ -393,17 +414,34 @@ def kernel_table(torch, repeats: int):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--steps", type=int, default=10,
-                      help="steps per round and framework")
-  parser.add_argument("--warmup", type=int, default=3,
-                      help="untimed steps of each before the rounds")
-  parser.add_argument("--scan", choices=("auto", "on", "off"), default="auto",
-                      help="model.scan for resflax; auto = faster in a probe")
-  parser.add_argument("--no-plain-flax", dest="plain_flax",
-                      action="store_false",
-                      help="leave out the plain flax.linen control")
-  parser.add_argument("--kernels", type=int, default=5, metavar="N",
-                      help="also time single convolutions, min of N (0: no)")
+  parser.add_argument(
+      "--steps", type=int, default=10, help="steps per round and framework"
+  )
+  parser.add_argument(
+      "--warmup",
+      type=int,
+      default=3,
+      help="untimed steps of each before the rounds",
+  )
+  parser.add_argument(
+      "--scan",
+      choices=("auto", "on", "off"),
+      default="auto",
+      help="model.scan for resflax; auto = faster in a probe",
+  )
+  parser.add_argument(
+      "--no-plain-flax",
+      dest="plain_flax",
+      action="store_false",
+      help="leave out the plain flax.linen control",
+  )
+  parser.add_argument(
+      "--kernels",
+      type=int,
+      default=5,
+      metavar="N",
+      help="also time single convolutions, min of N (0: no)",
+  )
   args = parser.parse_args()
   torch = _require_torch()
   cores = num_cores()
@@ -413,23 +451,26 @@ def main():
   dataset = data_lib.load_dataset(base.data)
   images, labels = fixed_batch(dataset)
   # One copy of the data on the device for every step runner.
-  feed = feeds.InMemoryFeed([dataset], training.make_mesh(),
-                            base.train.eval_batch_size)
+  feed = feeds.InMemoryFeed(
+      [dataset], training.make_mesh(), base.train.eval_batch_size
+  )
   compile_s = {}
   if args.scan == "auto":
     scan, step_runner, compile_s["resflax"] = choose_scan(
-        feed, max(3, args.steps // 2))
+        feed, max(3, args.steps // 2)
+    )
   else:
     scan = args.scan == "on"
     step_runner = TrainStepRunner(make_config(scan), feed)
     compile_s["resflax"] = step_runner.compile()
 
-  runners = {"torch": TorchRunner(torch, images, labels),
-             "resflax": step_runner,
-             "bare_resflax": BareRunner(step_runner.spec, images, labels)}
+  runners = {
+      "torch": TorchRunner(torch, images, labels),
+      "resflax": step_runner,
+      "bare_resflax": BareRunner(step_runner.spec, images, labels),
+  }
   if args.plain_flax:
-    runners["plain_flax"] = BareRunner(step_runner.spec, images, labels,
-                                       True)
+    runners["plain_flax"] = BareRunner(step_runner.spec, images, labels, True)
   for k in runners:
     if k not in ("torch", "resflax"):
       compile_s[k] = runners[k].compile()
@@ -442,52 +483,80 @@ def main():
     for k, r in runners.items():
       cpu = time.process_time()
       rates[k].append(r.run(args.steps))
-      cpu_ms[k].append((time.process_time() - cpu) * 1e3
-                       / (args.steps * BATCH))
-    print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.1f}"
-                                    for k, v in rates.items())
-          + f" img/s (load average {os.getloadavg()[0]:.1f})", flush=True)
+      cpu_ms[k].append((time.process_time() - cpu) * 1e3 / (args.steps * BATCH))
+    print(
+        f"round {i}: "
+        + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+        + f" img/s (load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
 
   med = {k: statistics.median(v) for k, v in rates.items()}
   per_round = [a / b for a, b in zip(rates["resflax"], rates["torch"])]
   ratio = lambda a, b: statistics.median(
-      [x / y for x, y in zip(rates[a], rates[b])])
-  print(f"machine: {cores} cores; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), jax {jax.__version__} "
-        f"{jax.devices()[0].platform}")
-  print(f"resflax: model.scan={scan} "
-        f"({'chosen by probe' if args.scan == 'auto' else 'forced'}); "
-        "compile (excluded): " + ", ".join(
-            f"{k} {v:.1f} s" for k, v in compile_s.items()))
-  print("torch: eager NCHW, fixed pre-made batch, no augmentation; resflax: "
-        "jitted training.step_on_dataset (on-device sampling + "
-        "pad/crop/flip); "
-        "bare_resflax / plain_flax: value_and_grad + optax on a fixed batch")
+      [x / y for x, y in zip(rates[a], rates[b])]
+  )
+  print(
+      f"machine: {cores} cores; torch {torch.__version__} "
+      f"({torch.get_num_threads()} threads), jax {jax.__version__} "
+      f"{jax.devices()[0].platform}"
+  )
+  print(
+      f"resflax: model.scan={scan} "
+      f"({'chosen by probe' if args.scan == 'auto' else 'forced'}); "
+      "compile (excluded): "
+      + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items())
+  )
+  print(
+      "torch: eager NCHW, fixed pre-made batch, no augmentation; resflax: "
+      "jitted training.step_on_dataset (on-device sampling + "
+      "pad/crop/flip); "
+      "bare_resflax / plain_flax: value_and_grad + optax on a fixed batch"
+  )
   print("median img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
-  print("median CPU ms/img: " + ", ".join(
-      f"{k} {statistics.median(v):.1f}" for k, v in cpu_ms.items()))
+  print(
+      "median CPU ms/img: "
+      + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in cpu_ms.items())
+  )
   others = [k for k in runners if k not in ("torch", "resflax")]
-  print("median per-round ratios: " + "; ".join(
-      [f"{k}/torch {ratio(k, 'torch'):.2f}" for k in others]
-      + [f"resflax/{k} {ratio('resflax', k):.2f}" for k in others]))
+  print(
+      "median per-round ratios: "
+      + "; ".join(
+          [f"{k}/torch {ratio(k, 'torch'):.2f}" for k in others]
+          + [f"resflax/{k} {ratio('resflax', k):.2f}" for k in others]
+      )
+  )
   if args.kernels:
-    print("single 3x3 convolutions, batch 128, min of "
-          f"{args.kernels} (ms): jax (XLA:CPU) / torch (oneDNN)")
+    print(
+        "single 3x3 convolutions, batch 128, min of "
+        f"{args.kernels} (ms): jax (XLA:CPU) / torch (oneDNN)"
+    )
     total = {"xla": [0.0, 0.0], "resflax": [0.0, 0.0]}
     for width, op, jax_ms, torch_ms in kernel_table(torch, args.kernels):
-      groups = (["xla", "resflax"] if op == "forward"
-                else ["resflax"] if op.startswith("resflax") else ["xla"])
+      groups = (
+          ["xla", "resflax"]
+          if op == "forward"
+          else ["resflax"]
+          if op.startswith("resflax")
+          else ["xla"]
+      )
       for g in groups:
         total[g][0] += jax_ms
         total[g][1] += torch_ms
-      print(f"  width {width:2d} {op:19s} {jax_ms:7.2f} / {torch_ms:7.2f}"
-            f"  = {torch_ms / jax_ms:.2f}x")
+      print(
+          f"  width {width:2d} {op:19s} {jax_ms:7.2f} / {torch_ms:7.2f}"
+          f"  = {torch_ms / jax_ms:.2f}x"
+      )
     for g, (jax_ms, torch_ms) in total.items():
-      print(f"  {g} kernels (forward + both gradients, 3 widths): torch / "
-            f"jax = {torch_ms / jax_ms:.2f}x")
+      print(
+          f"  {g} kernels (forward + both gradients, 3 widths): torch / "
+          f"jax = {torch_ms / jax_ms:.2f}x"
+      )
   print("per-round resflax/torch: " + " ".join(f"{r:.2f}" for r in per_round))
-  print(f"resflax train_step / torch eager = "
-        f"{statistics.median(per_round):.2f}x (target >= 4x)")
+  print(
+      f"resflax train_step / torch eager = "
+      f"{statistics.median(per_round):.2f}x (target >= 4x)"
+  )
 
 
 if __name__ == "__main__":

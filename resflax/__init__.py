@@ -1,4 +1,4 @@
-"""resflax: residual networks in JAX/Flax, after He et al. 2016 and Veit et al. 2016.
+"""resflax: residual networks in JAX/Flax (He et al. 2016, Veit et al. 2016).
 
 The names a researcher reaches for first::
 
@@ -41,8 +41,10 @@ def __getattr__(name):
   except ModuleNotFoundError as e:
     if e.name != f"{__name__}.{name}":
       raise
-  raise AttributeError(f"module 'resflax' has no attribute {name!r}; "
-                       f"its top-level names are {', '.join(__all__)}")
+  raise AttributeError(
+      f"module 'resflax' has no attribute {name!r}; "
+      f"its top-level names are {', '.join(__all__)}"
+  )
 
 
 def __dir__():

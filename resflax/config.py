@@ -5,7 +5,6 @@ what their recipe needs. Keys are stable; README lists them.
 """
 
 import os
-from typing import Optional
 
 import ml_collections
 
@@ -29,55 +28,62 @@ def base_config() -> ml_collections.ConfigDict:
   # Tuples are kept as tuples but may be set to any length.
   c.model.widths = ml_collections.FieldReference((), field_type=tuple)
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="cifar10",  # cifar10 | cifar100 | synthetic | folder | imagenet2012
-      path="",  # image-folder tree or .tar.gz of one; overrides tfds
-      tfds_data_dir="",  # tensorflow-datasets data_dir
-      download_dir="",  # CIFAR archives; "" = $RESFLAX_CACHE/downloads
-      validation_split=0,  # hold out this many training images for eval
-      normalization="pixel_mean",  # pixel_mean (He et al.) | channel_standardize
-      image_size=32,
-      num_classes=10,  # synthetic data only; otherwise from the dataset
-      synthetic_train_size=1024,
-      synthetic_test_size=256,
-      max_train_images=0,  # 0 = all; shrink for smoke runs
-      max_test_images=0,
-      augment=True,  # pad 4, random crop, random flip (on device)
-  ))
+  c.data = ml_collections.ConfigDict(
+      dict(
+          # cifar10 | cifar100 | synthetic | folder | imagenet2012
+          name="cifar10",
+          path="",  # image-folder tree or .tar.gz of one; overrides tfds
+          tfds_data_dir="",  # tensorflow-datasets data_dir
+          download_dir="",  # CIFAR archives; "" = $RESFLAX_CACHE/downloads
+          validation_split=0,  # hold out this many training images for eval
+          # pixel_mean (He et al.) | channel_standardize
+          normalization="pixel_mean",
+          image_size=32,
+          num_classes=10,  # synthetic data only; otherwise from the dataset
+          synthetic_train_size=1024,
+          synthetic_test_size=256,
+          max_train_images=0,  # 0 = all; shrink for smoke runs
+          max_test_images=0,
+          augment=True,  # pad 4, random crop, random flip (on device)
+      )
+  )
 
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=128,
-      steps=64_000,
-      learning_rate=0.1,
-      lr_boundaries=(32_000, 48_000),  # steps; lr *= lr_decay at each
-      lr_decay=0.1,
-      warmup_steps=0,  # steps at warmup_learning_rate first
-      warmup_learning_rate=0.01,
-      warmup_until_error=0.0,  # >0: warm up until batch error < this
-      scale_schedule=False,  # scale boundaries/warm-up with steps/schedule_steps
-      schedule_steps=64_000,
-      weight_decay=1e-4,
-      momentum=0.9,
-      nesterov=False,
-      bn_sync=True,  # BN statistics over the global batch; False = per device
-      eval_batch_size=500,
-      eval_every=4_000,  # steps; 0 = only at the end
-      log_every=200,  # steps between progress lines / TensorBoard scalars
-      checkpoint_every=4_000,  # steps; 0 = only at the end (and on SIGTERM)
-      max_checkpoints=3,
-      gradient_modules=0,  # >0: Veit et al. effective-path training
-      on_nonfinite="stop",  # stop | skip
-      allow_config_change=False,  # resume a workdir whose config differs
-      parallel_runs=1,  # runs vmapped in one program (seeds + run_overrides)
-      # Persistent JAX compilation cache: "auto" = $RESFLAX_CACHE/jax
-      # (default ~/.cache/resflax/jax) unless JAX already has one; a path;
-      # or "" to switch it off.
-      compilation_cache="auto",
-      # True: XLA's backend optimisation level 0 (no LLVM optimisation): a
-      # program compiles about twice as fast and runs slower. For smoke
-      # runs, whose time is compilation.
-      fast_compile=False,
-  ))
+  c.train = ml_collections.ConfigDict(
+      dict(
+          batch_size=128,
+          steps=64_000,
+          learning_rate=0.1,
+          lr_boundaries=(32_000, 48_000),  # steps; lr *= lr_decay at each
+          lr_decay=0.1,
+          warmup_steps=0,  # steps at warmup_learning_rate first
+          warmup_learning_rate=0.01,
+          warmup_until_error=0.0,  # >0: warm up until batch error < this
+          # scale boundaries and warm-up by steps / schedule_steps
+          scale_schedule=False,
+          schedule_steps=64_000,
+          weight_decay=1e-4,
+          momentum=0.9,
+          nesterov=False,
+          bn_sync=True,  # BN statistics over the global batch (False: device)
+          eval_batch_size=500,
+          eval_every=4_000,  # steps; 0 = only at the end
+          log_every=200,  # steps between progress lines / TensorBoard scalars
+          checkpoint_every=4_000,  # steps; 0 = only at the end (and on SIGTERM)
+          max_checkpoints=3,
+          gradient_modules=0,  # >0: Veit et al. effective-path training
+          on_nonfinite="stop",  # stop | skip
+          allow_config_change=False,  # resume a workdir whose config differs
+          parallel_runs=1,  # runs vmapped in one program (seeds, run_overrides)
+          # Persistent JAX compilation cache: "auto" = $RESFLAX_CACHE/jax
+          # (default ~/.cache/resflax/jax) unless JAX already has one; a path;
+          # or "" to switch it off.
+          compilation_cache="auto",
+          # True: XLA's backend optimisation level 0 (no LLVM optimisation): a
+          # program compiles about twice as fast and runs slower. For smoke
+          # runs, whose time is compilation.
+          fast_compile=False,
+      )
+  )
   c.train.run_overrides = ml_collections.FieldReference((), field_type=tuple)
   return c
 
@@ -100,8 +106,11 @@ def resolve_experiment(path: str) -> str:
     return path
   parent, name = os.path.split(os.path.normpath(path))
   shipped = os.path.join(EXPERIMENTS_DIR, name)
-  if parent == "experiments" and name.endswith(".py") and os.path.isfile(
-      shipped):
+  if (
+      parent == "experiments"
+      and name.endswith(".py")
+      and os.path.isfile(shipped)
+  ):
     return shipped
   return path
 
@@ -114,20 +123,23 @@ def load_experiment(path: str, arg=None) -> ml_collections.ConfigDict:
     arg: the experiment's argument (``"110"``, ``"smoke"``, a case name).
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   if arg is None and ":" in os.path.basename(path):
     path, arg = path.rsplit(":", 1)
   path = resolve_experiment(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"experiment file {path} does not exist")
   spec = importlib.util.spec_from_file_location(
-      "resflax_experiment_" + os.path.basename(path)[:-3], path)
+      "resflax_experiment_" + os.path.basename(path)[:-3], path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def memory_fit_hint(config: ml_collections.ConfigDict, peak_bytes: int,
-                    device_bytes: int) -> Optional[str]:
+def memory_fit_hint(
+    config: ml_collections.ConfigDict, peak_bytes: int, device_bytes: int
+) -> str | None:
   """One line naming the setting that makes the training step fit, or None.
 
   For a check between compiling the step and running it: ``peak_bytes``
@@ -146,14 +158,20 @@ def memory_fit_hint(config: ml_collections.ConfigDict, peak_bytes: int,
   """
   if peak_bytes <= device_bytes:
     return None
-  gib = 2.0 ** 30
-  need = (f"the training step needs about {peak_bytes / gib:.1f} GiB per "
-          f"device (XLA's memory analysis), the device has "
-          f"{device_bytes / gib:.1f} GiB: ")
+  gib = 2.0**30
+  need = (
+      f"the training step needs about {peak_bytes / gib:.1f} GiB per "
+      f"device (XLA's memory analysis), the device has "
+      f"{device_bytes / gib:.1f} GiB: "
+  )
   if not config.model.remat:
     # Remat keeps each unit's input only: 1/6 of the temporaries of
     # ResNet-1001 (benchmarks/RESULTS.md).
-    return need + ("set --config.model.remat=True (or lower "
-                   f"config.train.batch_size={config.train.batch_size})")
-  return need + (f"lower config.train.batch_size={config.train.batch_size} "
-                 "or train on more devices")
+    return need + (
+        "set --config.model.remat=True (or lower "
+        f"config.train.batch_size={config.train.batch_size})"
+    )
+  return need + (
+      f"lower config.train.batch_size={config.train.batch_size} "
+      "or train on more devices"
+  )

@@ -44,7 +44,7 @@ class Stopped(BaseException):
   """
 
   def __init__(self, signum: int):
-    super().__init__(f'received signal {signum}')
+    super().__init__(f"received signal {signum}")
     self.signum = signum
 
 

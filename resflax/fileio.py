@@ -17,7 +17,8 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,14 +60,14 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
   """
   path = os.fspath(path)
   if isinstance(data, str):
-    data = data.encode('utf-8')
+    data = data.encode("utf-8")
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(
-      dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp'
+      dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
   )
   try:
-    with os.fdopen(fd, 'wb') as f:
+    with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
@@ -86,14 +87,12 @@ def write_atomic(path: PathLike, data: str | bytes) -> None:
 def _to_builtin_scalar(x: Any) -> Any:
   """Converts numpy/jax scalars and arrays to Python builtins (recursively)."""
   arr = np.asarray(x)
-  if arr.dtype.kind not in 'biufcUS':
+  if arr.dtype.kind not in "biufcUS":
     # ml_dtypes such as bfloat16 have kind 'V'; go through float64 so that
     # tolist() yields Python floats instead of opaque scalar objects.
     arr = arr.astype(np.float64)
-  if arr.dtype.kind == 'c':
-    return _to_jsonable(
-        np.stack([arr.real, arr.imag], axis=-1).tolist()
-    )
+  if arr.dtype.kind == "c":
+    return _to_jsonable(np.stack([arr.real, arr.imag], axis=-1).tolist())
   return arr.tolist()
 
 
@@ -119,12 +118,14 @@ def _to_jsonable(obj: Any) -> Any:
   if isinstance(obj, (int, float)):
     # Subclasses such as IntEnum or np.float64 (a float subclass).
     return float(obj) if isinstance(obj, float) else int(obj)
-  if hasattr(obj, '__array__'):
+  if hasattr(obj, "__array__"):
     # jax.Array and other array-likes, without importing jax here.
     return _to_builtin_scalar(np.asarray(obj))
-  if hasattr(obj, 'item') and callable(obj.item):
+  if hasattr(obj, "item") and callable(obj.item):
     return _to_jsonable(obj.item())
-  raise TypeError(f'Object of type {type(obj).__name__} is not JSON serializable')
+  raise TypeError(
+      f"Object of type {type(obj).__name__} is not JSON serializable"
+  )
 
 
 def to_json_string(obj: Any, *, indent: int | None = 2) -> str:
@@ -140,7 +141,7 @@ def to_json_string(obj: Any, *, indent: int | None = 2) -> str:
     written as the (non-standard) JSON tokens `NaN`/`Infinity`, which Python's
     `json` reads back; a diverged run's loss is information worth keeping.
   """
-  return json.dumps(_to_jsonable(obj), sort_keys=True, indent=indent) + '\n'
+  return json.dumps(_to_jsonable(obj), sort_keys=True, indent=indent) + "\n"
 
 
 def write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> None:
@@ -168,15 +169,15 @@ def read_json(path: PathLike) -> Any:
   Returns:
     The decoded object.
   """
-  with open(os.fspath(path), 'r', encoding='utf-8') as f:
+  with open(os.fspath(path), encoding="utf-8") as f:
     return json.load(f)
 
 
 def _csv_cell(v: Any) -> Any:
   if v is None:
-    return ''
+    return ""
   if isinstance(v, float) and math.isnan(v):
-    return 'nan'
+    return "nan"
   if isinstance(v, (str, int, float)) and not isinstance(v, np.generic):
     return v
   converted = _to_jsonable(v)
@@ -214,7 +215,7 @@ def write_csv(
     fieldnames = list(fieldnames)
   buf = io.StringIO()
   if fieldnames:
-    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator='\n')
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: _csv_cell(v) for k, v in row.items()})
@@ -230,5 +231,5 @@ def read_csv(path: PathLike) -> list[dict[str, str]]:
   Returns:
     One dict per data row.
   """
-  with open(os.fspath(path), 'r', encoding='utf-8', newline='') as f:
+  with open(os.fspath(path), encoding="utf-8", newline="") as f:
     return list(csv.DictReader(f))

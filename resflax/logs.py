@@ -18,18 +18,26 @@ checkpoint) stays hidden and their warnings show.
 import logging
 import os
 import sys
-from typing import Optional
 
 from absl import logging as absl_logging
 
 # Libraries whose INFO lines bury the progress lines; their warnings and
 # errors still show.
-QUIET_LIBRARIES = ('orbax', 'jax', 'jaxlib', 'flax', 'etils', 'matplotlib',
-                   'clu', 'tensorboardX', 'PIL')
-VERBOSE_ENV = 'RESFLAX_VERBOSE'
+QUIET_LIBRARIES = (
+    "orbax",
+    "jax",
+    "jaxlib",
+    "flax",
+    "etils",
+    "matplotlib",
+    "clu",
+    "tensorboardX",
+    "PIL",
+)
+VERBOSE_ENV = "RESFLAX_VERBOSE"
 
 _handler = None
-_verbose: Optional[bool] = None  # None: the environment decides
+_verbose: bool | None = None  # None: the environment decides
 
 
 class QuietLibraries(logging.Filter):
@@ -46,14 +54,15 @@ class QuietLibraries(logging.Filter):
       libraries: Top-level package names, e.g. ('orbax',).
     """
     super().__init__()
-    self._dirs = tuple(f'{os.sep}{name}{os.sep}' for name in libraries)
+    self._dirs = tuple(f"{os.sep}{name}{os.sep}" for name in libraries)
 
   def filter(self, record: logging.LogRecord) -> bool:
     """Whether to keep `record`."""
     # Python's level: absl_logging.WARNING is an absl verbosity (-1), below
     # every record's level, so comparing with it keeps everything.
-    return (record.levelno >= logging.WARNING
-            or not any(d in record.pathname for d in self._dirs))
+    return record.levelno >= logging.WARNING or not any(
+        d in record.pathname for d in self._dirs
+    )
 
 
 _FILTER = QuietLibraries()
@@ -71,10 +80,12 @@ class ReraisedInOneLine(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     """Whether to keep `record` (always; it may be shortened)."""
     exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-    if (exc is not None and f'{os.sep}clu{os.sep}asynclib.py' in
-        record.pathname and not logging.getLogger(
-            record.name).isEnabledFor(logging.DEBUG)):
-      record.msg = f'{record.getMessage()} ({type(exc).__name__}: {exc})'
+    if (
+        exc is not None
+        and f"{os.sep}clu{os.sep}asynclib.py" in record.pathname
+        and not logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    ):
+      record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
       record.args, record.exc_info, record.exc_text = (), None, None
     return True
 
@@ -86,11 +97,11 @@ class LineFormatter(logging.Formatter):
   """``HH:MM:SS message``; warnings and errors add their level word."""
 
   def __init__(self):
-    super().__init__('%(asctime)s %(message)s', datefmt='%H:%M:%S')
+    super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
   def formatMessage(self, record: logging.LogRecord) -> str:
     if record.levelno >= logging.WARNING:
-      return f'{record.asctime} {record.levelname} {record.message}'
+      return f"{record.asctime} {record.levelname} {record.message}"
     return super().formatMessage(record)
 
 
@@ -115,8 +126,7 @@ def verbose() -> bool:
   choice, else ``RESFLAX_VERBOSE`` (1, true, yes)."""
   if _verbose is not None:
     return _verbose
-  return os.environ.get(VERBOSE_ENV, '').strip().lower() in ('1', 'true',
-                                                             'yes')
+  return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _formatter() -> logging.Formatter:
@@ -125,13 +135,13 @@ def _formatter() -> logging.Formatter:
 
 def _is_basic_config(handler: logging.Handler) -> bool:
   """Whether `handler` is the one ``logging.basicConfig()`` installs."""
-  fmt = getattr(handler.formatter, '_fmt', None)
+  fmt = getattr(handler.formatter, "_fmt", None)
   # pylint: disable-next=unidiomatic-typecheck
   return type(handler) is logging.StreamHandler and fmt == logging.BASIC_FORMAT
 
 
 # pylint: disable-next=redefined-outer-name
-def setup_logging(verbose: Optional[bool] = None) -> None:
+def setup_logging(verbose: bool | None = None) -> None:
   """Shows resflax's INFO lines once each and hides libraries' INFO chatter.
 
   Idempotent; training calls it again. Under ``app.run`` it formats absl's
@@ -149,7 +159,7 @@ def setup_logging(verbose: Optional[bool] = None) -> None:
   global _handler, _verbose
   if verbose is not None:
     _verbose = verbose
-  absl_logger = logging.getLogger('absl')
+  absl_logger = logging.getLogger("absl")
   root = logging.getLogger()
   for f in (_FILTER, _RERAISED):
     if f not in absl_logger.filters:
@@ -175,8 +185,10 @@ def setup_logging(verbose: Optional[bool] = None) -> None:
 
 
 def _is_closed_loop_noise(unraisable) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == 'Event loop is closed')
+  return (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"
+  )
 
 
 class _AbandonedOrbaxFutures(logging.Filter):
@@ -184,17 +196,20 @@ class _AbandonedOrbaxFutures(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-    if exc is None or 'never retrieved' not in str(record.msg):
+    if exc is None or "never retrieved" not in str(record.msg):
       return True
     tb, frames = exc.__traceback__, []
     while tb is not None:
       frames.append(tb.tb_frame.f_code.co_filename)
       tb = tb.tb_next
-    if not any(f'{os.sep}orbax{os.sep}' in f for f in frames):
+    if not any(f"{os.sep}orbax{os.sep}" in f for f in frames):
       return True
     # Kept, traceback and all, for whoever turns on DEBUG.
-    absl_logging.debug('ignored after a failed save: %s', exc,
-                       exc_info=(type(exc), exc, exc.__traceback__))
+    absl_logging.debug(
+        "ignored after a failed save: %s",
+        exc,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
     return False
 
 
@@ -212,19 +227,24 @@ def quiet_abandoned_saves() -> None:
   DEBUG log. Every other unraisable exception or asyncio error is kept.
   Idempotent.
   """
-  asyncio_logger = logging.getLogger('asyncio')
+  asyncio_logger = logging.getLogger("asyncio")
   if _ABANDONED not in asyncio_logger.filters:
     asyncio_logger.addFilter(_ABANDONED)
   previous = sys.unraisablehook
-  if getattr(previous, '_resflax_quiet', False):
+  if getattr(previous, "_resflax_quiet", False):
     return
 
   def hook(unraisable):
     if _is_closed_loop_noise(unraisable):
-      absl_logging.debug('ignored after a failed save: %s',
-                         unraisable.exc_value, exc_info=(
-                             unraisable.exc_type, unraisable.exc_value,
-                             unraisable.exc_traceback))
+      absl_logging.debug(
+          "ignored after a failed save: %s",
+          unraisable.exc_value,
+          exc_info=(
+              unraisable.exc_type,
+              unraisable.exc_value,
+              unraisable.exc_traceback,
+          ),
+      )
     else:
       previous(unraisable)
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m resflax.main --config experiments/X.py --workdir DIR``.
+"""The command line: ``python -m resflax.main --config X.py --workdir DIR``.
 
 Flags:
   --config: an experiment file with ``get_config(arg)``; ``file.py:arg``
@@ -22,35 +22,48 @@ import os
 import re
 import sys
 
-from absl import app
-from absl import flags
 import jax
+from absl import app, flags
 from ml_collections import config_flags
 
 from resflax import logs
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (file.py[:arg]).",
-    lock_config=True)
+    "config", None, "Experiment config file (file.py[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Prefix log lines with absl's level, date, thread and "
-    f"file:line (or set {logs.VERBOSE_ENV}=1).")
+    "verbose",
+    False,
+    "Prefix log lines with absl's level, date, thread and "
+    f"file:line (or set {logs.VERBOSE_ENV}=1).",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
+    "coordinator_address",
+    None,
     "Multi-host: host:port of process 0 (omit under SLURM, Open MPI or on "
-    "Cloud TPU, where jax.distributed finds it).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                   "Multi-host: this process's index.")
+    "Cloud TPU, where jax.distributed finds it).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-host: number of processes."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Shown for a required flag left out.
-_EXAMPLES = {"config": "--config experiments/cifar_resnet.py:smoke",
-             "workdir": "--workdir runs/smoke"}
-_HELP = {"-h": True, "-?": True, "--help": True, "--helpshort": True,
-         "--helpfull": False}  # flag -> short help (this module's flags)
+_EXAMPLES = {
+    "config": "--config experiments/cifar_resnet.py:smoke",
+    "workdir": "--workdir runs/smoke",
+}
+_HELP = {
+    "-h": True,
+    "-?": True,
+    "--help": True,
+    "--helpshort": True,
+    "--helpfull": False,
+}  # flag -> short help (this module's flags)
 
 
 def main(argv):
@@ -63,18 +76,24 @@ def main(argv):
     _fail(flag_error_line(e, sys.argv))
   if distributed or _COORDINATOR.value:
     # Must precede any other use of JAX in the process.
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
   # pylint: disable=g-import-not-at-top
   from resflax import errors, runner
   from resflax.training import interrupts
+
   try:
     result = runner.run(config, _WORKDIR.value)
   except KeyboardInterrupt:
     # Before training caught Ctrl-C, or pressed twice: no save was waited for.
-    _stop_line("error: interrupted (Ctrl-C) without saving this step; run the "
-               "same command to resume from the last checkpoint", 130)
+    _stop_line(
+        "error: interrupted (Ctrl-C) without saving this step; run the "
+        "same command to resume from the last checkpoint",
+        130,
+    )
   except Exception as e:  # pylint: disable=broad-except
     # Errors of ours carry a message a user can act on; print it alone. An
     # OSError (also one a library's background writer wrapped) names the
@@ -85,10 +104,14 @@ def main(argv):
     while cause is not None and not isinstance(cause, OSError):
       cause = cause.__cause__
     if cause is not None:
-      where = (f" {cause.filename}" if cause.filename
-               else f" in {_WORKDIR.value}")
-      _stop_line(f"error: cannot use{where}: {cause.strerror or cause}; "
-                 "fix it and run the same command to resume", 1)
+      where = (
+          f" {cause.filename}" if cause.filename else f" in {_WORKDIR.value}"
+      )
+      _stop_line(
+          f"error: cannot use{where}: {cause.strerror or cause}; "
+          "fix it and run the same command to resume",
+          1,
+      )
     raise
   if isinstance(result, dict) and result.get("interrupted"):
     # 128 + the signal (143 SIGTERM, 130 Ctrl-C): schedulers read it as
@@ -137,21 +160,29 @@ def _absl_error_line(text: str):
   if m:
     example = _EXAMPLES.get(m.group(1)) or _example(f"--{m.group(1)}")
     return f"--{m.group(1)}: needs a value (e.g. {example})"
-  m = re.match(r"Found (--config\.[^=\s]+)\S* in argv before a value for "
-               r"--config", text)
+  m = re.match(
+      r"Found (--config\.[^=\s]+)\S* in argv before a value for " r"--config",
+      text,
+  )
   if m:
-    return (f"{m.group(1)}: comes before --config; put --config first, "
-            "the overrides after it")
-  m = re.match(r"Unknown command line flag '([^']+)'(?:\. Did you mean: "
-               r"(.+?) \?)?", text)
+    return (
+        f"{m.group(1)}: comes before --config; put --config first, "
+        "the overrides after it"
+    )
+  m = re.match(
+      r"Unknown command line flag '([^']+)'(?:\. Did you mean: " r"(.+?) \?)?",
+      text,
+  )
   if m:
-    close = [f"--{c.strip()}" for c in (m.group(2) or "").split(",")
-             if c.strip()]
+    close = [
+        f"--{c.strip()}" for c in (m.group(2) or "").split(",") if c.strip()
+    ]
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return (f"--{m.group(1)}: no such flag; {hint}"
-            "--help lists the flags")
-  m = re.match(r"flag --(\w+)=None: Flag --\w+ must have a value other than "
-               r"None", text)
+    return f"--{m.group(1)}: no such flag; {hint}" "--help lists the flags"
+  m = re.match(
+      r"flag --(\w+)=None: Flag --\w+ must have a value other than " r"None",
+      text,
+  )
   if m:
     example = _EXAMPLES.get(m.group(1), f"--{m.group(1)}=VALUE")
     return f"--{m.group(1)}: required (e.g. {example})"
@@ -169,20 +200,26 @@ def flag_error_line(e: BaseException, argv) -> str:
     given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
     flag = next((g for g in given if g.rsplit(".", 1)[-1] == key), key)
     hint = re.search(r"Did you mean \"([^\"]+)\"", str(e))
-    return (f"{flag}: no such config key" +
-            (f"; did you mean {flag.rsplit('.', 1)[0]}.{hint.group(1)}?"
-             if hint else ""))
+    return f"{flag}: no such config key" + (
+        f"; did you mean {flag.rsplit('.', 1)[0]}.{hint.group(1)}?"
+        if hint
+        else ""
+    )
   if isinstance(e, OSError) and "Failed loading config file" in str(e):
-    given = next((a.split("=", 1)[-1] for a in argv
-                  if a.startswith("--config=")), "")
-    path = given or next((argv[i + 1] for i, a in enumerate(argv[:-1])
-                          if a == "--config"), "?")
+    given = next(
+        (a.split("=", 1)[-1] for a in argv if a.startswith("--config=")), ""
+    )
+    path = given or next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), "?"
+    )
     return f"--config: cannot read the experiment file {path}"
   text = str(inner) if inner is not e else str(e)
   bool_value = re.match(r"flag (--\w+)=(.*): \('Non-boolean argument", str(e))
   if bool_value:
-    return (f"{bool_value.group(1)}: takes no value, =true or =false, not "
-            f"{bool_value.group(2)!r}")
+    return (
+        f"{bool_value.group(1)}: takes no value, =true or =false, not "
+        f"{bool_value.group(2)!r}"
+    )
   if inner is not e and isinstance(e, flags.Error):
     flag = re.match(r"flag (--[^=:]+)", str(e))
     if flag and flag.group(1) not in text:
@@ -203,10 +240,11 @@ def shipped_experiment_argv(argv):
   """``argv`` with ``--config experiments/NAME.py[:arg]`` pointed at the file
   shipped with resflax when the current directory has no such file."""
   from resflax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   out = list(argv)
   for i, a in enumerate(out):
     if a.startswith("--config="):
-      prefix, value = "--config=", a[len("--config="):]
+      prefix, value = "--config=", a[len("--config=") :]
     elif a == "--config" and i + 1 < len(out):
       i, prefix, value = i + 1, "", out[i + 1]
     else:
@@ -235,8 +273,10 @@ def _parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     _fail(flag_error_line(e, argv))
   if len(rest) > 1:
-    _fail(f"unexpected argument {rest[1]!r}: flags take the form "
-          "--name=value (--help lists them)")
+    _fail(
+        f"unexpected argument {rest[1]!r}: flags take the form "
+        "--name=value (--help lists them)"
+    )
   return rest
 
 

@@ -1,6 +1,7 @@
 """Name -> implementation registries that turn config strings into pieces."""
 
-from typing import Callable, Dict, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -15,7 +16,7 @@ class Registry(Generic[T]):
 
   def __init__(self, kind: str):
     self.kind = kind
-    self._entries: Dict[str, T] = {}
+    self._entries: dict[str, T] = {}
 
   def register(self, name: str) -> Callable[[T], T]:
     """Decorator registering ``obj`` under ``name``."""
@@ -39,7 +40,8 @@ class Registry(Generic[T]):
     except (KeyError, TypeError):
       raise ValueError(
           f"{self.kind}={name!r} is not valid; choose one of "
-          f"{', '.join(sorted(self._entries))}") from None
+          f"{', '.join(sorted(self._entries))}"
+      ) from None
 
   def unregister(self, name: str) -> T:
     """Removes ``name`` (e.g. a test's temporary entry); returns its entry.

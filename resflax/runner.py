@@ -2,12 +2,12 @@
 runs in one program), a sweep of cases and seeds, or a lesion study,
 decided by the config's contents."""
 
-from typing import Any, Dict
+from typing import Any
 
 import ml_collections
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs ``config`` in ``workdir`` and returns its results.
 
   A config with a ``lesion`` section runs the lesion study
@@ -19,9 +19,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   # pylint: disable=g-import-not-at-top
   if "lesion" in config:
     from resflax.experiment import lesion_study
+
     return lesion_study.run(config, workdir)
   if "sweep_cases" in config:
     from resflax.experiment import sweep
+
     return sweep.run(config, workdir)
   from resflax import training
+
   return training.train_and_evaluate(config, workdir)

@@ -9,8 +9,9 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 # Subprocesses (the CLI) cache data and compiled programs here, not in ~.
-os.environ.setdefault("RESFLAX_CACHE", os.path.join(
-    tempfile.gettempdir(), "resflax-test-cache"))
+os.environ.setdefault(
+    "RESFLAX_CACHE", os.path.join(tempfile.gettempdir(), "resflax-test-cache")
+)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -25,8 +26,9 @@ jax.config.update("jax_threefry_partitionable", False)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-AKAMASTER_DIR = (REPO.parent / "shared" / "pretrained"
-                 / "cifar10-resnet-akamaster")
+AKAMASTER_DIR = (
+    REPO.parent / "shared" / "pretrained" / "cifar10-resnet-akamaster"
+)
 
 
 @pytest.fixture
@@ -43,6 +45,7 @@ def akamaster_dir():
   if not (AKAMASTER_DIR / "resnet20.npz").exists():
     pytest.skip(f"published PyTorch CIFAR ResNets not found in {AKAMASTER_DIR}")
   return AKAMASTER_DIR
+
 
 # The built wheel in a fresh venv (dist, venv, installed): tests/wheel_env.py.
 pytest_plugins = ["wheel_env"]

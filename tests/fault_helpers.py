@@ -22,9 +22,15 @@ import helpers
 def tiny_config(**train_kw):
   """helpers' ResNet-8 on 128 synthetic images, run longer (12 steps) with a
   report and a checkpoint every 2 steps: more moments to inject faults."""
-  return helpers.tiny_config(**{
-      "steps": 12, "lr_boundaries": (8,), "log_every": 2,
-      "checkpoint_every": 2, **train_kw})
+  return helpers.tiny_config(
+      **{
+          "steps": 12,
+          "lr_boundaries": (8,),
+          "log_every": 2,
+          "checkpoint_every": 2,
+          **train_kw,
+      }
+  )
 
 
 def get_config(arg=None):
@@ -36,6 +42,7 @@ def _install(fault: str) -> None:
   # pylint: disable=g-import-not-at-top
   from resflax import logs
   from resflax.training import checkpoint
+
   name, *args = fault.split(":")
   if name == "unquiet":
     logs.quiet_abandoned_saves = lambda: None
@@ -65,7 +72,9 @@ def _install(fault: str) -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+
   from resflax import main  # pylint: disable=g-import-not-at-top
+
   if os.environ.get("RESFLAX_FAULT"):
     _install(os.environ["RESFLAX_FAULT"])
   app.run(main.main, flags_parser=main._parse_flags)  # pylint: disable=protected-access

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resflax import data, fileio as results, training
+from resflax import data, fileio, training
 from resflax.config import base_config, load_experiment
 from resflax.errors import TrainingError
 from resflax.training import workdir as workdir_lib
@@ -70,11 +70,21 @@ def engine_config(runs=1, **train_kw):
 
 
 def data_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='synthetic', path='', tfds_data_dir='', validation_split=0,
-      normalization='pixel_mean', synthetic_train_size=64,
-      synthetic_test_size=32, image_size=32, num_classes=10,
-      max_train_images=0, max_test_images=0))
+  config = ml_collections.ConfigDict(
+      dict(
+          name="synthetic",
+          path="",
+          tfds_data_dir="",
+          validation_split=0,
+          normalization="pixel_mean",
+          synthetic_train_size=64,
+          synthetic_test_size=32,
+          image_size=32,
+          num_classes=10,
+          max_train_images=0,
+          max_test_images=0,
+      )
+  )
   config.update(overrides)
   return config
 
@@ -87,12 +97,14 @@ def assert_data_error(config, *fragments):
   return info.value
 
 
-def random_variables(model, seed=0, image_shape=(32, 32, 3), bn_bias=0.1,
-                     bn_scale=(1.0, 1.2)):
+def random_variables(
+    model, seed=0, image_shape=(32, 32, 3), bn_bias=0.1, bn_scale=(1.0, 1.2)
+):
   """Variables with He-scaled random kernels and non-trivial BN, built on
   the host from the abstract shapes (no compilation of the initialiser)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((2,) + tuple(image_shape)))
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((2,) + tuple(image_shape))
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, s):
@@ -112,8 +124,10 @@ def random_variables(model, seed=0, image_shape=(32, 32, 3), bn_bias=0.1,
       return jnp.asarray(0.05 * rng.normal(size=s.shape), s.dtype)
     raise ValueError(f"unexpected variable {path}")
 
-  out = {c: jax.tree_util.tree_map_with_path(fill, shapes[c])
-         for c in ("params", "batch_stats")}
+  out = {
+      c: jax.tree_util.tree_map_with_path(fill, shapes[c])
+      for c in ("params", "batch_stats")
+  }
   out["lesion"] = model.default_lesion()
   return out
 
@@ -123,8 +137,9 @@ SHORTCUTS = os.path.join(REPO, "experiments", "cifar_shortcuts.py")
 
 def small_sweep(**train_kw):
   """Three Table 1 cases, shrunk, 2 seeds."""
-  config = load_experiment(SHORTCUTS, "original,exclusive_gate_b-6,dropout,"
-                           "smoke")
+  config = load_experiment(
+      SHORTCUTS, "original,exclusive_gate_b-6,dropout," "smoke"
+  )
   config.seeds = 2  # smoke runs one; two exercise the medians and failures
   for k, v in train_kw.items():
     setattr(config.train, k, v)
@@ -153,8 +168,11 @@ class FakeTrainer:
     if config.train.parallel_runs > 1:  # one program for every seed
       case = os.path.basename(workdir)
       for k in range(config.train.parallel_runs):
-        self._write(os.path.join(workdir, f"seed{config.seed + k}"), case,
-                    config.seed + k)
+        self._write(
+            os.path.join(workdir, f"seed{config.seed + k}"),
+            case,
+            config.seed + k,
+        )
       return {"parallel_runs": config.train.parallel_runs}
     if (case, config.seed) in self.fail:
       message = "non-finite loss at step 3"
@@ -165,14 +183,15 @@ class FakeTrainer:
   @staticmethod
   def _write(path, case, seed):
     result = {"test_error": 0.1 + 0.01 * seed + 0.001 * len(case)}
-    results.write_json(os.path.join(path, "results.json"), result)
+    fileio.write_json(os.path.join(path, "results.json"), result)
     return result
 
 
 def lesion_config(arg="smoke"):
   spec = importlib.util.spec_from_file_location(
-      "cifar_lesion_for_tests", os.path.join(REPO, "experiments",
-                                             "cifar_lesion.py"))
+      "cifar_lesion_for_tests",
+      os.path.join(REPO, "experiments", "cifar_lesion.py"),
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -181,14 +200,35 @@ def lesion_config(arg="smoke"):
 def summary_inputs():
   """The smallest results a summary can be written from."""
   return {
-      "date": "2016-05-20", "networks": {"resnet": "cifar_resnet-20"},
-      "eval_images": 8, "compilations": 1, "chance_error": 0.9,
-      "single_deletion": {"resnet": {"stats": {
-          "intact_error": 0.1, "mean_error": 0.2, "max_error": 0.3}}},
-      "k_deletion": {"per_k": []}, "reorder": {"rows": [], "skipped": "-"},
-      "paths": {"num_modules": 9, "paths_95": {"low": 2, "high": 7},
-                "decay_per_module": None, "samples": 2, "batch": 8,
-                "pool": 64, "effective": {
-                    "low": 1, "high": 3, "gradient_share": 0.9,
-                    "path_share": 0.2}},
-      "seconds": {}}
+      "date": "2016-05-20",
+      "networks": {"resnet": "cifar_resnet-20"},
+      "eval_images": 8,
+      "compilations": 1,
+      "chance_error": 0.9,
+      "single_deletion": {
+          "resnet": {
+              "stats": {
+                  "intact_error": 0.1,
+                  "mean_error": 0.2,
+                  "max_error": 0.3,
+              }
+          }
+      },
+      "k_deletion": {"per_k": []},
+      "reorder": {"rows": [], "skipped": "-"},
+      "paths": {
+          "num_modules": 9,
+          "paths_95": {"low": 2, "high": 7},
+          "decay_per_module": None,
+          "samples": 2,
+          "batch": 8,
+          "pool": 64,
+          "effective": {
+              "low": 1,
+              "high": 3,
+              "gradient_share": 0.9,
+              "path_share": 0.2,
+          },
+      },
+      "seconds": {},
+  }

@@ -10,12 +10,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(tmp_path, *args):
-  env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
-         "JAX_PLATFORMS": "cpu"}
+  env = {
+      **os.environ,
+      "OUT": str(tmp_path / "out"),
+      "PYTHON": sys.executable,
+      "JAX_PLATFORMS": "cpu",
+  }
   proc = subprocess.run(
-      ["bash", os.path.join(REPO, "benchmarks", "accelerator_check.sh"),
-       "--quick", *args], capture_output=True, text=True, env=env,
-      timeout=900, check=False)
+      [
+          "bash",
+          os.path.join(REPO, "benchmarks", "accelerator_check.sh"),
+          "--quick",
+          *args,
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=900,
+      check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout, tmp_path / "out"
 
@@ -35,9 +48,9 @@ def test_quick_end_to_end(tmp_path):
   out, out_dir = _run(tmp_path)
   assert "FAILED" not in out, out
   assert (out_dir / "trace.tar.gz").stat().st_size > 0
-  for label in ("A/B BN groups", "A/B non-finite guard",
-                "A/B buffer donation"):
+  for label in ("A/B BN groups", "A/B non-finite guard", "A/B buffer donation"):
     assert label in out
   assert "ResNet-20 reproduction (full recipe, cpu): test error " in out
   assert (out_dir / "accelerator_check.txt").read_text().count(
-      "test error") == 1
+      "test error"
+  ) == 1

@@ -21,6 +21,7 @@ KEY = jax.random.key(0)
 
 class Times(shortcuts.Shortcut):
   """y = alpha h(x) + F(x); a deleted module leaves alpha h(x)."""
+
   hparams = {"times_alpha": 0.3}
 
   @nn.compact
@@ -43,16 +44,18 @@ def test_the_new_key_is_a_model_key_with_its_default(times):
   config = base_config()
   assert config.model.times_alpha == 0.3
   # What --config.model.times_alpha=0.7 does.
-  config.update_from_flattened_dict({"model.shortcut": "times",
-                                     "model.times_alpha": 0.7})
+  config.update_from_flattened_dict(
+      {"model.shortcut": "times", "model.times_alpha": 0.7}
+  )
   assert models.create_model(config.model).config.times_alpha == 0.7
 
 
 def test_alpha_reaches_the_unit(times):
   del times
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
-  cfg = lambda shortcut: models.resolve(unit="full_preact", shortcut=shortcut,
-                                        times_alpha=0.7)
+  cfg = lambda shortcut: models.resolve(
+      unit="full_preact", shortcut=shortcut, times_alpha=0.7
+  )
   plain = ResidualUnit(cfg("none"), 16, 1)
   v = plain.init(KEY, x)
   f = plain.apply(v, x)  # F(x) alone
@@ -72,15 +75,22 @@ def test_alpha_reaches_a_network_of_deleted_modules(times):
   bias = v["params"]["head"]["fc"]["bias"]
   want = ident.apply(off, x) - bias
   for alpha in (0.3, 0.7):
-    got = models.create_model(shortcut="times", times_alpha=alpha,
-                              **kw).apply(off, x) - bias
-    np.testing.assert_allclose(got, alpha ** 3 * want, rtol=1e-4, atol=1e-6)
+    got = (
+        models.create_model(shortcut="times", times_alpha=alpha, **kw).apply(
+            off, x
+        )
+        - bias
+    )
+    np.testing.assert_allclose(got, alpha**3 * want, rtol=1e-4, atol=1e-6)
 
 
 def test_unknown_keys_still_fail_naming_the_valid_ones(times):
   del times
-  with pytest.raises(ValueError, match=r"unknown model key\(s\) "
-                     r"\['times_alpah'\]; valid keys: .*times_alpha"):
+  with pytest.raises(
+      ValueError,
+      match=r"unknown model key\(s\) "
+      r"\['times_alpah'\]; valid keys: .*times_alpha",
+  ):
     models.create_model(shortcut="times", times_alpah=0.5)
   with pytest.raises(ValueError, match="model.shortcut='time'.*times"):
     models.create_model(shortcut="time")
@@ -127,8 +137,9 @@ def test_a_key_clashing_with_a_model_key_is_refused():
 
   models.SHORTCUTS.register("clash")(Clash)
   try:
-    with pytest.raises(ValueError, match="model.shortcut='clash' declares "
-                       "model.depth"):
+    with pytest.raises(
+        ValueError, match="model.shortcut='clash' declares " "model.depth"
+    ):
       models.resolve()
   finally:
     models.SHORTCUTS.unregister("clash")

@@ -13,10 +13,8 @@ def test_shard_for_process():
   labels = np.arange(10)
   shards = [data.shard_for_process(images, labels, i, 3) for i in range(3)]
   assert [len(s[1]) for s in shards] == [3, 3, 4]
-  np.testing.assert_array_equal(np.concatenate([s[0] for s in shards]),
-                                images)
-  np.testing.assert_array_equal(np.concatenate([s[1] for s in shards]),
-                                labels)
+  np.testing.assert_array_equal(np.concatenate([s[0] for s in shards]), images)
+  np.testing.assert_array_equal(np.concatenate([s[1] for s in shards]), labels)
   with pytest.raises(ValueError):
     data.shard_for_process(images, labels, 3, 3)
 
@@ -45,11 +43,12 @@ def test_normalize_dtype_and_values():
   std = np.array([0.5, 0.25, 1.0], np.float32)
   out = data.normalize(images, mean, std, dtype=jnp.bfloat16)
   assert out.dtype == jnp.bfloat16 and out.shape == images.shape
-  np.testing.assert_allclose(np.asarray(out[0, 0, 0], np.float32),
-                             [1.0, 3.0, 1.0])
+  np.testing.assert_allclose(
+      np.asarray(out[0, 0, 0], np.float32), [1.0, 3.0, 1.0]
+  )
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def augmented():
   rng = np.random.default_rng(0)
   images = rng.integers(1, 256, (512, 32, 32, 3), dtype=np.uint8)
@@ -69,11 +68,15 @@ def test_augment_crops_are_shifts_and_flips_are_half(augmented):
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
   offsets, flips = [], []
   for source, result in zip(padded, out):
-    matches = [(dy, dx, flip)
-               for dy in range(9) for dx in range(9) for flip in (False, True)
-               if np.array_equal(
-                   source[dy:dy + 32, dx:dx + 32][:, ::-1 if flip else 1],
-                   result)]
+    matches = [
+        (dy, dx, flip)
+        for dy in range(9)
+        for dx in range(9)
+        for flip in (False, True)
+        if np.array_equal(
+            source[dy : dy + 32, dx : dx + 32][:, :: -1 if flip else 1], result
+        )
+    ]
     assert len(matches) == 1  # Every output is exactly one window.
     dy, dx, flip = matches[0]
     offsets.append((dy, dx))
@@ -91,9 +94,10 @@ def test_sample_batch_indices_epochs():
   sample = jax.jit(data.sample_batch_indices, static_argnums=(2, 3))
   epochs = []
   for epoch in range(3):
-    batches = [np.asarray(sample(key, jnp.int32(step), num_examples,
-                                 batch_size))
-               for step in range(epoch * 10, epoch * 10 + 10)]
+    batches = [
+        np.asarray(sample(key, jnp.int32(step), num_examples, batch_size))
+        for step in range(epoch * 10, epoch * 10 + 10)
+    ]
     seen = np.concatenate(batches)
     assert seen.dtype == np.int32 and seen.shape == (100,)
     assert len(np.unique(seen)) == 100  # At most once per epoch.
@@ -104,9 +108,11 @@ def test_sample_batch_indices_epochs():
   # A pure function of (key, step): recomputing (resuming) gives the same.
   np.testing.assert_array_equal(
       np.asarray(data.sample_batch_indices(key, 13, num_examples, batch_size)),
-      epochs[1][30:40])
-  other = data.sample_batch_indices(jax.random.key(7), 0, num_examples,
-                                    batch_size)
+      epochs[1][30:40],
+  )
+  other = data.sample_batch_indices(
+      jax.random.key(7), 0, num_examples, batch_size
+  )
   assert not np.array_equal(np.asarray(other), epochs[0][:10])
 
 
@@ -135,7 +141,7 @@ def test_augment_is_the_pad_crop_flip_of_its_key():
   flips = np.asarray(jax.random.bernoulli(flip_key, 0.5, (16,)))
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i, ((dy, dx), flip) in enumerate(zip(offsets, flips)):
-    window = padded[i, dy:dy + 8, dx:dx + 8]
+    window = padded[i, dy : dy + 8, dx : dx + 8]
     np.testing.assert_array_equal(out[i], window[:, ::-1] if flip else window)
   unflipped = np.asarray(data.augment(key, images, pad=2, flip=False))
   np.testing.assert_array_equal(unflipped[flips], out[flips][:, :, ::-1])
@@ -146,7 +152,9 @@ def test_sample_batch_indices_are_slices_of_the_epoch_permutation():
   for step in (0, 4, 5, 11):  # 5 steps per epoch of 23 examples.
     epoch, within = divmod(step, 5)
     permutation = np.asarray(
-        jax.random.permutation(jax.random.fold_in(key, epoch), 23))
+        jax.random.permutation(jax.random.fold_in(key, epoch), 23)
+    )
     np.testing.assert_array_equal(
         np.asarray(data.sample_batch_indices(key, step, 23, 4)),
-        permutation[4 * within:4 * within + 4])
+        permutation[4 * within : 4 * within + 4],
+    )

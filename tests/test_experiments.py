@@ -6,30 +6,40 @@ import os
 import re
 
 import pytest
+from helpers import REPO
 
 from resflax import models, training
 from resflax.config import base_config
 from resflax.experiment import cases
 
-from helpers import REPO
 # The experiment files of the papers' tables (sweeps).
-NAMES = ["cifar_resnet.py", "cifar_shortcuts.py", "cifar_activations.py",
-         "cifar_preact.py", "imagenet_resnet.py", "stochastic_depth.py",
-         "wide_resnet.py"]
+NAMES = [
+    "cifar_resnet.py",
+    "cifar_shortcuts.py",
+    "cifar_activations.py",
+    "cifar_preact.py",
+    "imagenet_resnet.py",
+    "stochastic_depth.py",
+    "wide_resnet.py",
+]
 FILES = [os.path.join(REPO, "experiments", n) for n in NAMES]
 
 
 def load(path):
   spec = importlib.util.spec_from_file_location(
-      "experiment_" + os.path.basename(path)[:-3], path)
+      "experiment_" + os.path.basename(path)[:-3], path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
 def test_every_sweep_file_is_covered():
-  sweeps = [os.path.basename(f) for f in glob.glob(
-      os.path.join(REPO, "experiments", "*.py")) if hasattr(load(f), "CASES")]
+  sweeps = [
+      os.path.basename(f)
+      for f in glob.glob(os.path.join(REPO, "experiments", "*.py"))
+      if hasattr(load(f), "CASES")
+  ]
   assert sorted(sweeps) == sorted(NAMES)
 
 
@@ -86,12 +96,21 @@ def test_smoke_shrinks_every_case(path):
     training.validate_config(run)  # on this suite's 4 CPU devices
     full = cases.case_config(module.get_config(case), case, seed=0)
     # Structure kept: block, shortcut, unit and projection of the full case.
-    for key in ("name", "block", "shortcut", "unit", "projection",
-                "gate_bias_init", "stochastic_depth", "dropout"):
+    for key in (
+        "name",
+        "block",
+        "shortcut",
+        "unit",
+        "projection",
+        "gate_bias_init",
+        "stochastic_depth",
+        "dropout",
+    ):
       assert run.model[key] == full.model[key], (case, key)
     assert run.model.depth == smallest_depth(full.model)
     assert run.data.num_classes == {"cifar100": 100, "imagenet2012": 1000}.get(
-        full.data.name, 10)
+        full.data.name, 10
+    )
     models.create_model(training.model_config(run, 1))
 
 
@@ -108,7 +127,10 @@ def test_bad_arg_lists_the_cases(path):
 def test_groups_and_options():
   shortcuts = load(os.path.join(REPO, "experiments", "cifar_shortcuts.py"))
   assert cases.case_names(shortcuts.get_config("exclusive_gate")) == [
-      "exclusive_gate_b0", "exclusive_gate_b-6", "exclusive_gate_b-7"]
+      "exclusive_gate_b0",
+      "exclusive_gate_b-6",
+      "exclusive_gate_b-7",
+  ]
   search = cases.case_names(shortcuts.get_config("exclusive_gate_search"))
   assert search == [f"exclusive_gate_b{b}" for b in range(0, -11, -1)]
   # The default is the paper's table, not the search.
@@ -140,8 +162,9 @@ def test_cifar_resnet_keeps_its_single_runs():
   assert "sweep_cases" not in shrunk and shrunk.data.name == "synthetic"
   assert shrunk.train.steps == cifar.get_config("smoke").train.steps
   table = cifar.get_config()
-  assert cases.case_names(table) == (list(cifar.GROUPS["table6"])
-                                     + list(cifar.GROUPS["plain"]))
+  assert cases.case_names(table) == (
+      list(cifar.GROUPS["table6"]) + list(cifar.GROUPS["plain"])
+  )
 
 
 def test_cifar_resnet_names_a_run_or_a_case():
@@ -157,7 +180,8 @@ def test_cifar_resnet_names_a_run_or_a_case():
   assert cases.case_names(plain) == ["plain56"]
   assert cases.case_config(plain, "plain56", seed=0).model.shortcut == "none"
   assert cases.case_names(cifar.get_config("resnet-110-effective")) == [
-      "resnet110_effective"]
+      "resnet110_effective"
+  ]
   with pytest.raises(ValueError, match="'110' trains one network once"):
     cifar.get_config("110,resnet56")
 
@@ -186,15 +210,19 @@ def test_canonical_names():
   # A minus sign is not a hyphen: b_g = -6 stays -6.
   assert cases.canonical_name("exclusive_gate_b-6") == "exclusive_gate_b-6"
   with pytest.raises(ValueError, match="spelt other than 'resnet110'"):
-    cases.experiment("f.py", base_config(), {"ResNet-110": cases.Case()},
-                     None, title="t")
+    cases.experiment(
+        "f.py", base_config(), {"ResNet-110": cases.Case()}, None, title="t"
+    )
 
 
-@pytest.mark.parametrize("arg,suggested", [
-    ("resnt-20", "resnet20"),   # a sweep case
-    ("11o", "110"),             # a single run's name
-    ("fig", "fig6"),            # a group
-])
+@pytest.mark.parametrize(
+    "arg,suggested",
+    [
+        ("resnt-20", "resnet20"),  # a sweep case
+        ("11o", "110"),  # a single run's name
+        ("fig", "fig6"),  # a group
+    ],
+)
 def test_did_you_mean_covers_every_kind_of_name(arg, suggested):
   cifar = load(os.path.join(REPO, "experiments", "cifar_resnet.py"))
   with pytest.raises(ValueError) as e:
@@ -212,6 +240,7 @@ def test_lesion_depth_takes_every_spelling():
   for arg in ("56", "resnet56", "ResNet-56", "resnet-56,smoke"):
     assert lesion.get_config(arg).model.depth == 56, arg
   assert lesion.get_config().model.depth == 110
-  with pytest.raises(ValueError, match=r"unknown arg 'resnt56' \(did you "
-                     r"mean resnet56"):
+  with pytest.raises(
+      ValueError, match=r"unknown arg 'resnt56' \(did you " r"mean resnet56"
+  ):
     lesion.get_config("resnt56")

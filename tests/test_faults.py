@@ -24,31 +24,38 @@ import time
 import jax
 import numpy as np
 import pytest
+from fault_helpers import tiny_config
+from helpers import REPO
 
 from resflax import data as data_lib
 from resflax import train, training
 from resflax.errors import ConfigError, TrainingError, WorkdirError
 from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
-from fault_helpers import tiny_config
 
-from helpers import REPO
 HELPERS = os.path.join(REPO, "tests", "fault_helpers.py")
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning")
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 
 
 # ----------------------------------------------------------------------
 # Helpers
 
+
 def child_env(fault=""):
   """The environment of a CLI child that computes what this process does."""
-  env = {**os.environ, "RESFLAX_FAULT": fault, "PYTHONUNBUFFERED": "1",
-         "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
-         # conftest's setting: the twin, trained here, draws with it.
-         "JAX_THREEFRY_PARTITIONABLE": str(
-             jax.config.jax_threefry_partitionable).lower()}
+  env = {
+      **os.environ,
+      "RESFLAX_FAULT": fault,
+      "PYTHONUNBUFFERED": "1",
+      "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+      # conftest's setting: the twin, trained here, draws with it.
+      "JAX_THREEFRY_PARTITIONABLE": str(
+          jax.config.jax_threefry_partitionable
+      ).lower(),
+  }
   env.pop("RESFLAX_TRACEBACK", None)
   return env
 
@@ -56,10 +63,19 @@ def child_env(fault=""):
 def cli(workdir, *flags, fault="", config=HELPERS, prefix=(), timeout=300):
   """Runs the command line on the tiny run (a fault first), like a user."""
   env = child_env(fault)
-  cmd = [*prefix, sys.executable, HELPERS, "--config", config,
-         "--workdir", str(workdir), *flags]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  cmd = [
+      *prefix,
+      sys.executable,
+      HELPERS,
+      "--config",
+      config,
+      "--workdir",
+      str(workdir),
+      *flags,
+  ]
+  return subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def assert_one_line_error(proc, pattern=""):
@@ -68,15 +84,17 @@ def assert_one_line_error(proc, pattern=""):
   assert proc.returncode not in (0, None), err[-3000:]
   errors = [l for l in err.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, err[-3000:]
-  assert "Traceback" not in err and "Event loop is closed" not in err, (
-      err[-3000:])
+  assert "Traceback" not in err and "Event loop is closed" not in err, err[
+      -3000:
+  ]
   assert pattern in errors[0], errors[0]
   return errors[0]
 
 
 def state_of(workdir, config=None):
-  return jax.device_get(training.restore_state(config or tiny_config(),
-                                               str(workdir)))
+  return jax.device_get(
+      training.restore_state(config or tiny_config(), str(workdir))
+  )
 
 
 def assert_same_params(a, b):
@@ -98,19 +116,24 @@ def assert_like_twin(run, twin):
 
 
 def set_aside(workdir):
-  return sorted(n for n in os.listdir(workdir / "checkpoints")
-                if ".resflax-" in n)
+  return sorted(
+      n for n in os.listdir(workdir / "checkpoints") if ".resflax-" in n
+  )
 
 
 @contextlib.contextmanager
 def tmpfs(path, size):
   """A tmpfs of ``size`` mounted at ``path`` (skips where one cannot be)."""
   os.makedirs(path, exist_ok=True)
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
-                            "tmpfs", str(path)], capture_output=True)
+  mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+      capture_output=True,
+  )
   if mounted.returncode:
-    pytest.skip("cannot mount a tmpfs here (needs root): "
-                + mounted.stderr.decode().strip())
+    pytest.skip(
+        "cannot mount a tmpfs here (needs root): "
+        + mounted.stderr.decode().strip()
+    )
   try:
     yield path
   finally:
@@ -154,6 +177,7 @@ def copy_of(src, tmp_path):
 # ----------------------------------------------------------------------
 # Kills and signals
 
+
 def test_ctrl_c_saves_and_exits_130(stopped):
   path, proc = stopped
   assert proc.returncode == 130, proc.stderr[-3000:]
@@ -170,13 +194,17 @@ def test_kill_right_after_final_save_keeps_train_time(twin, tmp_path):
   proc = cli(run, fault="kill_after_save:12")
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   assert not (run / "results.json").exists()
-  marks = [r for r in workdir_lib.RunLog(str(run)).records()
-           if r["kind"] == "checkpoint" and r["step"] == 12]
+  marks = [
+      r
+      for r in workdir_lib.RunLog(str(run)).records()
+      if r["kind"] == "checkpoint" and r["step"] == 12
+  ]
   train.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   assert marks, "the final checkpoint's timing was never logged"
   assert results(run)["train_seconds"] == pytest.approx(
-      marks[-1]["train_seconds"], rel=0.01)
+      marks[-1]["train_seconds"], rel=0.01
+  )
 
 
 def test_resume_after_ctrl_c_equals_twin(stopped, twin, tmp_path):
@@ -189,6 +217,7 @@ def test_resume_after_ctrl_c_equals_twin(stopped, twin, tmp_path):
 # ----------------------------------------------------------------------
 # Damaged files
 
+
 def test_damaged_metrics_line_keeps_the_rest(stopped, twin, tmp_path, caplog):
   run = copy_of(stopped[0], tmp_path)
   log = run / "metrics.jsonl"
@@ -198,8 +227,9 @@ def test_damaged_metrics_line_keeps_the_rest(stopped, twin, tmp_path, caplog):
   caplog.set_level(logging.WARNING)
   train.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
-  warned = [r.getMessage() for r in caplog.records if "damaged" in
-            r.getMessage()]
+  warned = [
+      r.getMessage() for r in caplog.records if "damaged" in r.getMessage()
+  ]
   assert len(warned) == 1 and "line 5" in warned[0] and "\n" not in warned[0]
 
 
@@ -215,8 +245,7 @@ def test_unverified_step_is_not_restored(stopped, twin, tmp_path):
   """A step without checksums (a kill between commit and seal) whose values
   are wrong in a way Orbax cannot see: another run's step 8."""
   other = tmp_path / "other"
-  train.train_and_evaluate(tiny_config(steps=8, learning_rate=0.05),
-                           str(other))
+  train.train_and_evaluate(tiny_config(steps=8, learning_rate=0.05), str(other))
   run = copy_of(stopped[0], tmp_path)
   shutil.rmtree(run / "checkpoints" / "8")
   shutil.copytree(other / "checkpoints" / "8", run / "checkpoints" / "8")
@@ -228,8 +257,9 @@ def test_unverified_step_is_not_restored(stopped, twin, tmp_path):
 
 def test_damaged_sealed_step_falls_back(stopped, twin, tmp_path):
   run = copy_of(stopped[0], tmp_path)
-  for f in glob.glob(str(run / "checkpoints" / "8" / "**" / "d" / "*"),
-                     recursive=True):
+  for f in glob.glob(
+      str(run / "checkpoints" / "8" / "**" / "d" / "*"), recursive=True
+  ):
     data = bytearray(open(f, "rb").read())
     data[len(data) // 2] ^= 0x40
     open(f, "wb").write(data)
@@ -260,6 +290,7 @@ def test_damaged_config_json_is_one_line(twin, tmp_path):
 # ----------------------------------------------------------------------
 # Permissions and full disks (command line: one line on stderr)
 
+
 def test_unreadable_checkpoints_one_line(stopped, tmp_path):
   if not shutil.which("setpriv"):
     pytest.skip("setpriv missing: cannot drop root's file capabilities")
@@ -267,8 +298,16 @@ def test_unreadable_checkpoints_one_line(stopped, tmp_path):
   before = sorted(os.listdir(run / "checkpoints"))
   os.chmod(run / "checkpoints", 0)
   try:
-    proc = cli(run, prefix=["setpriv", "--inh-caps=-all", "--bounding-set",
-                            "-dac_override,-dac_read_search", "--"])
+    proc = cli(
+        run,
+        prefix=[
+            "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--",
+        ],
+    )
   finally:
     os.chmod(run / "checkpoints", 0o755)
   assert_one_line_error(proc, str(run / "checkpoints"))
@@ -308,6 +347,7 @@ def test_low_space_for_curves_one_line(tmp_path):
 # ----------------------------------------------------------------------
 # Two processes, config changes, messages
 
+
 def test_lock_is_taken_before_the_data_loads(tmp_path, monkeypatch):
   def no_data(*a, **k):
     raise AssertionError("data loaded while another run held the workdir")
@@ -324,19 +364,24 @@ def test_config_change_recorded_from_the_resumed_step(tmp_path):
   train.train_and_evaluate(tiny_config(steps=9), str(run))
   changed = tiny_config(steps=12, checkpoint_every=4, allow_config_change=True)
   train.train_and_evaluate(changed, str(run))
-  history = [json.loads(l) for l in
-             (run / workdir_lib.CONFIG_HISTORY_FILE).read_text().splitlines()]
+  history = [
+      json.loads(l)
+      for l in (run / workdir_lib.CONFIG_HISTORY_FILE).read_text().splitlines()
+  ]
   assert [h["from_step"] for h in history] == [0, 9]
   assert json.loads((run / "config.json").read_text())["train"]["steps"] == 12
 
 
 def test_fewer_steps_than_trained_is_refused(twin, tmp_path):
   run = copy_of(twin, tmp_path)
-  before = {f: (run / f).read_bytes() for f in ("results.json", "config.json",
-                                                "metrics.jsonl")}
+  before = {
+      f: (run / f).read_bytes()
+      for f in ("results.json", "config.json", "metrics.jsonl")
+  }
   with pytest.raises(ConfigError, match=r"train.steps=6 is below step 12") as e:
-    train.train_and_evaluate(tiny_config(steps=6, allow_config_change=True),
-                             str(run))
+    train.train_and_evaluate(
+        tiny_config(steps=6, allow_config_change=True), str(run)
+    )
   assert "\n" not in str(e.value)
   assert {f: (run / f).read_bytes() for f in before} == before
 
@@ -352,8 +397,12 @@ def test_model_change_is_named(twin, tmp_path):
 
 
 def test_divergence_without_checkpoint_says_so(tmp_path):
-  config = tiny_config(learning_rate=float("inf"), warmup_steps=0,
-                       lr_boundaries=(), checkpoint_every=4)
+  config = tiny_config(
+      learning_rate=float("inf"),
+      warmup_steps=0,
+      lr_boundaries=(),
+      checkpoint_every=4,
+  )
   with pytest.raises(TrainingError) as e:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert "no checkpoint was saved" in str(e.value)
@@ -363,13 +412,15 @@ def test_divergence_without_checkpoint_says_so(tmp_path):
 # ----------------------------------------------------------------------
 # Kill loops (slow)
 
+
 @pytest.mark.slow
 def test_kill_before_seal_resumes_identically(twin, tmp_path):
   run = tmp_path / "run"
   proc = cli(run, fault="kill_before_seal:10")
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-  assert not os.path.exists(run / "checkpoints" / "10" /
-                            checkpoint.CHECKSUM_FILE)
+  assert not os.path.exists(
+      run / "checkpoints" / "10" / checkpoint.CHECKSUM_FILE
+  )
   done = cli(run)
   assert done.returncode == 0, done.stderr[-3000:]
   assert_like_twin(run, twin)
@@ -389,13 +440,24 @@ def test_random_kills_resume_identically(tmp_path):
   rng = random.Random(19)
   kinds = ["kill", "term", "int", "term+kill"]
   env = child_env()
-  cmd = [sys.executable, HELPERS, "--config", f"{HELPERS}:{steps}",
-         "--workdir", str(run)]
+  cmd = [
+      sys.executable,
+      HELPERS,
+      "--config",
+      f"{HELPERS}:{steps}",
+      "--workdir",
+      str(run),
+  ]
   survived = 0
   for k in range(KILLS):
     kind = kinds[k % len(kinds)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(rng.uniform(0.5, 7.0))  # start-up, compilation or training
     if proc.poll() is not None:
       break  # finished before the kill
@@ -408,13 +470,15 @@ def test_random_kills_resume_identically(tmp_path):
         proc.kill()
     proc.wait(timeout=300)
     survived += 1
-  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   config = tiny_config(steps=steps)
   assert_same_params(state_of(run, config), state_of(twin, config))
   assert results(run)["history"] == results(twin)["history"]
-  assert not set_aside(run) or all(".resflax-unverified" in n
-                                   for n in set_aside(run))
+  assert not set_aside(run) or all(
+      ".resflax-unverified" in n for n in set_aside(run)
+  )
   print(f"\nkills survived: {survived} of {KILLS}")
   assert survived == KILLS

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from resflax import data as data_lib, training
-from resflax.training import runs
+from resflax import data as data_lib
+from resflax import training
 from resflax.config import base_config
+from resflax.training import runs
 
 
 def separable_config():
@@ -35,18 +36,29 @@ def separable_config():
   return c
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
   config = separable_config()
   dataset = data_lib.load_dataset(config.data, seed=0)
-  spec = training.build_run(config, dataset.num_classes, dataset.num_train,
-                            training.make_mesh(jax.devices()[:1]))
-  data = tuple(jax.device_put(a, spec.replicated) for a in (
-      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std))
+  spec = training.build_run(
+      config,
+      dataset.num_classes,
+      dataset.num_train,
+      training.make_mesh(jax.devices()[:1]),
+  )
+  data = tuple(
+      jax.device_put(a, spec.replicated)
+      for a in (
+          dataset.train_images,
+          dataset.train_labels,
+          dataset.mean,
+          dataset.std,
+      )
+  )
   return config, dataset, spec, data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _step():
   """The real step with the learning rate as data: one compilation serves
   the working step and the broken ones."""
@@ -54,8 +66,10 @@ def _step():
 
   def step(state, lr, *data):
     view = runs.ConfigView(spec.config, {"train.learning_rate": lr})
-    return training.step_on_dataset(dataclasses.replace(spec, config=view),
-                                    state, *data)
+    return training.step_on_dataset(
+        dataclasses.replace(spec, config=view), state, *data
+    )
+
   return jax.jit(step)
 
 
@@ -91,10 +105,18 @@ def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
   config.train.warmup_learning_rate = 0.03
   config.train.learning_rate = 0.1
   dataset = data_lib.load_dataset(config.data, seed=0)
-  spec = training.build_run(config, 10, dataset.num_train,
-                            training.make_mesh(jax.devices()[:1]))
-  data = tuple(jax.device_put(a, spec.replicated) for a in (
-      dataset.train_images, dataset.train_labels, dataset.mean, dataset.std))
+  spec = training.build_run(
+      config, 10, dataset.num_train, training.make_mesh(jax.devices()[:1])
+  )
+  data = tuple(
+      jax.device_put(a, spec.replicated)
+      for a in (
+          dataset.train_images,
+          dataset.train_labels,
+          dataset.mean,
+          dataset.std,
+      )
+  )
   state = training.init_state(spec, 0, (8, 8, 3))
   step = jax.jit(functools.partial(training.step_on_dataset, spec))
   batch_errors, rates = [], []
@@ -105,5 +127,5 @@ def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
     batch_errors.append((float(state["metrics"].error.total) - before) / 32)
   first = next(s for s, e in enumerate(batch_errors) if e < 0.8)
   assert first > 0, batch_errors  # the warm-up really ran
-  assert rates[:first + 1] == [pytest.approx(0.03)] * (first + 1)
-  assert rates[first + 1:] == [pytest.approx(0.1)] * (39 - first)
+  assert rates[: first + 1] == [pytest.approx(0.03)] * (first + 1)
+  assert rates[first + 1 :] == [pytest.approx(0.1)] * (39 - first)

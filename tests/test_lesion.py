@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import random_variables
 
 from resflax import lesion, models
-from helpers import random_variables
 
 X = jax.random.normal(jax.random.key(7), (4, 32, 32, 3))
 
@@ -24,8 +24,10 @@ def net20():
 def _take_units(tree, keep):
   """Stage tree with unit0 and the stacked units ``keep`` (indices 1..)."""
   idx = jnp.asarray([k - 1 for k in keep])
-  return {"unit0": tree["unit0"],
-          "units": jax.tree.map(lambda a: a[idx], tree["units"])}
+  return {
+      "unit0": tree["unit0"],
+      "units": jax.tree.map(lambda a: a[idx], tree["units"]),
+  }
 
 
 @pytest.mark.parametrize("unit", ["original", "full_preact"])
@@ -39,11 +41,14 @@ def test_deletion_equals_shallower_network(unit):
   keep = {"stage0": [2], "stage1": [1], "stage2": [2]}
   small = {"lesion": shallow.default_lesion()}
   for col in ("params", "batch_stats"):
-    small[col] = {k: (_take_units(t, keep[k]) if k in keep else t)
-                  for k, t in v[col].items()}
+    small[col] = {
+        k: (_take_units(t, keep[k]) if k in keep else t)
+        for k, t in v[col].items()
+    }
   f = jax.jit(lambda m, vv: m.apply(vv, X), static_argnums=0)
-  np.testing.assert_allclose(f(deep, lesioned), f(shallow, small),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      f(deep, lesioned), f(shallow, small), rtol=1e-5, atol=1e-5
+  )
   assert not np.allclose(f(deep, lesioned), f(deep, v), atol=1e-3)
 
 
@@ -53,8 +58,7 @@ def test_k_zero_changes_nothing(net20):
   jax.tree.map(np.testing.assert_array_equal, same["lesion"], v["lesion"])
   np.testing.assert_array_equal(apply(same, X), apply(v, X))
   unswapped, tau = lesion.reorder_modules(v, 0, key=jax.random.key(1))
-  jax.tree.map(np.testing.assert_array_equal, unswapped["lesion"],
-               v["lesion"])
+  jax.tree.map(np.testing.assert_array_equal, unswapped["lesion"], v["lesion"])
   assert float(tau) == 1.0
 
 
@@ -67,17 +71,23 @@ def test_input_params_untouched(net20):
   out3 = lesion.swap_modules(out2, 1, 2)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, v))
   assert jax.tree.map(id, v["lesion"]) == lesion_ids
-  assert out["params"] is v["params"] and out3["batch_stats"] is v["batch_stats"]
-  assert float(np.sum(out["lesion"]["stage0"]["active"])) + float(np.sum(
-      out["lesion"]["stage1"]["active"])) + float(np.sum(
-          out["lesion"]["stage2"]["active"])) == 9 - 4
+  assert (
+      out["params"] is v["params"] and out3["batch_stats"] is v["batch_stats"]
+  )
+  assert (
+      float(np.sum(out["lesion"]["stage0"]["active"]))
+      + float(np.sum(out["lesion"]["stage1"]["active"]))
+      + float(np.sum(out["lesion"]["stage2"]["active"]))
+      == 9 - 4
+  )
 
 
 def test_random_deletions_vmap_and_traced_k(net20):
   _, v, _ = net20
   keys = jax.random.split(jax.random.key(0), 16)
   stacked = jax.vmap(lambda k: lesion.delete_modules(v, 3, key=k)["lesion"])(
-      keys)
+      keys
+  )
   flat = np.concatenate([stacked[f"stage{s}"]["active"] for s in range(3)], 1)
   assert flat.shape == (16, 9)
   np.testing.assert_array_equal((flat == 0).sum(1), 3)
@@ -85,8 +95,8 @@ def test_random_deletions_vmap_and_traced_k(net20):
   for i in (0, 7):  # vmapped == one at a time
     one = lesion.delete_modules(v, 3, key=keys[i])["lesion"]
     np.testing.assert_array_equal(
-        np.concatenate([one[f"stage{s}"]["active"] for s in range(3)]),
-        flat[i])
+        np.concatenate([one[f"stage{s}"]["active"] for s in range(3)]), flat[i]
+    )
   # k as data: one compiled function for every k.
   f = jax.jit(lambda k, key: lesion.delete_modules(v, k, key=key)["lesion"])
   for k in range(5):
@@ -102,18 +112,27 @@ def test_random_deletions_vmap_and_traced_k(net20):
     got = lesion.delete_modules(v, k, key=key)["lesion"]
     np.testing.assert_array_equal(
         np.concatenate([got[f"stage{s}"]["active"] for s in range(3)]),
-        (ranks >= k).astype(np.float32))
+        (ranks >= k).astype(np.float32),
+    )
   # Deleting from a lesioned net picks among the modules still active.
   partial = lesion.delete_modules(v, indices=[0, 1, 2, 3, 4, 5])
   rest = lesion.delete_modules(partial, 3, key=jax.random.key(4))
-  assert sum(float(rest["lesion"][f"stage{s}"]["active"].sum())
-             for s in range(3)) == 0
+  assert (
+      sum(float(rest["lesion"][f"stage{s}"]["active"].sum()) for s in range(3))
+      == 0
+  )
   spared = lesion.delete_modules(
-      v, 6, key=jax.random.key(5),
-      candidates=[not m.downsampling for m in lesion.module_table(
-          models.create_model(depth=20))])
+      v,
+      6,
+      key=jax.random.key(5),
+      candidates=[
+          not m.downsampling
+          for m in lesion.module_table(models.create_model(depth=20))
+      ],
+  )
   np.testing.assert_array_equal(
-      [spared["lesion"][s]["active"][0] for s in ("stage1", "stage2")], 1.0)
+      [spared["lesion"][s]["active"][0] for s in ("stage1", "stage2")], 1.0
+  )
 
 
 def test_bad_arguments_name_the_problem(net20):
@@ -137,8 +156,10 @@ def test_bad_arguments_name_the_problem(net20):
 def test_module_table_from_model_and_variables(net20):
   model, v, apply = net20
   from_vars = lesion.module_table(v)
-  assert from_vars == [dataclasses.replace(m, changes_shape=m.downsampling)
-                       for m in lesion.module_table(model)]
+  assert from_vars == [
+      dataclasses.replace(m, changes_shape=m.downsampling)
+      for m in lesion.module_table(model)
+  ]
   assert [m.index for m in from_vars if m.downsampling] == [3, 6]
   assert lesion.stage_sizes(v) == (3, 3, 3) and lesion.num_modules(v) == 9
   vgg = models.create_model(name="vgg", depth=8, widths=(4, 8, 8))
@@ -152,8 +173,9 @@ def test_swap_and_swap_back_restores_outputs_exactly(net20):
   f = apply
   base = f(v, X)
   once = lesion.swap_modules(v, 4, 5)
-  np.testing.assert_array_equal(lesion.module_order(once),
-                                [0, 1, 2, 3, 5, 4, 6, 7, 8])
+  np.testing.assert_array_equal(
+      lesion.module_order(once), [0, 1, 2, 3, 5, 4, 6, 7, 8]
+  )
   assert not np.allclose(f(once, X), base, atol=1e-4)
   back = lesion.swap_modules(once, 4, 5)
   np.testing.assert_array_equal(f(back, X), base)
@@ -161,8 +183,7 @@ def test_swap_and_swap_back_restores_outputs_exactly(net20):
   shuffled, tau = lesion.reorder_modules(v, 3, key=jax.random.key(11))
   order = np.asarray(lesion.module_order(shuffled))
   movable = [m.index for m in model.modules if m.unit > 0]
-  assert float(tau) == pytest.approx(_reference_tau(order[movable]),
-                                     abs=1e-6)
+  assert float(tau) == pytest.approx(_reference_tau(order[movable]), abs=1e-6)
   undo = shuffled
   for pos in range(9):
     cur = np.asarray(lesion.module_order(undo))
@@ -181,8 +202,9 @@ def test_reorder_only_moves_same_shape_units(net20):
     order = np.asarray(lesion.module_order(new))
     assert list(order[[0, 3, 6]]) == [0, 3, 6]  # unit 0 stays
     for stage in range(3):  # nothing leaves its stage
-      assert sorted(order[3 * stage:3 * stage + 3]) == list(
-          range(3 * stage, 3 * stage + 3))
+      assert sorted(order[3 * stage : 3 * stage + 3]) == list(
+          range(3 * stage, 3 * stage + 3)
+      )
     taus.append(float(tau))
   assert taus[0] == 1.0 and min(taus) < 1.0
   assert taus[1] < 1.0  # one swap always moves something
@@ -190,8 +212,10 @@ def test_reorder_only_moves_same_shape_units(net20):
 
 def _brute_tau(order):
   n = len(order)
-  s = sum(np.sign(order[j] - order[i]) for i, j in
-          itertools.combinations(range(n), 2))
+  s = sum(
+      np.sign(order[j] - order[i])
+      for i, j in itertools.combinations(range(n), 2)
+  )
   return s / (n * (n - 1) / 2)
 
 
@@ -211,18 +235,25 @@ def test_kendall_tau():
   for n in (2, 5, 54):
     for _ in range(5):
       o = rng.permutation(n)
-      assert float(lesion.kendall_tau(o)) == pytest.approx(_reference_tau(o),
-                                                           abs=1e-6)
-      assert float(lesion.kendall_tau(o)) == pytest.approx(_brute_tau(o),
-                                                           abs=1e-6)
+      assert float(lesion.kendall_tau(o)) == pytest.approx(
+          _reference_tau(o), abs=1e-6
+      )
+      assert float(lesion.kendall_tau(o)) == pytest.approx(
+          _brute_tau(o), abs=1e-6
+      )
   assert float(jax.jit(lesion.kendall_tau)(jnp.asarray([1, 0, 2]))) == (
-      pytest.approx(1 / 3))
+      pytest.approx(1 / 3)
+  )
 
 
 def _with_orders(variables, orders):
-  return {**variables, "lesion": {
-      s: {**l, "order": jnp.asarray(orders[s], jnp.int32)}
-      for s, l in variables["lesion"].items()}}
+  return {
+      **variables,
+      "lesion": {
+          s: {**l, "order": jnp.asarray(orders[s], jnp.int32)}
+          for s, l in variables["lesion"].items()
+      },
+  }
 
 
 def test_reorder_tau_counts_only_modules_that_can_move(net20):
@@ -230,10 +261,12 @@ def test_reorder_tau_counts_only_modules_that_can_move(net20):
   # Stages 0 and 1 run units 2, 1; stage 2 keeps its order. The modules
   # that can move are units 1 and 2 of each stage (1, 2, 4, 5, 7, 8); at
   # their positions run 2, 1, 5, 4, 7, 8: 2 of 15 pairs discordant.
-  known = _with_orders(v, {"stage0": [1, 0], "stage1": [1, 0],
-                           "stage2": [0, 1]})
-  np.testing.assert_array_equal(lesion.movable_modules(known),
-                                [1, 2, 4, 5, 7, 8])
+  known = _with_orders(
+      v, {"stage0": [1, 0], "stage1": [1, 0], "stage2": [0, 1]}
+  )
+  np.testing.assert_array_equal(
+      lesion.movable_modules(known), [1, 2, 4, 5, 7, 8]
+  )
   _, tau = lesion.reorder_modules(known, 0, key=jax.random.key(0))
   running = np.asarray(lesion.module_order(known))[[1, 2, 4, 5, 7, 8]]
   np.testing.assert_array_equal(running, [2, 1, 5, 4, 7, 8])
@@ -242,7 +275,8 @@ def test_reorder_tau_counts_only_modules_that_can_move(net20):
   # All 9 modules would give (36 - 2 * 2) / 36: the fixed unit-0 modules
   # only add concordant pairs.
   assert float(lesion.kendall_tau(lesion.module_order(known))) == (
-      pytest.approx(32 / 36, abs=1e-6))
+      pytest.approx(32 / 36, abs=1e-6)
+  )
   # Random swaps, traced, against the same independent count.
   reorder = jax.jit(lambda s, k: lesion.reorder_modules(v, s, key=k))
   for seed in range(4):
@@ -254,8 +288,12 @@ def test_reorder_tau_counts_only_modules_that_can_move(net20):
 def test_a_lone_unit_cannot_move():
   # Stage 1 has one unit besides unit 0: no partner of its shape, so it is
   # left out of tau along with both unit-0 modules.
-  v = {"lesion": {"stage0": {"active": jnp.ones(3), "order": jnp.arange(2)},
-                  "stage1": {"active": jnp.ones(2), "order": jnp.arange(1)}}}
+  v = {
+      "lesion": {
+          "stage0": {"active": jnp.ones(3), "order": jnp.arange(2)},
+          "stage1": {"active": jnp.ones(2), "order": jnp.arange(1)},
+      }
+  }
   np.testing.assert_array_equal(lesion.movable_modules(v), [1, 2])
   new, tau = lesion.reorder_modules(v, 1, key=jax.random.key(3))
   np.testing.assert_array_equal(lesion.module_order(new), [0, 2, 1, 3, 4])
@@ -281,8 +319,9 @@ def test_evaluator_one_compilation_matches_apply(net20):
   images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 4)
   mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
-  ev = lesion.LesionEvaluator(model, images, labels, mean, std,
-                              batch_size=3, lesions_per_call=3)
+  ev = lesion.LesionEvaluator(
+      model, images, labels, mean, std, batch_size=3, lesions_per_call=3
+  )
   stacked = lesion.single_deletion_lesions(v)
   out = ev(v, stacked)  # 10 lesions: chunks of 3, last one padded
   x = (images / 255.0 - mean) / std
@@ -290,21 +329,33 @@ def test_evaluator_one_compilation_matches_apply(net20):
     lv = {**v, "lesion": jax.tree.map(lambda a: a[i], stacked)}
     logits = apply(lv, jnp.asarray(x, jnp.float32))
     assert out["error"][i] == pytest.approx(
-        float(np.mean(np.argmax(logits, -1) != labels)))
+        float(np.mean(np.argmax(logits, -1) != labels))
+    )
   # Chunks whose orders differ take the sequential branch of the same
   # program; other counts reuse it too.
-  mixed = [lesion.swap_modules(v, 1, 2),
-           lesion.delete_modules(v, 2, key=jax.random.key(0)),
-           lesion.reorder_modules(lesion.delete_modules(
-               v, 1, key=jax.random.key(1)), 2, key=jax.random.key(2))[0]]
+  mixed = [
+      lesion.swap_modules(v, 1, 2),
+      lesion.delete_modules(v, 2, key=jax.random.key(0)),
+      lesion.reorder_modules(
+          lesion.delete_modules(v, 1, key=jax.random.key(1)),
+          2,
+          key=jax.random.key(2),
+      )[0],
+  ]
   got = ev(v, mixed)
   for i, lv in enumerate(mixed):
     logits = apply(lv, jnp.asarray(x, jnp.float32))
     assert got["error"][i] == pytest.approx(
-        float(np.mean(np.argmax(logits, -1) != labels)))
-    assert got["loss"][i] == pytest.approx(float(np.mean(
-        optax.softmax_cross_entropy_with_integer_labels(logits, labels))),
-        rel=1e-5)
+        float(np.mean(np.argmax(logits, -1) != labels))
+    )
+    assert got["loss"][i] == pytest.approx(
+        float(
+            np.mean(
+                optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            )
+        ),
+        rel=1e-5,
+    )
   ev(v)
   assert ev.compilations == 1
 
@@ -315,10 +366,16 @@ def test_delete_modules_refuses_a_count_that_is_not_an_integer(k):
   v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   with pytest.raises(TypeError, match="k must be an integer"):
     lesion.delete_modules(v, k, key=jax.random.key(1))
+
   # Integers of every kind still work, traced ones included.
   def deleted(variables):
-    return int(sum(np.asarray(s["active"]).size - np.asarray(s["active"]).sum()
-                   for s in variables["lesion"].values()))
+    return int(
+        sum(
+            np.asarray(s["active"]).size - np.asarray(s["active"]).sum()
+            for s in variables["lesion"].values()
+        )
+    )
+
   for ok in (2, np.int64(2), jnp.int32(2)):
     assert deleted(lesion.delete_modules(v, ok, key=jax.random.key(1))) == 2
   traced = jax.jit(lambda k: lesion.delete_modules(v, k, key=jax.random.key(1)))

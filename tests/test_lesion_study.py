@@ -11,16 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import REPO, lesion_config, random_variables
+from helpers import summary_inputs as _summary_inputs
 
 from resflax import models, training
 from resflax.errors import ConfigError
-from resflax.experiment import lesion_analysis, lesion_study, lesion_summary
-from resflax.experiment import paper
+from resflax.experiment import (
+    lesion_analysis,
+    lesion_study,
+    lesion_summary,
+    paper,
+)
 from resflax.lesion import signal_stats
 from resflax.training import checkpoint
-from helpers import lesion_config, random_variables, summary_inputs as _summary_inputs
-
-from helpers import REPO
 
 
 def fake_run(run_dir, cfg, seed=0):
@@ -56,16 +59,21 @@ def test_config_and_unknown_keys():
   assert "lesion" not in lesion_study.training_config(config)
   vgg = lesion_study.vgg_config(config)
   assert (vgg.model.name, vgg.model.depth, vgg.model.shortcut) == (
-      "vgg", 8, "none")
+      "vgg",
+      8,
+      "none",
+  )
   assert lesion_study.plain_config(config).model.shortcut == "none"
 
 
 @pytest.mark.slow
 def test_study_from_checkpoints_writes_every_file(tmp_path):
   config = lesion_config("smoke")
-  runs = {"checkpoint": ("resnet", lesion_study.training_config(config)),
-          "vgg_checkpoint": ("vgg", lesion_study.vgg_config(config)),
-          "plain_checkpoint": ("plain", lesion_study.plain_config(config))}
+  runs = {
+      "checkpoint": ("resnet", lesion_study.training_config(config)),
+      "vgg_checkpoint": ("vgg", lesion_study.vgg_config(config)),
+      "plain_checkpoint": ("plain", lesion_study.plain_config(config)),
+  }
   for i, (key, (name, cfg)) in enumerate(runs.items()):
     fake_run(str(tmp_path / name), cfg, seed=i)
     config.lesion[key] = str(tmp_path / name)
@@ -82,13 +90,22 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
   single = res["single_deletion"]
   assert [r["module"] for r in single["resnet"]["rows"]] == list(range(9))
   assert [r["downsampling"] for r in single["resnet"]["rows"]] == [
-      False, False, False, True, False, False, True, False, False]
+      False,
+      False,
+      False,
+      True,
+      False,
+      False,
+      True,
+      False,
+      False,
+  ]
   assert len(single["vgg"]["rows"]) == 6
   assert res["evaluator_compilations"] == {"resnet": 1, "vgg": 1}
   assert [p["k"] for p in res["k_deletion"]["per_k"]] == [1, 2, 3]
   # Two random swaps can undo each other (tau = 1 again).
   assert all(-1 <= r["kendall_tau"] <= 1 for r in res["reorder"]["rows"])
-  assert sum(r["paths"] for r in res["paths"]["rows"]) == 2 ** 9
+  assert sum(r["paths"] for r in res["paths"]["rows"]) == 2**9
   labels = {r["network"] for r in res["signal"]["response_std"]}
   assert labels == {"resnet", "plain"}
   summary = (out / "lesion" / "summary.md").read_text()
@@ -105,9 +122,13 @@ def test_path_pool_is_a_class_balanced_random_sample():
   images = np.zeros((500, 2, 2, 3), np.uint8)
   images[:, 0, 0, 0] = labels
   images[:, 0, 1, 0] = np.tile(np.arange(50), 10)
-  ds = types.SimpleNamespace(train_images=images, train_labels=labels,
-                             num_train=500, mean=np.zeros(3),
-                             std=np.full(3, 1 / 255))
+  ds = types.SimpleNamespace(
+      train_images=images,
+      train_labels=labels,
+      num_train=500,
+      mean=np.zeros(3),
+      std=np.full(3, 1 / 255),
+  )
   picked = {}
   for size, seed in ((64, 0), (64, 1), (50, 0)):
     x, y = lesion_analysis.path_pool(ds, size, seed)
@@ -124,21 +145,24 @@ def test_path_pool_is_a_class_balanced_random_sample():
   assert len(lesion_analysis.path_pool(ds, 5000, 0)[1]) == 500
 
 
-def test_summary_quotes_the_papers_numbers_from_paper_py(tmp_path,
-                                                         monkeypatch):
+def test_summary_quotes_the_papers_numbers_from_paper_py(tmp_path, monkeypatch):
   rows = paper.TABLES["veit"].rows
-  for case, text in (("num_modules", "154"),
-                     ("path_length_bulk_pct", "96"),
-                     ("path_length_95pct_min_modules", "119"),
-                     ("path_length_95pct_max_modules", "135"),
-                     ("effective_path_min_modules", "105"),
-                     ("effective_path_max_modules", "117"),
-                     ("effective_path_fraction_pct", "0.145")):
+  for case, text in (
+      ("num_modules", "154"),
+      ("path_length_bulk_pct", "96"),
+      ("path_length_95pct_min_modules", "119"),
+      ("path_length_95pct_max_modules", "135"),
+      ("effective_path_min_modules", "105"),
+      ("effective_path_max_modules", "117"),
+      ("effective_path_fraction_pct", "0.145"),
+  ):
     monkeypatch.setitem(rows, case, {(): paper.PaperValue(text, paper.V2)})
-  text = lesion_summary.write_summary(str(tmp_path / "summary.md"),
-                                      _summary_inputs())
+  text = lesion_summary.write_summary(
+      str(tmp_path / "summary.md"), _summary_inputs()
+  )
   assert "96% of the paths have length 2 to 7 (Veit, n = 154: 119 to 135)" in (
-      text)
+      text
+  )
   assert "(Veit, n = 154: 105 to 117, 0.145%)" in text
   assert (tmp_path / "summary.md").read_text() == text
 
@@ -152,11 +176,17 @@ def test_figures_leave_pyplot_and_the_backend_alone(tmp_path):
       "per = [{'k': 1, 'mean': 0.2, 'std': 0.01}]\n"
       "lesion_plots.plot_k(sys.argv[1], {'per_k': per, 'rows': []}, 0.1)\n"
       "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no-pyplot',"
-      " matplotlib.rcParams['backend'])\n")
+      " matplotlib.rcParams['backend'])\n"
+  )
   png = tmp_path / "k.png"
-  proc = subprocess.run([sys.executable, "-c", code, str(png)], cwd=REPO,
-                        env={**os.environ, "MPLBACKEND": "svg"},
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-c", code, str(png)],
+      cwd=REPO,
+      env={**os.environ, "MPLBACKEND": "svg"},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ["no-pyplot", "svg"]
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -175,8 +205,8 @@ def test_scaled_shortcut_gradient_factor_within_a_stage():
   # Input of the last stage's unit 1 (position 5) vs the head input (6);
   # unit 0 (position 4) downsamples through a pre-activated shortcut.
   assert r[5] / r[6] == pytest.approx(0.5, rel=1e-4)
-  assert r[6] == 1.0 and np.all(r[:5] < 0.5 ** 1.5)
-  assert rows[-1]["predicted"] == 1.0 and rows[0]["predicted"] == 0.5 ** 6
+  assert r[6] == 1.0 and np.all(r[:5] < 0.5**1.5)
+  assert rows[-1]["predicted"] == 1.0 and rows[0]["predicted"] == 0.5**6
   assert all(row["ratio_full"] > 0 for row in rows)
 
 
@@ -191,6 +221,7 @@ def test_response_stds_and_gates():
   assert [r["layer"] for r in stds] == list(range(1, 10))  # 1 conv/module
   # Reordered: rows follow execution order and name the module that ran.
   from resflax import lesion  # pylint: disable=g-import-not-at-top
+
   swapped = lesion.swap_modules(v, 1, 2)
   rows = signal_stats.response_stds(highway, swapped, x)
   assert [r["module"] for r in rows[:3]] == [0, 2, 1]
@@ -201,12 +232,25 @@ def test_cli_smoke_trains_and_writes_every_file(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
   env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-      os.environ.get("TMPDIR", "/tmp"), "resflax-test-jax-cache")
+      os.environ.get("TMPDIR", "/tmp"), "resflax-test-jax-cache"
+  )
   workdir = tmp_path / "smoke"
   proc = subprocess.run(
-      [sys.executable, "-m", "resflax.main", "--config",
-       "experiments/cifar_lesion.py:smoke", "--workdir", str(workdir)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+      [
+          sys.executable,
+          "-m",
+          "resflax.main",
+          "--config",
+          "experiments/cifar_lesion.py:smoke",
+          "--workdir",
+          str(workdir),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in lesion_study.OUTPUT_FILES:
     assert (workdir / "lesion" / name).stat().st_size > 0, name

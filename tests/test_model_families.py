@@ -13,10 +13,18 @@ KEY = jax.random.key(0)
 
 
 def test_registry_lists_the_five_families():
-  assert models.FAMILIES.names() == ["cifar_resnet", "highway",
-                                     "imagenet_resnet", "vgg", "wide_resnet"]
-  with pytest.raises(ValueError, match="model.name='resnet'.*cifar_resnet, "
-                     "highway, imagenet_resnet, vgg, wide_resnet"):
+  assert models.FAMILIES.names() == [
+      "cifar_resnet",
+      "highway",
+      "imagenet_resnet",
+      "vgg",
+      "wide_resnet",
+  ]
+  with pytest.raises(
+      ValueError,
+      match="model.name='resnet'.*cifar_resnet, "
+      "highway, imagenet_resnet, vgg, wide_resnet",
+  ):
     models.create_model(name="resnet")
 
 
@@ -24,22 +32,57 @@ def test_registry_lists_the_five_families():
 # He et al. 2016 sec. 4.2 (CIFAR 6n+2) and Table 1 (ImageNet), WRN-28-10
 # (16k, 32k, 64k), Veit et al.'s VGG (max-pool between stride-1 stages), the
 # highway net of Identity Mappings (one conv per unit, 3n+2).
-@pytest.mark.parametrize("kw,stem,imagenet_stem,stages", [
-    (dict(name="cifar_resnet", depth=110), 16, False,
-     [(18, 16, 1, False), (18, 32, 2, False), (18, 64, 2, False)]),
-    (dict(name="imagenet_resnet", depth=50), 64, True,
-     [(3, 64, 1, False), (4, 128, 2, False), (6, 256, 2, False),
-      (3, 512, 2, False)]),
-    (dict(name="imagenet_resnet", depth=101), 64, True,
-     [(3, 64, 1, False), (4, 128, 2, False), (23, 256, 2, False),
-      (3, 512, 2, False)]),
-    (dict(name="wide_resnet", depth=28, width=10), 16, False,
-     [(4, 160, 1, False), (4, 320, 2, False), (4, 640, 2, False)]),
-    (dict(name="vgg", depth=14), 64, False,
-     [(4, 64, 1, False), (4, 128, 1, True), (4, 256, 1, True)]),
-    (dict(name="highway", depth=20), 16, False,
-     [(6, 16, 1, False), (6, 32, 2, False), (6, 64, 2, False)]),
-])
+@pytest.mark.parametrize(
+    "kw,stem,imagenet_stem,stages",
+    [
+        (
+            dict(name="cifar_resnet", depth=110),
+            16,
+            False,
+            [(18, 16, 1, False), (18, 32, 2, False), (18, 64, 2, False)],
+        ),
+        (
+            dict(name="imagenet_resnet", depth=50),
+            64,
+            True,
+            [
+                (3, 64, 1, False),
+                (4, 128, 2, False),
+                (6, 256, 2, False),
+                (3, 512, 2, False),
+            ],
+        ),
+        (
+            dict(name="imagenet_resnet", depth=101),
+            64,
+            True,
+            [
+                (3, 64, 1, False),
+                (4, 128, 2, False),
+                (23, 256, 2, False),
+                (3, 512, 2, False),
+            ],
+        ),
+        (
+            dict(name="wide_resnet", depth=28, width=10),
+            16,
+            False,
+            [(4, 160, 1, False), (4, 320, 2, False), (4, 640, 2, False)],
+        ),
+        (
+            dict(name="vgg", depth=14),
+            64,
+            False,
+            [(4, 64, 1, False), (4, 128, 1, True), (4, 256, 1, True)],
+        ),
+        (
+            dict(name="highway", depth=20),
+            16,
+            False,
+            [(6, 16, 1, False), (6, 32, 2, False), (6, 64, 2, False)],
+        ),
+    ],
+)
 def test_layouts_follow_the_papers(kw, stem, imagenet_stem, stages):
   cfg = models.resolve(**kw)
   layout = models.FAMILIES.get(cfg.name).layout(cfg)
@@ -53,14 +96,20 @@ def test_layouts_follow_the_papers(kw, stem, imagenet_stem, stages):
 
 def test_family_defaults_apply_where_the_config_is_silent():
   hw = models.resolve(name="highway")
-  assert (hw.depth, hw.block, hw.unit, hw.shortcut, hw.gate_kernel,
-          hw.gate_bias_init) == (20, "single", "relu_before_add",
-                                 "exclusive_gate", 3, -2.0)
+  assert (
+      hw.depth,
+      hw.block,
+      hw.unit,
+      hw.shortcut,
+      hw.gate_kernel,
+      hw.gate_bias_init,
+  ) == (20, "single", "relu_before_add", "exclusive_gate", 3, -2.0)
   inet = models.resolve(name="imagenet_resnet", depth=18)
-  assert (inet.block, inet.projection, inet.num_classes) == ("basic", "B",
-                                                             1000)
-  assert models.resolve(name="imagenet_resnet", depth=18,
-                        block="bottleneck").block == "bottleneck"
+  assert (inet.block, inet.projection, inet.num_classes) == ("basic", "B", 1000)
+  assert (
+      models.resolve(name="imagenet_resnet", depth=18, block="bottleneck").block
+      == "bottleneck"
+  )
   # "" means the family's projection; an explicit key wins over it.
   assert models.resolve(name="cifar_resnet", projection="").projection == "A"
   assert models.resolve(name="highway", gate_kernel=1).gate_kernel == 1
@@ -72,43 +121,62 @@ def test_family_defaults_apply_where_the_config_is_silent():
 
 # Smallest nets: one unit per stage (3 * convs + 2 on CIFAR, 6 + 4 for a
 # WRN); ImageNet keeps basic (ResNet-18) or bottleneck (ResNet-50) units.
-@pytest.mark.parametrize("model,depth,extra", [
-    (dict(name="cifar_resnet", depth=110), 8, {}),
-    (dict(name="cifar_resnet", depth=1001, block="bottleneck",
-          unit="full_preact", projection="B"), 11, {}),
-    (dict(name="cifar_resnet", depth=110, block="single"), 5, {}),
-    (dict(name="highway", depth=50), 5, {}),
-    (dict(name="vgg", depth=14), 5, {}),
-    (dict(name="wide_resnet", depth=28, width=10), 10, {"width": 1}),
-    (dict(name="imagenet_resnet", depth=18), 18, {}),
-    (dict(name="imagenet_resnet", depth=34), 18, {}),
-    (dict(name="imagenet_resnet", depth=50), 50, {}),
-    (dict(name="imagenet_resnet", depth=200), 50, {}),
-])
+@pytest.mark.parametrize(
+    "model,depth,extra",
+    [
+        (dict(name="cifar_resnet", depth=110), 8, {}),
+        (
+            dict(
+                name="cifar_resnet",
+                depth=1001,
+                block="bottleneck",
+                unit="full_preact",
+                projection="B",
+            ),
+            11,
+            {},
+        ),
+        (dict(name="cifar_resnet", depth=110, block="single"), 5, {}),
+        (dict(name="highway", depth=50), 5, {}),
+        (dict(name="vgg", depth=14), 5, {}),
+        (dict(name="wide_resnet", depth=28, width=10), 10, {"width": 1}),
+        (dict(name="imagenet_resnet", depth=18), 18, {}),
+        (dict(name="imagenet_resnet", depth=34), 18, {}),
+        (dict(name="imagenet_resnet", depth=50), 50, {}),
+        (dict(name="imagenet_resnet", depth=200), 50, {}),
+    ],
+)
 def test_shrink_gives_the_smallest_net_of_the_variant(model, depth, extra):
   imagenet = model["name"] == "imagenet_resnet"
-  want = {"depth": depth, "widths": (4, 8, 8, 8) if imagenet else (4, 8, 8),
-          "bn_group_size": 0, **extra}
+  want = {
+      "depth": depth,
+      "widths": (4, 8, 8, 8) if imagenet else (4, 8, 8),
+      "bn_group_size": 0,
+      **extra,
+  }
   assert models.shrink({**model, "bn_group_size": 64}) == want
   assert models.smallest_depth(model) == depth
   big = models.resolve(model)
   small = models.resolve({**model, **want})
   # He et al. Table 1 for ImageNet.
-  units = ({18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth] if imagenet
-           else (1, 1, 1))
+  units = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth] if imagenet else (1, 1, 1)
   assert models.units_per_stage(small) == units
   for key in ("name", "block", "shortcut", "unit", "projection"):
     assert getattr(small, key) == getattr(big, key)
-  assert models.FAMILIES.get(big.name).smoke_image_size == (32 if imagenet
-                                                            else 16)
+  assert models.FAMILIES.get(big.name).smoke_image_size == (
+      32 if imagenet else 16
+  )
 
 
 def test_shrink_reads_an_experiment_config():
   config = base_config()
   config.model.depth = 110
   config.model.bn_group_size = 64
-  assert models.shrink(config.model) == {"depth": 8, "widths": (4, 8, 8),
-                                         "bn_group_size": 0}
+  assert models.shrink(config.model) == {
+      "depth": 8,
+      "widths": (4, 8, 8),
+      "bn_group_size": 0,
+  }
   assert models.shrink("preact_resnet1001")["depth"] == 11
   with pytest.raises(ValueError, match="model.depth=21"):
     models.shrink(dict(depth=21))
@@ -126,11 +194,14 @@ def two_stage_family():
 
 
 def test_a_registered_family_builds_without_touching_create_model(
-    two_stage_family):
+    two_stage_family,
+):
   del two_stage_family
   m = models.create_model(name="two_stage")
-  assert [(s.units, s.width, s.strides) for s in m.stages] == [(1, 8, 1),
-                                                               (1, 16, 2)]
+  assert [(s.units, s.width, s.strides) for s in m.stages] == [
+      (1, 8, 1),
+      (1, 16, 2),
+  ]
   v = jax.eval_shape(m.init, KEY, jnp.zeros((1, 16, 16, 3)))
   stem = 3 * 3 * 3 * 8 + 2 * 8  # conv, BN
   unit0 = 2 * 3 * 3 * 8 * 8 + 2 * 2 * 8  # two convs, two BNs
@@ -150,12 +221,20 @@ def test_common_names_expand_to_the_keyword_forms():
       "plain56": dict(name="cifar_resnet", depth=56, shortcut="none"),
       "resnet34": dict(name="imagenet_resnet", depth=34),
       "resnet200": dict(name="imagenet_resnet", depth=200),
-      "preact_resnet164": dict(name="cifar_resnet", depth=164,
-                               block="bottleneck", unit="full_preact",
-                               projection="B"),
-      "preact_resnet1001": dict(name="cifar_resnet", depth=1001,
-                                block="bottleneck", unit="full_preact",
-                                projection="B"),
+      "preact_resnet164": dict(
+          name="cifar_resnet",
+          depth=164,
+          block="bottleneck",
+          unit="full_preact",
+          projection="B",
+      ),
+      "preact_resnet1001": dict(
+          name="cifar_resnet",
+          depth=1001,
+          block="bottleneck",
+          unit="full_preact",
+          projection="B",
+      ),
       "wrn28_10": dict(name="wide_resnet", depth=28, width=10),
       "vgg": dict(name="vgg"),
   }
@@ -166,18 +245,23 @@ def test_common_names_expand_to_the_keyword_forms():
   for depth in (50, 101, 152):
     cfg = models.create_model(f"resnet{depth}").config
     assert (cfg.name, cfg.block, cfg.num_classes) == (
-        "imagenet_resnet", "bottleneck", 1000)
+        "imagenet_resnet",
+        "bottleneck",
+        1000,
+    )
   # Keywords apply on top of a name.
-  cfg = models.create_model("resnet110", unit="full_preact",
-                            num_classes=100).config
+  cfg = models.create_model(
+      "resnet110", unit="full_preact", num_classes=100
+  ).config
   assert (cfg.depth, cfg.unit, cfg.num_classes) == (110, "full_preact", 100)
   assert models.create_model("wrn16_8", dropout=0.3).config.dropout == 0.3
 
 
 def test_bad_common_names_list_valid_forms():
   for bad in ("resnet", "foo", "wrn28", "resnet-110"):
-    with pytest.raises(ValueError, match="resnetD.*plainD.*preact_resnetD.*"
-                       "wrnD_K"):
+    with pytest.raises(
+        ValueError, match="resnetD.*plainD.*preact_resnetD.*" "wrnD_K"
+    ):
       models.create_model(bad)
   with pytest.raises(ValueError, match="6n\\+2.*104, 110"):
     models.create_model("resnet111")

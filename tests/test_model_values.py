@@ -36,8 +36,12 @@ def np_conv(x, k, stride=1):
   out = np.zeros((x.shape[0], ho, wo, k.shape[3]))
   for a in range(kh):
     for b in range(kw):
-      patch = xp[:, a:a + stride * (ho - 1) + 1:stride,
-                 b:b + stride * (wo - 1) + 1:stride, :]
+      patch = xp[
+          :,
+          a : a + stride * (ho - 1) + 1 : stride,
+          b : b + stride * (wo - 1) + 1 : stride,
+          :,
+      ]
       out += patch @ k[a, b]
   return out
 
@@ -45,8 +49,9 @@ def np_conv(x, k, stride=1):
 def np_bn(x, p, s):
   """Evaluation-mode BN from a module's params p and batch_stats s."""
   f = lambda a: np.asarray(a, np.float64)
-  return ((x - f(s["mean"])) / np.sqrt(f(s["var"]) + EPS) * f(p["scale"])
-          + f(p["bias"]))
+  return (x - f(s["mean"])) / np.sqrt(f(s["var"]) + EPS) * f(p["scale"]) + f(
+      p["bias"]
+  )
 
 
 def np_bn_per_example(x, p):
@@ -107,8 +112,9 @@ def at(tree, i):
 def assert_close(got, want, rel=1e-5):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, rtol=0,
-                             atol=rel * max(1.0, np.abs(want).max()))
+  np.testing.assert_allclose(
+      got, want, rtol=0, atol=rel * max(1.0, np.abs(want).max())
+  )
 
 
 def assert_differs(got, wrong, rel=1e-2):
@@ -127,8 +133,9 @@ WIDTHS = (4, 8, 16)
 def preact_net():
   # Depth 14: two units per stage, so each stage has unit0 and one stacked
   # unit under 'units'.
-  model = models.create_model(name="cifar_resnet", depth=14,
-                              unit="full_preact", widths=WIDTHS)
+  model = models.create_model(
+      name="cifar_resnet", depth=14, unit="full_preact", widths=WIDTHS
+  )
   return model, randomized(model.init(KEY, jnp.asarray(X)))
 
 
@@ -139,9 +146,16 @@ def preact_apply(preact_net):
   return jax.jit(lambda v: model.apply(v, jnp.asarray(X)))
 
 
-def np_preact_forward(v, x, *, split_after_preact=True, final_bn_relu=True,
-                      deleted=(), branch_scale=(1.0,) * 6,
-                      per_example_bn=False):
+def np_preact_forward(
+    v,
+    x,
+    *,
+    split_after_preact=True,
+    final_bn_relu=True,
+    deleted=(),
+    branch_scale=(1.0,) * 6,
+    per_example_bn=False,
+):
   """ResNet-14 with full pre-activation units (Identity Mappings Fig. 4e).
 
   Args:
@@ -157,14 +171,14 @@ def np_preact_forward(v, x, *, split_after_preact=True, final_bn_relu=True,
       instead of the running statistics.
   """
   p, s = v["params"], v["batch_stats"]
-  bn = ((lambda h, q, t: np_bn_per_example(h, q)) if per_example_bn
-        else np_bn)
+  bn = (lambda h, q, t: np_bn_per_example(h, q)) if per_example_bn else np_bn
   h = np_conv(x, p["stem"]["conv"]["kernel"])
   for st, width in enumerate(WIDTHS):
     stride = 1 if st == 0 else 2
     sp, ss = p[f"stage{st}"], s[f"stage{st}"]
-    for u, (q, t) in enumerate([(sp["unit0"], ss["unit0"]),
-                                (at(sp["units"], 0), at(ss["units"], 0))]):
+    for u, (q, t) in enumerate(
+        [(sp["unit0"], ss["unit0"]), (at(sp["units"], 0), at(ss["units"], 0))]
+    ):
       a = relu(bn(h, q["bn_pre0"], t["bn_pre0"]))
       stride_u = stride if u == 0 else 1
       shortcut_in = a if (u == 0 and split_after_preact) else h
@@ -173,14 +187,14 @@ def np_preact_forward(v, x, *, split_after_preact=True, final_bn_relu=True,
         h = short
         continue
       f = np_conv(a, q["conv0"]["kernel"], stride_u)
-      f = np_conv(relu(bn(f, q["bn_pre1"], t["bn_pre1"])),
-                  q["conv1"]["kernel"])
+      f = np_conv(relu(bn(f, q["bn_pre1"], t["bn_pre1"])), q["conv1"]["kernel"])
       h = short + branch_scale[2 * st + u] * f
   if final_bn_relu:
     h = relu(bn(h, p["head"]["bn"], s["head"]["bn"]))
   fc = p["head"]["fc"]
-  return h.mean(axis=(1, 2)) @ np.asarray(fc["kernel"], np.float64) + \
-      np.asarray(fc["bias"], np.float64)
+  return h.mean(axis=(1, 2)) @ np.asarray(
+      fc["kernel"], np.float64
+  ) + np.asarray(fc["bias"], np.float64)
 
 
 def test_preact_edge_rules_match_hand_forward(preact_net, preact_apply):
@@ -198,24 +212,30 @@ def test_preact_with_zero_branches_is_closed_form(preact_net, preact_apply):
   # option_A(ReLU(BN(h))) (the first unit's split), then the identities,
   # then the final BN-ReLU.
   _, v = preact_net
-  zero = lambda path, a: (jnp.zeros_like(a) if any(
-      getattr(k, "key", None) == "conv1" for k in path) else a)
+  zero = lambda path, a: (
+      jnp.zeros_like(a)
+      if any(getattr(k, "key", None) == "conv1" for k in path)
+      else a
+  )
   v0 = {**v, "params": jax.tree_util.tree_map_with_path(zero, v["params"])}
   p, s = v0["params"], v0["batch_stats"]
   h = np_conv(X, p["stem"]["conv"]["kernel"])
   for st, width in enumerate(WIDTHS):
     q, t = p[f"stage{st}"]["unit0"], s[f"stage{st}"]["unit0"]
-    h = option_a(relu(np_bn(h, q["bn_pre0"], t["bn_pre0"])), width,
-                 1 if st == 0 else 2)
+    h = option_a(
+        relu(np_bn(h, q["bn_pre0"], t["bn_pre0"])), width, 1 if st == 0 else 2
+    )
   h = relu(np_bn(h, p["head"]["bn"], s["head"]["bn"]))
-  want = h.mean(axis=(1, 2)) @ np.asarray(p["head"]["fc"]["kernel"]) + \
-      np.asarray(p["head"]["fc"]["bias"])
+  want = h.mean(axis=(1, 2)) @ np.asarray(
+      p["head"]["fc"]["kernel"]
+  ) + np.asarray(p["head"]["fc"]["bias"])
   assert_close(preact_apply(v0), want)
 
 
 @pytest.mark.parametrize("stage", [0, 1])
 def test_deleting_unit0_of_preact_stage_leaves_its_preactivation(
-    preact_net, preact_apply, stage):
+    preact_net, preact_apply, stage
+):
   # Module numbers: two units per stage, so stage s's unit 0 is module 2 s.
   model, v = preact_net
   assert model.modules[2 * stage].unit == 0
@@ -224,8 +244,10 @@ def test_deleting_unit0_of_preact_stage_leaves_its_preactivation(
   # What is left of unit 0 is its shortcut, fed by the BN-ReLU that precedes
   # the split: option_A(ReLU(BN(x))), not x itself.
   assert_close(got, np_preact_forward(v, X, deleted={(stage, 0)}))
-  assert_differs(got, np_preact_forward(v, X, deleted={(stage, 0)},
-                                        split_after_preact=False))
+  assert_differs(
+      got,
+      np_preact_forward(v, X, deleted={(stage, 0)}, split_after_preact=False),
+  )
 
 
 # ------------------------------------------------ option A, by hand
@@ -241,11 +263,17 @@ def test_option_a_downsampling_unit_by_hand(unit):
   cfg = resolve(name="cifar_resnet", unit=unit)
   u = unit_lib.ResidualUnit(cfg, 4, 2, unit_lib.PREACT)
   v = u.init(KEY, x)
-  v = {**v, "params": jax.tree_util.tree_map_with_path(
-      lambda path, a: jnp.zeros_like(a) if path[-1].key == "kernel" else a,
-      v["params"])}
-  want = np.array([[[[0, 1, 0, 0], [4, 5, 0, 0]],
-                    [[16, 17, 0, 0], [20, 21, 0, 0]]]], np.float32)
+  v = {
+      **v,
+      "params": jax.tree_util.tree_map_with_path(
+          lambda path, a: jnp.zeros_like(a) if path[-1].key == "kernel" else a,
+          v["params"],
+      ),
+  }
+  want = np.array(
+      [[[[0, 1, 0, 0], [4, 5, 0, 0]], [[16, 17, 0, 0], [20, 21, 0, 0]]]],
+      np.float32,
+  )
   np.testing.assert_array_equal(u.apply(v, x), want)
 
 
@@ -269,13 +297,20 @@ UNIT_CASES = [
 def np_branch(placement, q, t, x, stride):
   """F(x) of a basic block (Identity Mappings Fig. 4 a and e)."""
   if placement == "original":
-    f = relu(np_bn(np_conv(x, q["conv0"]["kernel"], stride), q["bn_post0"],
-                   t["bn_post0"]))
-    return np_bn(np_conv(f, q["conv1"]["kernel"]), q["bn_post1"],
-                 t["bn_post1"])
+    f = relu(
+        np_bn(
+            np_conv(x, q["conv0"]["kernel"], stride),
+            q["bn_post0"],
+            t["bn_post0"],
+        )
+    )
+    return np_bn(np_conv(f, q["conv1"]["kernel"]), q["bn_post1"], t["bn_post1"])
   a = relu(np_bn(x, q["bn_pre0"], t["bn_pre0"]))
-  f = relu(np_bn(np_conv(a, q["conv0"]["kernel"], stride), q["bn_pre1"],
-                 t["bn_pre1"]))
+  f = relu(
+      np_bn(
+          np_conv(a, q["conv0"]["kernel"], stride), q["bn_pre1"], t["bn_pre1"]
+      )
+  )
   return np_conv(f, q["conv1"]["kernel"])
 
 
@@ -300,24 +335,32 @@ def np_shortcut(name, kw, q, t, x, width, stride, preact):
     return lam * h(), f, lam * h()
   if name in ("exclusive_gate", "shortcut_gate"):
     gate = sq["gate"]
-    g = sigmoid(np_conv(x, gate["kernel"], stride)
-                + np.asarray(gate["bias"], np.float64))
+    g = sigmoid(
+        np_conv(x, gate["kernel"], stride)
+        + np.asarray(gate["bias"], np.float64)
+    )
     f = g if name == "exclusive_gate" else 1.0
     return (1 - g) * h(), f, (1 - g) * h()
   if name == "conv1x1":
-    y = np_bn(np_conv(x, sq["proj"]["kernel"], stride), sq["proj_bn"],
-              sv["proj_bn"])
+    y = np_bn(
+        np_conv(x, sq["proj"]["kernel"], stride), sq["proj_bn"], sv["proj_bn"]
+    )
     return y, 1.0, y
   if name == "none":  # a deleted plain layer passes its input on
     return 0.0, 1.0, x if same else option_a(x, width, stride)
   raise AssertionError(f"no numpy reference for shortcut {name!r}")
 
 
-@pytest.mark.parametrize("case", UNIT_CASES,
-                         ids=lambda c: f"{c[0]}-{c[1]}to{c[2]}-s{c[3]}")
-@pytest.mark.parametrize("shortcut,kw", SHORTCUT_CASES,
-                         ids=lambda a: a if isinstance(a, str) else
-                         "-".join(f"{k}={v}" for k, v in a.items()) or "")
+@pytest.mark.parametrize(
+    "case", UNIT_CASES, ids=lambda c: f"{c[0]}-{c[1]}to{c[2]}-s{c[3]}"
+)
+@pytest.mark.parametrize(
+    "shortcut,kw",
+    SHORTCUT_CASES,
+    ids=lambda a: a
+    if isinstance(a, str)
+    else "-".join(f"{k}={v}" for k, v in a.items()) or "",
+)
 def test_every_shortcut_matches_its_formula(shortcut, kw, case):
   placement, cin, width, stride, mode = case
   x = jnp.asarray(np.random.RandomState(2).randn(2, 8, 8, cin), jnp.float32)
@@ -330,11 +373,15 @@ def test_every_shortcut_matches_its_formula(shortcut, kw, case):
   preact = placement == "full_preact"
   # The paper's edge rule: a stage's first pre-activation unit splits after
   # BN-ReLU, so the shortcut (and its gate) sees the activated input.
-  x_short = (relu(np_bn(xn, q["bn_pre0"], t["bn_pre0"]))
-             if mode == unit_lib.BOTH_PREACT else xn)
+  x_short = (
+      relu(np_bn(xn, q["bn_pre0"], t["bn_pre0"]))
+      if mode == unit_lib.BOTH_PREACT
+      else xn
+  )
   f = np_branch(placement, q, t, xn, stride)
-  skip, factor, left = np_shortcut(shortcut, kw, q, t, x_short, width,
-                                   stride, preact)
+  skip, factor, left = np_shortcut(
+      shortcut, kw, q, t, x_short, width, stride, preact
+  )
   y = skip + factor * f
   want = y if preact else relu(y)
   got = u.apply(v, x)
@@ -365,9 +412,13 @@ def survival(num_modules, p_last):
 @pytest.fixture(scope="module")
 def sd_model():
   # The ResNet-14 above with stochastic depth: the same variables.
-  return models.create_model(name="cifar_resnet", depth=14,
-                             unit="full_preact", widths=WIDTHS,
-                             stochastic_depth=P_LAST)
+  return models.create_model(
+      name="cifar_resnet",
+      depth=14,
+      unit="full_preact",
+      widths=WIDTHS,
+      stochastic_depth=P_LAST,
+  )
 
 
 def test_stochastic_depth_evaluation_scales_each_branch(preact_net, sd_model):
@@ -387,8 +438,14 @@ def _sd_train_logits(v, mode, key, copies):
   the copies share nothing but the drawn survivals.
   """
   model = models.create_model(
-      name="cifar_resnet", depth=14, unit="full_preact", widths=WIDTHS,
-      stochastic_depth=P_LAST, stochastic_depth_mode=mode, bn_group_size=1)
+      name="cifar_resnet",
+      depth=14,
+      unit="full_preact",
+      widths=WIDTHS,
+      stochastic_depth=P_LAST,
+      stochastic_depth_mode=mode,
+      bn_group_size=1,
+  )
   images = jnp.asarray(np.repeat(X[:1], copies, axis=0))
   run = jax.jit(lambda k: model.apply(v, images, train=True, rng=k)[0])
   return np.asarray(run(key), np.float64), run
@@ -401,9 +458,12 @@ def _which_pattern(v, logits):
   be one of them.
   """
   patterns = np.array(list(itertools.product([0.0, 1.0], repeat=6)))
-  refs = np.stack([np_preact_forward(v, X[:1], branch_scale=pat,
-                                     per_example_bn=True)[0]
-                   for pat in patterns])
+  refs = np.stack(
+      [
+          np_preact_forward(v, X[:1], branch_scale=pat, per_example_bn=True)[0]
+          for pat in patterns
+      ]
+  )
   scale = np.abs(refs).max()
   gaps = np.abs(refs[:, None] - refs[None]).max(-1) + np.eye(len(refs)) * scale
   assert gaps.min() > 1e-2 * scale  # every pattern has its own logits
@@ -449,8 +509,9 @@ def test_gate_bias_init_sets_the_initial_gate(shortcut, bias):
   gate = v["params"]["shortcut"]["gate"]
   np.testing.assert_array_equal(gate["bias"], np.full(4, bias, np.float32))
   # The gate's value from the initial weights, by hand: sigmoid(conv + b).
-  g = sigmoid(np_conv(np.asarray(x, np.float64), np.asarray(gate["kernel"]))
-              + bias)
+  g = sigmoid(
+      np_conv(np.asarray(x, np.float64), np.asarray(gate["kernel"])) + bias
+  )
   assert (g.mean() < 0.01) if bias < 0 else (g.mean() > 0.99)
   _, state = u.apply(v, x, mutable=["intermediates"])
   gate_mean = float(state["intermediates"]["shortcut"]["gate_mean"][0])

@@ -11,9 +11,9 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from helpers import REPO, final_state, tiny_config
 
 from resflax import train
-from helpers import REPO, final_state, tiny_config
 
 WORKER = textwrap.dedent("""
     import os, sys
@@ -41,10 +41,17 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
   address = f"localhost:{free_port()}"
   workdir = tmp_path / "multi"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", WORKER, address, str(i), str(workdir), REPO],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", WORKER, address, str(i), str(workdir), REPO],
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -67,9 +74,11 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
   # Checkpoints saved by the two processes restore here, in one process.
   a = final_state(tiny_config(), str(workdir))
   b = final_state(tiny_config(), str(single))
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4,
-                                                       atol=2e-5),
-               a["variables"], b["variables"])
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
+      a["variables"],
+      b["variables"],
+  )
 
 
 PREEMPTED_WORKER = textwrap.dedent("""
@@ -89,10 +98,26 @@ PREEMPTED_WORKER = textwrap.dedent("""
 
 
 def _start(address, workdir, steps, env):
-  return [subprocess.Popen(
-      [sys.executable, "-c", PREEMPTED_WORKER, address, str(i), str(workdir),
-       REPO, str(steps)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  return [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-c",
+              PREEMPTED_WORKER,
+              address,
+              str(i),
+              str(workdir),
+              REPO,
+              str(steps),
+          ],
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
 
 
 @pytest.mark.slow
@@ -100,6 +125,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   """Only process 1 gets SIGTERM; both save the same step and exit 143, and
   the resumed run ends as an uninterrupted one."""
   import signal  # pylint: disable=g-import-not-at-top
+
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONUNBUFFERED"] = "1"
   workdir, steps = tmp_path / "run", 60
@@ -110,8 +136,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=900) for p in procs]
   assert [p.returncode for p in procs] == [143, 143], outs[1][1][-3000:]
-  saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints")
-                 if d.isdigit())
+  saved = sorted(
+      int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()
+  )
   assert len(saved) == 1 and 3 <= saved[0] < steps
   assert not (workdir / "results.json").exists()
   procs = _start(f"localhost:{free_port()}", workdir, steps, env)
@@ -121,8 +148,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   procs = _start(f"localhost:{free_port()}", twin, steps, env)
   outs = [p.communicate(timeout=900) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:]
-  config = tiny_config(steps=steps, log_every=1, eval_every=0,
-                       checkpoint_every=0)
+  config = tiny_config(
+      steps=steps, log_every=1, eval_every=0, checkpoint_every=0
+  )
   jax.config.update("jax_threefry_partitionable", True)
   try:
     a, b = final_state(config, str(workdir)), final_state(config, str(twin))

@@ -4,8 +4,8 @@ import pathlib
 import tempfile
 
 import nbformat
-from nbclient import NotebookClient
 import pytest
+from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("quickstart.ipynb", "lesion_study.ipynb")
@@ -44,7 +44,8 @@ def test_notebook_is_ready_for_colab(name):
   assert nb.metadata["kernelspec"]["name"] == "python3"
   first = nb.cells[0]
   assert first.cell_type == "markdown"
-  assert "https://colab.research.google.com/assets/colab-badge.svg" in first.source
+  badge = "https://colab.research.google.com/assets/colab-badge.svg"
+  assert badge in first.source
   assert (f"(https://colab.research.google.com/github/resflax/resflax/blob/"
           f"main/notebooks/{name})") in first.source
   assert "`resflax/resflax`" in first.source

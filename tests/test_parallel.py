@@ -5,12 +5,11 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import engine_config
 
 from resflax import train, training
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import runs as runs_lib
-
-from helpers import engine_config
 
 
 def tiny_config(**train_kw):
@@ -25,8 +24,11 @@ def tiny_config(**train_kw):
 
 
 # Run 1 differs in everything a run may change.
-OVERRIDES = ("", "train.learning_rate=0.05; train.weight_decay=5e-4; "
-             "train.momentum=0.8; model.gate_bias_init=-1")
+OVERRIDES = (
+    "",
+    "train.learning_rate=0.05; train.weight_decay=5e-4; "
+    "train.momentum=0.8; model.gate_bias_init=-1",
+)
 
 
 def solo_config(k):
@@ -55,8 +57,11 @@ def test_run_overrides_format_and_errors():
   assert runs[0].train.learning_rate == c.train.learning_rate
   assert runs[1].train.parallel_runs == 1 and not runs[1].train.run_overrides
   hp = runs_lib.step_hparams(runs)
-  assert set(hp) == {"train.learning_rate", "train.weight_decay",
-                     "train.momentum"}
+  assert set(hp) == {
+      "train.learning_rate",
+      "train.weight_decay",
+      "train.momentum",
+  }
   bad = [
       (("", "model.depth=20"), r"run_overrides\[1\].*'model.depth'.*allowed"),
       (("", "train.learning_rate"), "not key=value"),
@@ -86,19 +91,25 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
     solo = solo_config(k)
     solo_dir = str(tmp_path / f"solo{k}")
     want = train.train_and_evaluate(solo, solo_dir)
-    got = json.loads((tmp_path / "par" / f"seed{k}" / "results.json")
-                     .read_text())
+    got = json.loads(
+        (tmp_path / "par" / f"seed{k}" / "results.json").read_text()
+    )
     assert got["config"] == json.loads(solo.to_json())
     assert got["test_error"] == pytest.approx(want["test_error"], abs=1e-6)
     assert [h["test_error"] for h in got["history"]] == pytest.approx(
-        [h["test_error"] for h in want["history"]], abs=1e-6)
+        [h["test_error"] for h in want["history"]], abs=1e-6
+    )
     mine = jax.tree.map(lambda x, k=k: x[k], stacked)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                         atol=1e-5),
-                 mine, final_variables(solo, solo_dir))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        mine,
+        final_variables(solo, solo_dir),
+    )
   # The runs really differ (own seed, data and hyper-parameters).
-  a, b = (jax.tree.leaves(jax.tree.map(lambda x, k=k: x[k], stacked))
-          for k in range(2))
+  a, b = (
+      jax.tree.leaves(jax.tree.map(lambda x, k=k: x[k], stacked))
+      for k in range(2)
+  )
   assert any(not np.allclose(x, y) for x, y in zip(a, b))
 
 
@@ -110,8 +121,10 @@ def test_diverged_run_is_recorded_and_others_finish(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   ok = json.loads((tmp_path / "seed0" / "results.json").read_text())
   assert ok["steps"] == 3 and np.isfinite(ok["test_error"])
-  assert "non-finite" in json.loads(
-      (tmp_path / "seed1" / "failed.json").read_text())["error"]
+  assert (
+      "non-finite"
+      in json.loads((tmp_path / "seed1" / "failed.json").read_text())["error"]
+  )
   assert not (tmp_path / "seed1" / "results.json").exists()
   combined = json.loads((tmp_path / "results.json").read_text())
   assert [r["status"] for r in combined["runs"]] == ["ok", "failed"]

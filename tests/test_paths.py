@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_variables
 
 from resflax import config as config_lib
 from resflax import lesion, models, training
 from resflax.lesion import paths
-from helpers import random_variables
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 54, 110, 1202])
@@ -22,7 +22,7 @@ def test_path_length_distribution_is_exact(n):
   assert len(counts) == n + 1
   assert all(type(c) is int for c in counts)
   assert counts == [math.comb(n, k) for k in range(n + 1)]
-  assert sum(counts) == 2 ** n
+  assert sum(counts) == 2**n
   with pytest.raises(ValueError, match="integer >= 0"):
     paths.path_length_distribution(-1)
 
@@ -69,8 +69,9 @@ def test_sampler_matches_closed_form_on_linear_residual_stack():
   n = 6
   # Equal branches: every path of length k carries exactly a^k.
   grad_norm, traces = _linear_stack(jnp.full((n,), 0.5))
-  out = paths.sample_path_gradients(grad_norm, n, range(n + 1), 5,
-                                    jax.random.key(0), chunk=2)
+  out = paths.sample_path_gradients(
+      grad_norm, n, range(n + 1), 5, jax.random.key(0), chunk=2
+  )
   np.testing.assert_allclose(out.mean, 0.5 ** np.arange(n + 1), rtol=1e-6)
   np.testing.assert_allclose(out.std, 0.0, atol=1e-7)
   assert len(traces) == 1  # one trace for every length and sample
@@ -79,11 +80,11 @@ def test_sampler_matches_closed_form_on_linear_residual_stack():
   # the mean over subsets is e_k(a) / C(n, k).
   a = np.array([0.9, 0.5, 0.3, 0.7])
   grad_norm, _ = _linear_stack(jnp.asarray(a, jnp.float32))
-  out = paths.sample_path_gradients(grad_norm, 4, [0, 1, 2, 3, 4], 600,
-                                    jax.random.key(1), chunk=100)
+  out = paths.sample_path_gradients(
+      grad_norm, 4, [0, 1, 2, 3, 4], 600, jax.random.key(1), chunk=100
+  )
   for row, k in zip(out.values, range(5)):
-    subsets = [np.prod(a[list(s)]) for s in
-               itertools.combinations(range(4), k)]
+    subsets = [np.prod(a[list(s)]) for s in itertools.combinations(range(4), k)]
     assert all(np.min(np.abs(np.asarray(subsets) - v)) < 1e-6 for v in row)
     assert np.mean(row) == pytest.approx(np.mean(subsets), rel=0.05)
 
@@ -93,8 +94,7 @@ def _linear_regime_net():
   0.05), so every branch is affine and gradients do not depend on the
   forward pass; placement (c) has nothing after the addition and a linear
   head."""
-  model = models.create_model(depth=8, widths=(4, 8, 8),
-                              unit="relu_before_add")
+  model = models.create_model(depth=8, widths=(4, 8, 8), unit="relu_before_add")
   v = random_variables(model, seed=2, bn_bias=5.0, bn_scale=(0.04, 0.06))
   return model, v
 
@@ -110,22 +110,32 @@ def test_all_skip_and_all_residual_match_networks_without_them():
   @functools.partial(jax.jit, static_argnums=0)
   def input_grad_norm(m, variables):
     g = jax.grad(lambda xx: linear(m.apply(variables, xx), y).sum())(x)
-    return jnp.mean(jnp.sqrt(jnp.sum(g ** 2, axis=(1, 2, 3))))
+    return jnp.mean(jnp.sqrt(jnp.sum(g**2, axis=(1, 2, 3))))
 
   got = paths.gradient_norm_by_path_length(
-      model, v, x, y, lengths=[0, n], samples=2, key=jax.random.key(0),
-      loss=linear)
+      model,
+      v,
+      x,
+      y,
+      lengths=[0, n],
+      samples=2,
+      key=jax.random.key(0),
+      loss=linear,
+  )
   assert got.values.shape == (2, 2) and got.num_modules == n == 3
   np.testing.assert_allclose(got.std, 0.0, atol=1e-5)
   # k = 0: shortcuts only == the network with every module deleted.
   deleted = lesion.delete_modules(v, indices=list(range(n)))
   assert got.mean[0] == pytest.approx(
-      float(input_grad_norm(model, deleted)), rel=1e-4)
+      float(input_grad_norm(model, deleted)), rel=1e-4
+  )
   # k = n: residual branches only == the plain twin with the same weights.
-  plain = models.create_model(depth=8, widths=(4, 8, 8),
-                              unit="relu_before_add", shortcut="none")
-  assert got.mean[1] == pytest.approx(float(input_grad_norm(plain, v)),
-                                      rel=1e-4)
+  plain = models.create_model(
+      depth=8, widths=(4, 8, 8), unit="relu_before_add", shortcut="none"
+  )
+  assert got.mean[1] == pytest.approx(
+      float(input_grad_norm(plain, v)), rel=1e-4
+  )
   # Both differ from the ordinary gradient (all paths at once).
   full = float(input_grad_norm(model, v))
   assert abs(full - got.mean[0]) > 1e-3 * full
@@ -136,21 +146,27 @@ def test_path_lengths_outside_the_network_are_refused():
   model = models.create_model(depth=8, widths=(4, 8, 8))
   v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   with pytest.raises(ValueError, match=r"in 0\.\.3"):
-    paths.gradient_norm_by_path_length(model, v, jnp.zeros((1, 32, 32, 3)),
-                                       jnp.zeros((1,), jnp.int32),
-                                       lengths=[4], samples=1,
-                                       key=jax.random.key(0))
+    paths.gradient_norm_by_path_length(
+        model,
+        v,
+        jnp.zeros((1, 32, 32, 3)),
+        jnp.zeros((1,), jnp.int32),
+        lengths=[4],
+        samples=1,
+        key=jax.random.key(0),
+    )
 
 
 def test_effective_paths_on_exponential_decay():
   n, r = 54, 0.25
   lengths = np.arange(n + 1)
-  mags = r ** lengths
+  mags = r**lengths
   total = paths.total_gradient_by_length(n, lengths, mags)
   # C(n, k) r^k is Binomial(n, r / (1 + r)) up to normalisation.
   p = r / (1 + r)
-  binom = np.array([math.comb(n, k) * p ** k * (1 - p) ** (n - k)
-                    for k in lengths])
+  binom = np.array(
+      [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in lengths]
+  )
   np.testing.assert_allclose(total, binom, rtol=1e-9, atol=1e-15)
   # Measuring every 4th length interpolates an exponential exactly.
   sparse = paths.total_gradient_by_length(n, lengths[::4], mags[::4])
@@ -160,13 +176,14 @@ def test_effective_paths_on_exponential_decay():
   width = eff.high - eff.low
   cum = np.concatenate([[0], np.cumsum(total)])
   narrower = width - 1  # no range one length shorter holds 90%
-  assert (cum[narrower + 1:] - cum[:n + 1 - narrower]).max() < 0.9
+  assert (cum[narrower + 1 :] - cum[: n + 1 - narrower]).max() < 0.9
   assert eff.path_share == pytest.approx(
-      sum(math.comb(n, k) for k in range(eff.low, eff.high + 1)) / 2 ** n)
+      sum(math.comb(n, k) for k in range(eff.low, eff.high + 1)) / 2**n
+  )
   # Veit's count: more than 95% of the 2^54 paths have 19 to 35 modules.
   bulk = paths.effective_paths(n, lengths, np.ones(n + 1), 0.95)
   assert (bulk.low, bulk.high) == (20, 34) and bulk.path_share > 0.95
-  assert sum(math.comb(n, k) for k in range(19, 36)) / 2 ** n > 0.95
+  assert sum(math.comb(n, k) for k in range(19, 36)) / 2**n > 0.95
 
 
 class _FastInit:
@@ -206,15 +223,23 @@ def test_effective_path_training_updates_only_sampled_modules():
 
   def changed(info):
     stage = f"stage{info.stage}"
-    pick = ((lambda t: t[stage]["unit0"]) if info.unit == 0 else
-            (lambda t: jax.tree.map(lambda a: a[info.unit - 1],
-                                    t[stage]["units"])))
-    diffs = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), pick(before),
-                         pick(after))
+    pick = (
+        (lambda t: t[stage]["unit0"])
+        if info.unit == 0
+        else (
+            lambda t: jax.tree.map(
+                lambda a: a[info.unit - 1], t[stage]["units"]
+            )
+        )
+    )
+    diffs = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), pick(before), pick(after)
+    )
     return any(jax.tree.leaves(diffs))
 
   moved = [m.index for m in model.modules if changed(m)]
   assert len(moved) == k, moved
   # The stem and head get gradient through the shortcuts as usual.
-  assert bool(jnp.any(before["head"]["fc"]["kernel"]
-                      != after["head"]["fc"]["kernel"]))
+  assert bool(
+      jnp.any(before["head"]["fc"]["kernel"] != after["head"]["fc"]["kernel"])
+  )

@@ -11,6 +11,7 @@ import resflax
 @pytest.mark.parametrize("name", resflax.__all__)
 def test_top_level_name_is_the_owning_modules(name):
   import importlib  # pylint: disable=g-import-not-at-top
+
   owner = importlib.import_module(resflax._EXPORTS[name])  # pylint: disable=protected-access
   assert getattr(resflax, name) is getattr(owner, name)
 
@@ -22,6 +23,13 @@ def test_unknown_name_lists_the_valid_ones():
 
 def test_import_resflax_imports_no_jax():
   out = subprocess.run(
-      [sys.executable, "-c", "import sys, resflax; print('jax' in sys.modules)"],
-      capture_output=True, text=True, check=True).stdout
+      [
+          sys.executable,
+          "-c",
+          "import sys, resflax; print('jax' in sys.modules)",
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout
   assert out.strip() == "False"

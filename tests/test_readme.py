@@ -19,14 +19,15 @@ import shlex
 import subprocess
 
 import pytest
-
 from conftest import REPO
 
 README = REPO / "README.md"
 SHARED = REPO.parent / "shared"
 FENCE = re.compile(
     r"(?:<!--\s*(?P<directive>[^>]*?)\s*-->\s*\n)?```(?P<lang>bash|python)\n"
-    r"(?P<body>.*?)```", re.S)
+    r"(?P<body>.*?)```",
+    re.S,
+)
 
 # Python set-up a block may name: what the surrounding prose assumes exists.
 PRELUDES = {
@@ -42,7 +43,8 @@ model = resflax.create_model("resnet20", widths=(4, 8, 8))
 x = jnp.asarray(np.random.RandomState(0).rand(8, 32, 32, 3), jnp.float32)
 y = jnp.arange(8) % 10
 variables = model.init(jax.random.key(0), x)
-images = np.random.RandomState(1).randint(0, 255, (8, 32, 32, 3)).astype(np.uint8)
+rng = np.random.RandomState(1)
+images = rng.randint(0, 255, (8, 32, 32, 3)).astype(np.uint8)
 labels = np.arange(8) % 10
 mean, std = np.full(3, 0.5), np.full(3, 0.25)
 key = jax.random.key(1)
@@ -64,8 +66,10 @@ _config.load_experiment = _smoke_load
 def blocks():
   """(index, language, directive, body) of every fenced block."""
   text = README.read_text()
-  return [(i, m["lang"], (m["directive"] or "").strip(), m["body"])
-          for i, m in enumerate(FENCE.finditer(text))]
+  return [
+      (i, m["lang"], (m["directive"] or "").strip(), m["body"])
+      for i, m in enumerate(FENCE.finditer(text))
+  ]
 
 
 def _ids(block):
@@ -81,11 +85,13 @@ def test_every_block_runs_or_says_why():
   assert len(blocks()) >= 8, "the README lost its examples?"
   for index, lang, directive, body in blocks():
     if directive.startswith("not run:"):
-      assert len(directive) > len("not run:") + 10, (
-          f"block {index} ({body[:60]!r}): say why it is not run")
+      assert (
+          len(directive) > len("not run:") + 10
+      ), f"block {index} ({body[:60]!r}): say why it is not run"
     else:
-      assert not directive or directive.startswith("run after:"), (
-          f"block {index}: unknown directive {directive!r}")
+      assert not directive or directive.startswith(
+          "run after:"
+      ), f"block {index}: unknown directive {directive!r}"
 
 
 def commands(body):
@@ -104,7 +110,8 @@ def smoke_argv(line):
   argv = shlex.split(line)
   assert argv[:3] == ["python", "-m", "resflax.main"], (
       f"the README test runs only resflax.main commands: {line!r}; mark the "
-      "block <!-- not run: REASON -->")
+      "block <!-- not run: REASON -->"
+  )
   for i, a in enumerate(argv):
     if a == "--config":
       path, _, arg = argv[i + 1].partition(":")
@@ -130,16 +137,19 @@ def _needs_shared(text):
 
 
 def _run(argv, cwd, env):
-  proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                        timeout=900, env=env)
+  proc = subprocess.run(
+      argv, cwd=cwd, capture_output=True, text=True, timeout=900, env=env
+  )
   assert proc.returncode == 0, (
       f"{argv} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
-      f"{proc.stderr[-4000:]}")
+      f"{proc.stderr[-4000:]}"
+  )
   return proc
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in RUNNABLE if b[1] == "bash"], ids=_ids)
+    "block", [b for b in RUNNABLE if b[1] == "bash"], ids=_ids
+)
 def test_shell_block_runs(block, scratch, installed):
   python, env, _ = installed
   _, _, _, body = block
@@ -149,7 +159,8 @@ def test_shell_block_runs(block, scratch, installed):
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in RUNNABLE if b[1] == "python"], ids=_ids)
+    "block", [b for b in RUNNABLE if b[1] == "python"], ids=_ids
+)
 def test_python_block_runs(block, scratch, installed):
   python, env, _ = installed
   _, _, directive, body = block
@@ -161,11 +172,14 @@ def test_python_block_runs(block, scratch, installed):
   _run([str(python), "-c", source], scratch, env)
 
 
-@pytest.mark.parametrize("command", [
-    "--config experiments/cifar_resnet.py:smoke",
-    "--config experiments/cifar_shortcuts.py:smoke",
-    "--config experiments/cifar_lesion.py:smoke",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "--config experiments/cifar_resnet.py:smoke",
+        "--config experiments/cifar_shortcuts.py:smoke",
+        "--config experiments/cifar_lesion.py:smoke",
+    ],
+)
 def test_the_smoke_commands_are_run_from_the_wheel(command):
   """CI runs a smoke run, a smoke sweep and the lesion smoke from the wheel:
   these README blocks."""

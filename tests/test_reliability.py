@@ -4,9 +4,9 @@ Each case drives the real CLI or ``train_and_evaluate`` on a tiny config.
 """
 
 import errno
-import re
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,12 +15,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import REPO, final_state, tiny_config
 
-from resflax import data as data_lib, fileio as results, train
+from resflax import data as data_lib
+from resflax import fileio, train
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
-from helpers import REPO, final_state, tiny_config
 
 
 def assert_same_state(a, b):
@@ -30,15 +31,28 @@ def assert_same_state(a, b):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resumes_exactly(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "PYTHONUNBUFFERED": "1"}
-  cmd = [sys.executable, "-m", "resflax.main",
-         "--config", os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
-         "--workdir", str(tmp_path / "run"), "--config.train.steps=400",
-         "--config.train.log_every=1", "--config.train.eval_every=0",
-         "--config.train.checkpoint_every=0", "--config.train.scale_schedule=False"]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE,
-                          text=True)
+  env = {
+      **os.environ,
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+      "PYTHONUNBUFFERED": "1",
+  }
+  cmd = [
+      sys.executable,
+      "-m",
+      "resflax.main",
+      "--config",
+      os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config.train.steps=400",
+      "--config.train.log_every=1",
+      "--config.train.eval_every=0",
+      "--config.train.checkpoint_every=0",
+      "--config.train.scale_schedule=False",
+  ]
+  proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+  )
   for line in proc.stderr:  # wait until training is under way
     if "step 3/400" in line:
       break
@@ -46,36 +60,56 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path):
   rest = proc.stderr.read()
   assert proc.wait(timeout=300) == 143
   assert "received signal 15" in rest and "resume" in rest
-  steps = [int(d) for d in os.listdir(tmp_path / "run" / "checkpoints")
-           if d.isdigit()]
+  steps = [
+      int(d)
+      for d in os.listdir(tmp_path / "run" / "checkpoints")
+      if d.isdigit()
+  ]
   assert steps and 3 <= max(steps) < 400
   assert not (tmp_path / "run" / "results.json").exists()
   # Started again, it ends exactly where an uninterrupted run ends.
-  done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=900)
+  done = subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert "resumed" in done.stderr
   # The uninterrupted twin, in a 1-device subprocess like the CLI runs.
-  twin = subprocess.run(cmd[:5] + ["--workdir", str(tmp_path / "twin")]
-                        + cmd[7:], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=900)
+  twin = subprocess.run(
+      cmd[:5] + ["--workdir", str(tmp_path / "twin")] + cmd[7:],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert twin.returncode == 0
   a = json.loads((tmp_path / "run" / "results.json").read_text())
   b = json.loads((tmp_path / "twin" / "results.json").read_text())
   assert a["test_error"] == b["test_error"] and a["steps"] == b["steps"] == 400
   check = subprocess.run(
-      [sys.executable, "-c", (
-          "import sys, numpy as np, jax; sys.path.insert(0, 'tests');"
-          "from test_reliability import compare_workdirs;"
-          f"compare_workdirs({str(tmp_path / 'run')!r}, "
-          f"{str(tmp_path / 'twin')!r})")],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-c",
+          (
+              "import sys, numpy as np, jax; sys.path.insert(0, 'tests');"
+              "from test_reliability import compare_workdirs;"
+              f"compare_workdirs({str(tmp_path / 'run')!r}, "
+              f"{str(tmp_path / 'twin')!r})"
+          ),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert check.returncode == 0, check.stderr[-2000:]
 
 
 def compare_workdirs(a, b):
   """Asserts two finished CLI runs saved identical final states."""
   from ml_collections import ConfigDict
+
   with open(os.path.join(a, "config.json")) as f:
     config = ConfigDict(json.load(f))
   config.model.widths = tuple(config.model.widths)
@@ -87,9 +121,14 @@ def compare_workdirs(a, b):
 def test_nonfinite_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
   # Finite warm-up for 4 steps, then an infinite learning rate: the 5th
   # update (the log's "step 5") is the first non-finite one.
-  config = tiny_config(warmup_steps=4, warmup_learning_rate=0.01,
-                       learning_rate=float("inf"), lr_boundaries=(),
-                       checkpoint_every=2, steps=8)
+  config = tiny_config(
+      warmup_steps=4,
+      warmup_learning_rate=0.01,
+      learning_rate=float("inf"),
+      lr_boundaries=(),
+      checkpoint_every=2,
+      steps=8,
+  )
   with pytest.raises(TrainingError, match=r"at step 5 \(loss = "):
     train.train_and_evaluate(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
@@ -101,8 +140,12 @@ def test_nonfinite_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
 
 
 def test_nonfinite_skip_option_finishes(tmp_path):
-  config = tiny_config(warmup_steps=4, learning_rate=float("inf"),
-                       lr_boundaries=(), on_nonfinite="skip")
+  config = tiny_config(
+      warmup_steps=4,
+      learning_rate=float("inf"),
+      lr_boundaries=(),
+      on_nonfinite="skip",
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result["skipped_steps"] == 4 and result["steps"] == 8
 
@@ -110,14 +153,29 @@ def test_nonfinite_skip_option_finishes(tmp_path):
 def test_cli_nonfinite_exit_status(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   proc = subprocess.run(
-      [sys.executable, "-m", "resflax.main", "--config",
-       os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
-       "--workdir", str(tmp_path), "--config.train.learning_rate=inf",
-       "--config.train.steps=4", "--config.train.eval_every=0"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "-m",
+          "resflax.main",
+          "--config",
+          os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+          "--workdir",
+          str(tmp_path),
+          "--config.train.learning_rate=inf",
+          "--config.train.steps=4",
+          "--config.train.eval_every=0",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 1
-  assert re.search(r"error: non-finite (loss|gradients|parameters)\b.* at "
-                   r"step \d+", proc.stderr)
+  assert re.search(
+      r"error: non-finite (loss|gradients|parameters)\b.* at " r"step \d+",
+      proc.stderr,
+  )
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):
@@ -143,15 +201,25 @@ def test_workdir_accepts_a_change_of_how_the_model_runs(tmp_path):
     workdir_lib.check_config(now, str(tmp_path))
 
 
-@pytest.mark.parametrize("change,pattern", [
-    (lambda c: setattr(c.train, "steps", 0), r"config.train.steps=0"),
-    (lambda c: setattr(c.train, "batch_size", 18), r"batch_size=18.*device"),
-    (lambda c: setattr(c.model, "depth", 21), r"model.depth=21.*6n\+2"),
-    (lambda c: setattr(c.model, "shortcut", "gated"), r"model.shortcut='gated'.*identity"),
-    (lambda c: setattr(c.train, "on_nonfinite", "ignore"), r"on_nonfinite"),
-])
-def test_bad_config_fails_before_data_or_compilation(tmp_path, monkeypatch,
-                                                     change, pattern):
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda c: setattr(c.train, "steps", 0), r"config.train.steps=0"),
+        (
+            lambda c: setattr(c.train, "batch_size", 18),
+            r"batch_size=18.*device",
+        ),
+        (lambda c: setattr(c.model, "depth", 21), r"model.depth=21.*6n\+2"),
+        (
+            lambda c: setattr(c.model, "shortcut", "gated"),
+            r"model.shortcut='gated'.*identity",
+        ),
+        (lambda c: setattr(c.train, "on_nonfinite", "ignore"), r"on_nonfinite"),
+    ],
+)
+def test_bad_config_fails_before_data_or_compilation(
+    tmp_path, monkeypatch, change, pattern
+):
   def no_data(*a, **k):
     raise AssertionError("data loaded before the config was checked")
 
@@ -166,15 +234,27 @@ def test_bad_config_fails_before_data_or_compilation(tmp_path, monkeypatch,
 
 def test_cli_wrong_type_names_key(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "resflax.main", "--config",
-       os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
-       "--workdir", str(tmp_path), "--config.train.steps=abc"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "resflax.main",
+          "--config",
+          os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+          "--workdir",
+          str(tmp_path),
+          "--config.train.steps=abc",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0 and "steps" in proc.stderr
 
 
 def _write_tree(root, classes, sizes=None, corrupt=None):
   from PIL import Image
+
   for split in ("train", "test"):
     for c in classes:
       d = root / split / c
@@ -186,23 +266,39 @@ def _write_tree(root, classes, sizes=None, corrupt=None):
     (root / corrupt).write_bytes(b"not an image")
 
 
-@pytest.mark.parametrize("setup,pattern", [
-    (lambda r: None, r"does not exist|not found|missing"),
-    (lambda r: (_write_tree(r, ["a", "b"]),
-                shutil.rmtree(r / "train" / "b"), (r / "train" / "b").mkdir()),
-     r"train/b"),
-    (lambda r: _write_tree(r, ["a", "b"], corrupt="train/a/1.png"),
-     r"train/a/1.png"),
-    (lambda r: _write_tree(r, ["a", "b"], sizes={("train", "b", 2): (30, 32)}),
-     r"train/b/2.png"),
-])
+@pytest.mark.parametrize(
+    "setup,pattern",
+    [
+        (lambda r: None, r"does not exist|not found|missing"),
+        (
+            lambda r: (
+                _write_tree(r, ["a", "b"]),
+                shutil.rmtree(r / "train" / "b"),
+                (r / "train" / "b").mkdir(),
+            ),
+            r"train/b",
+        ),
+        (
+            lambda r: _write_tree(r, ["a", "b"], corrupt="train/a/1.png"),
+            r"train/a/1.png",
+        ),
+        (
+            lambda r: _write_tree(
+                r, ["a", "b"], sizes={("train", "b", 2): (30, 32)}
+            ),
+            r"train/b/2.png",
+        ),
+    ],
+)
 def test_bad_data_names_file_and_writes_nothing(tmp_path, setup, pattern):
   root = tmp_path / "data"
   setup(root)
   config = tiny_config()
   config.data.name = "folder"
   config.data.path = str(root)
-  config.data.cache_dir = str(tmp_path / "cache") if "cache_dir" in config.data else ""
+  config.data.cache_dir = (
+      str(tmp_path / "cache") if "cache_dir" in config.data else ""
+  )
   workdir = tmp_path / "w"
   with pytest.raises(data_lib.DataError, match=pattern):
     train.train_and_evaluate(config, str(workdir))
@@ -214,8 +310,7 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(tmp_path):
   full = tmp_path / "full"
   train.train_and_evaluate(tiny_config(), str(full))
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2),
-                           str(run))
+  train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2), str(run))
   # Truncate every data file of the newest checkpoint (step 6).
   for dirpath, _, files in os.walk(run / "checkpoints" / "6"):
     for f in files:
@@ -226,8 +321,10 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(tmp_path):
         fh.truncate(max(os.path.getsize(p) // 2, 1))
   resumed = tiny_config(checkpoint_every=2, allow_config_change=True)
   train.train_and_evaluate(resumed, str(run))
-  assert_same_state(final_state(tiny_config(), str(full)),
-                    final_state(tiny_config(), str(run)))
+  assert_same_state(
+      final_state(tiny_config(), str(full)),
+      final_state(tiny_config(), str(run)),
+  )
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
@@ -240,8 +337,10 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
   # A complete-looking copy under orbax's temporary name, as a kill leaves it.
   shutil.copytree(full / "checkpoints" / "8", ckdir / "8.orbax-checkpoint-tmp")
   train.train_and_evaluate(tiny_config(allow_config_change=True), str(run))
-  assert_same_state(final_state(tiny_config(), str(full)),
-                    final_state(tiny_config(), str(run)))
+  assert_same_state(
+      final_state(tiny_config(), str(full)),
+      final_state(tiny_config(), str(run)),
+  )
 
 
 def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
@@ -252,7 +351,8 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
   def full_disk(self, step, state, **kw):
     raise checkpoint.CheckpointError(
         f"failed to save checkpoint step {step}: "
-        f"{OSError(errno.ENOSPC, 'No space left on device')}")
+        f"{OSError(errno.ENOSPC, 'No space left on device')}"
+    )
 
   monkeypatch.setattr(checkpoint.Checkpointer, "save", full_disk)
   with pytest.raises(checkpoint.CheckpointError, match="No space left"):
@@ -266,12 +366,12 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
 
 def test_results_written_atomically(tmp_path, monkeypatch):
   path = tmp_path / "results.json"
-  results.write_json(path, {"test_error": 0.1})
+  fileio.write_json(path, {"test_error": 0.1})
 
   def killed(*a, **k):
     raise KeyboardInterrupt  # the process dies between write and rename
 
   monkeypatch.setattr(os, "replace", killed)
   with pytest.raises(KeyboardInterrupt):
-    results.write_json(path, {"test_error": 0.2, "big": list(range(10000))})
+    fileio.write_json(path, {"test_error": 0.2, "big": list(range(10000))})
   assert json.loads(path.read_text()) == {"test_error": 0.1}

@@ -30,8 +30,12 @@ def _conv3x3(x, w, stride):
   out = np.zeros((n, w.shape[0], ho, wo), x.dtype)
   for i in range(3):
     for j in range(3):
-      patch = xp[:, :, i:i + stride * (ho - 1) + 1:stride,
-                 j:j + stride * (wo - 1) + 1:stride]
+      patch = xp[
+          :,
+          :,
+          i : i + stride * (ho - 1) + 1 : stride,
+          j : j + stride * (wo - 1) + 1 : stride,
+      ]
       out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j], optimize=True)
   return out
 
@@ -58,8 +62,13 @@ def _replica_logits(state, images_nchw, deleted=()):
   """
   s = {k: np.asarray(v, np.float64) for k, v in state.items()}
   relu = lambda a: np.maximum(a, 0.0)
-  x = relu(_bn(_conv3x3(np.asarray(images_nchw, np.float64),
-                        s["conv1.weight"], 1), s, "bn1"))
+  x = relu(
+      _bn(
+          _conv3x3(np.asarray(images_nchw, np.float64), s["conv1.weight"], 1),
+          s,
+          "bn1",
+      )
+  )
   for layer, stride in ((1, 1), (2, 2), (3, 2)):
     i = 0
     while f"layer{layer}.{i}.conv1.weight" in s:
@@ -90,14 +99,14 @@ def _random_state(depth, seed, num_classes=10):
   def conv(name, cin, cout):
     std = np.sqrt(2.0 / (9 * cin))
     state[f"{name}.weight"] = (std * rng.randn(cout, cin, 3, 3)).astype(
-        np.float32)
+        np.float32
+    )
 
   def bn(name, c, gain=1.0):
     state[f"{name}.weight"] = (gain * (0.5 + rng.rand(c))).astype(np.float32)
     state[f"{name}.bias"] = (0.2 * rng.randn(c)).astype(np.float32)
     state[f"{name}.running_mean"] = (0.3 * rng.randn(c)).astype(np.float32)
-    state[f"{name}.running_var"] = (0.5 + 1.5 * rng.rand(c)).astype(
-        np.float32)
+    state[f"{name}.running_var"] = (0.5 + 1.5 * rng.rand(c)).astype(np.float32)
     state[f"{name}.num_batches_tracked"] = np.array(7, np.int64)
 
   conv("conv1", 3, 16)
@@ -113,8 +122,7 @@ def _random_state(depth, seed, num_classes=10):
       # however deep the network.
       bn(f"{p}.bn2", planes, gain=0.2)
       cin = planes
-  state["linear.weight"] = (0.3 * rng.randn(num_classes, 64)).astype(
-      np.float32)
+  state["linear.weight"] = (0.3 * rng.randn(num_classes, 64)).astype(np.float32)
   state["linear.bias"] = (0.1 * rng.randn(num_classes)).astype(np.float32)
   return state
 
@@ -128,8 +136,9 @@ def _images(n, seed):
 
 def _resflax_logits(model, variables, images_nchw):
   # One compiled program: faster than running the network op by op.
-  return np.asarray(jax.jit(model.apply)(variables,
-                                         images_nchw.transpose(0, 2, 3, 1)))
+  return np.asarray(
+      jax.jit(model.apply)(variables, images_nchw.transpose(0, 2, 3, 1))
+  )
 
 
 def _assert_logits_close(got, want):
@@ -163,9 +172,14 @@ def _akamaster_resnet(torch, depth):
       self.bn2 = nn.BatchNorm2d(planes)
       self.shortcut = nn.Sequential()
       if stride != 1 or in_planes != planes:
-        self.shortcut = LambdaLayer(lambda x: F.pad(
-            x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4),
-            "constant", 0))
+        self.shortcut = LambdaLayer(
+            lambda x: F.pad(
+                x[:, :, ::2, ::2],
+                (0, 0, 0, 0, planes // 4, planes // 4),
+                "constant",
+                0,
+            )
+        )
 
     def forward(self, x):
       out = F.relu(self.bn1(self.conv1(x)))
@@ -202,8 +216,9 @@ def _akamaster_resnet(torch, depth):
 
 
 def _torch():
-  return pytest.importorskip("torch",
-                             reason="needs torch: pip install -e '.[torch]'")
+  return pytest.importorskip(
+      "torch", reason="needs torch: pip install -e '.[torch]'"
+  )
 
 
 # -------------------------------------------------------------------- tests
@@ -214,8 +229,9 @@ def test_logits_equal_numpy_replica(depth):
   assert model.config.projection == "A" and model.config.unit == "original"
   assert model.config.bn_epsilon == 1e-5
   x = _images(4, seed=depth)
-  _assert_logits_close(_resflax_logits(model, variables, x),
-                       _replica_logits(state, x))
+  _assert_logits_close(
+      _resflax_logits(model, variables, x), _replica_logits(state, x)
+  )
 
 
 def test_lesions_are_unchanged_by_the_channel_order():
@@ -239,35 +255,47 @@ def test_channel_orders_place_each_checkpoint_vector():
   r = lambda a, b: list(range(a, b))
   assert orders[0].tolist() == r(0, 16)
   assert orders[1].tolist() == r(8, 24) + r(0, 8) + r(24, 32)
-  assert orders[2].tolist() == (r(24, 40) + r(16, 24) + r(40, 48) + r(0, 16)
-                                + r(48, 64))
+  assert orders[2].tolist() == (
+      r(24, 40) + r(16, 24) + r(40, 48) + r(0, 16) + r(48, 64)
+  )
   state = _random_state(20, seed=7)
   model, variables = models.from_torch_cifar(state, 20)
   p, b = variables["params"], variables["batch_stats"]
   hwio = lambda key: state[key].transpose(2, 3, 1, 0)
   # The stream's writers (second convs, their BN) and readers (first convs,
   # the classifier) are permuted; the units' inner channels are not.
-  np.testing.assert_array_equal(b["stage2"]["units"]["bn_post1"]["var"][1],
-                                state["layer3.2.bn2.running_var"][orders[2]])
-  np.testing.assert_array_equal(p["stage1"]["unit0"]["conv1"]["kernel"],
-                                hwio("layer2.0.conv2.weight")[..., orders[1]])
+  np.testing.assert_array_equal(
+      b["stage2"]["units"]["bn_post1"]["var"][1],
+      state["layer3.2.bn2.running_var"][orders[2]],
+  )
+  np.testing.assert_array_equal(
+      p["stage1"]["unit0"]["conv1"]["kernel"],
+      hwio("layer2.0.conv2.weight")[..., orders[1]],
+  )
   np.testing.assert_array_equal(
       p["stage2"]["unit0"]["conv0"]["kernel"],
-      hwio("layer3.0.conv1.weight")[:, :, orders[1], :])
+      hwio("layer3.0.conv1.weight")[:, :, orders[1], :],
+  )
   np.testing.assert_array_equal(
       p["stage1"]["units"]["conv0"]["kernel"][0],
-      hwio("layer2.1.conv1.weight")[:, :, orders[1], :])
-  np.testing.assert_array_equal(p["stage1"]["units"]["bn_post0"]["scale"][0],
-                                state["layer2.1.bn1.weight"])
-  np.testing.assert_array_equal(p["head"]["fc"]["kernel"],
-                                state["linear.weight"].T[orders[2]])
+      hwio("layer2.1.conv1.weight")[:, :, orders[1], :],
+  )
+  np.testing.assert_array_equal(
+      p["stage1"]["units"]["bn_post0"]["scale"][0], state["layer2.1.bn1.weight"]
+  )
+  np.testing.assert_array_equal(
+      p["head"]["fc"]["kernel"], state["linear.weight"].T[orders[2]]
+  )
   # Without the permutation the same weights compute another function.
   naive = tv_import._load_variables(  # pylint: disable=protected-access
-      model, state, "naive", image_size=32, head="linear")
+      model, state, "naive", image_size=32, head="linear"
+  )
   x = _images(3, seed=7)
   want = _replica_logits(state, x)
-  assert (np.abs(_resflax_logits(model, naive, x) - want).max()
-          > 0.05 * np.abs(want).max())
+  assert (
+      np.abs(_resflax_logits(model, naive, x) - want).max()
+      > 0.05 * np.abs(want).max()
+  )
 
 
 @pytest.mark.parametrize("depth", [20, 56])
@@ -275,8 +303,10 @@ def test_logits_equal_pytorch_replica(depth):
   torch = _torch()
   net = _akamaster_resnet(torch, depth)
   state = _random_state(depth, seed=depth + 1)
-  net.load_state_dict({k: torch.from_numpy(np.asarray(v))
-                       for k, v in state.items()}, strict=True)
+  net.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
+      strict=True,
+  )
   net.eval()
   x = _images(3, seed=depth + 1)
   with torch.no_grad():
@@ -293,21 +323,30 @@ def test_errors_name_the_key_or_depth():
   state = _random_state(20, seed=0)
   gone = "layer2.1.bn2.running_var"
   missing = {k: a for k, a in state.items() if k != gone}
-  with pytest.raises(ValueError, match=rf"lacks key '{re.escape(gone)}'.*"
-                     r"PyTorch CIFAR ResNet-20"):
+  with pytest.raises(
+      ValueError,
+      match=rf"lacks key '{re.escape(gone)}'.*" r"PyTorch CIFAR ResNet-20",
+  ):
     models.from_torch_cifar(missing, 20)
   extra = {**state, "layer1.0.shortcut.0.weight": np.zeros((16, 16, 1, 1))}
-  with pytest.raises(ValueError,
-                     match=r"unexpected key 'layer1\.0\.shortcut\.0\.weight'"):
+  with pytest.raises(
+      ValueError, match=r"unexpected key 'layer1\.0\.shortcut\.0\.weight'"
+  ):
     models.from_torch_cifar(extra, 20)
   bad = {**state, "layer2.0.conv1.weight": np.zeros((32, 16, 1, 1))}
-  with pytest.raises(ValueError, match=r"'layer2\.0\.conv1\.weight'.*"
-                     r"\(32, 16, 1, 1\).*\(32, 16, 3, 3\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"'layer2\.0\.conv1\.weight'.*"
+      r"\(32, 16, 1, 1\).*\(32, 16, 3, 3\)",
+  ):
     models.from_torch_cifar(bad, 20)
   with pytest.raises(ValueError, match=r"depth=21 is invalid.*6n\+2"):
     models.from_torch_cifar(state, 21)
-  with pytest.raises(ValueError, match=r"holds a ResNet-20 \(3 blocks per "
-                     r"layer\), not the ResNet-32.*pass depth=20"):
+  with pytest.raises(
+      ValueError,
+      match=r"holds a ResNet-20 \(3 blocks per "
+      r"layer\), not the ResNet-32.*pass depth=20",
+  ):
     models.from_torch_cifar(state, 32)
   with pytest.raises(ValueError, match=r"\['projection'\].*allowed: dtype"):
     models.from_torch_cifar(state, 20, projection="B")
@@ -320,15 +359,19 @@ def test_published_weights_equal_numpy_replica(akamaster_dir, depth, count):
   assert len(state) == count
   model, variables = models.from_torch_cifar(state, depth)
   x = _images(6, seed=depth)
-  _assert_logits_close(_resflax_logits(model, variables, x),
-                       _replica_logits(state, x))
+  _assert_logits_close(
+      _resflax_logits(model, variables, x), _replica_logits(state, x)
+  )
 
 
 def test_th_checkpoint_converts_like_npz(akamaster_dir):
   torch = _torch()
   # The original file, as its README says to read it.
-  checkpoint = torch.load(akamaster_dir / "resnet20-12fca82f.th",
-                          map_location="cpu", weights_only=False)
+  checkpoint = torch.load(
+      akamaster_dir / "resnet20-12fca82f.th",
+      map_location="cpu",
+      weights_only=False,
+  )
   assert all(k.startswith("module.") for k in checkpoint["state_dict"])
   _, from_th = models.from_torch_cifar(checkpoint, 20)
   with np.load(akamaster_dir / "resnet20.npz") as npz:
@@ -338,11 +381,12 @@ def test_th_checkpoint_converts_like_npz(akamaster_dir):
     np.testing.assert_array_equal(a, b)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jpeg_test_split(path):
   # Few training images: only the test split is scored.
-  return data.load_dataset({"name": "cifar10", "path": path,
-                            "max_train_images": 10})
+  return data.load_dataset(
+      {"name": "cifar10", "path": path, "max_train_images": 10}
+  )
 
 
 # The README's PyTorch accuracies on this JPEG test split.
@@ -359,8 +403,13 @@ def test_accuracy_on_jpeg_test_split(akamaster_dir, cifar_archive, depth):
     model, variables = models.from_torch_cifar(npz, depth)
   # The evaluator normalises as torch's ToTensor + Normalize: x / 255, then
   # the constants akamaster trained with.
-  evaluator = LesionEvaluator(model, ds.test_images, ds.test_labels,
-                              data.IMAGENET_MEAN, data.IMAGENET_STD,
-                              batch_size=500)
+  evaluator = LesionEvaluator(
+      model,
+      ds.test_images,
+      ds.test_labels,
+      data.IMAGENET_MEAN,
+      data.IMAGENET_STD,
+      batch_size=500,
+  )
   accuracy = 100.0 * (1.0 - float(evaluator(variables)["error"][0]))
   assert abs(accuracy - _PUBLISHED_ACCURACY[depth]) <= 0.15, accuracy

@@ -12,8 +12,9 @@ import pytest
 
 _EXTRA = "pip install -e '.[torchvision]'"
 torch = pytest.importorskip("torch", reason=f"needs torch: {_EXTRA}")
-tv_models = pytest.importorskip("torchvision.models",
-                                reason=f"needs torchvision: {_EXTRA}")
+tv_models = pytest.importorskip(
+    "torchvision.models", reason=f"needs torchvision: {_EXTRA}"
+)
 
 from resflax import models  # noqa: E402  (after the skips)
 
@@ -75,10 +76,12 @@ def test_deeper_layouts_convert_exactly(depth):
   units = variables["params"]["stage2"]["units"]
   np.testing.assert_array_equal(
       units["conv0"]["kernel"][last - 1],
-      state[f"layer3.{last}.conv1.weight"].numpy().transpose(2, 3, 1, 0))
+      state[f"layer3.{last}.conv1.weight"].numpy().transpose(2, 3, 1, 0),
+  )
   np.testing.assert_array_equal(
       variables["batch_stats"]["stage3"]["unit0"]["shortcut"]["proj_bn"]["var"],
-      state["layer4.0.downsample.1.running_var"].numpy())
+      state["layer4.0.downsample.1.running_var"].numpy(),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +94,22 @@ def resnet18_numpy():
 def test_numpy_state_dict_and_prefix(resnet18_numpy):
   state = resnet18_numpy
   _, v = models.from_torchvision(state, 18)
-  np.testing.assert_array_equal(v["params"]["head"]["fc"]["kernel"],
-                                state["fc.weight"].T)
+  np.testing.assert_array_equal(
+      v["params"]["head"]["fc"]["kernel"], state["fc.weight"].T
+  )
   np.testing.assert_array_equal(
       v["params"]["stage1"]["units"]["bn_post1"]["scale"][0],
-      state["layer2.1.bn2.weight"])
-  np.testing.assert_array_equal(v["batch_stats"]["stem"]["bn"]["mean"],
-                                state["bn1.running_mean"])
+      state["layer2.1.bn2.weight"],
+  )
+  np.testing.assert_array_equal(
+      v["batch_stats"]["stem"]["bn"]["mean"], state["bn1.running_mean"]
+  )
   # DataParallel's 'module.' prefix, and checkpoints without the counters.
-  wrapped = {f"module.{k}": a for k, a in state.items()
-             if not k.endswith("num_batches_tracked")}
+  wrapped = {
+      f"module.{k}": a
+      for k, a in state.items()
+      if not k.endswith("num_batches_tracked")
+  }
   _, w = models.from_torchvision(wrapped, 18)
   assert jax.tree.structure(v) == jax.tree.structure(w)
   for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(w)):
@@ -114,16 +123,21 @@ def test_errors_name_the_key(resnet18_numpy):
   with pytest.raises(ValueError, match=rf"lacks key '{re.escape(gone)}'"):
     models.from_torchvision(missing, 18)
   extra = {**state, "layer1.0.downsample.0.weight": np.zeros((64, 64, 1, 1))}
-  with pytest.raises(ValueError,
-                     match=r"unexpected key 'layer1\.0\.downsample\.0"):
+  with pytest.raises(
+      ValueError, match=r"unexpected key 'layer1\.0\.downsample\.0"
+  ):
     models.from_torchvision(extra, 18)
   bad = {**state, "layer2.0.conv1.weight": np.zeros((128, 64, 1, 1))}
-  with pytest.raises(ValueError, match=r"'layer2\.0\.conv1\.weight'.*"
-                     r"\(128, 64, 1, 1\).*\(128, 64, 3, 3\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"'layer2\.0\.conv1\.weight'.*"
+      r"\(128, 64, 1, 1\).*\(128, 64, 3, 3\)",
+  ):
     models.from_torchvision(bad, 18)
   # A ResNet-18 checkpoint read as a ResNet-50 lacks the third convs.
-  with pytest.raises(ValueError,
-                     match=r"lacks key 'layer1\.0\.(bn|conv)3.*ResNet-50"):
+  with pytest.raises(
+      ValueError, match=r"lacks key 'layer1\.0\.(bn|conv)3.*ResNet-50"
+  ):
     models.from_torchvision(state, 50)
   with pytest.raises(ValueError, match="18, 34, 50"):
     models.from_torchvision(state, 20)

@@ -12,19 +12,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import REPO, final_state, tiny_config
 
-from resflax import data as data_lib, train, training
+from resflax import data as data_lib
+from resflax import train, training
 from resflax.config import base_config, load_experiment
-from helpers import tiny_config, final_state
-
-from helpers import REPO
 
 
 def test_train_and_evaluate_writes_results(tmp_path):
   result = train.train_and_evaluate(tiny_config(), str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
-  for key in ("test_error", "steps", "wall_seconds", "images_per_second",
-              "config", "versions", "devices"):
+  for key in (
+      "test_error",
+      "steps",
+      "wall_seconds",
+      "images_per_second",
+      "config",
+      "versions",
+      "devices",
+  ):
     assert key in saved
   assert saved["steps"] == 8 and result["steps"] == 8
   assert 0.0 <= saved["test_error"] <= 1.0
@@ -35,7 +41,8 @@ def test_train_and_evaluate_writes_results(tmp_path):
 
 
 def test_fast_compile_reaches_every_program_and_keeps_the_math(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   """``train.fast_compile`` sets XLA's backend optimisation level 0 on the
   initialiser, the step and evaluation; parameters match the optimised
   programs' to float32 noise."""
@@ -47,8 +54,9 @@ def test_fast_compile_reaches_every_program_and_keeps_the_math(
     return real_jit(fn, *args, **kwargs)
 
   monkeypatch.setattr(jax, "jit", spy)
-  train.train_and_evaluate(tiny_config(fast_compile=True),
-                           str(tmp_path / "fast"))
+  train.train_and_evaluate(
+      tiny_config(fast_compile=True), str(tmp_path / "fast")
+  )
   monkeypatch.setattr(jax, "jit", real_jit)
   fast = {"xla_backend_optimization_level": 0}
   names = {n for n, options in seen if options == fast}
@@ -56,9 +64,11 @@ def test_fast_compile_reaches_every_program_and_keeps_the_math(
   train.train_and_evaluate(tiny_config(), str(tmp_path / "default"))
   a = final_state(tiny_config(), str(tmp_path / "fast"))
   b = final_state(tiny_config(), str(tmp_path / "default"))
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
-                                                       atol=1e-5),
-               a["variables"], b["variables"])
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+      a["variables"],
+      b["variables"],
+  )
 
 
 def test_resume_gives_identical_parameters(tmp_path):
@@ -83,6 +93,7 @@ def test_workdir_of_previous_version_resumes(tmp_path):
   default random scheme) resumes to the parameters that version's own
   uninterrupted run reached (its final checkpoint is the second fixture)."""
   import shutil  # pylint: disable=g-import-not-at-top
+
   part = tmp_path / "legacy"
   shutil.copytree(LEGACY, part)
   jax.config.update("jax_threefry_partitionable", True)  # as it was written
@@ -98,23 +109,37 @@ def test_workdir_of_previous_version_resumes(tmp_path):
   jax.tree.map(close, a["variables"]["params"], b["variables"]["params"])
   jax.tree.map(close, a["opt_state"], b["opt_state"])
   # Running variances of steps 5-8 are today's unbiased estimate.
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0.05),
-               a["variables"]["batch_stats"], b["variables"]["batch_stats"])
+  jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=0.05),
+      a["variables"]["batch_stats"],
+      b["variables"]["batch_stats"],
+  )
   # Its metrics were plain sums then: the train error of the whole run.
   assert b["metrics"].error.count == 8 * 16
 
 
 def run_steps(config, devices, steps):
   dataset = data_lib.load_dataset(config.data, seed=0)
-  spec = training.build_run(config, dataset.num_classes, dataset.num_train,
-                            training.make_mesh(devices))
+  spec = training.build_run(
+      config,
+      dataset.num_classes,
+      dataset.num_train,
+      training.make_mesh(devices),
+  )
   rep = spec.replicated
-  state = jax.jit(functools.partial(training.init_state, spec, 0,
-                                    dataset.image_shape),
-                  out_shardings=rep)()
-  args = [jax.device_put(a, rep) for a in (dataset.train_images,
-                                           dataset.train_labels,
-                                           dataset.mean, dataset.std)]
+  state = jax.jit(
+      functools.partial(training.init_state, spec, 0, dataset.image_shape),
+      out_shardings=rep,
+  )()
+  args = [
+      jax.device_put(a, rep)
+      for a in (
+          dataset.train_images,
+          dataset.train_labels,
+          dataset.mean,
+          dataset.std,
+      )
+  ]
   step = jax.jit(functools.partial(training.step_on_dataset, spec))
   for _ in range(steps):
     state = step(state, *args)
@@ -127,9 +152,11 @@ def test_one_and_four_devices_give_same_parameters():
   config = tiny_config()
   one = run_steps(config, jax.devices()[:1], 3)
   four = run_steps(config, jax.devices()[:4], 3)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
-                                                       atol=2e-5),
-               one["variables"], four["variables"])
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+      one["variables"],
+      four["variables"],
+  )
 
 
 def test_bn_groups_spanning_devices_equal_one_device():
@@ -145,8 +172,9 @@ def test_bn_groups_spanning_devices_equal_one_device():
   # Groups really differ from whole-batch statistics.
   config.model.bn_group_size = 0
   whole = run_steps(config, jax.devices()[:4], 2)
-  assert not np.allclose(whole["metrics"].loss.total,
-                         four["metrics"].loss.total)
+  assert not np.allclose(
+      whole["metrics"].loss.total, four["metrics"].loss.total
+  )
 
 
 def test_any_eval_batch_on_any_device_count(tmp_path):
@@ -164,9 +192,11 @@ def test_bn_per_device_differs_from_global():
   per_device = run_steps(config, jax.devices()[:4], 2)
   config = tiny_config(bn_sync=True)
   global_bn = run_steps(config, jax.devices()[:4], 2)
-  diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
-                       per_device["variables"]["params"],
-                       global_bn["variables"]["params"])
+  diffs = jax.tree.map(
+      lambda a, b: float(np.abs(a - b).max()),
+      per_device["variables"]["params"],
+      global_bn["variables"]["params"],
+  )
   assert max(jax.tree.leaves(diffs)) > 1e-4
 
 
@@ -176,21 +206,36 @@ def test_learning_rate_schedule():
   lr = lambda s: float(training.learning_rate(jnp.int32(s), False, t))
   assert lr(0) == pytest.approx(0.01) and lr(399) == pytest.approx(0.01)
   assert lr(400) == pytest.approx(0.1) and lr(31_999) == pytest.approx(0.1)
-  assert lr(32_000) == pytest.approx(0.01) and lr(48_000) == pytest.approx(0.001)
+  assert lr(32_000) == pytest.approx(0.01) and lr(48_000) == pytest.approx(
+      0.001
+  )
   t.warmup_steps = 0
   t.warmup_until_error = 0.8
-  assert float(training.learning_rate(jnp.int32(5000), True, t)) == pytest.approx(0.01)
-  assert float(training.learning_rate(jnp.int32(5000), False, t)) == pytest.approx(0.1)
+  assert float(
+      training.learning_rate(jnp.int32(5000), True, t)
+  ) == pytest.approx(0.01)
+  assert float(
+      training.learning_rate(jnp.int32(5000), False, t)
+  ) == pytest.approx(0.1)
 
 
 def test_cli_smoke_subprocess(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  cmd = [sys.executable, "-m", "resflax.main",
-         "--config", os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
-         "--workdir", str(tmp_path), "--config.train.steps=6",
-         "--config.train.eval_every=3", "--verbose"]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
+  cmd = [
+      sys.executable,
+      "-m",
+      "resflax.main",
+      "--config",
+      os.path.join(REPO, "experiments/cifar_resnet.py:smoke"),
+      "--workdir",
+      str(tmp_path),
+      "--config.train.steps=6",
+      "--config.train.eval_every=3",
+      "--verbose",
+  ]
+  proc = subprocess.run(
+      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["steps"] == 6 and len(saved["devices"]) == 2
@@ -198,17 +243,28 @@ def test_cli_smoke_subprocess(tmp_path):
   # orbax or other library chatter), each report is printed once, and the
   # start block and compile time are there.
   ours = {p.name for p in pathlib.Path(REPO, "resflax").rglob("*.py")}
-  sources = re.findall(r"^[IWE]\d{4} [\d:.]+ +\d+ (\S+?):\d+\]",
-                       proc.stderr, re.M)
+  sources = re.findall(
+      r"^[IWE]\d{4} [\d:.]+ +\d+ (\S+?):\d+\]", proc.stderr, re.M
+  )
   assert sources and set(sources) <= ours, set(sources) - ours
   assert proc.stderr.count("step 6/6 (100.0%)") == 1
-  for expected in ("devices: 2 x", "data: synthetic", "model: cifar_resnet",
-                   "compiling the training step", "compiled and ran the "
-                   "first step in"):
+  for expected in (
+      "devices: 2 x",
+      "data: synthetic",
+      "model: cifar_resnet",
+      "compiling the training step",
+      "compiled and ran the " "first step in",
+  ):
     assert expected in proc.stderr
   # A mistyped key is an error that names it.
-  bad = subprocess.run(cmd[:-2] + ["--config.train.stepz=3"], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+      cmd[:-2] + ["--config.train.stepz=3"],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert bad.returncode != 0 and "stepz" in bad.stderr
 
 
@@ -216,8 +272,9 @@ def test_cli_smoke_subprocess(tmp_path):
 @pytest.mark.data
 def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
   """About 2 minutes of CPU: well above chance (10%) on the real test set."""
-  config = load_experiment(os.path.join(REPO, "experiments/cifar_resnet.py"),
-                           "20")
+  config = load_experiment(
+      os.path.join(REPO, "experiments/cifar_resnet.py"), "20"
+  )
   config.data.path = str(cifar_archive)
   config.data.max_test_images = 2000
   config.model.bn_group_size = 0
@@ -239,8 +296,16 @@ def test_streamed_imagenet_path(tmp_path, monkeypatch):
   """The host-streamed path (ImageNet) with a stand-in for the tfds reader."""
   calls = []
 
-  def fake_iterator(config_data, split, batch_size, *, seed=0,
-                    process_index=0, process_count=1, training=None):
+  def fake_iterator(
+      config_data,
+      split,
+      batch_size,
+      *,
+      seed=0,
+      process_index=0,
+      process_count=1,
+      training=None,
+  ):
     calls.append((split, batch_size, seed))
     rng = np.random.default_rng(seed)
     size = config_data.image_size
@@ -248,12 +313,18 @@ def test_streamed_imagenet_path(tmp_path, monkeypatch):
     def batches():
       for i in range(10**6 if split == "train" else 2):
         labels = rng.integers(0, 1000, batch_size).astype(np.int32)
-        out = {"image": rng.integers(0, 255, (batch_size, size, size, 3),
-                                     dtype=np.uint8), "label": labels}
+        out = {
+            "image": rng.integers(
+                0, 255, (batch_size, size, size, 3), dtype=np.uint8
+            ),
+            "label": labels,
+        }
         if split != "train":
-          out["mask"] = np.array([1.0] * (batch_size - 3) + [0.0] * 3,
-                                 np.float32)
+          out["mask"] = np.array(
+              [1.0] * (batch_size - 3) + [0.0] * 3, np.float32
+          )
         yield out
+
     return batches()
 
   monkeypatch.setattr(data_lib, "imagenet_iterator", fake_iterator)

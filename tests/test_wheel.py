@@ -16,7 +16,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO
 from wheel_env import resflax_location, run
 
@@ -40,9 +39,11 @@ for cell in nb.cells:
 def test_every_package_and_experiment_is_in_the_wheel(dist):
   wheel, _ = dist
   names = set(zipfile.ZipFile(wheel).namelist())
-  packages = sorted(str(d.relative_to(REPO)) for d in (REPO / "resflax").rglob("*")
-                    if d.is_dir() and d.name != "__pycache__"
-                    and any(d.glob("*.py")))
+  packages = sorted(
+      str(d.relative_to(REPO))
+      for d in (REPO / "resflax").rglob("*")
+      if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
+  )
   assert "resflax/experiment" in packages and "resflax/experiments" in packages
   missing = [p for p in packages if f"{p}/__init__.py" not in names]
   assert not missing, f"not in the wheel (no __init__.py?): {missing}"
@@ -53,8 +54,13 @@ def test_every_package_and_experiment_is_in_the_wheel(dist):
 def test_the_venv_has_no_tensorflow(venv):
   python, env, cwd = venv
   for module in ("tensorflow", "tensorflow_datasets"):
-    proc = subprocess.run([str(python), "-c", f"import {module}"], env=env,
-                          cwd=cwd, capture_output=True, check=False)
+    proc = subprocess.run(
+        [str(python), "-c", f"import {module}"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        check=False,
+    )
     assert proc.returncode != 0, f"{module} is importable in the venv"
 
 
@@ -62,9 +68,17 @@ def test_quickstart_notebook_installs_the_wheel(dist, venv):
   python, env, cwd = venv
   run([str(python), "-m", "pip", "uninstall", "-q", "-y", "resflax"])
   assert resflax_location(python, env, cwd) is None
-  out = run([str(python), "-c", RUN_NOTEBOOK,
-              str(NOTEBOOKS / "quickstart.ipynb"), str(cwd)],
-             env={**env, "RESFLAX_SOURCE": str(dist[0])}, cwd=cwd).stdout
+  out = run(
+      [
+          str(python),
+          "-c",
+          RUN_NOTEBOOK,
+          str(NOTEBOOKS / "quickstart.ipynb"),
+          str(cwd),
+      ],
+      env={**env, "RESFLAX_SOURCE": str(dist[0])},
+      cwd=cwd,
+  ).stdout
   assert f"installed resflax from {dist[0]}" in out
   assert "WARNING: no TPU or GPU found" in out  # the suite runs on a CPU
   assert "test error after 6 steps" in out
@@ -74,34 +88,58 @@ def test_quickstart_notebook_installs_the_wheel(dist, venv):
 
 def test_lesion_notebook_runs(installed):
   python, env, cwd = installed
-  out = run([str(python), "-c", RUN_NOTEBOOK,
-              str(NOTEBOOKS / "lesion_study.ipynb"), str(cwd)],
-             env=env, cwd=cwd).stdout
+  out = run(
+      [
+          str(python),
+          "-c",
+          RUN_NOTEBOOK,
+          str(NOTEBOOKS / "lesion_study.ipynb"),
+          str(cwd),
+      ],
+      env=env,
+      cwd=cwd,
+  ).stdout
   assert "resflax is importable already: nothing to install" in out
   assert out.count("<image/png>") == 3
 
 
-@pytest.mark.parametrize("extra, package", [("cuda12", "jax-cuda12-plugin"),
-                                            ("tpu", "libtpu")])
+@pytest.mark.parametrize(
+    "extra, package", [("cuda12", "jax-cuda12-plugin"), ("tpu", "libtpu")]
+)
 def test_accelerator_extras_resolve(dist, tmp_path, extra, package):
   """pip's resolver finds a jax for the accelerator (a dry run)."""
   report = tmp_path / "report.json"
-  run([sys.executable, "-m", "pip", "install", "--dry-run",
-        "--ignore-installed", "-q", "--disable-pip-version-check",
-        "--report", str(report), f"resflax[{extra}] @ {dist[0].as_uri()}"])
-  names = {i["metadata"]["name"]
-           for i in json.loads(report.read_text())["install"]}
+  run(
+      [
+          sys.executable,
+          "-m",
+          "pip",
+          "install",
+          "--dry-run",
+          "--ignore-installed",
+          "-q",
+          "--disable-pip-version-check",
+          "--report",
+          str(report),
+          f"resflax[{extra}] @ {dist[0].as_uri()}",
+      ]
+  )
+  names = {
+      i["metadata"]["name"] for i in json.loads(report.read_text())["install"]
+  }
   assert {package, "jax", "jaxlib", "resflax"} <= names
 
 
 def test_one_torch_pin_across_extras():
   import configparser  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
+
   cfg = configparser.ConfigParser()
   cfg.read(REPO / "setup.cfg")
   extras = cfg["options.extras_require"]
-  pins = {name: re.findall(r"^torch==(\S+)", extras[name], re.M)
-          for name in extras}
+  pins = {
+      name: re.findall(r"^torch==(\S+)", extras[name], re.M) for name in extras
+  }
   assert len({v for found in pins.values() for v in found}) == 1, pins
   # Every extra that installs torch gets it through the one `torch` extra.
   for name in ("bench", "torchvision"):

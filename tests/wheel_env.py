@@ -16,11 +16,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run(cmd, env=None, cwd=None, timeout=900):
-  proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout)
+  proc = subprocess.run(
+      cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+  )
   assert proc.returncode == 0, (
       f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n"
-      f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+      f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  )
   return proc
 
 
@@ -29,8 +31,8 @@ def dist(tmp_path_factory):
   """The sdist and the wheel built from it, as `python -m build` makes them."""
   out = tmp_path_factory.mktemp("dist")
   run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)])
-  wheel, = out.glob("resflax-*.whl")
-  sdist, = out.glob("resflax-*.tar.gz")
+  (wheel,) = out.glob("resflax-*.whl")
+  (sdist,) = out.glob("resflax-*.tar.gz")
   return wheel, sdist
 
 
@@ -45,12 +47,21 @@ def venv(dist, tmp_path_factory):
   root = tmp_path_factory.mktemp("venv")
   run([sys.executable, "-m", "venv", str(root)])
   python = root / "bin" / "python"
-  pip = [str(python), "-m", "pip", "install", "-q",
-         "--disable-pip-version-check"]
+  pip = [
+      str(python),
+      "-m",
+      "pip",
+      "install",
+      "-q",
+      "--disable-pip-version-check",
+  ]
   run(pip + [str(wheel), "nbclient", "nbformat", "ipykernel"])
   run([str(python), "-m", "pip", "uninstall", "-q", "-y", "resflax"])
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+  env = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in ("PYTHONPATH", "VIRTUAL_ENV")
+  }
   # The kernel spec ipykernel installs runs "python" from PATH.
   env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
   env["RESFLAX_NOTEBOOK_SMOKE"] = "1"
@@ -60,7 +71,12 @@ def venv(dist, tmp_path_factory):
 def resflax_location(python, env, cwd):
   proc = subprocess.run(
       [str(python), "-c", "import resflax; print(resflax.__file__)"],
-      env=env, cwd=cwd, capture_output=True, text=True, check=False)
+      env=env,
+      cwd=cwd,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -69,10 +85,18 @@ def installed(dist, venv):
   """The venv with the wheel installed (not editable)."""
   python, env, cwd = venv
   if resflax_location(python, env, cwd) is None:
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps",
-          "--disable-pip-version-check", str(dist[0])])
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(dist[0]),
+        ]
+    )
   location = resflax_location(python, env, cwd)
   assert "site-packages" in location and str(REPO) not in location
   return venv
-
-

@@ -25,27 +25,53 @@ import importlib
 from typing import Any
 
 from resflax.data.base import NORMALIZATIONS, Dataset, balanced_sample
-from resflax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from resflax.data.imagenet import imagenet_iterator
-from resflax.data.sources import SOURCES, Source, SourceInfo, load_dataset
-from resflax.data.sources import source_info
+from resflax.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_iterator
+from resflax.data.sources import (
+    SOURCES,
+    Source,
+    SourceInfo,
+    load_dataset,
+    source_info,
+)
 from resflax.data.tfds_source import CIFAR10_CLASSES
 from resflax.errors import DataError
 
-_PIPELINE = ('EvalLayout', 'augment', 'eval_batches', 'normalize',
-             'sample_batch_indices', 'shard_for_process')
+_PIPELINE = (
+    "EvalLayout",
+    "augment",
+    "eval_batches",
+    "normalize",
+    "sample_batch_indices",
+    "shard_for_process",
+)
 
-__all__ = sorted([
-    'CIFAR10_CLASSES', 'DataError', 'Dataset', 'IMAGENET_MEAN',
-    'IMAGENET_STD', 'NORMALIZATIONS', 'SOURCES', 'Source', 'SourceInfo',
-    'balanced_sample', 'imagenet_iterator', 'load_dataset', 'source_info',
-    *_PIPELINE])
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DataError",
+    "Dataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATIONS",
+    "SOURCES",
+    "Source",
+    "SourceInfo",
+    "balanced_sample",
+    "imagenet_iterator",
+    "load_dataset",
+    "source_info",
+    "EvalLayout",
+    "augment",
+    "eval_batches",
+    "normalize",
+    "sample_batch_indices",
+    "shard_for_process",
+]
 
 
 def __getattr__(name: str) -> Any:
   if name in _PIPELINE:
-    return getattr(importlib.import_module('resflax.data.pipeline'), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(importlib.import_module("resflax.data.pipeline"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from resflax.registry import Registry
 # Training images -> (mean, std) as fractions of 255.
 Statistics = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # config.data.normalization -> how its statistics are computed.
-NORMALIZATIONS: Registry[Statistics] = Registry('data.normalization')
+NORMALIZATIONS: Registry[Statistics] = Registry("data.normalization")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +57,7 @@ class Dataset:
     cache_hit: Whether the arrays were read from `cache_path` rather than
       decoded.
   """
+
   train_images: np.ndarray
   train_labels: np.ndarray
   eval_images: np.ndarray
@@ -67,8 +69,8 @@ class Dataset:
   name: str
   mean: np.ndarray
   std: np.ndarray
-  eval_split: str = 'test'
-  source: str = ''
+  eval_split: str = "test"
+  source: str = ""
   cache_path: str | None = None
   cache_hit: bool = False
 
@@ -97,19 +99,22 @@ class Dataset:
       (test), 10000 test images; 10 classes; 32x32x3"`` and
       ``"cache: /c/archive-c-0123.npz (read)"``.
     """
-    shape = 'x'.join(str(d) for d in self.image_shape)
-    line = (f'{self.name} from {self.source or self.name}: '
-            f'{self.num_train} train, {self.num_eval} eval '
-            f'({self.eval_split}), {self.num_test} test images; '
-            f'{self.num_classes} classes; {shape}')
+    shape = "x".join(str(d) for d in self.image_shape)
+    line = (
+        f"{self.name} from {self.source or self.name}: "
+        f"{self.num_train} train, {self.num_eval} eval "
+        f"({self.eval_split}), {self.num_test} test images; "
+        f"{self.num_classes} classes; {shape}"
+    )
     if self.cache_path is None:
       return line
-    state = 'read' if self.cache_hit else 'written'
-    return f'{line}\ncache: {self.cache_path} ({state})'
+    state = "read" if self.cache_hit else "written"
+    return f"{line}\ncache: {self.cache_path} ({state})"
 
 
 class Raw(NamedTuple):
   """Full train/test arrays of a source, before splitting and subsetting."""
+
   name: str
   num_classes: int
   class_names: tuple[str, ...] | None
@@ -117,7 +122,7 @@ class Raw(NamedTuple):
   train_labels: np.ndarray
   test_images: np.ndarray
   test_labels: np.ndarray
-  source: str = ''
+  source: str = ""
   cache_path: str | None = None
   cache_hit: bool = False
 
@@ -143,18 +148,22 @@ def config_int(config: Any, key: str, default: int, minimum: int = 0) -> int:
     number = int(value)
   except (TypeError, ValueError):
     raise DataError(
-        f'config.data.{key} must be an integer, got {value!r}') from None
+        f"config.data.{key} must be an integer, got {value!r}"
+    ) from None
   if number != value or number < minimum:
     raise DataError(
-        f'config.data.{key} must be an integer >= {minimum}, got {value!r}')
+        f"config.data.{key} must be an integer >= {minimum}, got {value!r}"
+    )
   return number
 
 
 def choose(registry: Registry, key: str, value: str) -> Any:
   """`registry`'s entry for config.data.`key`; DataError listing the names."""
   if value not in registry:
-    raise DataError(f'config.data.{key} = {value!r} is not valid; choose one '
-                    f'of {", ".join(registry.names())}')
+    raise DataError(
+        f"config.data.{key} = {value!r} is not valid; choose one "
+        f'of {", ".join(registry.names())}'
+    )
   return registry.get(value)
 
 
@@ -167,12 +176,14 @@ def check_validation_split(num_train: int, validation_split: int) -> None:
   """Raises DataError if holding out `validation_split` leaves no training."""
   if validation_split >= num_train:
     raise DataError(
-        f'config.data.validation_split = {validation_split} leaves no '
-        f'training images: the training split has only {num_train}')
+        f"config.data.validation_split = {validation_split} leaves no "
+        f"training images: the training split has only {num_train}"
+    )
 
 
-def _round_robin(labels: np.ndarray, size: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _round_robin(
+    labels: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
   """`size` indices dealt out across classes in a random order.
 
   Returned in dealing order: rank 0 of every class (by label), then rank 1...
@@ -181,9 +192,9 @@ def _round_robin(labels: np.ndarray, size: int,
   shuffled = labels[order]
   # Rank of each example within its class in the shuffled order: taking the
   # `size` smallest ranks deals examples out round-robin across classes.
-  by_class = np.argsort(shuffled, kind='stable')
+  by_class = np.argsort(shuffled, kind="stable")
   sorted_labels = shuffled[by_class]
-  first_of_class = np.searchsorted(sorted_labels, sorted_labels, side='left')
+  first_of_class = np.searchsorted(sorted_labels, sorted_labels, side="left")
   rank = np.empty(len(labels), np.int64)
   rank[by_class] = np.arange(len(labels)) - first_of_class
   return order[np.lexsort((shuffled, rank))[:size]]
@@ -218,8 +229,9 @@ def balanced_sample(labels: Any, count: int, key_or_seed: Any) -> np.ndarray:
   """
   labels = np.asarray(labels)
   if not 0 < count <= len(labels):
-    raise ValueError(f'need 0 < count ({count}) <= number of labels '
-                     f'({len(labels)})')
+    raise ValueError(
+        f"need 0 < count ({count}) <= number of labels " f"({len(labels)})"
+    )
   rng = np.random.default_rng(_seed_words(key_or_seed))
   return rng.permutation(_round_robin(labels, count, rng))
 
@@ -231,6 +243,7 @@ def _seed_words(key_or_seed: Any) -> Any:
   # A key means the caller has JAX loaded; importing it here keeps it out of
   # processes that only decode images.
   import jax  # pylint: disable=g-import-not-at-top
+
   key = key_or_seed
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
@@ -242,9 +255,8 @@ def _seed_words(key_or_seed: Any) -> Any:
 # ----------------------------------------------------------------------------
 
 
-@NORMALIZATIONS.register('pixel_mean')
-def pixel_mean_statistics(images: np.ndarray
-                          ) -> tuple[np.ndarray, np.ndarray]:
+@NORMALIZATIONS.register("pixel_mean")
+def pixel_mean_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """He et al. 2016: the per-pixel mean (H, W, 3) and a std of ones (3,)."""
   # float64 accumulation (numpy reduces in buffered chunks, not a full copy)
   # so 50,000 summands of up to 255 lose no precision.
@@ -252,7 +264,7 @@ def pixel_mean_statistics(images: np.ndarray
   return mean.astype(np.float32), np.ones((3,), np.float32)
 
 
-@NORMALIZATIONS.register('channel_standardize')
+@NORMALIZATIONS.register("channel_standardize")
 def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and standard deviation, each (3,)."""
   means, stds = [], []
@@ -270,8 +282,14 @@ def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(means, np.float32), std
 
 
-def finish(raw: Raw, *, normalization: str, validation_split: int,
-           max_train: int, max_test: int) -> Dataset:
+def finish(
+    raw: Raw,
+    *,
+    normalization: str,
+    validation_split: int,
+    max_train: int,
+    max_test: int,
+) -> Dataset:
   """Applies validation split, subsets and statistics to raw arrays."""
   train_images, train_labels = raw.train_images, raw.train_labels
   test_images, test_labels = raw.test_images, raw.test_labels
@@ -284,10 +302,10 @@ def finish(raw: Raw, *, normalization: str, validation_split: int,
     held_out = np.sort(permutation[-validation_split:])
     eval_images, eval_labels = train_images[held_out], train_labels[held_out]
     train_images, train_labels = train_images[keep], train_labels[keep]
-    eval_split = 'validation'
+    eval_split = "validation"
   else:
     eval_images, eval_labels = test_images, test_labels
-    eval_split = 'test'
+    eval_split = "test"
   if max_train:
     keep = balanced_subset(train_labels, max_train, seed=1)
     train_images, train_labels = train_images[keep], train_labels[keep]
@@ -296,7 +314,7 @@ def finish(raw: Raw, *, normalization: str, validation_split: int,
     eval_images, eval_labels = eval_images[keep], eval_labels[keep]
     keep = balanced_subset(test_labels, max_test, seed=2)
     test_images, test_labels = test_images[keep], test_labels[keep]
-  statistics = choose(NORMALIZATIONS, 'normalization', normalization)
+  statistics = choose(NORMALIZATIONS, "normalization", normalization)
   mean, std = statistics(train_images)
   return Dataset(
       name=raw.name,

@@ -33,8 +33,9 @@ _log = logging.getLogger(__name__)
 PARALLEL_MIN_FILES = 4096
 
 
-def decode_image(source: Any, name: str, shape: tuple[int, int] | None,
-                 reference: str) -> np.ndarray:
+def decode_image(
+    source: Any, name: str, shape: tuple[int, int] | None, reference: str
+) -> np.ndarray:
   """Decodes one image to uint8 RGB (H, W, 3), checking its size.
 
   Args:
@@ -51,27 +52,30 @@ def decode_image(source: Any, name: str, shape: tuple[int, int] | None,
       size.
   """
   try:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes)
-                    else source) as image:
+    with Image.open(
+        io.BytesIO(source) if isinstance(source, bytes) else source
+    ) as image:
       image.load()
       # convert() copies even when the mode already matches; skipping it and
       # numpy's __array_interface__ makes small images ~30% faster.
-      if image.mode != 'RGB':
-        image = image.convert('RGB')
+      if image.mode != "RGB":
+        image = image.convert("RGB")
       width, height = image.size
       array = np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)
   except UnidentifiedImageError as e:
     # Pillow's own message names a BytesIO object for archive members.
-    raise DataError(f'cannot read image {name}: not a recognised image '
-                    'format, or the file is corrupt') from e
-  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
     raise DataError(
-        f'cannot read image {name}: {type(e).__name__}: {e}') from e
+        f"cannot read image {name}: not a recognised image "
+        "format, or the file is corrupt"
+    ) from e
+  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
+    raise DataError(f"cannot read image {name}: {type(e).__name__}: {e}") from e
   if shape is not None and array.shape[:2] != shape:
     raise DataError(
-        f'image {name} is {array.shape[1]}x{array.shape[0]} (WxH) but '
-        f'{reference} is {shape[1]}x{shape[0]}; all images of a dataset must '
-        'have the same size')
+        f"image {name} is {array.shape[1]}x{array.shape[0]} (WxH) but "
+        f"{reference} is {shape[1]}x{shape[0]}; all images of a dataset must "
+        "have the same size"
+    )
   return array
 
 
@@ -85,12 +89,12 @@ def image_size(path: Any) -> tuple[int, int]:
     with Image.open(path) as image:
       return image.size
   except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
-    raise DataError(
-        f'cannot read image {path}: {type(e).__name__}: {e}') from e
+    raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
-def decode_chunk(sources: list[Any], names: list[str], shape: tuple[int, int],
-                 reference: str) -> np.ndarray:
+def decode_chunk(
+    sources: list[Any], names: list[str], shape: tuple[int, int], reference: str
+) -> np.ndarray:
   """Decodes `sources`, all of size `shape`, into one (N, H, W, 3) array.
 
   The function the worker processes run; see `decode_image` for the
@@ -121,15 +125,16 @@ def abandon(pool: concurrent.futures.ProcessPoolExecutor) -> None:
   """
   # Private, but the only handle on the workers before Python 3.14's
   # terminate_workers(); read before shutdown, which forgets them.
-  processes = list((getattr(pool, '_processes', None) or {}).values())
+  processes = list((getattr(pool, "_processes", None) or {}).values())
   pool.shutdown(wait=False, cancel_futures=True)
   for process in processes:
     if process.is_alive():
       process.terminate()
 
 
-def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
-               reference: str) -> np.ndarray:
+def decode_all(
+    sources: list[Any], names: list[str], shape: tuple[int, int], reference: str
+) -> np.ndarray:
   """Decodes images into one (N, H, W, 3) uint8 array using all cores.
 
   Args:
@@ -150,8 +155,9 @@ def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
   out = np.empty((len(sources), shape[0], shape[1], 3), np.uint8)
 
   def decode_here(start: int, stop: int) -> None:
-    out[start:stop] = decode_chunk(sources[start:stop], names[start:stop],
-                                   shape, reference)
+    out[start:stop] = decode_chunk(
+        sources[start:stop], names[start:stop], shape, reference
+    )
 
   if workers == 1:
     decode_here(*chunks[0])
@@ -159,10 +165,19 @@ def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
   done = set()
   try:
     with concurrent.futures.ProcessPoolExecutor(
-        workers - 1, mp_context=multiprocessing.get_context('spawn')) as pool:
+        workers - 1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
       try:
-        futures = [(pool.submit(decode_chunk, sources[a:b], names[a:b],
-                                shape, reference), a, b) for a, b in chunks[1:]]
+        futures = [
+            (
+                pool.submit(
+                    decode_chunk, sources[a:b], names[a:b], shape, reference
+                ),
+                a,
+                b,
+            )
+            for a, b in chunks[1:]
+        ]
         # This process decodes the first chunk meanwhile, so every core works.
         decode_here(*chunks[0])
         done.add(chunks[0])
@@ -177,8 +192,11 @@ def decode_all(sources: list[Any], names: list[str], shape: tuple[int, int],
   except (concurrent.futures.BrokenExecutor, OSError) as e:
     # The pool is an optimisation: a sandbox without process semaphores or a
     # worker killed for memory must not stop the load.
-    _log.warning('image decoder processes failed (%s: %s); decoding here',
-                 type(e).__name__, e)
+    _log.warning(
+        "image decoder processes failed (%s: %s); decoding here",
+        type(e).__name__,
+        e,
+    )
     for a, b in chunks:
       if (a, b) not in done:
         decode_here(a, b)

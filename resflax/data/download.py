@@ -29,8 +29,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 from absl import logging
 
@@ -53,8 +54,9 @@ PROGRESS_EVERY_S = 5.0
 _CHUNK = 1 << 20
 _MIB = float(1 << 20)
 
-DEFAULT_OTHERWISE = ('set config.data.path to an image-folder tree or a '
-                     '.tar.gz of one')
+DEFAULT_OTHERWISE = (
+    "set config.data.path to an image-folder tree or a " ".tar.gz of one"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Archive:
     size: Its size in bytes.
     sha256: Its sha256, lowercase hex.
   """
+
   url: str
   size: int
   sha256: str
@@ -73,7 +76,7 @@ class Archive:
   @property
   def filename(self) -> str:
     """The name it is cached under: the last part of the URL's path."""
-    return Path(urllib.parse.urlsplit(self.url).path).name or 'download'
+    return Path(urllib.parse.urlsplit(self.url).path).name or "download"
 
 
 def download_dir(config_data: Any) -> Path:
@@ -86,11 +89,11 @@ def download_dir(config_data: Any) -> Path:
     The folder (it may not exist yet); without `$RESFLAX_CACHE`,
     `~/.cache/resflax/downloads`.
   """
-  configured = str(config_value(config_data, 'download_dir', '')).strip()
+  configured = str(config_value(config_data, "download_dir", "")).strip()
   if configured:
     return Path(configured).expanduser()
   # The root only: config.data.cache_dir moves decoded arrays, not downloads.
-  return cache_lib.cache_dir({}) / 'downloads'
+  return cache_lib.cache_dir({}) / "downloads"
 
 
 def cache_path(archive: Archive, directory: Path) -> Path:
@@ -101,14 +104,15 @@ def cache_path(archive: Archive, directory: Path) -> Path:
 def sha256_of(path: Path) -> str:
   """The sha256 (hex) of the file at `path`."""
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with open(path, "rb") as f:
     while block := f.read(_CHUNK):
       digest.update(block)
   return digest.hexdigest()
 
 
-def fetch(archive: Archive, directory: Path, *,
-          otherwise: str = DEFAULT_OTHERWISE) -> Path:
+def fetch(
+    archive: Archive, directory: Path, *, otherwise: str = DEFAULT_OTHERWISE
+) -> Path:
   """The path of `archive` in `directory`, downloading it if needed.
 
   Args:
@@ -136,8 +140,8 @@ def fetch(archive: Archive, directory: Path, *,
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise fail(f'cannot create {path.parent}: {e.strerror or e}') from None
-  part = path.with_name(path.name + '.part')
+    raise fail(f"cannot create {path.parent}: {e.strerror or e}") from None
+  part = path.with_name(path.name + ".part")
   with _locked(part) as f:
     if path.is_file():  # Another process downloaded it while we waited.
       if os.fstat(f.fileno()).st_size == 0:
@@ -160,18 +164,22 @@ def fetch(archive: Archive, directory: Path, *,
     digest = sha256_of(part) if size == archive.size else None
     if digest != archive.sha256:
       part.unlink(missing_ok=True)
-      got = (f'sha256 {digest}' if digest else
-             f'{size} bytes (sha256 not computed)')
+      got = (
+          f"sha256 {digest}"
+          if digest
+          else f"{size} bytes (sha256 not computed)"
+      )
       raise DataError(
-          f'checksum mismatch for {archive.url}: expected sha256 '
-          f'{archive.sha256} ({archive.size} bytes), got {got}; deleted '
-          f'{part}. Run again to download it afresh, or put the file at '
-          f'{path}, or {otherwise}.')
+          f"checksum mismatch for {archive.url}: expected sha256 "
+          f"{archive.sha256} ({archive.size} bytes), got {got}; deleted "
+          f"{part}. Run again to download it afresh, or put the file at "
+          f"{path}, or {otherwise}."
+      )
     try:
       os.replace(part, path)
     except OSError as e:
       raise _unwritable(path, e) from None
-  logging.info('downloaded %s to %s', archive.url, path)
+  logging.info("downloaded %s to %s", archive.url, path)
   return path
 
 
@@ -181,25 +189,31 @@ def _check_in_place(archive: Archive, path: Path) -> None:
   digest = sha256_of(path) if size == archive.size else None
   if digest == archive.sha256:
     return
-  got, want = ((f'sha256 {digest}', f'sha256 {archive.sha256}') if digest
-               else (f'{size} bytes', f'{archive.size} bytes'))
+  got, want = (
+      (f"sha256 {digest}", f"sha256 {archive.sha256}")
+      if digest
+      else (f"{size} bytes", f"{archive.size} bytes")
+  )
   raise DataError(
-      f'{path} is not the file of {archive.url}: it has {got}, expected '
-      f'{want}; delete it to download it again, or replace it with the '
-      'right file.')
+      f"{path} is not the file of {archive.url}: it has {got}, expected "
+      f"{want}; delete it to download it again, or replace it with the "
+      "right file."
+  )
 
 
-def _failure(archive: Archive, path: Path,
-             otherwise: str) -> Callable[[str], DataError]:
+def _failure(
+    archive: Archive, path: Path, otherwise: str
+) -> Callable[[str], DataError]:
   """reason -> the one-line DataError of a failed download of `archive`."""
 
   def fail(reason: str) -> DataError:
-    reason = ' '.join(str(reason).split())
+    reason = " ".join(str(reason).split())
     return DataError(
-        f'could not download {archive.url} ({reason}). Put '
-        f'{archive.filename} ({archive.size} bytes, sha256 '
-        f'{archive.sha256}) at {path} (or in the folder that '
-        f'config.data.download_dir names), or {otherwise}.')
+        f"could not download {archive.url} ({reason}). Put "
+        f"{archive.filename} ({archive.size} bytes, sha256 "
+        f"{archive.sha256}) at {path} (or in the folder that "
+        f"config.data.download_dir names), or {otherwise}."
+    )
 
   return fail
 
@@ -207,8 +221,9 @@ def _failure(archive: Archive, path: Path,
 def _unwritable(path: Path, e: OSError) -> DataError:
   """The one-line DataError of a download that cannot be written."""
   return DataError(
-      f'cannot write {path}: {e.strerror or e}; free space there or set '
-      'config.data.download_dir to a writable folder with room for it.')
+      f"cannot write {path}: {e.strerror or e}; free space there or set "
+      "config.data.download_dir to a writable folder with room for it."
+  )
 
 
 @contextlib.contextmanager
@@ -221,7 +236,7 @@ def _locked(part: Path) -> Iterator[BinaryIO]:
   """
   while True:
     try:
-      f = open(part, 'ab')
+      f = open(part, "ab")
     except OSError as e:
       raise _unwritable(part, e) from None
     try:
@@ -229,7 +244,7 @@ def _locked(part: Path) -> Iterator[BinaryIO]:
         try:
           fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-          logging.info('waiting for another process downloading to %s', part)
+          logging.info("waiting for another process downloading to %s", part)
           fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:
           pass  # A file system without locks (some NFS): go unguarded.
@@ -249,8 +264,13 @@ def _locked(part: Path) -> Iterator[BinaryIO]:
     f.close()
 
 
-def _download(archive: Archive, f: BinaryIO, path: Path, part: Path,
-              fail: Callable[[str], DataError]) -> None:
+def _download(
+    archive: Archive,
+    f: BinaryIO,
+    path: Path,
+    part: Path,
+    fail: Callable[[str], DataError],
+) -> None:
   """Appends the rest of `archive` to `f`, the open `part`."""
   start = os.fstat(f.fileno()).st_size
   if start > archive.size:  # Not a prefix of this file: start over.
@@ -267,32 +287,47 @@ def _download(archive: Archive, f: BinaryIO, path: Path, part: Path,
   with response:
     if start and response.status != 206:
       # The server ignored the Range header and sends the whole file.
-      logging.info('%s: the server does not resume downloads; starting '
-                   'again from byte 0', archive.url)
+      logging.info(
+          "%s: the server does not resume downloads; starting "
+          "again from byte 0",
+          archive.url,
+      )
       f.truncate(0)
       start = 0
     elif start:
-      answered = response.headers.get('Content-Range', '')
-      if not answered.startswith(f'bytes {start}-'):
-        raise fail(f'asked for bytes {start}- and got range {answered!r}')
-    logging.info('downloading %s (%.1f MiB) to %s%s', archive.url,
-                 archive.size / _MIB, path,
-                 f', resuming at byte {start}' if start else '')
+      answered = response.headers.get("Content-Range", "")
+      if not answered.startswith(f"bytes {start}-"):
+        raise fail(f"asked for bytes {start}- and got range {answered!r}")
+    logging.info(
+        "downloading %s (%.1f MiB) to %s%s",
+        archive.url,
+        archive.size / _MIB,
+        path,
+        f", resuming at byte {start}" if start else "",
+    )
     _copy(response, f, start, archive, part, fail)
 
 
-def _copy(response: Any, f: BinaryIO, done: int, archive: Archive,
-          part: Path, fail: Callable[[str], DataError]) -> None:
+def _copy(
+    response: Any,
+    f: BinaryIO,
+    done: int,
+    archive: Archive,
+    part: Path,
+    fail: Callable[[str], DataError],
+) -> None:
   """Writes `response`'s body to `f`, logging progress now and then."""
   last_log = time.monotonic()
   # read1: what has arrived, so a stop keeps it; read(n) waits for n bytes.
-  read = getattr(response, 'read1', response.read)
+  read = getattr(response, "read1", response.read)
   while done <= archive.size:  # More than the size is wrong; stop reading.
     try:
       block = read(min(_CHUNK, archive.size + 1 - done))
     except (OSError, http.client.HTTPException) as e:
-      raise fail(f'{_reason(e)} after {done} of {archive.size} bytes; '
-                 f'{part} is kept and the next run resumes it') from None
+      raise fail(
+          f"{_reason(e)} after {done} of {archive.size} bytes; "
+          f"{part} is kept and the next run resumes it"
+      ) from None
     if not block:
       break
     try:
@@ -302,12 +337,18 @@ def _copy(response: Any, f: BinaryIO, done: int, archive: Archive,
     done += len(block)
     if time.monotonic() - last_log >= PROGRESS_EVERY_S:
       last_log = time.monotonic()
-      logging.info('downloaded %.1f of %.1f MiB (%d%%) of %s', done / _MIB,
-                   archive.size / _MIB, 100 * done // archive.size,
-                   archive.url)
+      logging.info(
+          "downloaded %.1f of %.1f MiB (%d%%) of %s",
+          done / _MIB,
+          archive.size / _MIB,
+          100 * done // archive.size,
+          archive.url,
+      )
   if done < archive.size:
-    raise fail(f'the connection closed after {done} of {archive.size} '
-               f'bytes; {part} is kept and the next run resumes it')
+    raise fail(
+        f"the connection closed after {done} of {archive.size} "
+        f"bytes; {part} is kept and the next run resumes it"
+    )
 
 
 class _NoAnswer(TimeoutError):
@@ -324,9 +365,9 @@ def _open(url: str, start: int) -> Any:
   Raises:
     What urlopen raises, or _NoAnswer.
   """
-  headers = {'User-Agent': 'resflax'}
+  headers = {"User-Agent": "resflax"}
   if start:
-    headers['Range'] = f'bytes={start}-'
+    headers["Range"] = f"bytes={start}-"
   request = urllib.request.Request(url, headers=headers)
   box, lock = {}, threading.Lock()
 
@@ -336,22 +377,21 @@ def _open(url: str, start: int) -> Any:
     except BaseException as e:  # pylint: disable=broad-except
       result = e
     with lock:
-      if not box.get('abandoned'):
-        box['result'] = result
+      if not box.get("abandoned"):
+        box["result"] = result
       elif not isinstance(result, BaseException):
         result.close()  # Nobody waits for it any more.
 
-  thread = threading.Thread(target=opener, name='resflax-download',
-                            daemon=True)
+  thread = threading.Thread(target=opener, name="resflax-download", daemon=True)
   thread.start()
   try:
     thread.join(OPEN_DEADLINE_S)
   finally:
     with lock:
-      result = box.pop('result', None)
-      box['abandoned'] = True
+      result = box.pop("result", None)
+      box["abandoned"] = True
   if result is None:
-    raise _NoAnswer(f'no answer within {OPEN_DEADLINE_S:g} s')
+    raise _NoAnswer(f"no answer within {OPEN_DEADLINE_S:g} s")
   if isinstance(result, BaseException):
     raise result
   return result
@@ -360,7 +400,7 @@ def _open(url: str, start: int) -> Any:
 def _reason(e: BaseException) -> str:
   """A short phrase saying why a request failed."""
   if isinstance(e, urllib.error.HTTPError):
-    return f'HTTP {e.code} {e.reason}'
+    return f"HTTP {e.code} {e.reason}"
   if isinstance(e, urllib.error.URLError):
     if not isinstance(e.reason, BaseException):
       return str(e.reason)
@@ -368,8 +408,8 @@ def _reason(e: BaseException) -> str:
   if isinstance(e, _NoAnswer):
     return str(e)
   if isinstance(e, TimeoutError):  # socket.timeout too.
-    return f'no answer within {TIMEOUT_S:g} s'
+    return f"no answer within {TIMEOUT_S:g} s"
   if isinstance(e, socket.gaierror):
-    return f'cannot resolve the host name: {e.strerror}'
-  text = getattr(e, 'strerror', None) or str(e)
-  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+    return f"cannot resolve the host name: {e.strerror}"
+  text = getattr(e, "strerror", None) or str(e)
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__

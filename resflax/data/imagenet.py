@@ -7,7 +7,8 @@ an iterator is made.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +28,19 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def image_size(config_data: Any) -> int:
   """Output side of the streamed images (config.data.image_size)."""
-  return config_int(config_data, 'image_size', DEFAULT_IMAGE_SIZE, minimum=1)
+  return config_int(config_data, "image_size", DEFAULT_IMAGE_SIZE, minimum=1)
 
 
-def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
-                      seed: int = 0, process_index: int = 0,
-                      process_count: int = 1,
-                      training: bool | None = None
-                      ) -> Iterator[dict[str, np.ndarray]]:
+def imagenet_iterator(
+    config_data: Any,
+    split: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    training: bool | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Streams ImageNet batches from TFDS as host numpy arrays.
 
   Training batches (infinite, shuffled) use an Inception-style random resized
@@ -66,26 +72,29 @@ def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
       any batch is requested).
   """
   if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'need 0 <= process_index ({process_index}) < '
-                     f'process_count ({process_count})')
+    raise ValueError(
+        f"need 0 <= process_index ({process_index}) < "
+        f"process_count ({process_count})"
+    )
   data_dir = tfds_data_dir(config_data)
   tf = import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  name = str(config_value(config_data, 'name', 'imagenet2012'))
-  if not name.startswith('imagenet'):
-    name = 'imagenet2012'
+  name = str(config_value(config_data, "name", "imagenet2012"))
+  if not name.startswith("imagenet"):
+    name = "imagenet2012"
   size = image_size(config_data)
   if training is None:
-    training = split.startswith('train')
+    training = split.startswith("train")
 
   builder = tfds.builder(name, data_dir=data_dir)
   subsplits = tfds.even_splits(split, n=process_count)
   host_seed = seed * 1_000_003 + process_index  # Distinct stream per host.
-  dataset = _read_host_split(tfds, builder, name, subsplits[process_index],
-                             training, host_seed)
+  dataset = _read_host_split(
+      tfds, builder, name, subsplits[process_index], training, host_seed
+  )
   # Per-example stateless seeds: augmentation stays reproducible even with
   # parallel, non-deterministic map scheduling.
   seeds = tf.data.Dataset.random(seed=host_seed).batch(2)
@@ -93,28 +102,37 @@ def imagenet_iterator(config_data: Any, split: str, batch_size: int, *,
   if training:
     dataset = _training_stream(tf, dataset, batch_size, size, host_seed)
   else:
-    dataset = _evaluation_stream(tf, dataset, batch_size, size,
-                                 _largest_shard(builder, subsplits))
+    dataset = _evaluation_stream(
+        tf, dataset, batch_size, size, _largest_shard(builder, subsplits)
+    )
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   # Returned, not yielded from this function: a generator would postpone
   # the errors above until the first batch is requested.
   return iter(tfds.as_numpy(dataset))
 
 
-def _read_host_split(tfds: Any, builder: Any, name: str, host_split: Any,
-                     training: bool, host_seed: int) -> Any:
+def _read_host_split(
+    tfds: Any,
+    builder: Any,
+    name: str,
+    host_split: Any,
+    training: bool,
+    host_seed: int,
+) -> Any:
   """This host's examples, JPEG bytes undecoded; DataError if unprepared."""
   try:
     return builder.as_dataset(
-        split=host_split, shuffle_files=training,
-        decoders={'image': tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=host_seed))
+        split=host_split,
+        shuffle_files=training,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=host_seed),
+    )
   except Exception as e:  # TFDS raises AssertionError when not prepared.
     raise DataError(
-        f'cannot read TFDS dataset {name!r} from {builder.data_dir} '
-        f'({type(e).__name__}: {e}). ImageNet must be downloaded by hand '
-        f'and prepared with `tfds build {name} --data_dir=DIR '
-        '--manual_dir=...`; then set config.data.tfds_data_dir to DIR.'
+        f"cannot read TFDS dataset {name!r} from {builder.data_dir} "
+        f"({type(e).__name__}: {e}). ImageNet must be downloaded by hand "
+        f"and prepared with `tfds build {name} --data_dir=DIR "
+        "--manual_dir=...`; then set config.data.tfds_data_dir to DIR."
     ) from e
 
 
@@ -126,50 +144,57 @@ def _largest_shard(builder: Any, subsplits: list[Any]) -> int | None:
     return None
 
 
-def _training_stream(tf: Any, dataset: Any, batch_size: int, size: int,
-                     host_seed: int) -> Any:
+def _training_stream(
+    tf: Any, dataset: Any, batch_size: int, size: int, host_seed: int
+) -> Any:
   """Repeats, shuffles, random-resized-crops, flips and batches."""
 
   def crop(example, rng):
-    image_bytes = example['image']
+    image_bytes = example["image"]
     crop_rng, flip_rng = tf.unstack(
-        tf.random.experimental.stateless_split(rng, 2))
+        tf.random.experimental.stateless_split(rng, 2)
+    )
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.image.extract_jpeg_shape(image_bytes),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        seed=crop_rng, min_object_covered=0.1,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        seed=crop_rng,
+        min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
     image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-    image = tf.image.resize(image, [size, size], 'bicubic')
+    image = tf.image.resize(image, [size, size], "bicubic")
     image = tf.image.stateless_random_flip_left_right(image, flip_rng)
-    return _to_uint8(tf, image), tf.cast(example['label'], tf.int32)
+    return _to_uint8(tf, image), tf.cast(example["label"], tf.int32)
 
   dataset = dataset.repeat().shuffle(16 * batch_size, seed=host_seed)
   dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  return dataset.map(lambda image, label: {'image': image, 'label': label})
+  return dataset.map(lambda image, label: {"image": image, "label": label})
 
 
-def _evaluation_stream(tf: Any, dataset: Any, batch_size: int, size: int,
-                       largest: int | None) -> Any:
+def _evaluation_stream(
+    tf: Any, dataset: Any, batch_size: int, size: int, largest: int | None
+) -> Any:
   """Centre crops in padded, masked batches; `largest` evens the hosts."""
   resize_size = int(round(size * 256 / 224))
 
   def crop(example, rng):
     del rng
-    image = tf.io.decode_jpeg(example['image'], channels=3)
+    image = tf.io.decode_jpeg(example["image"], channels=3)
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
     scale = resize_size / tf.minimum(height, width)
     new_size = tf.cast(tf.round(tf.stack([height, width]) * scale), tf.int32)
-    image = tf.image.resize(image, new_size, 'bilinear', antialias=True)
+    image = tf.image.resize(image, new_size, "bilinear", antialias=True)
     top = (new_size[0] - size) // 2
     left = (new_size[1] - size) // 2
-    image = image[top:top + size, left:left + size]
+    image = image[top : top + size, left : left + size]
     image.set_shape([size, size, 3])
-    return _to_uint8(tf, image), tf.cast(example['label'], tf.int32)
+    return _to_uint8(tf, image), tf.cast(example["label"], tf.int32)
 
   def pad(image, label):
     count = tf.shape(label)[0]
@@ -178,8 +203,9 @@ def _evaluation_stream(tf: Any, dataset: Any, batch_size: int, size: int,
     image.set_shape([batch_size, size, size, 3])
     label = tf.ensure_shape(tf.pad(label, [[0, missing]]), [batch_size])
     mask = tf.ensure_shape(
-        tf.pad(tf.ones([count], tf.float32), [[0, missing]]), [batch_size])
-    return {'image': image, 'label': label, 'mask': mask}
+        tf.pad(tf.ones([count], tf.float32), [[0, missing]]), [batch_size]
+    )
+    return {"image": image, "label": label, "mask": mask}
 
   dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size).map(pad)
@@ -187,10 +213,13 @@ def _evaluation_stream(tf: Any, dataset: Any, batch_size: int, size: int,
     return dataset
   # Hosts whose shard is one example shorter may have one batch fewer; top
   # them up with all-padding batches so every host runs the same steps.
-  filler = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([batch_size, size, size, 3], tf.uint8),
-      'label': tf.zeros([batch_size], tf.int32),
-      'mask': tf.zeros([batch_size], tf.float32)})
+  filler = tf.data.Dataset.from_tensors(
+      {
+          "image": tf.zeros([batch_size, size, size, 3], tf.uint8),
+          "label": tf.zeros([batch_size], tf.int32),
+          "mask": tf.zeros([batch_size], tf.float32),
+      }
+  )
   return dataset.concatenate(filler.repeat()).take(-(-largest // batch_size))
 
 

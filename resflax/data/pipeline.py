@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def normalize(images: jax.Array, mean: Any, std: Any,
-              dtype: Any = jnp.float32) -> jax.Array:
+def normalize(
+    images: jax.Array, mean: Any, std: Any, dtype: Any = jnp.float32
+) -> jax.Array:
   """Maps uint8 pixels to `(x / 255 - mean) / std` in `dtype`.
 
   Args:
@@ -36,8 +37,9 @@ def normalize(images: jax.Array, mean: Any, std: Any,
   return ((images.astype(jnp.float32) - mean) * scale).astype(dtype)
 
 
-def augment(key: jax.Array, images: jax.Array, *, pad: int = 4,
-            flip: bool = True) -> jax.Array:
+def augment(
+    key: jax.Array, images: jax.Array, *, pad: int = 4, flip: bool = True
+) -> jax.Array:
   """The CIFAR augmentation of He et al. 2016: pad, random crop, random flip.
 
   Each image is zero-padded by `pad` pixels on each side, cropped back to its
@@ -62,8 +64,9 @@ def augment(key: jax.Array, images: jax.Array, *, pad: int = 4,
   offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
 
   def crop(image, offset):
-    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
-                                 (height, width, channels))
+    return jax.lax.dynamic_slice(
+        image, (offset[0], offset[1], 0), (height, width, channels)
+    )
 
   out = jax.vmap(crop)(padded, offsets)
   if flip:
@@ -74,8 +77,9 @@ def augment(key: jax.Array, images: jax.Array, *, pad: int = 4,
   return out
 
 
-def sample_batch_indices(key: jax.Array, step: Any, num_examples: int,
-                         batch_size: int) -> jax.Array:
+def sample_batch_indices(
+    key: jax.Array, step: Any, num_examples: int, batch_size: int
+) -> jax.Array:
   """Indices of the global training batch for `step`.
 
   Epoch `e = step // steps_per_epoch` with `steps_per_epoch = num_examples //
@@ -99,14 +103,17 @@ def sample_batch_indices(key: jax.Array, step: Any, num_examples: int,
     int32 array (batch_size,) of indices into the training set.
   """
   if batch_size <= 0 or num_examples < batch_size:
-    raise ValueError(f'need 0 < batch_size ({batch_size}) <= num_examples '
-                     f'({num_examples})')
+    raise ValueError(
+        f"need 0 < batch_size ({batch_size}) <= num_examples "
+        f"({num_examples})"
+    )
   steps_per_epoch = num_examples // batch_size
   step = jnp.asarray(step)
   epoch = step // steps_per_epoch
   start = (step % steps_per_epoch) * batch_size
-  permutation = jax.random.permutation(jax.random.fold_in(key, epoch),
-                                       num_examples)
+  permutation = jax.random.permutation(
+      jax.random.fold_in(key, epoch), num_examples
+  )
   return jax.lax.dynamic_slice(permutation, (start,), (batch_size,))
 
 
@@ -119,6 +126,7 @@ class EvalLayout(NamedTuple):
     mask: float32 (num_batches, batch_size): 1 for real examples, 0 for
       padding. Weight per-example metrics with it.
   """
+
   indices: np.ndarray
   mask: np.ndarray
 
@@ -141,20 +149,27 @@ def eval_batches(num_examples: int, batch_size: int) -> EvalLayout:
     An EvalLayout; `sum(mask) == num_examples`.
   """
   if num_examples <= 0 or batch_size <= 0:
-    raise ValueError(f'need num_examples ({num_examples}) > 0 and '
-                     f'batch_size ({batch_size}) > 0')
+    raise ValueError(
+        f"need num_examples ({num_examples}) > 0 and "
+        f"batch_size ({batch_size}) > 0"
+    )
   num_batches = -(-num_examples // batch_size)
   slots = np.arange(num_batches * batch_size, dtype=np.int64)
   valid = slots < num_examples
   indices = np.where(valid, slots, 0).astype(np.int32)
   mask = valid.astype(np.float32)
-  return EvalLayout(indices.reshape(num_batches, batch_size),
-                    mask.reshape(num_batches, batch_size))
+  return EvalLayout(
+      indices.reshape(num_batches, batch_size),
+      mask.reshape(num_batches, batch_size),
+  )
 
 
-def shard_for_process(images: np.ndarray, labels: np.ndarray,
-                      process_index: int,
-                      process_count: int) -> tuple[np.ndarray, np.ndarray]:
+def shard_for_process(
+    images: np.ndarray,
+    labels: np.ndarray,
+    process_index: int,
+    process_count: int,
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns this host's contiguous shard of `images` and `labels`.
 
   On a multi-host run each host keeps only its shard, so host memory and
@@ -172,10 +187,12 @@ def shard_for_process(images: np.ndarray, labels: np.ndarray,
     (images_shard, labels_shard).
   """
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'need 0 <= process_index ({process_index}) < '
-                     f'process_count ({process_count})')
+    raise ValueError(
+        f"need 0 <= process_index ({process_index}) < "
+        f"process_count ({process_count})"
+    )
   if len(images) != len(labels):
-    raise ValueError(f'{len(images)} images but {len(labels)} labels')
+    raise ValueError(f"{len(images)} images but {len(labels)} labels")
   n = len(images)
   start = n * process_index // process_count
   stop = n * (process_index + 1) // process_count

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from resflax.data import cifar, folder, imagenet, synthetic, tfds_source
-from resflax.data.base import NORMALIZATIONS, Dataset, Raw, choose
-from resflax.data.base import config_int, config_value, finish
+from resflax.data.base import (
+    NORMALIZATIONS,
+    Dataset,
+    Raw,
+    choose,
+    config_int,
+    config_value,
+    finish,
+)
 from resflax.errors import DataError
 from resflax.registry import Registry
 
@@ -35,6 +43,7 @@ class Source:
     load: (config.data, seed) -> Raw for a source held in memory; None for
       one that streams.
   """
+
   splits: tuple[str, ...]
   num_classes: Callable[[Any], int | None]
   image_shape: Callable[[Any], ImageShape | None]
@@ -47,9 +56,9 @@ class Source:
 
 # config.data.name -> Source. With config.data.path set, 'folder' reads it
 # whatever the name, which is then only a label.
-SOURCES: Registry[Source] = Registry('data.name')
+SOURCES: Registry[Source] = Registry("data.name")
 
-_TRAIN_TEST = ('train', 'test')
+_TRAIN_TEST = ("train", "test")
 _CIFAR_SHAPE = (32, 32, 3)
 
 
@@ -60,25 +69,48 @@ def _load_cifar(name: str, config_data: Any, seed: int) -> Raw:
   `pip install resflax` trains on CIFAR; a TFDS data dir that already holds
   the prepared dataset keeps working.
   """
-  if str(config_value(config_data, 'tfds_data_dir', '')).strip():
+  if str(config_value(config_data, "tfds_data_dir", "")).strip():
     return tfds_source.load_cifar(name, config_data, seed)
   return cifar.load_cifar(name, config_data, seed)
 
 
-SOURCES.register('cifar10')(Source(
-    _TRAIN_TEST, lambda c: 10, lambda c: _CIFAR_SHAPE,
-    functools.partial(_load_cifar, 'cifar10')))
-SOURCES.register('cifar100')(Source(
-    _TRAIN_TEST, lambda c: 100, lambda c: _CIFAR_SHAPE,
-    functools.partial(_load_cifar, 'cifar100')))
-SOURCES.register('synthetic')(Source(
-    _TRAIN_TEST, synthetic.num_classes,
-    lambda c: (synthetic.image_size(c),) * 2 + (3,), synthetic.load_synthetic))
-SOURCES.register('folder')(Source(
-    _TRAIN_TEST, folder.num_classes, folder.image_shape, folder.load_path))
-SOURCES.register('imagenet2012')(Source(
-    ('train', 'validation'), lambda c: imagenet.NUM_CLASSES,
-    lambda c: (imagenet.image_size(c),) * 2 + (3,), None))
+SOURCES.register("cifar10")(
+    Source(
+        _TRAIN_TEST,
+        lambda c: 10,
+        lambda c: _CIFAR_SHAPE,
+        functools.partial(_load_cifar, "cifar10"),
+    )
+)
+SOURCES.register("cifar100")(
+    Source(
+        _TRAIN_TEST,
+        lambda c: 100,
+        lambda c: _CIFAR_SHAPE,
+        functools.partial(_load_cifar, "cifar100"),
+    )
+)
+SOURCES.register("synthetic")(
+    Source(
+        _TRAIN_TEST,
+        synthetic.num_classes,
+        lambda c: (synthetic.image_size(c),) * 2 + (3,),
+        synthetic.load_synthetic,
+    )
+)
+SOURCES.register("folder")(
+    Source(
+        _TRAIN_TEST, folder.num_classes, folder.image_shape, folder.load_path
+    )
+)
+SOURCES.register("imagenet2012")(
+    Source(
+        ("train", "validation"),
+        lambda c: imagenet.NUM_CLASSES,
+        lambda c: (imagenet.image_size(c),) * 2 + (3,),
+        None,
+    )
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +133,7 @@ class SourceInfo:
       (held-out training images, or ImageNet's validation split).
     splits: The source's own splits, training split first.
   """
+
   name: str
   source: str
   streams: bool
@@ -112,21 +145,24 @@ class SourceInfo:
 
 def _source_name(config_data: Any) -> str:
   """The SOURCES entry for config.data; DataError for a bad name or path."""
-  name = str(config_value(config_data, 'name', 'cifar10')).strip()
-  path = str(config_value(config_data, 'path', '')).strip()
+  name = str(config_value(config_data, "name", "cifar10")).strip()
+  path = str(config_value(config_data, "path", "")).strip()
   if path:
     # The path is the more specific choice: a smoke config's 'synthetic'
     # (or any name) then only labels the data, as 'folder' does.
-    return 'folder'
-  if name == 'folder':
+    return "folder"
+  if name == "folder":
     raise DataError(
-        'config.data.name is folder but config.data.path is empty; set '
-        'config.data.path to an image-folder root (<root>/{train,test}/'
-        '<class>/<image>) or a .tar.gz of one.')
+        "config.data.name is folder but config.data.path is empty; set "
+        "config.data.path to an image-folder root (<root>/{train,test}/"
+        "<class>/<image>) or a .tar.gz of one."
+    )
   if name not in SOURCES:
-    raise DataError(f'config.data.name = {name!r} is not valid; choose one '
-                    f'of {", ".join(SOURCES.names())}, or set '
-                    'config.data.path to an image folder or archive')
+    raise DataError(
+        f"config.data.name = {name!r} is not valid; choose one "
+        f'of {", ".join(SOURCES.names())}, or set '
+        "config.data.path to an image folder or archive"
+    )
   return name
 
 
@@ -150,19 +186,24 @@ def source_info(config_data: Any) -> SourceInfo:
   """
   key = _source_name(config_data)
   source = SOURCES.get(key)
-  if key == 'folder':
+  if key == "folder":
     name = folder.label(config_data, folder.resolve_path(config_data))
   else:
-    name = str(config_value(config_data, 'name', 'cifar10')).strip()
+    name = str(config_value(config_data, "name", "cifar10")).strip()
   if source.streams:
     eval_split = source.splits[1]
   else:
-    held_out = config_int(config_data, 'validation_split', 0)
-    eval_split = 'validation' if held_out else 'test'
-  return SourceInfo(name=name, source=key, streams=source.streams,
-                    num_classes=source.num_classes(config_data),
-                    image_shape=source.image_shape(config_data),
-                    eval_split=eval_split, splits=source.splits)
+    held_out = config_int(config_data, "validation_split", 0)
+    eval_split = "validation" if held_out else "test"
+  return SourceInfo(
+      name=name,
+      source=key,
+      streams=source.streams,
+      num_classes=source.num_classes(config_data),
+      image_shape=source.image_shape(config_data),
+      eval_split=eval_split,
+      splits=source.splits,
+  )
 
 
 def load_dataset(config_data: Any, *, seed: int = 0) -> Dataset:
@@ -204,22 +245,26 @@ def load_dataset(config_data: Any, *, seed: int = 0) -> Dataset:
       (ImageNet without config.data.path); the message names the file,
       folder or config key. Raised before any cache entry is written.
   """
-  normalization = str(config_value(config_data, 'normalization',
-                                   'pixel_mean'))
-  choose(NORMALIZATIONS, 'normalization', normalization)
-  validation_split = config_int(config_data, 'validation_split', 0)
-  max_train = config_int(config_data, 'max_train_images', 0)
-  max_test = config_int(config_data, 'max_test_images', 0)
+  normalization = str(config_value(config_data, "normalization", "pixel_mean"))
+  choose(NORMALIZATIONS, "normalization", normalization)
+  validation_split = config_int(config_data, "validation_split", 0)
+  max_train = config_int(config_data, "max_train_images", 0)
+  max_test = config_int(config_data, "max_test_images", 0)
   key = _source_name(config_data)
   source = SOURCES.get(key)
   if source.streams:
     raise DataError(
-        f'config.data.name = {key} does not fit in host memory, so '
-        'load_dataset cannot load it; stream it with '
-        'resflax.data.imagenet_iterator(config.data, split, batch_size, '
-        'seed=..., process_index=..., process_count=...) instead (or set '
-        'config.data.path to an image folder of it).')
+        f"config.data.name = {key} does not fit in host memory, so "
+        "load_dataset cannot load it; stream it with "
+        "resflax.data.imagenet_iterator(config.data, split, batch_size, "
+        "seed=..., process_index=..., process_count=...) instead (or set "
+        "config.data.path to an image folder of it)."
+    )
   raw = source.load(config_data, seed)
-  return finish(raw, normalization=normalization,
-                validation_split=validation_split, max_train=max_train,
-                max_test=max_test)
+  return finish(
+      raw,
+      normalization=normalization,
+      validation_split=validation_split,
+      max_train=max_train,
+      max_test=max_test,
+  )

@@ -43,10 +43,11 @@ import dataclasses
 import difflib
 import os
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from flax import traverse_util
 import ml_collections
+from flax import traverse_util
 
 from resflax import data as data_lib
 from resflax import models
@@ -54,13 +55,21 @@ from resflax.errors import ConfigError
 from resflax.experiment import paper as paper_lib
 from resflax.training import workdir as workdir_lib
 
-SWEEP_KEYS = ("sweep_cases", "sweep_order", "sweep_paper", "sweep_notes",
-              "sweep_title", "sweep_shrunk", "sweep_figures")
+SWEEP_KEYS = (
+    "sweep_cases",
+    "sweep_order",
+    "sweep_paper",
+    "sweep_notes",
+    "sweep_title",
+    "sweep_shrunk",
+    "sweep_figures",
+)
 FAILED_FILE = workdir_lib.FAILED_FILE
 RESULTS_FILE = workdir_lib.RESULTS_FILE
 SMOKE = "smoke"
 ALL = "all"
 SMOKE_SEEDS = 1  # a smoke sweep covers every case once
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -69,10 +78,11 @@ class Case:
   Attributes:
     overrides: dotted config key -> value, applied to the experiment's base
       config (``{"model.shortcut": "scale", "model.shortcut_scale": 0.5}``).
-    paper: where ``resflax.experiment.paper.lookup`` finds the paper's number (from
-      ``paper_ref``); empty when the paper has none.
+    paper: where ``resflax.experiment.paper.lookup`` finds the paper's
+      number (from ``paper_ref``); empty when the paper has none.
     note: shown beside the row (e.g. what the paper's number measures).
   """
+
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   paper: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   note: str = ""
@@ -87,11 +97,12 @@ class Figure:
     panels: panel title -> the cases drawn in it (their first seed), left
       to right.
   """
+
   title: str
   panels: Mapping[str, Sequence[str]]
 
 
-def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
+def paper_ref(table: str, case: str, **selectors) -> dict[str, Any]:
   """A reference to one number of ``resflax.experiment.paper``, checked now.
 
   Args:
@@ -106,14 +117,17 @@ def paper_ref(table: str, case: str, **selectors) -> Dict[str, Any]:
     value = paper_lib.lookup(table, case, **selectors)
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(
-        f"paper_ref({table!r}, {case!r}, {selectors}): {e}") from None
+        f"paper_ref({table!r}, {case!r}, {selectors}): {e}"
+    ) from None
   if value is None:
-    raise ValueError(f"paper_ref({table!r}, {case!r}, {selectors}): the paper "
-                     f"has no such number; cases: {paper_lib.cases(table)}")
+    raise ValueError(
+        f"paper_ref({table!r}, {case!r}, {selectors}): the paper "
+        f"has no such number; cases: {paper_lib.cases(table)}"
+    )
   return {"table": table, "case": case, **selectors}
 
 
-def paper_value(ref: Mapping[str, Any], field: Optional[str] = None):
+def paper_value(ref: Mapping[str, Any], field: str | None = None):
   """The paper's number for ``ref`` (a ``paper_ref`` dict), or None.
 
   Args:
@@ -140,8 +154,8 @@ def paper_value(ref: Mapping[str, Any], field: Optional[str] = None):
 # Building an experiment's config
 
 
-def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
   for key, value in flat.items():
     node = out
     *parents, leaf = key.split(".")
@@ -152,7 +166,8 @@ def _nest(flat: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _without_sweep(
-    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
   """An unlocked copy of ``config`` without the sweep's own keys."""
   c = config.copy_and_resolve_references()
   c.unlock()
@@ -162,9 +177,9 @@ def _without_sweep(
   return c
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Mapping[str, Any],
-                    where: str) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> ml_collections.ConfigDict:
   """Sets dotted ``overrides`` on ``config`` in place; returns it.
 
   Args:
@@ -182,7 +197,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
       close = difflib.get_close_matches(key, list(flat), n=3)
       raise ConfigError(
           f"{where}: unknown config key {key!r}"
-          + (f"; did you mean {', '.join(close)}?" if close else ""))
+          + (f"; did you mean {', '.join(close)}?" if close else "")
+      )
     try:
       config.update_from_flattened_dict({key: value})
     except (TypeError, ValueError) as e:
@@ -202,8 +218,13 @@ def canonical_name(token: str) -> str:
   return re.sub(r"(?<=\d)-", "_", name)
 
 
-def unknown_name_error(source: str, token: str, valid: Sequence[str],
-                       allowed: str, what: str = "case") -> ConfigError:
+def unknown_name_error(
+    source: str,
+    token: str,
+    valid: Sequence[str],
+    allowed: str,
+    what: str = "case",
+) -> ConfigError:
   """The one-line error for a token no name matches.
 
   Args:
@@ -217,15 +238,23 @@ def unknown_name_error(source: str, token: str, valid: Sequence[str],
   return ConfigError(
       f"{source}: unknown {what} {token!r}"
       + (f" (did you mean {', '.join(close)}?)" if close else "")
-      + f"; {allowed}")
+      + f"; {allowed}"
+  )
 
 
 def _check_case_name(name: str, source: str):
-  if (not name or "." in name or "," in name or name in (SMOKE, ALL)
-      or canonical_name(name) != name):
-    raise ValueError(f"{source}: case name {name!r} may not be empty, "
-                     f"'{SMOKE}', '{ALL}', contain '.' or ',' or be spelt "
-                     f"other than {canonical_name(name)!r}")
+  if (
+      not name
+      or "." in name
+      or "," in name
+      or name in (SMOKE, ALL)
+      or canonical_name(name) != name
+  ):
+    raise ValueError(
+        f"{source}: case name {name!r} may not be empty, "
+        f"'{SMOKE}', '{ALL}', contain '.' or ',' or be spelt "
+        f"other than {canonical_name(name)!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,14 +269,16 @@ class SingleRun:
     rule: how the names look, for errors (e.g. "a depth alone").
     examples: names listed in errors and offered by "did you mean".
   """
-  make: Callable[[str], Optional[ml_collections.ConfigDict]]
+
+  make: Callable[[str], ml_collections.ConfigDict | None]
   shrink: Callable[[ml_collections.ConfigDict], Any]
   rule: str
   examples: Sequence[str] = ()
 
 
-def _single_run(single: SingleRun, names: Sequence[str], smoke: bool,
-                source: str) -> Optional[ml_collections.ConfigDict]:
+def _single_run(
+    single: SingleRun, names: Sequence[str], smoke: bool, source: str
+) -> ml_collections.ConfigDict | None:
   """The config of a single run when ``names`` name one, else None."""
   if len(names) > 1:
     ones = [n for n in names if single.make(n) is not None]
@@ -255,7 +286,8 @@ def _single_run(single: SingleRun, names: Sequence[str], smoke: bool,
       raise ConfigError(
           f"{source}: {ones[0]!r} trains one network once ({single.rule}); "
           "name it alone (or with 'smoke'), or name only cases and groups "
-          "of the table")
+          "of the table"
+      )
     return None
   if not names and not smoke:
     return None  # no argument: the file's table
@@ -278,8 +310,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   spread over seeds, is what a smoke sweep checks.
   """
   data, model, t = config.data, config.model, config.train
-  data.num_classes = (data_lib.source_info(data).num_classes
-                      or data.num_classes)
+  data.num_classes = data_lib.source_info(data).num_classes or data.num_classes
   data.name = "synthetic"
   data.path = ""
   data.validation_split = 0
@@ -301,12 +332,16 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _select(tokens: Sequence[str], cases: Mapping[str, Case],
-            groups: Mapping[str, Sequence[str]], source: str,
-            single: Optional[SingleRun]) -> List[str]:
+def _select(
+    tokens: Sequence[str],
+    cases: Mapping[str, Case],
+    groups: Mapping[str, Sequence[str]],
+    source: str,
+    single: SingleRun | None,
+) -> list[str]:
   """The cases the argument's (canonical) tokens name, in order, without
   repeats."""
-  selected: List[str] = []
+  selected: list[str] = []
   for token in tokens:
     if token == ALL:
       members = list(cases)
@@ -316,40 +351,59 @@ def _select(tokens: Sequence[str], cases: Mapping[str, Case],
       members = list(groups[token])
     else:
       examples = list(single.examples) if single else []
-      one = (f", or one network trained once: {single.rule} "
-             f"({', '.join(examples)})" if single else "")
+      one = (
+          f", or one network trained once: {single.rule} "
+          f"({', '.join(examples)})"
+          if single
+          else ""
+      )
       raise unknown_name_error(
-          source, token, list(cases) + list(groups) + [ALL, SMOKE] + examples,
+          source,
+          token,
+          list(cases) + list(groups) + [ALL, SMOKE] + examples,
           f"use cases ({', '.join(cases)}), groups "
           f"({', '.join(list(groups) + [ALL])}){one}, and/or '{SMOKE}', "
-          "comma-separated")
+          "comma-separated",
+      )
     selected += [m for m in members if m not in selected]
   return selected
 
 
-def _figures(figures: Mapping[str, Figure],
-             selected: Sequence[str]) -> ml_collections.ConfigDict:
+def _figures(
+    figures: Mapping[str, Figure], selected: Sequence[str]
+) -> ml_collections.ConfigDict:
   """The figures whose every case runs, as config data."""
-  return ml_collections.ConfigDict({
-      name: {"title": fig.title, "panel_titles": tuple(fig.panels),
-             "panel_cases": tuple(tuple(members)
-                                  for members in fig.panels.values())}
-      for name, fig in figures.items()
-      if all(m in selected for members in fig.panels.values()
-             for m in members)})
+  return ml_collections.ConfigDict(
+      {
+          name: {
+              "title": fig.title,
+              "panel_titles": tuple(fig.panels),
+              "panel_cases": tuple(
+                  tuple(members) for members in fig.panels.values()
+              ),
+          }
+          for name, fig in figures.items()
+          if all(
+              m in selected for members in fig.panels.values() for m in members
+          )
+      }
+  )
 
 
-def experiment(path: str, base: ml_collections.ConfigDict,
-               cases: Mapping[str, Case], arg: Optional[str], *,
-               title: str,
-               table: Optional[Sequence[str]] = None,
-               groups: Optional[Mapping[str, Sequence[str]]] = None,
-               shrink_fn: Callable[[ml_collections.ConfigDict],
-                                   Any] = shrink,
-               seeds: int = 5,
-               figures: Optional[Mapping[str, Figure]] = None,
-               single: Optional[SingleRun] = None
-               ) -> ml_collections.ConfigDict:
+def experiment(
+    path: str,
+    base: ml_collections.ConfigDict,
+    cases: Mapping[str, Case],
+    arg: str | None,
+    *,
+    title: str,
+    table: Sequence[str] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    shrink_fn: Callable[[ml_collections.ConfigDict], Any] = shrink,
+    seeds: int = 5,
+    figures: Mapping[str, Figure] | None = None,
+    single: SingleRun | None = None,
+) -> ml_collections.ConfigDict:
   """The config of an experiment file for its argument.
 
   Args:
@@ -381,8 +435,7 @@ def experiment(path: str, base: ml_collections.ConfigDict,
   groups = dict(groups or {})
   table = list(table or cases)
   _check_declared(source, cases, groups, table)
-  tokens = [canonical_name(t) for t in str(arg or "").split(",")
-            if t.strip()]
+  tokens = [canonical_name(t) for t in str(arg or "").split(",") if t.strip()]
   smoke = SMOKE in tokens
   names = [t for t in tokens if t != SMOKE]
   one = _single_run(single, names, smoke, source) if single else None
@@ -398,8 +451,9 @@ def experiment(path: str, base: ml_collections.ConfigDict,
     shrink_fn(reference)
   overrides = {}
   for name in selected:
-    c = apply_overrides(_without_sweep(config), cases[name].overrides,
-                        f"{source} case {name!r}")
+    c = apply_overrides(
+        _without_sweep(config), cases[name].overrides, f"{source} case {name!r}"
+    )
     if smoke:
       shrink_fn(c)
     # Store only what differs from the (shrunk) base: the case's own keys,
@@ -409,21 +463,27 @@ def experiment(path: str, base: ml_collections.ConfigDict,
     overrides[name] = {k: v for k, v in flat.items() if ref_flat.get(k) != v}
   config = reference
   config.sweep_cases = ml_collections.ConfigDict(
-      {name: _nest(o) for name, o in overrides.items()})
+      {name: _nest(o) for name, o in overrides.items()}
+  )
   config.sweep_order = tuple(selected)
   config.sweep_paper = ml_collections.ConfigDict(
-      {name: dict(cases[name].paper) for name in selected})
+      {name: dict(cases[name].paper) for name in selected}
+  )
   config.sweep_notes = ml_collections.ConfigDict(
-      {name: cases[name].note for name in selected})
+      {name: cases[name].note for name in selected}
+  )
   config.sweep_title = title
   config.sweep_shrunk = smoke
   config.sweep_figures = _figures(figures or {}, selected)
   return config
 
 
-def _check_declared(source: str, cases: Mapping[str, Case],
-                    groups: Mapping[str, Sequence[str]],
-                    table: Sequence[str]) -> None:
+def _check_declared(
+    source: str,
+    cases: Mapping[str, Case],
+    groups: Mapping[str, Sequence[str]],
+    table: Sequence[str],
+) -> None:
   """Checks an experiment file's own names: spelt canonically, known."""
   for name in list(cases) + list(groups):
     _check_case_name(name, source)
@@ -431,26 +491,33 @@ def _check_declared(source: str, cases: Mapping[str, Case],
     unknown = [m for m in members if m not in cases]
     if unknown:
       raise ValueError(
-          f"{source}: group {name!r} names unknown cases {unknown}")
+          f"{source}: group {name!r} names unknown cases {unknown}"
+      )
 
 
 # --------------------------------------------------------------------------
 # Reading a sweep config
 
 
-def case_names(config: ml_collections.ConfigDict) -> List[str]:
+def case_names(config: ml_collections.ConfigDict) -> list[str]:
   """The sweep's cases, in table order."""
   return list(config.sweep_order)
 
 
-def case_overrides(config: ml_collections.ConfigDict,
-                   case: str) -> Dict[str, Any]:
+def case_overrides(
+    config: ml_collections.ConfigDict, case: str
+) -> dict[str, Any]:
   """The dotted overrides of ``case``."""
   return traverse_util.flatten_dict(config.sweep_cases[case].to_dict(), sep=".")
 
 
-def case_config(config: ml_collections.ConfigDict, case: str, *,
-                seed: int, parallel_runs: int = 1) -> ml_collections.ConfigDict:
+def case_config(
+    config: ml_collections.ConfigDict,
+    case: str,
+    *,
+    seed: int,
+    parallel_runs: int = 1,
+) -> ml_collections.ConfigDict:
   """The training config of one run (or one parallel program) of ``case``.
 
   Args:
@@ -464,8 +531,11 @@ def case_config(config: ml_collections.ConfigDict, case: str, *,
     the case's overrides applied, ``seeds`` set to 1 (a run is one seed, and
     a later sweep with more seeds must not see a different config).
   """
-  c = apply_overrides(_without_sweep(config), case_overrides(config, case),
-                      f"sweep case {case!r}")
+  c = apply_overrides(
+      _without_sweep(config),
+      case_overrides(config, case),
+      f"sweep case {case!r}",
+  )
   c.seed = seed
   c.seeds = 1
   c.train.parallel_runs = parallel_runs
@@ -473,7 +543,7 @@ def case_config(config: ml_collections.ConfigDict, case: str, *,
   return c
 
 
-def seeds(config) -> List[int]:
+def seeds(config) -> list[int]:
   return [config.seed + k for k in range(config.seeds)]
 
 
@@ -481,12 +551,10 @@ def run_dir(workdir: str, case: str, seed: int) -> str:
   return os.path.join(workdir, case, f"seed{seed}")
 
 
-def run_status(path: str) -> Optional[str]:
+def run_status(path: str) -> str | None:
   """'ok' (results.json), 'failed' (failed.json) or None (not finished)."""
   if os.path.exists(os.path.join(path, RESULTS_FILE)):
     return "ok"
   if os.path.exists(os.path.join(path, FAILED_FILE)):
     return "failed"
   return None
-
-

@@ -9,17 +9,16 @@ data) opens with ``tables.sweep_mark``, so it cannot pass for the paper's.
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from resflax import fileio
-from resflax.experiment import cases
-from resflax.experiment import tables
+from resflax.experiment import cases, tables
 from resflax.training import curves
 from resflax.training import workdir as workdir_lib
 from resflax.training.state import lr_drop_steps
 
 
-def _panels(workdir: str, config, fig) -> List[Dict[str, Any]]:
+def _panels(workdir: str, config, fig) -> list[dict[str, Any]]:
   """The panels of one declared figure; unfinished cases left out."""
   panels = []
   for title, members in zip(fig.panel_titles, fig.panel_cases):
@@ -29,8 +28,9 @@ def _panels(workdir: str, config, fig) -> List[Dict[str, Any]]:
       records = workdir_lib.RunLog(path).records()
       if any(r["kind"] == "eval" for r in records):
         runs.append((case, records))
-        drops = lr_drop_steps(cases.case_config(config, case,
-                                                seed=config.seed).train)
+        drops = lr_drop_steps(
+            cases.case_config(config, case, seed=config.seed).train
+        )
     panels.append({"title": title, "runs": runs, "lr_drops": drops})
   return panels
 
@@ -46,11 +46,10 @@ def figure(workdir: str, config, name: str):
   panels = _panels(workdir, config, fig)
   if not any(p["runs"] for p in panels):
     return None
-  return curves.panels_figure(panels, fig.title,
-                              mark=tables.sweep_mark(config))
+  return curves.panels_figure(panels, fig.title, mark=tables.sweep_mark(config))
 
 
-def write_figures(workdir: str, config) -> List[str]:
+def write_figures(workdir: str, config) -> list[str]:
   """Draws every figure of ``config.sweep_figures``; returns their paths.
 
   A case without a finished evaluation yet is left out of its panel.
@@ -59,7 +58,7 @@ def write_figures(workdir: str, config) -> List[str]:
   figures = config.get("sweep_figures") or {}
   mark = tables.sweep_mark(config)
   for name in sorted(figures):
-    drawn: Optional[Any] = figure(workdir, config, name)
+    drawn: Any | None = figure(workdir, config, name)
     if drawn is not None:
       path = os.path.join(workdir, f"{name}.png")
       title = curves.marked(figures[name].title, mark, ": ")

@@ -17,21 +17,32 @@ they were left out.
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-import numpy as np
 
 from resflax.experiment import paper
 from resflax.training import curves
 
-__all__ = ["Setting", "count_scatter", "plot_gradients", "plot_k", "plot_paths",
-           "plot_reorder", "plot_response", "plot_single", "setting_of",
-           "study_setting", "veit"]
+__all__ = [
+    "Setting",
+    "count_scatter",
+    "plot_gradients",
+    "plot_k",
+    "plot_paths",
+    "plot_reorder",
+    "plot_response",
+    "plot_single",
+    "setting_of",
+    "study_setting",
+    "veit",
+]
 
 _DPI = 120
 _PAPER = "tab:green"  # Veit et al.'s values, in every figure
@@ -53,6 +64,7 @@ class Setting:
     paper: the ResNet is Veit et al.'s (n = 54, CIFAR-10): their numbers
       are drawn beside ours.
   """
+
   mark: str = ""
   num_modules: int = 0
   data: str = ""
@@ -64,13 +76,16 @@ class Setting:
       return ""
     n_paper = int(veit("num_modules"))
     # Three short lines: a legend this wide would squeeze the axes.
-    return (f"Veit et al.'s values not drawn:\nthey are for n = {n_paper}, "
-            f"CIFAR-10;\nthis network: n = {self.num_modules}, "
-            f"{self.data or '?'}")
+    return (
+        f"Veit et al.'s values not drawn:\nthey are for n = {n_paper}, "
+        f"CIFAR-10;\nthis network: n = {self.num_modules}, "
+        f"{self.data or '?'}"
+    )
 
 
-def study_setting(num_modules: int, data: str,
-                  other_data: Sequence[str] = ()) -> Setting:
+def study_setting(
+    num_modules: int, data: str, other_data: Sequence[str] = ()
+) -> Setting:
   """The ``Setting`` of a study.
 
   Args:
@@ -80,9 +95,15 @@ def study_setting(num_modules: int, data: str,
   """
   synthetic = "synthetic" in (data, *other_data)
   return Setting(
-      mark=curves.output_mark(synthetic=synthetic), num_modules=num_modules,
-      data=data, paper=(not synthetic and data == "cifar10"
-                        and num_modules == int(veit("num_modules"))))
+      mark=curves.output_mark(synthetic=synthetic),
+      num_modules=num_modules,
+      data=data,
+      paper=(
+          not synthetic
+          and data == "cifar10"
+          and num_modules == int(veit("num_modules"))
+      ),
+  )
 
 
 def _figure(figsize, nrows: int = 1, ncols: int = 1):
@@ -94,11 +115,13 @@ def _figure(figsize, nrows: int = 1, ncols: int = 1):
 def _save(fig: Figure, path: str, title: str, setting: Setting) -> Figure:
   """Writes the PNG (its Title chunk: the marked title); returns ``fig``."""
   if setting.mark:
-    fig.suptitle(setting.mark, color="tab:red", fontsize=11,
-                 fontweight="bold")
+    fig.suptitle(setting.mark, color="tab:red", fontsize=11, fontweight="bold")
   fig.tight_layout()
-  fig.savefig(path, dpi=_DPI,
-              metadata={"Title": curves.marked(title, setting.mark, ": ")})
+  fig.savefig(
+      path,
+      dpi=_DPI,
+      metadata={"Title": curves.marked(title, setting.mark, ": ")},
+  )
   return fig
 
 
@@ -110,8 +133,13 @@ def _integer(axis) -> None:
 def _legend(ax, below: bool = False) -> None:
   """The legend off the data: right of the axes, or below its x label."""
   if below:
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-              ncol=2, borderaxespad=0.0)
+    ax.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=2,
+        borderaxespad=0.0,
+    )
   else:
     curves.legend_outside(ax, fontsize=8)
 
@@ -123,12 +151,18 @@ def _note(ax, setting: Setting) -> None:
 
 
 def _ref_line(ax, value_pct: float, label: str = "intact network") -> None:
-  ax.axhline(value_pct, color="k", ls="--", lw=1,
-             label=f"{label} ({value_pct:.2f}%)")
+  ax.axhline(
+      value_pct, color="k", ls="--", lw=1, label=f"{label} ({value_pct:.2f}%)"
+  )
 
 
-def plot_single(path: str, studies: Mapping[str, Dict[str, Any]],
-                chance: float, *, setting: Setting = Setting()) -> Figure:
+def plot_single(
+    path: str,
+    studies: Mapping[str, dict[str, Any]],
+    chance: float,
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
   """Veit Fig. 3: error with each module (ResNet) or layer (VGG) deleted.
 
   Args:
@@ -148,18 +182,40 @@ def plot_single(path: str, studies: Mapping[str, Dict[str, Any]],
     down = np.array([r["downsampling"] for r in rows], bool)
     ax.plot(idx, err, "-", color="tab:blue", lw=1)
     what = "module" if role == "resnet" else "layer"
-    ax.plot(idx[~down], err[~down], "o", color="tab:blue", ms=4,
-            label=f"{what} deleted")
+    ax.plot(
+        idx[~down],
+        err[~down],
+        "o",
+        color="tab:blue",
+        ms=4,
+        label=f"{what} deleted",
+    )
     if down.any():
-      ax.plot(idx[down], err[down], "s", color="tab:red", ms=6,
-              label=f"downsampling {what} deleted")
+      ax.plot(
+          idx[down],
+          err[down],
+          "s",
+          color="tab:red",
+          ms=6,
+          label=f"downsampling {what} deleted",
+      )
     _ref_line(ax, 100 * st["stats"]["intact_error"])
-    ax.axhline(100 * chance, color="gray", ls=":", lw=1,
-               label=f"chance ({100 * chance:.0f}%)")
+    ax.axhline(
+        100 * chance,
+        color="gray",
+        ls=":",
+        lw=1,
+        label=f"chance ({100 * chance:.0f}%)",
+    )
     if role == "resnet" and setting.paper:
       full = veit("full_model_error")
-      ax.axhline(full, color=_PAPER, ls="-.", lw=1.2,
-                 label=f"Veit et al.: intact ResNet-110 ({full:.2f}%)")
+      ax.axhline(
+          full,
+          color=_PAPER,
+          ls="-.",
+          lw=1.2,
+          label=f"Veit et al.: intact ResNet-110 ({full:.2f}%)",
+      )
     elif role == "resnet":
       _note(ax, setting)
     ax.set_xlabel(f"deleted {what} (1 = first, forward order)")
@@ -168,12 +224,21 @@ def plot_single(path: str, studies: Mapping[str, Dict[str, Any]],
     _integer(ax.xaxis)
     ax.set_title(f"{role}: test error with one {what} deleted (Veit Fig. 3)")
     _legend(ax)
-  return _save(fig, path, "Veit Fig. 3: test error with one module or "
-               "layer deleted", setting)
+  return _save(
+      fig,
+      path,
+      "Veit Fig. 3: test error with one module or " "layer deleted",
+      setting,
+  )
 
 
-def plot_k(path: str, study: Mapping[str, Any], intact: float, *,
-           setting: Setting = Setting()) -> Figure:
+def plot_k(
+    path: str,
+    study: Mapping[str, Any],
+    intact: float,
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
   """Veit Fig. 5a: error against the number of modules deleted.
 
   Args:
@@ -188,31 +253,60 @@ def plot_k(path: str, study: Mapping[str, Any], intact: float, *,
   fig, axes = _figure((9, 4.2))
   ax = axes[0, 0]
   per = study["per_k"]
-  ax.errorbar([p["k"] for p in per], [100 * p["mean"] for p in per],
-              yerr=[100 * p["std"] for p in per], fmt="o-", capsize=3,
-              label="mean ± std over draws")
+  ax.errorbar(
+      [p["k"] for p in per],
+      [100 * p["mean"] for p in per],
+      yerr=[100 * p["std"] for p in per],
+      fmt="o-",
+      capsize=3,
+      label="mean ± std over draws",
+  )
   rows = study["rows"]
   if rows:
-    ax.plot([x["k"] for x in rows], [100 * x["error"] for x in rows], ".",
-            color="gray", alpha=0.5, label="single draws")
+    ax.plot(
+        [x["k"] for x in rows],
+        [100 * x["error"] for x in rows],
+        ".",
+        color="gray",
+        alpha=0.5,
+        label="single draws",
+    )
   _ref_line(ax, 100 * intact)
   if setting.paper:
-    ax.plot([10], [100 * veit("delete_10_modules_error")], "*", ms=12,
-            color=_PAPER, label="Veit et al.: 10 deleted, error about "
-            f"{100 * veit('delete_10_modules_error'):.0f}%")
+    ax.plot(
+        [10],
+        [100 * veit("delete_10_modules_error")],
+        "*",
+        ms=12,
+        color=_PAPER,
+        label="Veit et al.: 10 deleted, error about "
+        f"{100 * veit('delete_10_modules_error'):.0f}%",
+    )
     severe = veit("delete_severe_modules")
-    ax.axvline(severe, color=_PAPER, ls="-.", lw=1,
-               label=f"Veit et al.: severe drop at {severe:.0f} deleted")
+    ax.axvline(
+        severe,
+        color=_PAPER,
+        ls="-.",
+        lw=1,
+        label=f"Veit et al.: severe drop at {severe:.0f} deleted",
+    )
   else:
     _note(ax, setting)
   ax.set_xlabel("number of modules deleted (k)")
   ax.set_ylabel("test error (%)")
   _integer(ax.xaxis)
-  ax.set_title("test error against the number of random modules deleted "
-               "(Veit Fig. 5a)", fontsize=10)
+  ax.set_title(
+      "test error against the number of random modules deleted "
+      "(Veit Fig. 5a)",
+      fontsize=10,
+  )
   _legend(ax)
-  return _save(fig, path, "Veit Fig. 5a: test error against the number of "
-               "modules deleted", setting)
+  return _save(
+      fig,
+      path,
+      "Veit Fig. 5a: test error against the number of " "modules deleted",
+      setting,
+  )
 
 
 def count_scatter(fig, ax, x, y, counts, label: str):
@@ -234,14 +328,20 @@ def count_scatter(fig, ax, x, y, counts, label: str):
   levels = np.arange(counts.min(), counts.max() + 1)
   cmap = colormaps["viridis"].resampled(len(levels))
   norm = BoundaryNorm(np.append(levels, levels[-1] + 1) - 0.5, cmap.N)
-  sc = ax.scatter(np.asarray(x), np.asarray(y), c=counts, cmap=cmap,
-                  norm=norm, s=14)
+  sc = ax.scatter(
+      np.asarray(x), np.asarray(y), c=counts, cmap=cmap, norm=norm, s=14
+  )
   ticks = levels if len(levels) <= 12 else MaxNLocator(integer=True)
   return fig.colorbar(sc, ax=ax, label=label, ticks=ticks)
 
 
-def plot_reorder(path: str, study: Mapping[str, Any], intact: float, *,
-                 setting: Setting = Setting()) -> Figure:
+def plot_reorder(
+    path: str,
+    study: Mapping[str, Any],
+    intact: float,
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
   """Veit Fig. 5b: error against Kendall's tau after random swaps.
 
   The paper gives no number for this figure (only that the error rises
@@ -254,44 +354,68 @@ def plot_reorder(path: str, study: Mapping[str, Any], intact: float, *,
   ax = axes[0, 0]
   rows = study["rows"]
   if rows:
-    count_scatter(fig, ax, [r["kendall_tau"] for r in rows],
-                  [100 * r["error"] for r in rows],
-                  [r["swaps"] for r in rows], "pairs swapped")
+    count_scatter(
+        fig,
+        ax,
+        [r["kendall_tau"] for r in rows],
+        [100 * r["error"] for r in rows],
+        [r["swaps"] for r in rows],
+        "pairs swapped",
+    )
   else:
-    ax.text(0.5, 0.5, study.get("skipped", "no swaps"), ha="center",
-            transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        study.get("skipped", "no swaps"),
+        ha="center",
+        transform=ax.transAxes,
+    )
   _ref_line(ax, 100 * intact)
   ax.invert_xaxis()  # tau falls from 1 as the order is corrupted
-  ax.set_xlabel("Kendall's tau between new and original order (movable "
-                "modules)")
+  ax.set_xlabel(
+      "Kendall's tau between new and original order (movable " "modules)"
+  )
   ax.set_ylabel("test error (%)")
-  ax.set_title("test error after swapping random pairs of modules "
-               "(Veit Fig. 5b)", fontsize=10)
+  ax.set_title(
+      "test error after swapping random pairs of modules " "(Veit Fig. 5b)",
+      fontsize=10,
+  )
   _legend(ax, below=True)
-  return _save(fig, path, "Veit Fig. 5b: test error against Kendall's tau "
-               "after random swaps", setting)
+  return _save(
+      fig,
+      path,
+      "Veit Fig. 5b: test error against Kendall's tau " "after random swaps",
+      setting,
+  )
 
 
 def _paper_span(ax, low: str, high: str, text: str) -> None:
   lo, hi = veit(low), veit(high)
-  ax.axvspan(lo - 0.5, hi + 0.5, facecolor="none", edgecolor=_PAPER,
-             hatch="//", lw=1, label=f"Veit et al. (n = 54): {text} "
-             f"{lo:.0f}-{hi:.0f}")
+  ax.axvspan(
+      lo - 0.5,
+      hi + 0.5,
+      facecolor="none",
+      edgecolor=_PAPER,
+      hatch="//",
+      lw=1,
+      label=f"Veit et al. (n = 54): {text} " f"{lo:.0f}-{hi:.0f}",
+  )
 
 
 def _gradient_panel(ax, g: Mapping[str, Any]) -> None:
-  ax.errorbar(g["lengths"], g["mean"], yerr=g["std"], fmt="o", ms=3,
-              capsize=2)
+  ax.errorbar(g["lengths"], g["mean"], yerr=g["std"], fmt="o", ms=3, capsize=2)
   ax.set_yscale("log")
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("gradient norm at the input")
   _integer(ax.xaxis)
-  ax.set_title(f"(b) gradient norm per path length ({g['samples']} samples)",
-               fontsize=10)
+  ax.set_title(
+      f"(b) gradient norm per path length ({g['samples']} samples)", fontsize=10
+  )
 
 
-def plot_paths(path: str, study: Mapping[str, Any], *,
-               setting: Setting = Setting()) -> Figure:
+def plot_paths(
+    path: str, study: Mapping[str, Any], *, setting: Setting = Setting()
+) -> Figure:
   """Veit Fig. 6: path lengths, gradient per length, total per length.
 
   Returns:
@@ -302,12 +426,19 @@ def plot_paths(path: str, study: Mapping[str, Any], *,
   k = np.arange(n + 1)
   fig, axes = _figure((20, 4.4), 1, 3)
   ax = axes[0, 0]
-  ax.bar(k, [100 * r["path_fraction"] for r in rows], color="tab:blue",
-         label="paths of each length")
+  ax.bar(
+      k,
+      [100 * r["path_fraction"] for r in rows],
+      color="tab:blue",
+      label="paths of each length",
+  )
   if setting.paper:
-    _paper_span(ax, "path_length_95pct_min_modules",
-                "path_length_95pct_max_modules",
-                f">{veit('path_length_bulk_pct'):.0f}% of paths in")
+    _paper_span(
+        ax,
+        "path_length_95pct_min_modules",
+        "path_length_95pct_max_modules",
+        f">{veit('path_length_bulk_pct'):.0f}% of paths in",
+    )
   else:
     _note(ax, setting)
   ax.set_xlabel("path length (modules)")
@@ -318,25 +449,47 @@ def plot_paths(path: str, study: Mapping[str, Any], *,
   _gradient_panel(axes[0, 1], study["gradients"])
   ax = axes[0, 2]
   eff = study["effective"]
-  ax.plot(k, [100 * r["total_gradient_share"] for r in rows], "-o", ms=3,
-          label="share of the total gradient")
-  ax.axvspan(eff["low"] - 0.5, eff["high"] + 0.5, color="tab:orange",
-             alpha=0.25, label=f"{eff['gradient_share']:.0%} of the "
-                               f"gradient: {eff['low']}-{eff['high']}")
+  ax.plot(
+      k,
+      [100 * r["total_gradient_share"] for r in rows],
+      "-o",
+      ms=3,
+      label="share of the total gradient",
+  )
+  ax.axvspan(
+      eff["low"] - 0.5,
+      eff["high"] + 0.5,
+      color="tab:orange",
+      alpha=0.25,
+      label=f"{eff['gradient_share']:.0%} of the "
+      f"gradient: {eff['low']}-{eff['high']}",
+  )
   if setting.paper:
-    _paper_span(ax, "effective_path_min_modules",
-                "effective_path_max_modules", "effective paths")
+    _paper_span(
+        ax,
+        "effective_path_min_modules",
+        "effective_path_max_modules",
+        "effective paths",
+    )
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("share of the total gradient (%)")
   _integer(ax.xaxis)
   ax.set_title("(c) total gradient per path length", fontsize=10)
   _legend(ax)
-  return _save(fig, path, "Veit Fig. 6: path lengths and the gradient per "
-               "path length", setting)
+  return _save(
+      fig,
+      path,
+      "Veit Fig. 6: path lengths and the gradient per " "path length",
+      setting,
+  )
 
 
-def plot_response(path: str, rows: Sequence[Mapping[str, Any]], *,
-                  setting: Setting = Setting()) -> Figure:
+def plot_response(
+    path: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
   """He et al. Fig. 7: response std per layer, in order and sorted.
 
   Returns:
@@ -356,13 +509,18 @@ def plot_response(path: str, rows: Sequence[Mapping[str, Any]], *,
     _integer(ax.xaxis)
     _legend(ax)
   top.set_title("std of each layer's response (He et al. 2016 Fig. 7)")
-  return _save(fig, path, "He et al. Fig. 7: std of each layer's response",
-               setting)
+  return _save(
+      fig, path, "He et al. Fig. 7: std of each layer's response", setting
+  )
 
 
-def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
-                   scale_rows: Sequence[Mapping[str, Any]], *,
-                   setting: Setting = Setting()) -> Figure:
+def plot_gradients(
+    path: str,
+    grad_rows: Sequence[Mapping[str, Any]],
+    scale_rows: Sequence[Mapping[str, Any]],
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
   """Gradient norm at every module input, and the lambda^(L-l) factor.
 
   Returns:
@@ -372,8 +530,13 @@ def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
   ax = axes[0, 0]
   for label in dict.fromkeys(r["label"] for r in grad_rows):
     rs = [r for r in grad_rows if r["label"] == label]
-    ax.plot([r["position"] for r in rs], [r["grad_norm"] for r in rs], "-o",
-            ms=3, label=label)
+    ax.plot(
+        [r["position"] for r in rs],
+        [r["grad_norm"] for r in rs],
+        "-o",
+        ms=3,
+        label=label,
+    )
   ax.set_yscale("log")
   ax.set_xlabel("module input (forward order; last = head input)")
   ax.set_ylabel("norm of d loss / d x")
@@ -384,12 +547,26 @@ def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
   if scale_rows:
     lam = scale_rows[0]["lambda"]
     pos = [r["position"] for r in scale_rows]
-    ax.plot(pos, [r["predicted"] for r in scale_rows], "k--",
-            label=f"lambda^(L-l), lambda = {lam}")
-    ax.plot(pos, [r["ratio_shortcut_only"] for r in scale_rows], "-o", ms=3,
-            label="measured, shortcuts only")
-    ax.plot(pos, [r["ratio_full"] for r in scale_rows], "-s", ms=3,
-            label="measured, whole network")
+    ax.plot(
+        pos,
+        [r["predicted"] for r in scale_rows],
+        "k--",
+        label=f"lambda^(L-l), lambda = {lam}",
+    )
+    ax.plot(
+        pos,
+        [r["ratio_shortcut_only"] for r in scale_rows],
+        "-o",
+        ms=3,
+        label="measured, shortcuts only",
+    )
+    ax.plot(
+        pos,
+        [r["ratio_full"] for r in scale_rows],
+        "-s",
+        ms=3,
+        label="measured, whole network",
+    )
     ax.set_yscale("log")
     _legend(ax)
   ax.set_xlabel("module input l")
@@ -399,7 +576,7 @@ def plot_gradients(path: str, grad_rows: Sequence[Mapping[str, Any]],
   return _save(fig, path, "gradient norm at every module input", setting)
 
 
-def setting_of(res: Mapping[str, Any]) -> Optional[Setting]:
+def setting_of(res: Mapping[str, Any]) -> Setting | None:
   """The ``Setting`` saved in a study's results (``res['setting']``)."""
   saved = res.get("setting")
   return None if saved is None else Setting(**saved)

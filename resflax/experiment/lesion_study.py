@@ -35,33 +35,50 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
-from absl import logging
 import jax
 import ml_collections
+from absl import logging
 
 from resflax import data as data_lib
-from resflax import fileio
-from resflax import training
+from resflax import fileio, training
 from resflax.errors import CheckpointError, ConfigError, TrainingError
-from resflax.experiment import lesion_plots
-from resflax.experiment import lesion_summary
+from resflax.experiment import lesion_plots, lesion_summary
 from resflax.experiment.lesion_analysis import (
-    Net, k_deletion_study, make_evaluator, path_study, reorder_study,
-    signal_study, single_deletion_study)
+    Net,
+    k_deletion_study,
+    make_evaluator,
+    path_study,
+    reorder_study,
+    signal_study,
+    single_deletion_study,
+)
 from resflax.training import checkpoint as checkpoint_lib
 
 # Every file the study writes into workdir/lesion (tests check them all).
 OUTPUT_FILES = (
-    "single_deletion.json", "single_deletion.csv", "single_deletion.png",
-    "k_deletion.json", "k_deletion.csv", "k_deletion.png",
-    "reorder.json", "reorder.csv", "reorder.png",
-    "path_lengths.json", "path_lengths.csv", "path_lengths.png",
-    "signal.json", "signal_response_std.csv", "signal_gradients.csv",
-    "signal_scale.csv", "signal_gates.csv", "signal_response_std.png",
+    "single_deletion.json",
+    "single_deletion.csv",
+    "single_deletion.png",
+    "k_deletion.json",
+    "k_deletion.csv",
+    "k_deletion.png",
+    "reorder.json",
+    "reorder.csv",
+    "reorder.png",
+    "path_lengths.json",
+    "path_lengths.csv",
+    "path_lengths.png",
+    "signal.json",
+    "signal_response_std.csv",
+    "signal_gradients.csv",
+    "signal_scale.csv",
+    "signal_gates.csv",
+    "signal_response_std.png",
     "signal_gradients.png",
-    "summary.md", "results.json",
+    "summary.md",
+    "results.json",
 )
 
 
@@ -76,47 +93,85 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ConfigError: naming the key and what is allowed.
   """
   if "lesion" not in config:
-    raise ConfigError("config has no 'lesion' section; start from "
-                      "experiments/cifar_lesion.py")
+    raise ConfigError(
+        "config has no 'lesion' section; start from "
+        "experiments/cifar_lesion.py"
+    )
   c = config.lesion
   allowed = set(_lesion_keys())
   unknown = sorted(set(c.keys()) - allowed)
   if unknown:
-    raise ConfigError(f"unknown config.lesion key(s) {unknown}; valid "
-                      f"keys: {', '.join(sorted(allowed))}")
-  for key in ("max_k", "max_swaps", "eval_images", "eval_batch_size",
-              "vgg_depth"):
+    raise ConfigError(
+        f"unknown config.lesion key(s) {unknown}; valid "
+        f"keys: {', '.join(sorted(allowed))}"
+    )
+  for key in (
+      "max_k",
+      "max_swaps",
+      "eval_images",
+      "eval_batch_size",
+      "vgg_depth",
+  ):
     if c.get(key, 0) < 0:
       raise ConfigError(f"config.lesion.{key}={c[key]} must be >= 0")
-  for key in ("draws_per_k", "swap_draws", "path_samples", "path_batch",
-              "path_pool", "path_chunk", "lesions_per_call",
-              "signal_images"):
+  for key in (
+      "draws_per_k",
+      "swap_draws",
+      "path_samples",
+      "path_batch",
+      "path_pool",
+      "path_chunk",
+      "lesions_per_call",
+      "signal_images",
+  ):
     if c.get(key, 1) < 1:
       raise ConfigError(f"config.lesion.{key}={c[key]} must be >= 1")
   if not 0 < c.get("effective_share", 0.9) <= 1:
-    raise ConfigError(f"config.lesion.effective_share="
-                      f"{c.effective_share} must be in (0, 1]")
+    raise ConfigError(
+        f"config.lesion.effective_share="
+        f"{c.effective_share} must be in (0, 1]"
+    )
   for key in ("checkpoint", "vgg_checkpoint", "plain_checkpoint"):
     path = c.get(key, "")
     if path and not os.path.isfile(os.path.join(path, "config.json")):
       raise ConfigError(
           f"config.lesion.{key}={path!r} is not a resflax run directory (no "
-          "config.json in it); give the --workdir of a training run")
+          "config.json in it); give the --workdir of a training run"
+      )
 
 
 def _lesion_keys():
   # The keys experiments/cifar_lesion.py defines; kept here so a config
   # written by hand is checked against the same list.
-  return ("checkpoint", "vgg_checkpoint", "vgg_depth", "vgg_widths",
-          "plain_checkpoint", "train_plain", "eval_images", "eval_batch_size",
-          "lesions_per_call", "max_k", "draws_per_k", "max_swaps",
-          "swap_draws", "path_lengths", "path_samples", "path_batch",
-          "path_pool", "path_chunk", "effective_share", "signal",
-          "signal_images", "seed")
+  return (
+      "checkpoint",
+      "vgg_checkpoint",
+      "vgg_depth",
+      "vgg_widths",
+      "plain_checkpoint",
+      "train_plain",
+      "eval_images",
+      "eval_batch_size",
+      "lesions_per_call",
+      "max_k",
+      "draws_per_k",
+      "max_swaps",
+      "swap_draws",
+      "path_lengths",
+      "path_samples",
+      "path_batch",
+      "path_pool",
+      "path_chunk",
+      "effective_share",
+      "signal",
+      "signal_images",
+      "seed",
+  )
 
 
-def training_config(config: ml_collections.ConfigDict
-                    ) -> ml_collections.ConfigDict:
+def training_config(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
   """The config without its ``lesion`` section: what trains the ResNet.
 
   Dropping the section keeps a resumed training run from seeing a config
@@ -144,8 +199,9 @@ def vgg_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def plain_config(config: ml_collections.ConfigDict
-                 ) -> ml_collections.ConfigDict:
+def plain_config(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
   """The ResNet's plain twin (He et al.): the same net without shortcuts."""
   c = training_config(config)
   with c.unlocked():
@@ -155,21 +211,21 @@ def plain_config(config: ml_collections.ConfigDict
   return c
 
 
-_DATASETS: Dict[str, data_lib.Dataset] = {}
+_DATASETS: dict[str, data_lib.Dataset] = {}
 
 
 def _dataset(data_cfg, seed) -> data_lib.Dataset:
   # The three nets usually share their data: load (decode, statistics) once.
-  key = json.dumps({"data": data_cfg.to_dict(), "seed": seed},
-                   sort_keys=True, default=str)
+  key = json.dumps(
+      {"data": data_cfg.to_dict(), "seed": seed}, sort_keys=True, default=str
+  )
   if key not in _DATASETS:
     _DATASETS.clear()  # keep at most one dataset in host memory
     _DATASETS[key] = data_lib.load_dataset(data_cfg, seed=seed)
   return _DATASETS[key]
 
 
-def load_run(run_dir: str, role: str = "resnet", *,
-             data_path: str = "") -> Net:
+def load_run(run_dir: str, role: str = "resnet", *, data_path: str = "") -> Net:
   """Restores the newest intact checkpoint of a resflax run.
 
   Args:
@@ -188,8 +244,10 @@ def load_run(run_dir: str, role: str = "resnet", *,
   """
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.isfile(cfg_path):
-    raise ConfigError(f"{run_dir} is not a resflax run directory: "
-                      f"{cfg_path} does not exist")
+    raise ConfigError(
+        f"{run_dir} is not a resflax run directory: "
+        f"{cfg_path} does not exist"
+    )
   with open(cfg_path) as f:
     run_cfg = ml_collections.ConfigDict(json.load(f))
   if data_path:
@@ -200,11 +258,13 @@ def load_run(run_dir: str, role: str = "resnet", *,
   # Abstract target: restoring needs shapes only, and compiling the
   # initialiser would cost more than the whole restore.
   target = jax.eval_shape(
-      lambda: training.init_state(spec, run_cfg.seed, dataset.image_shape))
+      lambda: training.init_state(spec, run_cfg.seed, dataset.image_shape)
+  )
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(
-        f"{run_dir} has no checkpoints/ directory; train it first")
+        f"{run_dir} has no checkpoints/ directory; train it first"
+    )
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir)
   try:
     restored = ckpt.restore_latest_good(target)
@@ -212,15 +272,17 @@ def load_run(run_dir: str, role: str = "resnet", *,
     ckpt.close()
   if restored is None:
     raise CheckpointError(
-        f"{ckpt_dir} holds no complete checkpoint; train {run_dir} first")
+        f"{ckpt_dir} holds no complete checkpoint; train {run_dir} first"
+    )
   step, state = restored
   variables = dict(state["variables"])
   variables["lesion"] = model.default_lesion()
   return Net(role, run_dir, run_cfg, model, variables, dataset, int(step))
 
 
-def _obtain(role: str, checkpoint: str, train_cfg, workdir: str,
-            data_path: str) -> Net:
+def _obtain(
+    role: str, checkpoint: str, train_cfg, workdir: str, data_path: str
+) -> Net:
   if checkpoint:
     logging.info("lesion study: %s from %s", role, checkpoint)
     return load_run(checkpoint, role, data_path=data_path)
@@ -234,19 +296,53 @@ def _obtain(role: str, checkpoint: str, train_cfg, workdir: str,
 # The command
 
 _SIGNAL_FIELDS = {
-    "response_std": ["network", "label", "layer", "position", "module",
-                     "stage", "unit", "downsampling", "conv", "std"],
-    "gradients": ["network", "label", "position", "module", "stage", "unit",
-                  "downsampling", "grad_norm"],
-    "scale": ["network", "position", "module", "stage", "downsampling",
-              "lambda", "predicted", "ratio_full", "ratio_shortcut_only"],
-    "gates": ["network", "position", "module", "stage", "unit",
-              "downsampling", "gate_mean"],
+    "response_std": [
+        "network",
+        "label",
+        "layer",
+        "position",
+        "module",
+        "stage",
+        "unit",
+        "downsampling",
+        "conv",
+        "std",
+    ],
+    "gradients": [
+        "network",
+        "label",
+        "position",
+        "module",
+        "stage",
+        "unit",
+        "downsampling",
+        "grad_norm",
+    ],
+    "scale": [
+        "network",
+        "position",
+        "module",
+        "stage",
+        "downsampling",
+        "lambda",
+        "predicted",
+        "ratio_full",
+        "ratio_shortcut_only",
+    ],
+    "gates": [
+        "network",
+        "position",
+        "module",
+        "stage",
+        "unit",
+        "downsampling",
+        "gate_mean",
+    ],
 }
 
 
 @contextlib.contextmanager
-def _timed(seconds: Dict[str, float], name: str):
+def _timed(seconds: dict[str, float], name: str):
   """Records the block's wall time in ``seconds[name]``, even if it raises."""
   tick = time.perf_counter()
   try:
@@ -257,12 +353,14 @@ def _timed(seconds: Dict[str, float], name: str):
 
 def _write(out: str, name: str, study, rows, fieldnames=None) -> None:
   fileio.write_json(os.path.join(out, f"{name}.json"), study)
-  fileio.write_csv(os.path.join(out, f"{name}.csv"), rows,
-                   fieldnames=fieldnames)
+  fileio.write_csv(
+      os.path.join(out, f"{name}.csv"), rows, fieldnames=fieldnames
+  )
 
 
-def _networks(config, workdir: str, seconds: Dict[str, float]
-              ) -> Tuple[Net, Optional[Net], Optional[Net], List[str]]:
+def _networks(
+    config, workdir: str, seconds: dict[str, float]
+) -> tuple[Net, Net | None, Net | None, list[str]]:
   """``(resnet, vgg, plain, notes)``: trained or restored; None if unused."""
   c = config.lesion
 
@@ -271,8 +369,11 @@ def _networks(config, workdir: str, seconds: Dict[str, float]
       return _obtain(role, checkpoint, cfg, workdir, config.data.path)
 
   resnet = obtain("resnet", c.checkpoint, training_config(config))
-  vgg = (obtain("vgg", c.vgg_checkpoint, vgg_config(config))
-         if c.vgg_checkpoint or c.vgg_depth else None)
+  vgg = (
+      obtain("vgg", c.vgg_checkpoint, vgg_config(config))
+      if c.vgg_checkpoint or c.vgg_depth
+      else None
+  )
   plain, notes = None, []
   if c.signal and (c.plain_checkpoint or c.train_plain):
     try:
@@ -288,13 +389,21 @@ def _setting(nets) -> lesion_plots.Setting:
   """What the networks are (``nets[0]`` the ResNet), for titles and marks."""
   resnet, others = nets[0], [n for n in nets[1:] if n is not None]
   return lesion_plots.study_setting(
-      resnet.model.num_modules, resnet.config.data.name,
-      [n.config.data.name for n in others])
+      resnet.model.num_modules,
+      resnet.config.data.name,
+      [n.config.data.name for n in others],
+  )
 
 
-def _lesion_studies(resnet: Net, vgg: Optional[Net], config, keys, out: str,
-                    seconds: Dict[str, float],
-                    setting: lesion_plots.Setting) -> Dict[str, Any]:
+def _lesion_studies(
+    resnet: Net,
+    vgg: Net | None,
+    config,
+    keys,
+    out: str,
+    seconds: dict[str, float],
+    setting: lesion_plots.Setting,
+) -> dict[str, Any]:
   """Fig. 3, 5a and 5b, one evaluator per network; writes their files."""
   c = config.lesion
   k_key, swap_key = keys
@@ -306,58 +415,92 @@ def _lesion_studies(resnet: Net, vgg: Optional[Net], config, keys, out: str,
       evaluators["vgg"] = make_evaluator(vgg, config)
       single["vgg"] = single_deletion_study(vgg, evaluators["vgg"])
   intact = single["resnet"]["stats"]["intact_error"]
-  _write(out, "single_deletion", single,
-         [r for st in single.values() for r in st["rows"]])
-  lesion_plots.plot_single(os.path.join(out, "single_deletion.png"), single,
-                           chance, setting=setting)
+  _write(
+      out,
+      "single_deletion",
+      single,
+      [r for st in single.values() for r in st["rows"]],
+  )
+  lesion_plots.plot_single(
+      os.path.join(out, "single_deletion.png"), single, chance, setting=setting
+  )
 
   ev = evaluators["resnet"]
   with _timed(seconds, "k deletions"):
     kd = k_deletion_study(resnet, ev, c.max_k, c.draws_per_k, k_key)
   kd["intact_error"] = intact
   _write(out, "k_deletion", kd, kd["rows"], ["k", "draw", "error", "loss"])
-  lesion_plots.plot_k(os.path.join(out, "k_deletion.png"), kd, intact,
-                      setting=setting)
+  lesion_plots.plot_k(
+      os.path.join(out, "k_deletion.png"), kd, intact, setting=setting
+  )
 
   with _timed(seconds, "swaps"):
     ro = reorder_study(resnet, ev, c.max_swaps, c.swap_draws, swap_key)
   ro["intact_error"] = intact
-  _write(out, "reorder", ro, ro["rows"],
-         ["swaps", "draw", "kendall_tau", "error", "loss"])
-  lesion_plots.plot_reorder(os.path.join(out, "reorder.png"), ro, intact,
-                            setting=setting)
+  _write(
+      out,
+      "reorder",
+      ro,
+      ro["rows"],
+      ["swaps", "draw", "kendall_tau", "error", "loss"],
+  )
+  lesion_plots.plot_reorder(
+      os.path.join(out, "reorder.png"), ro, intact, setting=setting
+  )
 
   compilations = {role: e.compilations for role, e in evaluators.items()}
-  return {"chance_error": chance, "eval_images": ev.num_images,
-          "single_deletion": single, "k_deletion": kd, "reorder": ro,
-          "compilations": max(compilations.values()),
-          "evaluator_compilations": compilations}
+  return {
+      "chance_error": chance,
+      "eval_images": ev.num_images,
+      "single_deletion": single,
+      "k_deletion": kd,
+      "reorder": ro,
+      "compilations": max(compilations.values()),
+      "evaluator_compilations": compilations,
+  }
 
 
-def _signal(config, resnet: Net, vgg: Optional[Net], plain: Optional[Net],
-            notes: List[str], out: str,
-            setting: lesion_plots.Setting) -> Dict[str, Any]:
+def _signal(
+    config,
+    resnet: Net,
+    vgg: Net | None,
+    plain: Net | None,
+    notes: list[str],
+    out: str,
+    setting: lesion_plots.Setting,
+) -> dict[str, Any]:
   """The signal statistics of the ResNet and a plain net; writes files."""
   # He et al. compare a ResNet with its plain twin; the VGG stands in as
   # the plain network only when there is no twin.
-  sig = signal_study([resnet, plain] if plain else
-                     [n for n in (resnet, vgg) if n], config)
+  sig = signal_study(
+      [resnet, plain] if plain else [n for n in (resnet, vgg) if n], config
+  )
   if plain is None:
-    notes = notes + ["no plain twin (config.lesion.train_plain=False and no "
-                     "plain_checkpoint): the VGG is the plain network here"]
+    notes = notes + [
+        "no plain twin (config.lesion.train_plain=False and no "
+        "plain_checkpoint): the VGG is the plain network here"
+    ]
   sig["notes"] = notes
   fileio.write_json(os.path.join(out, "signal.json"), sig)
   for name, fields in _SIGNAL_FIELDS.items():
-    fileio.write_csv(os.path.join(out, f"signal_{name}.csv"), sig[name],
-                     fieldnames=fields)
-  lesion_plots.plot_response(os.path.join(out, "signal_response_std.png"),
-                             sig["response_std"], setting=setting)
-  lesion_plots.plot_gradients(os.path.join(out, "signal_gradients.png"),
-                              sig["gradients"], sig["scale"], setting=setting)
+    fileio.write_csv(
+        os.path.join(out, f"signal_{name}.csv"), sig[name], fieldnames=fields
+    )
+  lesion_plots.plot_response(
+      os.path.join(out, "signal_response_std.png"),
+      sig["response_std"],
+      setting=setting,
+  )
+  lesion_plots.plot_gradients(
+      os.path.join(out, "signal_gradients.png"),
+      sig["gradients"],
+      sig["scale"],
+      setting=setting,
+  )
   return sig
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains or restores the networks and runs every study.
 
   Args:
@@ -377,26 +520,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   c = config.lesion
   out = os.path.join(workdir, "lesion")
   os.makedirs(out, exist_ok=True)
-  seconds: Dict[str, float] = {}
+  seconds: dict[str, float] = {}
   resnet, vgg, plain, notes = _networks(config, workdir, seconds)
   k_key, swap_key, path_key = jax.random.split(jax.random.key(c.seed), 3)
   setting = _setting((resnet, vgg, plain))
-  res: Dict[str, Any] = {
+  res: dict[str, Any] = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "networks": {n.role: n.describe() for n in (resnet, vgg, plain) if n},
       "setting": dataclasses.asdict(setting),
   }
-  res.update(_lesion_studies(resnet, vgg, config, (k_key, swap_key), out,
-                             seconds, setting))
+  res.update(
+      _lesion_studies(
+          resnet, vgg, config, (k_key, swap_key), out, seconds, setting
+      )
+  )
   with _timed(seconds, "paths"):
     res["paths"] = path_study(resnet, config, path_key)
   _write(out, "path_lengths", res["paths"], res["paths"]["rows"])
-  lesion_plots.plot_paths(os.path.join(out, "path_lengths.png"),
-                          res["paths"], setting=setting)
+  lesion_plots.plot_paths(
+      os.path.join(out, "path_lengths.png"), res["paths"], setting=setting
+  )
   if c.signal:
     with _timed(seconds, "signal"):
-      res["signal"] = _signal(config, resnet, vgg, plain, notes, out,
-                              setting)
+      res["signal"] = _signal(config, resnet, vgg, plain, notes, out, setting)
   res["seconds"] = seconds
   res["config"] = json.loads(config.to_json())
   summary = lesion_summary.write_summary(os.path.join(out, "summary.md"), res)

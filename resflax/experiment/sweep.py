@@ -18,19 +18,25 @@ its checkpoints.
 
 import os
 import time
-from typing import Any, Dict
+from typing import Any
 
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
-from resflax import fileio
-from resflax import training
+from resflax import fileio, training
 from resflax.errors import ConfigError, TrainingError
 from resflax.experiment import figures, tables
-from resflax.experiment.cases import (FAILED_FILE, RESULTS_FILE, case_config,
-                                      case_names, run_dir, run_status, seeds)
+from resflax.experiment.cases import (
+    FAILED_FILE,
+    RESULTS_FILE,
+    case_config,
+    case_names,
+    run_dir,
+    run_status,
+    seeds,
+)
 from resflax.training import metrics
 from resflax.training import workdir as workdir_lib
 
@@ -52,25 +58,29 @@ def _check(config: ml_collections.ConfigDict) -> bool:
   if tuple(config.train.run_overrides):
     raise ConfigError(
         "config.train.run_overrides cannot be combined with a sweep: "
-        "declare per-run values as sweep cases")
+        "declare per-run values as sweep cases"
+    )
   r = config.train.parallel_runs
   if r not in (1, config.seeds):
     raise ConfigError(
         f"config.train.parallel_runs={r}: a sweep trains its seeds one after "
         f"another (1) or all of a case's seeds in one program "
-        f"(config.seeds={config.seeds})")
+        f"(config.seeds={config.seeds})"
+    )
   missing = set(config.sweep_order) - set(config.sweep_cases)
   if missing:
     raise ConfigError(
         "config.sweep_order names cases that are not in config.sweep_cases: "
-        f"{sorted(missing)}")
+        f"{sorted(missing)}"
+    )
   for case in case_names(config):
-    training.validate_config(case_config(config, case, seed=config.seed,
-                                      parallel_runs=r))
+    training.validate_config(
+        case_config(config, case, seed=config.seed, parallel_runs=r)
+    )
   return r > 1
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains every case x seed of a sweep config and writes the table.
 
   The log shows the first run as a single run shows it (devices, data,
@@ -94,42 +104,72 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """
   parallel = _check(config)
   workdir_lib.make_dir(workdir)
-  units = ([(case, tuple(seeds(config))) for case in case_names(config)]
-           if parallel else [(case, (s,)) for case in case_names(config)
-                             for s in seeds(config)])
-  todo = [u for u in units if any(
-      run_status(run_dir(workdir, u[0], s)) is None for s in u[1])]
-  logging.info("sweep: %d cases x %d seed%s in %s, %d of %d %s to do",
-               len(case_names(config)), config.seeds,
-               "s" if config.seeds > 1 else "", workdir, len(todo),
-               len(units), "programs" if parallel else "runs")
+  units = (
+      [(case, tuple(seeds(config))) for case in case_names(config)]
+      if parallel
+      else [(case, (s,)) for case in case_names(config) for s in seeds(config)]
+  )
+  todo = [
+      u
+      for u in units
+      if any(run_status(run_dir(workdir, u[0], s)) is None for s in u[1])
+  ]
+  logging.info(
+      "sweep: %d cases x %d seed%s in %s, %d of %d %s to do",
+      len(case_names(config)),
+      config.seeds,
+      "s" if config.seeds > 1 else "",
+      workdir,
+      len(todo),
+      len(units),
+      "programs" if parallel else "runs",
+  )
   sweep_start = written = time.perf_counter()
   durations = []
   for k, (case, members) in enumerate(todo):
     start = time.perf_counter()
     # Later runs repeat the first one's start block and progress: brief.
-    result = (_run_parallel(config, workdir, case, brief=k > 0) if parallel
-              else _run_one(config, workdir, case, members[0], brief=k > 0))
+    result = (
+        _run_parallel(config, workdir, case, brief=k > 0)
+        if parallel
+        else _run_one(config, workdir, case, members[0], brief=k > 0)
+    )
     durations.append(time.perf_counter() - start)
     if result.get("interrupted"):
       _write_outputs(workdir, config)
       return {"interrupted": True}
-    _log_run(workdir, case, members, units.index((case, members)) + 1,
-             len(units), durations, len(todo) - k - 1)
+    _log_run(
+        workdir,
+        case,
+        members,
+        units.index((case, members)) + 1,
+        len(units),
+        durations,
+        len(todo) - k - 1,
+    )
     # Redrawing the table takes about a second: after every run of a long
     # sweep, not after every run of a smoke sweep.
     if time.perf_counter() - written >= OUTPUTS_EVERY_SECONDS:
       _write_outputs(workdir, config)
       written = time.perf_counter()
   rows, paths = _write_outputs(workdir, config)
-  logging.info("sweep done in %s; results: %s",
-               metrics.format_duration(time.perf_counter() - sweep_start),
-               ", ".join(paths))
+  logging.info(
+      "sweep done in %s; results: %s",
+      metrics.format_duration(time.perf_counter() - sweep_start),
+      ", ".join(paths),
+  )
   return {"rows": rows, "files": paths}
 
 
-def _log_run(workdir: str, case: str, members, index: int, total: int,
-             durations, left: int) -> None:
+def _log_run(
+    workdir: str,
+    case: str,
+    members,
+    index: int,
+    total: int,
+    durations,
+    left: int,
+) -> None:
   """One line for a finished run (or program): test errors, time, ETA."""
   if jax.process_index() != 0:
     return  # process 0 wrote the results it reads, and logs for the job
@@ -142,14 +182,22 @@ def _log_run(workdir: str, case: str, members, index: int, total: int,
     else:
       outcomes.append("failed")
       failures.append(f"seed {s}: {_failure(path)}")
-  eta = (f"; sweep ETA {metrics.format_duration(left * np.mean(durations))}"
-         if left else "")
+  eta = (
+      f"; sweep ETA {metrics.format_duration(left * np.mean(durations))}"
+      if left
+      else ""
+  )
   plural = "s" if len(members) > 1 else ""
-  result = (f"test error {', '.join(outcomes)}"
-            if len(failures) < len(members) else "failed")
-  line = (f"run {index} of {total}: {case}, seed{plural} "
-          f"{','.join(map(str, members))}: {result} "
-          f"({metrics.format_duration(durations[-1])}){eta}")
+  result = (
+      f"test error {', '.join(outcomes)}"
+      if len(failures) < len(members)
+      else "failed"
+  )
+  line = (
+      f"run {index} of {total}: {case}, seed{plural} "
+      f"{','.join(map(str, members))}: {result} "
+      f"({metrics.format_duration(durations[-1])}){eta}"
+  )
   if failures:
     logging.warning("%s; %s", line, "; ".join(failures))
   else:
@@ -165,29 +213,35 @@ def _failure(path: str) -> str:
 
 def _write_outputs(workdir: str, config):
   rows = tables.write_tables(workdir, config)
-  paths = [os.path.join(workdir, f"results.{ext}")
-           for ext in ("md", "csv", "png")]
+  paths = [
+      os.path.join(workdir, f"results.{ext}") for ext in ("md", "csv", "png")
+  ]
   return rows, paths + figures.write_figures(workdir, config)
 
 
-def _run_one(config, workdir: str, case: str, seed: int, *,
-             brief: bool) -> Dict[str, Any]:
+def _run_one(
+    config, workdir: str, case: str, seed: int, *, brief: bool
+) -> dict[str, Any]:
   path = run_dir(workdir, case, seed)
   try:
     return training.train_and_evaluate(
-        case_config(config, case, seed=seed), path, brief=brief)
+        case_config(config, case, seed=seed), path, brief=brief
+    )
   except TrainingError:
     # The run wrote failed.json; _log_run reports it and the sweep goes on.
     return {"failed": True}
 
 
-def _run_parallel(config, workdir: str, case: str, *,
-                  brief: bool) -> Dict[str, Any]:
+def _run_parallel(
+    config, workdir: str, case: str, *, brief: bool
+) -> dict[str, Any]:
   path = os.path.join(workdir, case)
   try:
     return training.train_and_evaluate(
-        case_config(config, case, seed=config.seed,
-                    parallel_runs=config.seeds), path, brief=brief)
+        case_config(config, case, seed=config.seed, parallel_runs=config.seeds),
+        path,
+        brief=brief,
+    )
   except TrainingError:
     # The program wrote failed.json for each diverged run and results.json
     # for the others; _log_run reports them.

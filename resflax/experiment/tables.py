@@ -24,21 +24,38 @@ setting (hollow grey marks) with no difference taken against them.
 
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from resflax import fileio as results_lib
+from resflax import fileio
 from resflax.experiment import cases
 from resflax.experiment import paper as paper_lib
 from resflax.training import curves
 from resflax.training.metrics import read_scalars  # noqa: F401  (notebooks)
 
 # "mark" first: a reader of a smoke sweep's CSV meets it before any number.
-FIELDS = ("mark", "case", "median_error", "median_failed", "mean_error",
-          "std_error", "best_error", "runs", "diverged", "above_20", "pending",
-          "paper_error", "paper_error_mean", "paper_error_std", "paper_source",
-          "paper_reference", "run_errors", "note")
+FIELDS = (
+    "mark",
+    "case",
+    "median_error",
+    "median_failed",
+    "mean_error",
+    "std_error",
+    "best_error",
+    "runs",
+    "diverged",
+    "above_20",
+    "pending",
+    "paper_error",
+    "paper_error_mean",
+    "paper_error_std",
+    "paper_source",
+    "paper_reference",
+    "run_errors",
+    "note",
+)
 
 # Identity Mappings Table 1 calls a run with test error above 20% "fail".
 FAIL_THRESHOLD = 20.0
@@ -54,17 +71,21 @@ def sweep_mark(config) -> str:
   Synthetic when any case trains on synthetic data, shrunk when the sweep is
   a smoke one (``config.sweep_shrunk``).
   """
-  return curves.output_mark(synthetic=_synthetic(config),
-                            shrunk=bool(config.get("sweep_shrunk", False)))
+  return curves.output_mark(
+      synthetic=_synthetic(config),
+      shrunk=bool(config.get("sweep_shrunk", False)),
+  )
 
 
 def _synthetic(config) -> bool:
   """Whether any case of the sweep trains on synthetic data."""
-  return any(cases.case_config(config, case, seed=config.seed).data.name
-             == "synthetic" for case in cases.case_names(config))
+  return any(
+      cases.case_config(config, case, seed=config.seed).data.name == "synthetic"
+      for case in cases.case_names(config)
+  )
 
 
-def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
+def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> dict[str, Any]:
   """The finished runs of one case.
 
   Returns:
@@ -76,17 +97,19 @@ def case_runs(workdir: str, case: str, seeds: Sequence[int]) -> Dict[str, Any]:
     path = cases.run_dir(workdir, case, s)
     status = cases.run_status(path)
     if status == "ok":
-      errors[s] = _error_pct(results_lib.read_json(
-          os.path.join(path, cases.RESULTS_FILE)))
+      errors[s] = _error_pct(
+          fileio.read_json(os.path.join(path, cases.RESULTS_FILE))
+      )
     elif status == "failed":
-      failed[s] = results_lib.read_json(
-          os.path.join(path, cases.FAILED_FILE)).get("error", "")
+      failed[s] = fileio.read_json(os.path.join(path, cases.FAILED_FILE)).get(
+          "error", ""
+      )
     else:
       pending.append(s)
   return {"errors": errors, "failed": failed, "pending": pending}
 
 
-def summarize(errors: Sequence[float], diverged: int = 0) -> Dict[str, Any]:
+def summarize(errors: Sequence[float], diverged: int = 0) -> dict[str, Any]:
   """Statistics of a case's runs, as Identity Mappings Table 1 reads them.
 
   Args:
@@ -104,11 +127,13 @@ def summarize(errors: Sequence[float], diverged: int = 0) -> Dict[str, Any]:
   every = np.concatenate([e, np.full(diverged, np.inf)])
   nan = float("nan")
   median = float(np.median(every)) if every.size else nan
-  return {"median": median,
-          "median_failed": bool(every.size) and median > FAIL_THRESHOLD,
-          "mean": float(e.mean()) if e.size else nan,
-          "std": float(e.std(ddof=1)) if e.size > 1 else nan,
-          "best": float(e.min()) if e.size else nan}
+  return {
+      "median": median,
+      "median_failed": bool(every.size) and median > FAIL_THRESHOLD,
+      "mean": float(e.mean()) if e.size else nan,
+      "std": float(e.std(ddof=1)) if e.size > 1 else nan,
+      "best": float(e.min()) if e.size else nan,
+  }
 
 
 def reference_text(ref: Mapping[str, Any]) -> str:
@@ -121,42 +146,51 @@ def reference_text(ref: Mapping[str, Any]) -> str:
   return f"{table}: {case}" + (f" ({sel})" if sel else "")
 
 
-def case_rows(workdir: str, config) -> List[Dict[str, Any]]:
+def case_rows(workdir: str, config) -> list[dict[str, Any]]:
   """One row per case of the sweep ``config`` run in ``workdir``."""
   rows = []
   for case in cases.case_names(config):
     runs = case_runs(workdir, case, cases.seeds(config))
-    ref = (config.sweep_paper[case].to_dict() if case in config.sweep_paper
-           else {})
+    ref = (
+        config.sweep_paper[case].to_dict() if case in config.sweep_paper else {}
+    )
     entry = cases.paper_value(ref)
     mean = cases.paper_value(ref, "error_mean")
     std = cases.paper_value(ref, "error_std")
     stats = summarize(runs["errors"].values(), len(runs["failed"]))
-    rows.append({
-        "case": case,
-        "median_error": stats["median"],
-        "median_failed": stats["median_failed"],
-        "mean_error": stats["mean"],
-        "std_error": stats["std"],
-        "best_error": stats["best"],
-        "runs": len(runs["errors"]) + len(runs["failed"]),
-        "diverged": len(runs["failed"]),
-        "above_20": sum(e > FAIL_THRESHOLD for e in runs["errors"].values()),
-        "pending": len(runs["pending"]),
-        "paper_error": None if entry is None else entry.value,
-        "paper_error_mean": None if mean is None else mean.value,
-        "paper_error_std": None if std is None else std.value,
-        "paper_source": "" if entry is None else entry.source,
-        "paper_reference": reference_text(ref),
-        "run_errors": {str(s): e for s, e in sorted(runs["errors"].items())},
-        "note": config.sweep_notes[case] if case in config.sweep_notes else "",
-        "_table": ref.get("table", ""),
-        "_failures": runs["failed"],
-    })
+    rows.append(
+        {
+            "case": case,
+            "median_error": stats["median"],
+            "median_failed": stats["median_failed"],
+            "mean_error": stats["mean"],
+            "std_error": stats["std"],
+            "best_error": stats["best"],
+            "runs": len(runs["errors"]) + len(runs["failed"]),
+            "diverged": len(runs["failed"]),
+            "above_20": sum(
+                e > FAIL_THRESHOLD for e in runs["errors"].values()
+            ),
+            "pending": len(runs["pending"]),
+            "paper_error": None if entry is None else entry.value,
+            "paper_error_mean": None if mean is None else mean.value,
+            "paper_error_std": None if std is None else std.value,
+            "paper_source": "" if entry is None else entry.source,
+            "paper_reference": reference_text(ref),
+            "run_errors": {
+                str(s): e for s, e in sorted(runs["errors"].items())
+            },
+            "note": config.sweep_notes[case]
+            if case in config.sweep_notes
+            else "",
+            "_table": ref.get("table", ""),
+            "_failures": runs["failed"],
+        }
+    )
   return rows
 
 
-def _num(x: Optional[float], decimals: int = 2) -> str:
+def _num(x: float | None, decimals: int = 2) -> str:
   if x is None or (isinstance(x, float) and math.isnan(x)):
     return "—"
   return f"{x:.{decimals}f}"
@@ -174,9 +208,13 @@ def _median_text(r: Mapping[str, Any]) -> str:
   return _num(r["median_error"])
 
 
-def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
-                    seeds: Sequence[int], shrunk: bool = False,
-                    synthetic: bool = False) -> str:
+def format_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    title: str,
+    seeds: Sequence[int],
+    shrunk: bool = False,
+    synthetic: bool = False,
+) -> str:
   """The Markdown table of ``case_rows``.
 
   Args:
@@ -189,7 +227,8 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
   mark = curves.output_mark(synthetic=synthetic, shrunk=shrunk)
   comparable = not mark
   lines = [
-      f"# {curves.marked(title, mark, ': ')}", "",
+      f"# {curves.marked(title, mark, ': ')}",
+      "",
       f"Test error (%) of each case's runs (seeds {seeds[0]}..{seeds[-1]}). "
       "`median` is over every run, a diverged run counting as failed; it "
       f"reads `fail` when the median run diverged or ended above "
@@ -197,12 +236,16 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
       "(ddof=1) and `best` are over the finished runs. `diverged`: runs "
       "stopped by a non-finite loss; `>20%`: finished runs above "
       f"{FAIL_THRESHOLD:g}%; `pending`: not run yet. Δ = our median − the "
-      "paper's number.", "",
+      "paper's number.",
+      "",
   ]
   if not comparable:
-    lines += [f"**{mark}.** These runs test the pipeline: their numbers are "
-              "not comparable with the paper's (its column is the full-size "
-              "networks on real data), so Δ is left out.", ""]
+    lines += [
+        f"**{mark}.** These runs test the pipeline: their numbers are "
+        "not comparable with the paper's (its column is the full-size "
+        "networks on real data), so Δ is left out.",
+        "",
+    ]
   lines += [
       "| case | median | mean ± std | best | runs | diverged | >20% | pending "
       "| paper | paper mean ± std | Δ | reference | note |",
@@ -210,30 +253,50 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
   ]
   for r in rows:
     p = r["paper_error"]
-    delta = (r["median_error"] - p if comparable and isinstance(p, float)
-             and not r["median_failed"] else None)
-    pm = ("—" if r["paper_error_mean"] is None else
-          f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}")
+    delta = (
+        r["median_error"] - p
+        if comparable and isinstance(p, float) and not r["median_failed"]
+        else None
+    )
+    pm = (
+        "—"
+        if r["paper_error_mean"] is None
+        else f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}"
+    )
     paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
-    ours = ("—" if math.isnan(r["mean_error"]) else
-            f"{_num(r['mean_error'])} ± {_num(r['std_error'])}")
+    ours = (
+        "—"
+        if math.isnan(r["mean_error"])
+        else f"{_num(r['mean_error'])} ± {_num(r['std_error'])}"
+    )
     lines.append(
         f"| {r['case']} | {_median_text(r)} | {ours} | "
         f"{_num(r['best_error'])} | {r['runs']} | {r['diverged']} | "
         f"{r['above_20']} | {r['pending']} | {paper} | {pm} | "
         f"{'—' if delta is None else f'{delta:+.2f}'} | "
-        f"{r['paper_reference'] or '—'} | {r['note']} |")
+        f"{r['paper_reference'] or '—'} | {r['note']} |"
+    )
   tables = sorted({r["_table"] for r in rows if r["_table"]})
   if tables:
-    lines += ["", "Paper numbers (`resflax.experiment.paper`); the tag after "
-              "each says where it was read: " + "; ".join(
-                  f"`{tag}` {meaning}"
-                  for tag, meaning in paper_lib.SOURCE_TAGS.items()) + ".",
-              ""]
-    lines += [f"- `{t}`: {paper_lib.TABLES[t].title}; "
-              f"{paper_lib.TABLES[t].units}." for t in tables]
-  failures = [(r["case"], s, m) for r in rows
-              for s, m in sorted(r["_failures"].items())]
+    lines += [
+        "",
+        "Paper numbers (`resflax.experiment.paper`); the tag after "
+        "each says where it was read: "
+        + "; ".join(
+            f"`{tag}` {meaning}"
+            for tag, meaning in paper_lib.SOURCE_TAGS.items()
+        )
+        + ".",
+        "",
+    ]
+    lines += [
+        f"- `{t}`: {paper_lib.TABLES[t].title}; "
+        f"{paper_lib.TABLES[t].units}."
+        for t in tables
+    ]
+  failures = [
+      (r["case"], s, m) for r in rows for s, m in sorted(r["_failures"].items())
+  ]
   if failures:
     lines += ["", "Diverged runs:", ""]
     lines += [f"- {c} seed {s}: {m}" for c, s, m in failures]
@@ -242,19 +305,27 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], title: str,
 
 def _paper_marks(ax, y: float, p, right: float, comparable: bool) -> None:
   """The paper's number of one case: red when comparable, else hollow grey."""
-  style = (dict(color="tab:red", label="paper") if comparable else
-           dict(facecolors="none", edgecolors="0.4",
-                label="paper (full-size, real data)"))
+  style = (
+      dict(color="tab:red", label="paper")
+      if comparable
+      else dict(
+          facecolors="none",
+          edgecolors="0.4",
+          label="paper (full-size, real data)",
+      )
+  )
   if isinstance(p, float):
-    ax.scatter([p], [y], marker="x" if comparable else "o", s=50, zorder=4,
-               **style)
+    ax.scatter(
+        [p], [y], marker="x" if comparable else "o", s=50, zorder=4, **style
+    )
   elif p == paper_lib.FAIL:
     style["label"] += f": fail, >{FAIL_THRESHOLD:g}%"
     ax.scatter([right], [y], marker=">", s=40, zorder=4, **style)
 
 
-def results_figure(rows: Sequence[Mapping[str, Any]], title: str,
-                   mark: str = ""):
+def results_figure(
+    rows: Sequence[Mapping[str, Any]], title: str, mark: str = ""
+):
   """The Figure of results.png: each case's runs, median, paper's number.
 
   Args:
@@ -274,44 +345,64 @@ def results_figure(rows: Sequence[Mapping[str, Any]], title: str,
   ax = fig.add_subplot(1, 1, 1)
   ys = np.arange(n)[::-1]
   finite = [e for r in rows for e in r["run_errors"].values()]
-  finite += [r["paper_error"] for r in rows
-             if isinstance(r["paper_error"], float)]
+  finite += [
+      r["paper_error"] for r in rows if isinstance(r["paper_error"], float)
+  ]
   right = max(finite + [FAIL_THRESHOLD]) * 1.08
   labels = []
   for y, r in zip(ys, rows):
     errs = list(r["run_errors"].values())
     if errs:
-      ax.scatter(errs, [y] * len(errs), s=14, color="0.45", zorder=3,
-                 label="runs")
+      ax.scatter(
+          errs, [y] * len(errs), s=14, color="0.45", zorder=3, label="runs"
+      )
       if math.isfinite(r["median_error"]):
-        ax.barh(y, r["median_error"], height=0.5, color="tab:blue",
-                alpha=0.35, label="median")
+        ax.barh(
+            y,
+            r["median_error"],
+            height=0.5,
+            color="tab:blue",
+            alpha=0.35,
+            label="median",
+        )
     _paper_marks(ax, y, r["paper_error"], right, comparable=not mark)
-    labels.append(r["case"] + (f" ({r['diverged']} diverged)"
-                               if r["diverged"] else ""))
+    labels.append(
+        r["case"] + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+    )
   ax.set_yticks(ys)
   ax.set_yticklabels(labels, fontsize=8)
   ax.set_xlim(0, right * 1.03)
   ax.set_xlabel("test error (%)")
-  ax.set_title(curves.marked(title, mark), fontsize=9,
-               color="tab:red" if mark else "black")
+  ax.set_title(
+      curves.marked(title, mark),
+      fontsize=9,
+      color="tab:red" if mark else "black",
+  )
   ax.grid(axis="x", alpha=0.3)
   handles, names = ax.get_legend_handles_labels()
   unique = dict(zip(names, handles))
   if unique:
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.legend(
+        unique.values(),
+        unique.keys(),
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+    )
   return fig
 
 
-def plot(rows: Sequence[Mapping[str, Any]], title: str,
-         mark: str = "") -> bytes:
+def plot(
+    rows: Sequence[Mapping[str, Any]], title: str, mark: str = ""
+) -> bytes:
   """PNG bytes of ``results_figure`` (its ``Title`` chunk: the title)."""
-  return curves.png_bytes(results_figure(rows, title, mark),
-                          curves.marked(title, mark, ": "))
+  return curves.png_bytes(
+      results_figure(rows, title, mark), curves.marked(title, mark, ": ")
+  )
 
 
-def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
+def write_tables(workdir: str, config) -> list[dict[str, Any]]:
   """Writes results.md, results.csv and results.png of a sweep.
 
   Args:
@@ -328,19 +419,18 @@ def write_tables(workdir: str, config) -> List[Dict[str, Any]]:
   mark = curves.output_mark(synthetic=synthetic, shrunk=shrunk)
   for r in rows:
     r["mark"] = mark
-  results_lib.write_atomic(
+  fileio.write_atomic(
       os.path.join(workdir, "results.md"),
-      format_markdown(rows, title, cases.seeds(config), shrunk=shrunk,
-                      synthetic=synthetic))
-  results_lib.write_csv(os.path.join(workdir, "results.csv"),
-                        [{k: r[k] for k in FIELDS} for r in rows],
-                        fieldnames=FIELDS)
-  results_lib.write_atomic(os.path.join(workdir, "results.png"),
-                           plot(rows, title, mark))
+      format_markdown(
+          rows, title, cases.seeds(config), shrunk=shrunk, synthetic=synthetic
+      ),
+  )
+  fileio.write_csv(
+      os.path.join(workdir, "results.csv"),
+      [{k: r[k] for k in FIELDS} for r in rows],
+      fieldnames=FIELDS,
+  )
+  fileio.write_atomic(
+      os.path.join(workdir, "results.png"), plot(rows, title, mark)
+  )
   return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-
-
-# --------------------------------------------------------------------------
-# Learning curves: read where they are written; kept here for notebooks.
-
-from resflax.training.metrics import read_scalars  # noqa: E402,F401

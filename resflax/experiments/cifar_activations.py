@@ -33,30 +33,41 @@ at 32k and 48k iterations, 64k iterations, warm-up at lr 0.01 for the first
 400 iterations, pad-4/crop/flip augmentation; median of 5 runs.
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 # model.unit -> the letter of Fig. 4 / Table 2.
-UNITS = {"original": "a", "bn_after_add": "b", "relu_before_add": "c",
-         "relu_preact": "d", "full_preact": "e"}
+UNITS = {
+    "original": "a",
+    "bn_after_add": "b",
+    "relu_before_add": "c",
+    "relu_preact": "d",
+    "full_preact": "e",
+}
 NETS = {
     110: {"model.depth": 110, "model.block": "basic"},
-    164: {"model.depth": 164, "model.block": "bottleneck",
-          "model.projection": "B"},
+    164: {
+        "model.depth": 164,
+        "model.block": "bottleneck",
+        "model.projection": "B",
+    },
 }
 
 CASES = {
     f"{unit}_{depth}": Case(
         {**net, "model.unit": unit},
         paper_ref("identity_table2", letter, depth=depth),
-        f"Fig. 4 ({letter}), ResNet-{depth}")
-    for depth, net in NETS.items() for unit, letter in UNITS.items()
+        f"Fig. 4 ({letter}), ResNet-{depth}",
+    )
+    for depth, net in NETS.items()
+    for unit, letter in UNITS.items()
 }
 
 GROUPS = {
-    **{f"resnet{depth}": tuple(f"{u}_{depth}" for u in UNITS)
-       for depth in NETS},
+    **{
+        f"resnet{depth}": tuple(f"{u}_{depth}" for u in UNITS) for depth in NETS
+    },
     **{unit: tuple(f"{unit}_{depth}" for depth in NETS) for unit in UNITS},
 }
 
@@ -68,5 +79,10 @@ def get_config(arg=None):
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
   return cases.experiment(
-      __file__, config, CASES, arg, groups=GROUPS,
-      title="Identity Mappings Table 2: BN/ReLU placement, CIFAR-10")
+      __file__,
+      config,
+      CASES,
+      arg,
+      groups=GROUPS,
+      title="Identity Mappings Table 2: BN/ReLU placement, CIFAR-10",
+  )

@@ -43,7 +43,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def _cifar_resnet():
   # experiments/ is not a package: load the sibling config file by path.
   spec = importlib.util.spec_from_file_location(
-      "resflax_experiments_cifar_resnet", os.path.join(_HERE, "cifar_resnet.py"))
+      "resflax_experiments_cifar_resnet", os.path.join(_HERE, "cifar_resnet.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -51,36 +52,39 @@ def _cifar_resnet():
 
 def lesion_defaults() -> ml_collections.ConfigDict:
   """The ``config.lesion`` section with the full-size defaults."""
-  return ml_collections.ConfigDict(dict(
-      checkpoint="",  # run dir of a trained ResNet; "" trains DIR/resnet
-      vgg_checkpoint="",  # run dir of a trained VGG; "" trains DIR/vgg
-      vgg_depth=14,  # 3n+2 layers (4 conv layers per stage); 0 = no VGG
-      vgg_widths=(64, 128, 256),
-      plain_checkpoint="",  # run dir of the ResNet's plain twin
-      train_plain=True,  # train the plain twin (DIR/plain) for signal stats
-      eval_images=0,  # test images evaluated (0 = all)
-      eval_batch_size=0,  # 0 = config.train.eval_batch_size
-      lesions_per_call=4,  # lesions evaluated together (vmap)
-      max_k=20,  # Fig. 5a: k = 1..max_k modules deleted
-      draws_per_k=10,
-      max_swaps=20,  # Fig. 5b: s = 1..max_swaps pairs swapped
-      swap_draws=10,
-      path_lengths=(),  # Fig. 6b: measured lengths; () = every k in 0..n
-      path_samples=1000,  # samples per length (Veit: 1000)
-      path_batch=128,  # training images per sample
-      path_pool=5000,  # class-balanced random training images the batches are drawn from
-      path_chunk=1,  # samples vmapped together
-      effective_share=0.9,  # share of the total gradient in the range
-      signal=True,  # section 5 (He Fig. 7, gradients, lambda, gates)
-      signal_images=500,  # test images for the signal statistics
-      seed=0,  # draws of lesions, swaps and path samples
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          checkpoint="",  # run dir of a trained ResNet; "" trains DIR/resnet
+          vgg_checkpoint="",  # run dir of a trained VGG; "" trains DIR/vgg
+          vgg_depth=14,  # 3n+2 layers (4 conv layers per stage); 0 = no VGG
+          vgg_widths=(64, 128, 256),
+          plain_checkpoint="",  # run dir of the ResNet's plain twin
+          train_plain=True,  # train the plain twin (DIR/plain) for signal stats
+          eval_images=0,  # test images evaluated (0 = all)
+          eval_batch_size=0,  # 0 = config.train.eval_batch_size
+          lesions_per_call=4,  # lesions evaluated together (vmap)
+          max_k=20,  # Fig. 5a: k = 1..max_k modules deleted
+          draws_per_k=10,
+          max_swaps=20,  # Fig. 5b: s = 1..max_swaps pairs swapped
+          swap_draws=10,
+          path_lengths=(),  # Fig. 6b: measured lengths; () = every k in 0..n
+          path_samples=1000,  # samples per length (Veit: 1000)
+          path_batch=128,  # training images per sample
+          path_pool=5000,  # class-balanced random training images the batches are drawn from
+          path_chunk=1,  # samples vmapped together
+          effective_share=0.9,  # share of the total gradient in the range
+          signal=True,  # section 5 (He Fig. 7, gradients, lambda, gates)
+          signal_images=500,  # test images for the signal statistics
+          seed=0,  # draws of lesions, swaps and path samples
+      )
+  )
 
 
 def get_config(arg=None):
   """``arg``: the names of the module docstring; none: ResNet-110."""
-  tokens = [cases.canonical_name(t) for t in str(arg or "").split(",")
-            if t.strip()]
+  tokens = [
+      cases.canonical_name(t) for t in str(arg or "").split(",") if t.strip()
+  ]
   depth, sd, smoke = None, False, False
   for t in tokens:
     given = re.fullmatch(r"(?:resnet)?(\d+)", t)
@@ -93,10 +97,16 @@ def get_config(arg=None):
     else:
       digits = re.sub(r"\D", "", t)
       examples = ["110", "resnet110", "sd", cases.SMOKE] + (
-          [f"resnet{digits}"] if digits else [])
+          [f"resnet{digits}"] if digits else []
+      )
       raise cases.unknown_name_error(
-          "cifar_lesion.py", t, examples, "use a depth (110, resnet110 or "
-          "resnet-110), 'sd' and/or 'smoke', comma-separated", what="arg")
+          "cifar_lesion.py",
+          t,
+          examples,
+          "use a depth (110, resnet110 or "
+          "resnet-110), 'sd' and/or 'smoke', comma-separated",
+          what="arg",
+      )
   base = _cifar_resnet()
   if depth is None:
     # The smoke network: ResNet-20 at widths 4-8-8; the paper's: ResNet-110.
@@ -106,9 +116,11 @@ def get_config(arg=None):
     config.model.stochastic_depth = 0.5  # Huang et al.: p_L = 0.5
   config.lesion = lesion_defaults()
   config.lesion.vgg_widths = ml_collections.FieldReference(
-      (64, 128, 256), field_type=tuple)
+      (64, 128, 256), field_type=tuple
+  )
   config.lesion.path_lengths = ml_collections.FieldReference(
-      (), field_type=tuple)
+      (), field_type=tuple
+  )
   if smoke:
     base.shrink(config)
     # Lesions need several units per stage: keep the depth, narrow stages.

@@ -39,8 +39,8 @@ steps, with the decays at the same fractions of training as above (50% and
 75%) and BN statistics over 32 images (64 on 2 GPUs).
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 T3, T4 = "identity_table3", "identity_table4"
@@ -48,15 +48,26 @@ UNITS = {"original": "original", "preact": "full_preact"}
 NETS = {
     "resnet110_1layer": {"model.depth": 110, "model.block": "single"},
     "resnet110": {"model.depth": 110, "model.block": "basic"},
-    "resnet164": {"model.depth": 164, "model.block": "bottleneck",
-                  "model.projection": "B"},
-    "resnet1001": {"model.depth": 1001, "model.block": "bottleneck",
-                   "model.projection": "B"},
+    "resnet164": {
+        "model.depth": 164,
+        "model.block": "bottleneck",
+        "model.projection": "B",
+    },
+    "resnet1001": {
+        "model.depth": 1001,
+        "model.block": "bottleneck",
+        "model.projection": "B",
+    },
 }
 # (net, dataset) pairs of Table 3.
-ROWS = (("resnet110_1layer", "cifar10"), ("resnet110", "cifar10"),
-        ("resnet164", "cifar10"), ("resnet1001", "cifar10"),
-        ("resnet164", "cifar100"), ("resnet1001", "cifar100"))
+ROWS = (
+    ("resnet110_1layer", "cifar10"),
+    ("resnet110", "cifar10"),
+    ("resnet164", "cifar10"),
+    ("resnet1001", "cifar10"),
+    ("resnet164", "cifar100"),
+    ("resnet1001", "cifar100"),
+)
 
 _EPOCH_STEPS_64 = 200 * 50_000 // 64
 
@@ -70,31 +81,45 @@ def _reference(net, dataset, unit):
 
 def _case(net, dataset, unit):
   data = {"data.name": dataset} if dataset != "cifar10" else {}
-  return Case({**NETS[net], **data, "model.unit": UNITS[unit]},
-              _reference(net, dataset, unit))
+  return Case(
+      {**NETS[net], **data, "model.unit": UNITS[unit]},
+      _reference(net, dataset, unit),
+  )
 
 
 CASES = {
-    f"{unit}_{net}" + ("" if dataset == "cifar10" else "_c100"):
-        _case(net, dataset, unit)
-    for net, dataset in ROWS for unit in UNITS
+    f"{unit}_{net}"
+    + ("" if dataset == "cifar10" else "_c100"): _case(net, dataset, unit)
+    for net, dataset in ROWS
+    for unit in UNITS
 }
 CASES["preact_resnet1001_batch64"] = Case(
-    {**NETS["resnet1001"], "model.unit": "full_preact",
-     "model.bn_group_size": 32, "train.batch_size": 64,
-     "train.steps": _EPOCH_STEPS_64,
-     "train.lr_boundaries": (_EPOCH_STEPS_64 // 2, _EPOCH_STEPS_64 * 3 // 4)},
+    {
+        **NETS["resnet1001"],
+        "model.unit": "full_preact",
+        "model.bn_group_size": 32,
+        "train.batch_size": 64,
+        "train.steps": _EPOCH_STEPS_64,
+        "train.lr_boundaries": (_EPOCH_STEPS_64 // 2, _EPOCH_STEPS_64 * 3 // 4),
+    },
     paper_ref(T4, "preact_resnet1001_batch64", dataset="cifar10"),
-    "batch 64, 200 epochs")
+    "batch 64, 200 epochs",
+)
 
 GROUPS = {
     "cifar10": tuple(c for c in CASES if not c.endswith("_c100")),
     "cifar100": tuple(c for c in CASES if c.endswith("_c100")),
     "original": tuple(c for c in CASES if c.startswith("original_")),
     "preact": tuple(c for c in CASES if c.startswith("preact_")),
-    **{net: tuple(c for c in CASES if c.split("_", 1)[1].startswith(net)
-                  and (net != "resnet110" or "1layer" not in c))
-       for net in NETS},
+    **{
+        net: tuple(
+            c
+            for c in CASES
+            if c.split("_", 1)[1].startswith(net)
+            and (net != "resnet110" or "1layer" not in c)
+        )
+        for net in NETS
+    },
 }
 
 
@@ -105,5 +130,10 @@ def get_config(arg=None):
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
   return cases.experiment(
-      __file__, config, CASES, arg, groups=GROUPS,
-      title="Identity Mappings Tables 3-4: original vs pre-activation units")
+      __file__,
+      config,
+      CASES,
+      arg,
+      groups=GROUPS,
+      title="Identity Mappings Tables 3-4: original vs pre-activation units",
+  )

@@ -60,8 +60,9 @@ PLAIN_DEPTHS = (20, 32, 44, 56)  # Fig. 6 left; plain-110 (>60%) is not plotted
 # until the training error is below 80% (about 400 iterations), and then go
 # back to 0.1" for the 110- and 1202-layer nets.
 WARMUP = {"train.warmup_until_error": 0.8, "train.warmup_steps": 0}
-EFFECTIVE_MODULES = int(paper.lookup("veit",
-                                     "effective_training_sampled_modules"))
+EFFECTIVE_MODULES = int(
+    paper.lookup("veit", "effective_training_sampled_modules")
+)
 
 
 def _net(depth, plain=False):
@@ -74,29 +75,45 @@ def _net(depth, plain=False):
 
 
 CASES = {
-    **{f"resnet{d}": Case(
-        _net(d), paper_ref("cvpr_table6", f"resnet{d}"),
-        "paper: best of 5 runs" if d == 110 else "")
-       for d in DEPTHS},
-    **{f"plain{d}": Case(_net(d, plain=True), {},
-                         "Fig. 6 only (no number in the paper)")
-       for d in PLAIN_DEPTHS},
+    **{
+        f"resnet{d}": Case(
+            _net(d),
+            paper_ref("cvpr_table6", f"resnet{d}"),
+            "paper: best of 5 runs" if d == 110 else "",
+        )
+        for d in DEPTHS
+    },
+    **{
+        f"plain{d}": Case(
+            _net(d, plain=True), {}, "Fig. 6 only (no number in the paper)"
+        )
+        for d in PLAIN_DEPTHS
+    },
     "resnet110_effective": Case(
         {**_net(110), "train.gradient_modules": EFFECTIVE_MODULES},
         paper_ref("veit", "effective_training_error"),
         f"Veit et al. sec. 5: gradients through {EFFECTIVE_MODULES} of 54 "
         "modules per mini-batch; the full model there: "
-        f"{paper.lookup('veit', 'full_model_error')}%"),
+        f"{paper.lookup('veit', 'full_model_error')}%",
+    ),
 }
-GROUPS = {"table6": tuple(f"resnet{d}" for d in DEPTHS),
-          "plain": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
-          "fig6": tuple(f"{kind}{d}" for kind in ("plain", "resnet")
-                        for d in PLAIN_DEPTHS),
-          "effective_paths": ("resnet110", "resnet110_effective")}
-FIGURES = {"fig6": Figure(
-    "He et al. 2016 Fig. 6: CIFAR-10 training (thin) and test (bold) error",
-    {"plain networks": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
-     "ResNets": tuple(f"resnet{d}" for d in PLAIN_DEPTHS)})}
+GROUPS = {
+    "table6": tuple(f"resnet{d}" for d in DEPTHS),
+    "plain": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
+    "fig6": tuple(
+        f"{kind}{d}" for kind in ("plain", "resnet") for d in PLAIN_DEPTHS
+    ),
+    "effective_paths": ("resnet110", "resnet110_effective"),
+}
+FIGURES = {
+    "fig6": Figure(
+        "He et al. 2016 Fig. 6: CIFAR-10 training (thin) and test (bold) error",
+        {
+            "plain networks": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
+            "ResNets": tuple(f"resnet{d}" for d in PLAIN_DEPTHS),
+        },
+    )
+}
 
 
 def _base():
@@ -136,15 +153,23 @@ def _single(name):
   return config
 
 
-SINGLE = cases.SingleRun(_single, shrink, "a depth alone",
-                         tuple(str(d) for d in DEPTHS))
+SINGLE = cases.SingleRun(
+    _single, shrink, "a depth alone", tuple(str(d) for d in DEPTHS)
+)
 
 
 def get_config(arg=None):
   """``arg``: the names of the module docstring, comma-separated; none:
   the whole table."""
   return cases.experiment(
-      __file__, _base(), CASES, arg, groups=GROUPS, figures=FIGURES,
-      table=GROUPS["table6"] + GROUPS["plain"], single=SINGLE,
+      __file__,
+      _base(),
+      CASES,
+      arg,
+      groups=GROUPS,
+      figures=FIGURES,
+      table=GROUPS["table6"] + GROUPS["plain"],
+      single=SINGLE,
       title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
-      "plain nets")
+      "plain nets",
+  )

@@ -31,8 +31,8 @@ iterations, 64k iterations, warm-up at lr 0.01 for the first 400 iterations
 the median of 5 runs; "fail" means test error above 20%.
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 T1 = "identity_table1"
@@ -45,41 +45,75 @@ def _gate(kind, b):
 CASES = {
     "original": Case({}, paper_ref(T1, "original")),
     # lambda = 0 removes the shortcut: a plain net.
-    "scale_0": Case({"model.shortcut": "scale", "model.shortcut_scale": 0.0},
-                    paper_ref(T1, "scale_0"), "a plain net"),
+    "scale_0": Case(
+        {"model.shortcut": "scale", "model.shortcut_scale": 0.0},
+        paper_ref(T1, "scale_0"),
+        "a plain net",
+    ),
     "scale_half": Case(
         {"model.shortcut": "scale", "model.shortcut_scale": 0.5},
-        paper_ref(T1, "scale_0.5"), "F not scaled"),
+        paper_ref(T1, "scale_0.5"),
+        "F not scaled",
+    ),
     "scale_half_residual_half": Case(
-        {"model.shortcut": "scale", "model.shortcut_scale": 0.5,
-         "model.scale_residual": True},
-        paper_ref(T1, "scale_0.5_residual_0.5"), "F scaled by 0.5"),
-    **{f"exclusive_gate_b{b}": Case(
-        _gate("exclusive_gate", b),
-        paper_ref(T1, f"exclusive_gate_b{b}") if b >= -7 else {},
-        f"1x1 conv gate, init b_g = {b}") for b in range(0, -11, -1)},
-    **{f"shortcut_gate_b{b}": Case(
-        _gate("shortcut_gate", b), paper_ref(T1, f"shortcut_gate_b{b}"),
-        f"1x1 conv gate, init b_g = {b}") for b in (0, -6)},
-    "conv1x1": Case({"model.shortcut": "conv1x1"}, paper_ref(T1, "conv1x1"),
-                    "BN(1x1 conv) shortcut in every unit"),
-    "dropout": Case({"model.shortcut": "dropout",
-                     "model.shortcut_dropout": 0.5},
-                    paper_ref(T1, "dropout"), "dropout 0.5 on the shortcut"),
+        {
+            "model.shortcut": "scale",
+            "model.shortcut_scale": 0.5,
+            "model.scale_residual": True,
+        },
+        paper_ref(T1, "scale_0.5_residual_0.5"),
+        "F scaled by 0.5",
+    ),
+    **{
+        f"exclusive_gate_b{b}": Case(
+            _gate("exclusive_gate", b),
+            paper_ref(T1, f"exclusive_gate_b{b}") if b >= -7 else {},
+            f"1x1 conv gate, init b_g = {b}",
+        )
+        for b in range(0, -11, -1)
+    },
+    **{
+        f"shortcut_gate_b{b}": Case(
+            _gate("shortcut_gate", b),
+            paper_ref(T1, f"shortcut_gate_b{b}"),
+            f"1x1 conv gate, init b_g = {b}",
+        )
+        for b in (0, -6)
+    },
+    "conv1x1": Case(
+        {"model.shortcut": "conv1x1"},
+        paper_ref(T1, "conv1x1"),
+        "BN(1x1 conv) shortcut in every unit",
+    ),
+    "dropout": Case(
+        {"model.shortcut": "dropout", "model.shortcut_dropout": 0.5},
+        paper_ref(T1, "dropout"),
+        "dropout 0.5 on the shortcut",
+    ),
 }
 
 GROUPS = {
     "scale": ("scale_0", "scale_half", "scale_half_residual_half"),
-    "exclusive_gate": ("exclusive_gate_b0", "exclusive_gate_b-6",
-                       "exclusive_gate_b-7"),
+    "exclusive_gate": (
+        "exclusive_gate_b0",
+        "exclusive_gate_b-6",
+        "exclusive_gate_b-7",
+    ),
     # The paper chose b_g by a search over 0..-10 in steps of -1.
-    "exclusive_gate_search": tuple(f"exclusive_gate_b{b}"
-                                   for b in range(0, -11, -1)),
+    "exclusive_gate_search": tuple(
+        f"exclusive_gate_b{b}" for b in range(0, -11, -1)
+    ),
     "shortcut_gate": ("shortcut_gate_b0", "shortcut_gate_b-6"),
 }
 
-TABLE = ("original", *GROUPS["scale"], *GROUPS["exclusive_gate"],
-         *GROUPS["shortcut_gate"], "conv1x1", "dropout")
+TABLE = (
+    "original",
+    *GROUPS["scale"],
+    *GROUPS["exclusive_gate"],
+    *GROUPS["shortcut_gate"],
+    "conv1x1",
+    "dropout",
+)
 
 
 def get_config(arg=None):
@@ -91,6 +125,12 @@ def get_config(arg=None):
   config.model.bn_group_size = 64
   config.train.warmup_steps = 400
   return cases.experiment(
-      __file__, config, CASES, arg, table=TABLE, groups=GROUPS,
+      __file__,
+      config,
+      CASES,
+      arg,
+      table=TABLE,
+      groups=GROUPS,
       title="Identity Mappings Table 1: shortcut variants, ResNet-110, "
-      "CIFAR-10")
+      "CIFAR-10",
+  )

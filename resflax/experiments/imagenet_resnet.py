@@ -37,8 +37,8 @@ ImageNet streams from tensorflow-datasets (``data.name='imagenet2012'``,
 ``--config.data.tfds_data_dir``).
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -61,13 +61,18 @@ CASES = {
     f"resnet{depth}_{unit}": Case(
         {"model.depth": depth, "model.unit": model_unit},
         _reference(depth, unit),
-        "paper: 224 crop" if (depth, unit) == (152, "original")
-        else "paper: 320 crop; resflax: 224 crop")
-    for depth in (152, 200) for unit, model_unit in UNITS.items()
+        "paper: 224 crop"
+        if (depth, unit) == (152, "original")
+        else "paper: 320 crop; resflax: 224 crop",
+    )
+    for depth in (152, 200)
+    for unit, model_unit in UNITS.items()
 }
 GROUPS = {
-    **{f"resnet{d}": (f"resnet{d}_original", f"resnet{d}_preact")
-       for d in (152, 200)},
+    **{
+        f"resnet{d}": (f"resnet{d}_original", f"resnet{d}_preact")
+        for d in (152, 200)
+    },
     **{u: (f"resnet152_{u}", f"resnet200_{u}") for u in UNITS},
 }
 
@@ -93,5 +98,11 @@ def get_config(arg=None):
   t.checkpoint_every = STEPS_PER_EPOCH
   t.log_every = 500
   return cases.experiment(
-      __file__, config, CASES, arg, groups=GROUPS, seeds=1,
-      title="Identity Mappings Table 5: ImageNet top-1 error")
+      __file__,
+      config,
+      CASES,
+      arg,
+      groups=GROUPS,
+      seeds=1,
+      title="Identity Mappings Table 5: ImageNet top-1 error",
+  )

@@ -33,8 +33,8 @@ test error at the best validation error; resflax reports the final test
 error (results.json keeps the validation error beside it).
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 SD = "stochastic_depth"
@@ -46,24 +46,32 @@ DECAY_EPOCHS = (250, 375)
 
 
 def _case(depth, dataset, sd, ref):
-  overrides = {"model.depth": depth,
-               "model.stochastic_depth": 0.5 if sd else 1.0}
+  overrides = {
+      "model.depth": depth,
+      "model.stochastic_depth": 0.5 if sd else 1.0,
+  }
   if dataset != "cifar10":
     overrides["data.name"] = dataset
-  return Case(overrides, paper_ref(SD, ref),
-              ("linear decay to p_L = 0.5" if sd else "constant depth")
-              + ("" if depth == 110 and dataset == "cifar10"
-                 else "; paper number from memory [U]"))
+  return Case(
+      overrides,
+      paper_ref(SD, ref),
+      ("linear decay to p_L = 0.5" if sd else "constant depth")
+      + (
+          ""
+          if depth == 110 and dataset == "cifar10"
+          else "; paper number from memory [U]"
+      ),
+  )
 
 
 CASES = {
     "resnet110_constant": _case(110, "cifar10", False, "resnet110_constant"),
     "resnet110_sd": _case(110, "cifar10", True, "resnet110_sd"),
-    "resnet110_constant_c100": _case(110, "cifar100", False,
-                                     "cifar100_constant"),
+    "resnet110_constant_c100": _case(
+        110, "cifar100", False, "cifar100_constant"
+    ),
     "resnet110_sd_c100": _case(110, "cifar100", True, "cifar100_sd"),
-    "resnet1202_constant": _case(1202, "cifar10", False,
-                                 "resnet1202_constant"),
+    "resnet1202_constant": _case(1202, "cifar10", False, "resnet1202_constant"),
     "resnet1202_sd": _case(1202, "cifar10", True, "resnet1202_sd"),
 }
 GROUPS = {
@@ -87,5 +95,10 @@ def get_config(arg=None):
   t.nesterov = True
   t.eval_every = 10 * STEPS_PER_EPOCH
   return cases.experiment(
-      __file__, config, CASES, arg, groups=GROUPS,
-      title="Stochastic depth vs constant depth (Huang et al. 2016)")
+      __file__,
+      config,
+      CASES,
+      arg,
+      groups=GROUPS,
+      title="Stochastic depth vs constant depth (Huang et al. 2016)",
+  )

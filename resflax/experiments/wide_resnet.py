@@ -31,8 +31,8 @@ numbers, so they use the Identity Mappings recipe (as in
 experiments/cifar_preact.py).
 """
 
-from resflax.experiment import cases
 from resflax.config import base_config
+from resflax.experiment import cases
 from resflax.experiment.cases import Case, paper_ref
 
 STEPS_PER_EPOCH = 50_000 // 128
@@ -63,11 +63,14 @@ NETS = {
 }
 
 CASES = {
-    net + ("" if dataset == "cifar10" else "_c100"): Case(
+    net
+    + ("" if dataset == "cifar10" else "_c100"): Case(
         {**overrides, "data.name": dataset},
         paper_ref("wrn", net, dataset=dataset),
-        "Identity Mappings recipe" if net.startswith("preact") else "")
-    for dataset in ("cifar10", "cifar100") for net, overrides in NETS.items()
+        "Identity Mappings recipe" if net.startswith("preact") else "",
+    )
+    for dataset in ("cifar10", "cifar100")
+    for net, overrides in NETS.items()
 }
 GROUPS = {
     "cifar10": tuple(c for c in CASES if not c.endswith("_c100")),
@@ -92,5 +95,10 @@ def get_config(arg=None):
   t.weight_decay = 5e-4
   t.nesterov = True
   return cases.experiment(
-      __file__, config, CASES, arg, groups=GROUPS,
-      title="Wide ResNets and pre-activation baselines, CIFAR-10/100")
+      __file__,
+      config,
+      CASES,
+      arg,
+      groups=GROUPS,
+      title="Wide ResNets and pre-activation baselines, CIFAR-10/100",
+  )

@@ -5,7 +5,8 @@ Lesions and orders are data in a network's ``lesion`` collection (see
 checkpoints of the same architecture, comes from one compiled program.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,17 @@ class LesionEvaluator:
     ev.compilations       # 1
   """
 
-  def __init__(self, model: Network, images, labels, mean, std, *,
-               batch_size: int = 500, lesions_per_call: int = 1):
+  def __init__(
+      self,
+      model: Network,
+      images,
+      labels,
+      mean,
+      std,
+      *,
+      batch_size: int = 500,
+      lesions_per_call: int = 1,
+  ):
     """Puts the evaluation set on the device and builds the jitted function.
 
     Args:
@@ -65,24 +75,47 @@ class LesionEvaluator:
     """
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4 or len(images) == 0 or len(images) != len(labels):
-      raise ValueError(f"LesionEvaluator needs NHWC images and one label "
-                       f"each; got images {images.shape}, labels "
-                       f"{labels.shape}")
+      raise ValueError(
+          f"LesionEvaluator needs NHWC images and one label "
+          f"each; got images {images.shape}, labels "
+          f"{labels.shape}"
+      )
     if batch_size <= 0 or lesions_per_call <= 0:
-      raise ValueError(f"batch_size ({batch_size}) and lesions_per_call "
-                       f"({lesions_per_call}) must be positive")
+      raise ValueError(
+          f"batch_size ({batch_size}) and lesions_per_call "
+          f"({lesions_per_call}) must be positive"
+      )
     self.model = model
     self.num_images = len(images)
     self.lesions_per_call = int(lesions_per_call)
     layout = data_lib.eval_batches(len(images), min(batch_size, len(images)))
-    self._data = tuple(jax.device_put(a) for a in (
-        images, labels.astype(np.int32), np.asarray(mean, np.float32),
-        np.asarray(std, np.float32), layout.indices, layout.mask))
+    self._data = tuple(
+        jax.device_put(a)
+        for a in (
+            images,
+            labels.astype(np.int32),
+            np.asarray(mean, np.float32),
+            np.asarray(std, np.float32),
+            layout.indices,
+            layout.mask,
+        )
+    )
     self._fn = jax.jit(self._errors)
     self.calls = 0
 
-  def _errors(self, params, batch_stats, lesions, shared_order, images,
-              labels, mean, std, indices, mask):
+  def _errors(
+      self,
+      params,
+      batch_stats,
+      lesions,
+      shared_order,
+      images,
+      labels,
+      mean,
+      std,
+      indices,
+      mask,
+  ):
     model = self.model
     dtype = jnp.dtype(model.config.dtype)
     num = jax.tree.leaves(lesions)[0].shape[0]
@@ -92,8 +125,9 @@ class LesionEvaluator:
       return x, labels[idx], m
 
     def score(lesion, x, y, m):
-      logits = model.apply({"params": params, "batch_stats": batch_stats,
-                            "lesion": lesion}, x)
+      logits = model.apply(
+          {"params": params, "batch_stats": batch_stats, "lesion": lesion}, x
+      )
       return scoring.score_batch(logits, y, m)
 
     def shared(_):
@@ -103,8 +137,11 @@ class LesionEvaluator:
       def body(carry, xs):
         x, y, m = batch(*xs)
         one = lambda act: score(
-            {s: {"active": act[s], "order": shared_order[s]}
-             for s in lesions}, x, y, m)
+            {s: {"active": act[s], "order": shared_order[s]} for s in lesions},
+            x,
+            y,
+            m,
+        )
         w, l = jax.vmap(one)(actives)
         return (carry[0] + w, carry[1] + l), None
 
@@ -117,14 +154,22 @@ class LesionEvaluator:
         def body(carry, xs):
           w, l = score(lesion, *batch(*xs))
           return (carry[0] + w, carry[1] + l), None
-        out, _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)),
-                              (indices, mask))
+
+        out, _ = jax.lax.scan(
+            body, (jnp.float32(0), jnp.float32(0)), (indices, mask)
+        )
         return out
+
       return jax.lax.map(per_lesion, lesions)
 
-    same = jnp.all(jnp.stack([
-        jnp.all(l["order"] == shared_order[s][None]) for s, l in
-        lesions.items()]))
+    same = jnp.all(
+        jnp.stack(
+            [
+                jnp.all(l["order"] == shared_order[s][None])
+                for s, l in lesions.items()
+            ]
+        )
+    )
     wrong, loss = jax.lax.cond(same, shared, separate, None)
     total = jnp.sum(mask)
     return wrong / total, loss / total
@@ -134,8 +179,9 @@ class LesionEvaluator:
     """How many programs the evaluator has compiled (1 after any use)."""
     return self._fn._cache_size()  # pylint: disable=protected-access
 
-  def __call__(self, variables: Mapping[str, Any],
-               lesions: Optional[Any] = None) -> Dict[str, np.ndarray]:
+  def __call__(
+      self, variables: Mapping[str, Any], lesions: Any | None = None
+  ) -> dict[str, np.ndarray]:
     """Evaluates lesions of ``variables``.
 
     Args:
@@ -161,24 +207,45 @@ class LesionEvaluator:
     if pad:
       # Leading axis 1: it broadcasts to any number of padding lesions.
       intact = jax.tree.map(np.asarray, ops.stack_lesions([variables]))
-      lesions = {s: {"active": np.concatenate([
-          l["active"], np.broadcast_to(intact[s]["active"],
-                                       (pad,) + l["active"].shape[1:])]),
-                     "order": np.concatenate([
-                         l["order"], np.broadcast_to(
-                             l["order"][-1:], (pad,) + l["order"].shape[1:])])}
-                 for s, l in lesions.items()}
+      lesions = {
+          s: {
+              "active": np.concatenate(
+                  [
+                      l["active"],
+                      np.broadcast_to(
+                          intact[s]["active"], (pad,) + l["active"].shape[1:]
+                      ),
+                  ]
+              ),
+              "order": np.concatenate(
+                  [
+                      l["order"],
+                      np.broadcast_to(
+                          l["order"][-1:], (pad,) + l["order"].shape[1:]
+                      ),
+                  ]
+              ),
+          }
+          for s, l in lesions.items()
+      }
     errors, losses = [], []
     for start in range(0, count + pad, per):
-      chunk = jax.tree.map(lambda a: a[start:start + per], lesions)
+      chunk = jax.tree.map(lambda a: a[start : start + per], lesions)
       # The first lesion's order; the program checks whether all share it.
       shared_order = {s: l["order"][0] for s, l in chunk.items()}
-      e, l = self._fn(variables["params"], variables["batch_stats"], chunk,
-                      shared_order, *self._data)
+      e, l = self._fn(
+          variables["params"],
+          variables["batch_stats"],
+          chunk,
+          shared_order,
+          *self._data,
+      )
       self.calls += 1
       errors.append(e)
       losses.append(l)
     errors = np.concatenate(jax.device_get(errors))[:count]
     losses = np.concatenate(jax.device_get(losses))[:count]
-    return {"error": errors.astype(np.float64),
-            "loss": losses.astype(np.float64)}
+    return {
+        "error": errors.astype(np.float64),
+        "loss": losses.astype(np.float64),
+    }

@@ -16,7 +16,8 @@ one network run through one compiled ``model.apply`` (and one compiled
 vmappable::
 
   keys = jax.random.split(key, 100)
-  lesions = jax.vmap(lambda k: delete_modules(variables, 10, key=k)['lesion'])(keys)
+  delete10 = lambda k: delete_modules(variables, 10, key=k)['lesion']
+  lesions = jax.vmap(delete10)(keys)
   errors = LesionEvaluator(model, images, labels, mean, std)(variables, lesions)
 
 Module numbering: modules are numbered 0..n-1 in forward order across
@@ -27,21 +28,29 @@ module ``i``, wherever it now runs.
 """
 
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resflax.models import ModuleInfo, Network
-from resflax.models import masks
+from resflax.models import ModuleInfo, Network, masks
 
 PyTree = Any
 
 __all__ = [
-    "delete_modules", "kendall_tau", "module_order", "module_table",
-    "movable_modules", "num_modules", "reorder_modules",
-    "single_deletion_lesions", "stack_lesions", "stage_names", "stage_sizes",
+    "delete_modules",
+    "kendall_tau",
+    "module_order",
+    "module_table",
+    "movable_modules",
+    "num_modules",
+    "reorder_modules",
+    "single_deletion_lesions",
+    "stack_lesions",
+    "stage_names",
+    "stage_sizes",
     "swap_modules",
 ]
 
@@ -52,16 +61,20 @@ __all__ = [
 
 def _lesion_of(variables: Mapping[str, Any]) -> Mapping[str, Any]:
   if not isinstance(variables, Mapping) or "lesion" not in variables:
-    keys = (sorted(variables) if isinstance(variables, Mapping)
-            else type(variables).__name__)
+    keys = (
+        sorted(variables)
+        if isinstance(variables, Mapping)
+        else type(variables).__name__
+    )
     raise ValueError(
         "expected the full variables pytree of a resflax network, with a "
         f"'lesion' collection (keys 'params', 'batch_stats', 'lesion'); got "
-        f"{keys}")
+        f"{keys}"
+    )
   return variables["lesion"]
 
 
-def stage_names(variables: Mapping[str, Any]) -> List[str]:
+def stage_names(variables: Mapping[str, Any]) -> list[str]:
   """The lesion's stage names in forward order (``stage0``, ``stage1``, ...).
 
   Sorted by their number, not as strings, so ``stage10`` follows ``stage9``.
@@ -69,16 +82,18 @@ def stage_names(variables: Mapping[str, Any]) -> List[str]:
   names = list(_lesion_of(variables))
   bad = [s for s in names if not re.fullmatch(r"stage\d+", s)]
   if bad:
-    raise ValueError(f"variables['lesion'] has keys {bad}; only 'stageN' "
-                     "keys are allowed")
-  return sorted(names, key=lambda s: int(s[len("stage"):]))
+    raise ValueError(
+        f"variables['lesion'] has keys {bad}; only 'stageN' " "keys are allowed"
+    )
+  return sorted(names, key=lambda s: int(s[len("stage") :]))
 
 
-def stage_sizes(variables: Mapping[str, Any]) -> Tuple[int, ...]:
+def stage_sizes(variables: Mapping[str, Any]) -> tuple[int, ...]:
   """Number of modules of each stage, read from the lesion arrays' shapes."""
   lesion = _lesion_of(variables)
-  return tuple(int(np.shape(lesion[s]["active"])[0])
-               for s in stage_names(variables))
+  return tuple(
+      int(np.shape(lesion[s]["active"])[0]) for s in stage_names(variables)
+  )
 
 
 def num_modules(variables: Mapping[str, Any]) -> int:
@@ -86,9 +101,10 @@ def num_modules(variables: Mapping[str, Any]) -> int:
   return sum(stage_sizes(variables))
 
 
-def module_table(model_or_variables: Union[Network, Mapping[str, Any]],
-                 downsampling: Optional[Sequence[bool]] = None
-                 ) -> List[ModuleInfo]:
+def module_table(
+    model_or_variables: Network | Mapping[str, Any],
+    downsampling: Sequence[bool] | None = None,
+) -> list[ModuleInfo]:
   """The numbering of the modules and which of them downsample.
 
   Args:
@@ -109,19 +125,24 @@ def module_table(model_or_variables: Union[Network, Mapping[str, Any]],
   """
   if isinstance(model_or_variables, Network):
     if downsampling is not None:
-      raise ValueError("module_table(model, downsampling=...): the model "
-                       "already knows which modules downsample; pass "
-                       "downsampling only with variables")
+      raise ValueError(
+          "module_table(model, downsampling=...): the model "
+          "already knows which modules downsample; pass "
+          "downsampling only with variables"
+      )
     return list(model_or_variables.modules)
   sizes = stage_sizes(model_or_variables)
   n = sum(sizes)
   if downsampling is None:
-    downsampling = [s > 0 and u == 0
-                    for s, size in enumerate(sizes) for u in range(size)]
+    downsampling = [
+        s > 0 and u == 0 for s, size in enumerate(sizes) for u in range(size)
+    ]
   downsampling = [bool(d) for d in downsampling]
   if len(downsampling) != n:
-    raise ValueError(f"downsampling has {len(downsampling)} entries; the "
-                     f"network has {n} modules (stages of {list(sizes)})")
+    raise ValueError(
+        f"downsampling has {len(downsampling)} entries; the "
+        f"network has {n} modules (stages of {list(sizes)})"
+    )
   table, i = [], 0
   for s, size in enumerate(sizes):
     for u in range(size):
@@ -134,29 +155,40 @@ def module_table(model_or_variables: Union[Network, Mapping[str, Any]],
 # Helpers
 
 
-def _concrete(x) -> Optional[np.ndarray]:
+def _concrete(x) -> np.ndarray | None:
   """``x`` as a numpy array, or None when it is a tracer (inside jit/vmap)."""
   try:
     return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
+  except (
+      jax.errors.TracerArrayConversionError,
+      jax.errors.ConcretizationTypeError,
+  ):
     return None
 
 
 def _flat_active(variables) -> jax.Array:
   lesion = _lesion_of(variables)
-  return jnp.concatenate([jnp.asarray(lesion[s]["active"], jnp.float32)
-                          for s in stage_names(variables)])
+  return jnp.concatenate(
+      [
+          jnp.asarray(lesion[s]["active"], jnp.float32)
+          for s in stage_names(variables)
+      ]
+  )
 
 
-def _with_active(variables, flat_active) -> Dict[str, Any]:
+def _with_active(variables, flat_active) -> dict[str, Any]:
   """A shallow copy of ``variables`` with a new ``active`` per stage."""
   lesion = _lesion_of(variables)
   names = stage_names(variables)
   bounds = np.cumsum(stage_sizes(variables))[:-1]
   parts = jnp.split(flat_active, bounds)
-  new_lesion = {s: {**lesion[s], "active": parts[i].astype(
-      jnp.asarray(lesion[s]["active"]).dtype)} for i, s in enumerate(names)}
+  new_lesion = {
+      s: {
+          **lesion[s],
+          "active": parts[i].astype(jnp.asarray(lesion[s]["active"]).dtype),
+      }
+      for i, s in enumerate(names)
+  }
   return {**variables, "lesion": new_lesion}
 
 
@@ -164,10 +196,14 @@ def _with_active(variables, flat_active) -> Dict[str, Any]:
 # Deletion
 
 
-def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
-                   key: Optional[jax.Array] = None,
-                   indices: Optional[Sequence[int]] = None,
-                   candidates: Optional[Any] = None) -> Dict[str, Any]:
+def delete_modules(
+    params: Mapping[str, Any],
+    k: Any | None = None,
+    *,
+    key: jax.Array | None = None,
+    indices: Sequence[int] | None = None,
+    candidates: Any | None = None,
+) -> dict[str, Any]:
   """Deletes residual modules; only their shortcuts are left (Veit sec. 4).
 
   Args:
@@ -200,44 +236,58 @@ def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
   active = _flat_active(params)
   _check_integer("k", k)
   if (key is None) == (indices is None):
-    raise ValueError("delete_modules needs exactly one of key=... (k random "
-                     "modules) or indices=[...] (those modules)")
+    raise ValueError(
+        "delete_modules needs exactly one of key=... (k random "
+        "modules) or indices=[...] (those modules)"
+    )
   k_val = None if k is None else _concrete(k)
   if indices is not None:
     idx = jnp.asarray(indices, jnp.int32).reshape(-1)
     idx_val = _concrete(idx)
     if idx_val is not None:
       if idx_val.size and (idx_val.min() < 0 or idx_val.max() >= n):
-        raise ValueError(f"delete_modules: indices {idx_val.tolist()} must "
-                         f"be in 0..{n - 1} (the network has {n} modules)")
+        raise ValueError(
+            f"delete_modules: indices {idx_val.tolist()} must "
+            f"be in 0..{n - 1} (the network has {n} modules)"
+        )
       if len(set(idx_val.tolist())) != idx_val.size:
-        raise ValueError(f"delete_modules: indices {idx_val.tolist()} "
-                         "repeat a module")
+        raise ValueError(
+            f"delete_modules: indices {idx_val.tolist()} " "repeat a module"
+        )
     if k_val is not None and int(k_val) != idx.shape[0]:
-      raise ValueError(f"delete_modules: k={int(k_val)} but {idx.shape[0]} "
-                       "indices were given; pass one or make them agree")
+      raise ValueError(
+          f"delete_modules: k={int(k_val)} but {idx.shape[0]} "
+          "indices were given; pass one or make them agree"
+      )
     return _with_active(params, active.at[idx].set(0.0))
 
   if k is None:
-    raise ValueError("delete_modules(params, k, key=...): k (how many "
-                     "modules to delete) is required with key")
+    raise ValueError(
+        "delete_modules(params, k, key=...): k (how many "
+        "modules to delete) is required with key"
+    )
   eligible = active > 0
   if candidates is not None:
     cand = jnp.asarray(candidates).reshape(-1)
     if cand.shape[0] != n:
-      raise ValueError(f"delete_modules: candidates has {cand.shape[0]} "
-                       f"entries; the network has {n} modules")
+      raise ValueError(
+          f"delete_modules: candidates has {cand.shape[0]} "
+          f"entries; the network has {n} modules"
+      )
     eligible = eligible & (cand > 0)
   if k_val is not None:
     k_int = int(k_val)
     if not 0 <= k_int <= n:
-      raise ValueError(f"delete_modules: k={k_int} must be in 0..{n} (the "
-                       f"network has {n} modules)")
+      raise ValueError(
+          f"delete_modules: k={k_int} must be in 0..{n} (the "
+          f"network has {n} modules)"
+      )
     left = _concrete(eligible)
     if left is not None and k_int > int(left.sum()):
       raise ValueError(
           f"delete_modules: k={k_int} but only {int(left.sum())} modules are "
-          "active (and in candidates)")
+          "active (and in candidates)"
+      )
   remove = masks.random_module_mask(key, k, n, eligible) > 0
   return _with_active(params, jnp.where(remove, 0.0, active))
 
@@ -245,19 +295,27 @@ def delete_modules(params: Mapping[str, Any], k: Optional[Any] = None, *,
 def _check_integer(name: str, value: Any) -> None:
   """TypeError unless ``value`` is None or an integer (Python, numpy or an
   integer array, traced or not): 2.5 or '3' must not pick a module count."""
-  if value is None or isinstance(value, (int, np.integer)) and not isinstance(
-      value, bool):
+  if (
+      value is None
+      or isinstance(value, (int, np.integer))
+      and not isinstance(value, bool)
+  ):
     return
   dtype = getattr(value, "dtype", None)
-  if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and (
-      jnp.ndim(value) == 0):
+  if (
+      dtype is not None
+      and jnp.issubdtype(dtype, jnp.integer)
+      and (jnp.ndim(value) == 0)
+  ):
     return
-  raise TypeError(f"delete_modules: {name} must be an integer (a Python "
-                  f"int or an integer scalar array), got {value!r} of type "
-                  f"{type(value).__name__}")
+  raise TypeError(
+      f"delete_modules: {name} must be an integer (a Python "
+      f"int or an integer scalar array), got {value!r} of type "
+      f"{type(value).__name__}"
+  )
 
 
-def single_deletion_lesions(params: Mapping[str, Any]) -> Dict[str, Any]:
+def single_deletion_lesions(params: Mapping[str, Any]) -> dict[str, Any]:
   """The lesions of Veit Fig. 3: the intact network, then module i deleted.
 
   Returns:
@@ -273,17 +331,19 @@ def _single_deletions(lesion):
   n = num_modules({"lesion": lesion})
   one = lambda i: delete_modules({"lesion": lesion}, indices=i[None])["lesion"]
   deleted = jax.vmap(one)(jnp.arange(n, dtype=jnp.int32))
-  return jax.tree.map(lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b]),
-                      lesion, deleted)
+  return jax.tree.map(
+      lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b]), lesion, deleted
+  )
 
 
-def stack_lesions(lesions: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def stack_lesions(lesions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """Stacks lesion dicts (or whole variables) along a new leading axis."""
   lesions = [_lesion_of(l) if "lesion" in l else l for l in lesions]
   if not lesions:
     raise ValueError("stack_lesions needs at least one lesion")
-  return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]),
-                      *lesions)
+  return jax.tree.map(
+      lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *lesions
+  )
 
 
 # --------------------------------------------------------------------------
@@ -349,15 +409,21 @@ def _order_layout(sizes: Sequence[int]):
 
 
 def _concat_order(lesion, names) -> jax.Array:
-  return jnp.concatenate([jnp.asarray(lesion[s]["order"], jnp.int32)
-                          for s in names])
+  return jnp.concatenate(
+      [jnp.asarray(lesion[s]["order"], jnp.int32) for s in names]
+  )
 
 
-def _split_order(lesion, names, movable, order) -> Dict[str, Any]:
+def _split_order(lesion, names, movable, order) -> dict[str, Any]:
   """``lesion`` with the concatenated ``order`` split back per stage."""
   parts = jnp.split(order, np.cumsum(movable)[:-1])
-  return {s: {**lesion[s], "order": parts[i].astype(
-      jnp.asarray(lesion[s]["order"]).dtype)} for i, s in enumerate(names)}
+  return {
+      s: {
+          **lesion[s],
+          "order": parts[i].astype(jnp.asarray(lesion[s]["order"]).dtype),
+      }
+      for i, s in enumerate(names)
+  }
 
 
 def movable_modules(variables: Mapping[str, Any]) -> np.ndarray:
@@ -371,8 +437,14 @@ def movable_modules(variables: Mapping[str, Any]) -> np.ndarray:
     int64 module numbers (possibly empty).
   """
   sizes = stage_sizes(variables)
-  return np.asarray([m.index for m in module_table(variables)
-                     if m.unit > 0 and sizes[m.stage] >= 3], np.int64)
+  return np.asarray(
+      [
+          m.index
+          for m in module_table(variables)
+          if m.unit > 0 and sizes[m.stage] >= 3
+      ],
+      np.int64,
+  )
 
 
 def _movable_tau(variables) -> jax.Array:
@@ -381,7 +453,7 @@ def _movable_tau(variables) -> jax.Array:
   return kendall_tau(module_order(variables)[movable_modules(variables)])
 
 
-def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:
+def swap_modules(params: Mapping[str, Any], i, j) -> dict[str, Any]:
   """Swaps the execution positions of modules ``i`` and ``j``.
 
   Swapping the same pair again restores the original order exactly.
@@ -407,13 +479,17 @@ def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:
       if not 0 <= m < n:
         raise ValueError(f"swap_modules: module {m} is not in 0..{n - 1}")
       if table[m].unit == 0:
-        raise ValueError(f"swap_modules: module {m} is unit 0 of stage "
-                         f"{table[m].stage}, which never moves; choose units "
-                         "1..n-1 of a stage")
+        raise ValueError(
+            f"swap_modules: module {m} is unit 0 of stage "
+            f"{table[m].stage}, which never moves; choose units "
+            "1..n-1 of a stage"
+        )
     if table[iv].stage != table[jv].stage:
-      raise ValueError(f"swap_modules: modules {iv} and {jv} are in stages "
-                       f"{table[iv].stage} and {table[jv].stage}; only "
-                       "modules of the same stage have the same shape")
+      raise ValueError(
+          f"swap_modules: modules {iv} and {jv} are in stages "
+          f"{table[iv].stage} and {table[jv].stage}; only "
+          "modules of the same stage have the same shape"
+      )
   lesion = _lesion_of(params)
   names = stage_names(params)
   movable, _, first, _ = _order_layout(stage_sizes(params))
@@ -425,8 +501,9 @@ def swap_modules(params: Mapping[str, Any], i, j) -> Dict[str, Any]:
   return {**params, "lesion": _split_order(lesion, names, movable, order)}
 
 
-def reorder_modules(params: Mapping[str, Any], num_swaps, *,
-                    key: jax.Array) -> Tuple[Dict[str, Any], jax.Array]:
+def reorder_modules(
+    params: Mapping[str, Any], num_swaps, *, key: jax.Array
+) -> tuple[dict[str, Any], jax.Array]:
   """Swaps random pairs of same-shape modules (Veit sec. 4.3, Fig. 5b).
 
   Each swap picks a position uniformly among all movable positions (units
@@ -457,18 +534,21 @@ def reorder_modules(params: Mapping[str, Any], num_swaps, *,
   sizes = stage_sizes(params)
   swaps_val = _concrete(num_swaps)
   if swaps_val is not None and int(swaps_val) < 0:
-    raise ValueError(f"reorder_modules: num_swaps={int(swaps_val)} must be "
-                     ">= 0")
+    raise ValueError(
+        f"reorder_modules: num_swaps={int(swaps_val)} must be " ">= 0"
+    )
   if _order_layout(sizes)[3].size == 0:
     if swaps_val is not None and int(swaps_val) == 0:
       new = {**params, "lesion": dict(lesion)}
       return new, _movable_tau(new)
     raise ValueError(
         "reorder_modules: no stage has two units of the same shape to swap "
-        f"(stage sizes {list(sizes)}; unit 0 of a stage never moves)")
+        f"(stage sizes {list(sizes)}; unit 0 of a stage never moves)"
+    )
 
-  new_lesion, tau = _reorder(dict(lesion), jnp.asarray(num_swaps, jnp.int32),
-                             key)
+  new_lesion, tau = _reorder(
+      dict(lesion), jnp.asarray(num_swaps, jnp.int32), key
+  )
   return {**params, "lesion": new_lesion}, tau
 
 
@@ -478,16 +558,19 @@ def _reorder(lesion, num_swaps, key):
   # the loop would compile once per trip count). Shapes give the structure.
   names = stage_names({"lesion": lesion})
   movable, stage_of, _, swappable = _order_layout(
-      stage_sizes({"lesion": lesion}))
-  starts = jnp.asarray(np.concatenate([[0], np.cumsum(movable)[:-1]]),
-                       jnp.int32)
+      stage_sizes({"lesion": lesion})
+  )
+  starts = jnp.asarray(
+      np.concatenate([[0], np.cumsum(movable)[:-1]]), jnp.int32
+  )
   stage_of = jnp.asarray(stage_of, jnp.int32)
   movable_j = jnp.asarray(movable, jnp.int32)
 
   def swap(i, order):
     k1, k2 = jax.random.split(jax.random.fold_in(key, i))
     a = jnp.asarray(swappable, jnp.int32)[
-        jax.random.randint(k1, (), 0, swappable.size)]
+        jax.random.randint(k1, (), 0, swappable.size)
+    ]
     s = stage_of[a]
     m, start = movable_j[s], starts[s]
     # A different position of the same stage, uniformly.

@@ -18,7 +18,8 @@ length and every sample runs through one compiled function.
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +28,19 @@ import numpy as np
 from resflax.models import Network, masks, scoring
 
 __all__ = [
-    "EffectivePaths", "PathGradients", "effective_paths",
-    "gradient_norm_by_path_length", "make_path_gradient_fn", "path_masks",
-    "path_length_distribution", "sample_path_gradients",
+    "EffectivePaths",
+    "PathGradients",
+    "effective_paths",
+    "gradient_norm_by_path_length",
+    "make_path_gradient_fn",
+    "path_masks",
+    "path_length_distribution",
+    "sample_path_gradients",
     "total_gradient_by_length",
 ]
 
 
-def path_length_distribution(n: int) -> List[int]:
+def path_length_distribution(n: int) -> list[int]:
   """Exact number of paths of each length k = 0..n: C(n, k).
 
   Args:
@@ -47,8 +53,10 @@ def path_length_distribution(n: int) -> List[int]:
     ValueError: a negative or non-integer n.
   """
   if int(n) != n or n < 0:
-    raise ValueError(f"path_length_distribution: n={n!r} must be an integer "
-                     ">= 0 (the number of residual modules)")
+    raise ValueError(
+        f"path_length_distribution: n={n!r} must be an integer "
+        ">= 0 (the number of residual modules)"
+    )
   n = int(n)
   return [math.comb(n, k) for k in range(n + 1)]
 
@@ -81,22 +89,33 @@ class PathGradients:
     std: float64[L], standard deviation over samples (the spread).
     num_modules: n.
   """
+
   lengths: np.ndarray
   values: np.ndarray
   mean: np.ndarray
   std: np.ndarray
   num_modules: int
 
-  def to_json(self) -> Dict[str, Any]:
-    return {"lengths": self.lengths.tolist(), "mean": self.mean.tolist(),
-            "std": self.std.tolist(), "num_modules": self.num_modules,
-            "samples": int(self.values.shape[1])}
+  def to_json(self) -> dict[str, Any]:
+    return {
+        "lengths": self.lengths.tolist(),
+        "mean": self.mean.tolist(),
+        "std": self.std.tolist(),
+        "num_modules": self.num_modules,
+        "samples": int(self.values.shape[1]),
+    }
 
 
-def sample_path_gradients(grad_norm: Callable[..., jax.Array], n: int,
-                          lengths: Sequence[int], samples: int,
-                          key: jax.Array, *, chunk: int = 1,
-                          args: Sequence[Any] = ()) -> PathGradients:
+def sample_path_gradients(
+    grad_norm: Callable[..., jax.Array],
+    n: int,
+    lengths: Sequence[int],
+    samples: int,
+    key: jax.Array,
+    *,
+    chunk: int = 1,
+    args: Sequence[Any] = (),
+) -> PathGradients:
   """Runs Veit's sampler for any function of the masks.
 
   Every (length, sample) pair becomes one row of data (k, key), and one
@@ -122,11 +141,14 @@ def sample_path_gradients(grad_norm: Callable[..., jax.Array], n: int,
   """
   lengths = np.asarray(list(lengths), np.int64).reshape(-1)
   if lengths.size == 0 or lengths.min() < 0 or lengths.max() > n:
-    raise ValueError(f"path lengths {lengths.tolist()} must be non-empty and "
-                     f"in 0..{n} (the network has {n} modules)")
+    raise ValueError(
+        f"path lengths {lengths.tolist()} must be non-empty and "
+        f"in 0..{n} (the network has {n} modules)"
+    )
   if samples <= 0 or chunk <= 0:
-    raise ValueError(f"samples ({samples}) and chunk ({chunk}) must be "
-                     "positive")
+    raise ValueError(
+        f"samples ({samples}) and chunk ({chunk}) must be " "positive"
+    )
   rows = lengths.size * samples
   # Pad to a multiple of chunk: lax.map would trace a separate remainder.
   padded = -(-rows // chunk) * chunk
@@ -135,7 +157,8 @@ def sample_path_gradients(grad_norm: Callable[..., jax.Array], n: int,
   keys = jax.random.split(key, padded)
   values = _sampler(grad_norm, n, chunk)(jnp.asarray(ks), keys, *args)
   values = np.asarray(jax.device_get(values), np.float64)[:rows].reshape(
-      lengths.size, samples)
+      lengths.size, samples
+  )
   return PathGradients(lengths, values, values.mean(1), values.std(1), n)
 
 
@@ -147,13 +170,17 @@ def _sampler(grad_norm, n, chunk):
       mask_key, data_key = jax.random.split(key)
       residual, skip = path_masks(mask_key, k, n)
       return grad_norm(residual, skip, data_key, *args)
+
     return jax.lax.map(one, (ks, keys), batch_size=chunk)
+
   return run
 
 
-def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None,
-                          loss: Optional[Callable[..., jax.Array]] = None
-                          ) -> Callable[..., jax.Array]:
+def make_path_gradient_fn(
+    model: Network,
+    batch_size: int | None = None,
+    loss: Callable[..., jax.Array] | None = None,
+) -> Callable[..., jax.Array]:
   """The per-sample measurement of Veit sec. 5 for ``model``.
 
   Args:
@@ -175,13 +202,13 @@ def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None,
 
   def grad_norm(residual, skip, key, variables, images, labels):
     if batch_size is not None and batch_size < images.shape[0]:
-      idx = jax.random.choice(key, images.shape[0], (batch_size,),
-                              replace=False)
+      idx = jax.random.choice(
+          key, images.shape[0], (batch_size,), replace=False
+      )
       images, labels = images[idx], labels[idx]
 
     def total(x):
-      logits = model.apply(variables, x, residual_grad=residual,
-                           skip_grad=skip)
+      logits = model.apply(variables, x, residual_grad=residual, skip_grad=skip)
       return per_image(logits, labels).sum()
 
     g = jax.grad(total)(images.astype(jnp.float32))
@@ -191,13 +218,19 @@ def make_path_gradient_fn(model: Network, batch_size: Optional[int] = None,
   return grad_norm
 
 
-def gradient_norm_by_path_length(model: Network, params: Mapping[str, Any],
-                                 images, labels, *, lengths: Sequence[int],
-                                 samples: int, key: jax.Array,
-                                 batch_size: Optional[int] = None,
-                                 chunk: int = 1,
-                                 loss: Optional[Callable[..., jax.Array]] = None
-                                 ) -> PathGradients:
+def gradient_norm_by_path_length(
+    model: Network,
+    params: Mapping[str, Any],
+    images,
+    labels,
+    *,
+    lengths: Sequence[int],
+    samples: int,
+    key: jax.Array,
+    batch_size: int | None = None,
+    chunk: int = 1,
+    loss: Callable[..., jax.Array] | None = None,
+) -> PathGradients:
   """Veit Fig. 6b: gradient magnitude at the input per path length.
 
   For each sample of each length k: the whole network runs forward (eval
@@ -225,8 +258,15 @@ def gradient_norm_by_path_length(model: Network, params: Mapping[str, Any],
   images = jnp.asarray(images)
   labels = jnp.asarray(labels, jnp.int32)
   fn = make_path_gradient_fn(model, batch_size, loss)
-  return sample_path_gradients(fn, model.num_modules, lengths, samples, key,
-                               chunk=chunk, args=(params, images, labels))
+  return sample_path_gradients(
+      fn,
+      model.num_modules,
+      lengths,
+      samples,
+      key,
+      chunk=chunk,
+      args=(params, images, labels),
+  )
 
 
 # --------------------------------------------------------------------------
@@ -243,8 +283,10 @@ def _log_magnitudes(n, lengths, magnitudes) -> np.ndarray:
   lengths = np.asarray(lengths, np.float64).reshape(-1)
   mags = np.asarray(magnitudes, np.float64).reshape(-1)
   if lengths.size != mags.size or lengths.size == 0:
-    raise ValueError(f"need one magnitude per length; got {lengths.size} "
-                     f"lengths and {mags.size} magnitudes")
+    raise ValueError(
+        f"need one magnitude per length; got {lengths.size} "
+        f"lengths and {mags.size} magnitudes"
+    )
   order = np.argsort(lengths)
   lengths, mags = lengths[order], mags[order]
   tiny = np.finfo(np.float64).tiny
@@ -260,8 +302,9 @@ def _log_magnitudes(n, lengths, magnitudes) -> np.ndarray:
   return out
 
 
-def total_gradient_by_length(n: int, lengths: Sequence[int],
-                             magnitudes: Sequence[float]) -> np.ndarray:
+def total_gradient_by_length(
+    n: int, lengths: Sequence[int], magnitudes: Sequence[float]
+) -> np.ndarray:
   """Veit Fig. 6c: path count x gradient magnitude for k = 0..n.
 
   Computed in log space (C(n, k) overflows float64 beyond n ~ 1000) and
@@ -272,8 +315,12 @@ def total_gradient_by_length(n: int, lengths: Sequence[int],
   Returns:
     float64[n + 1], summing to 1.
   """
-  logc = np.array([math.lgamma(n + 1) - math.lgamma(k + 1)
-                   - math.lgamma(n - k + 1) for k in range(n + 1)])
+  logc = np.array(
+      [
+          math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+          for k in range(n + 1)
+      ]
+  )
   log_total = logc + _log_magnitudes(n, lengths, magnitudes)
   log_total -= log_total.max()
   total = np.exp(log_total)
@@ -291,6 +338,7 @@ class EffectivePaths:
     path_share: the fraction of all 2^n paths whose length is in the range.
     total: float64[n + 1], each length's share of the total gradient.
   """
+
   low: int
   high: int
   share: float
@@ -298,15 +346,23 @@ class EffectivePaths:
   path_share: float
   total: np.ndarray
 
-  def to_json(self) -> Dict[str, Any]:
-    return {"low": self.low, "high": self.high, "share": self.share,
-            "gradient_share": self.gradient_share,
-            "path_share": self.path_share, "total": self.total.tolist()}
+  def to_json(self) -> dict[str, Any]:
+    return {
+        "low": self.low,
+        "high": self.high,
+        "share": self.share,
+        "gradient_share": self.gradient_share,
+        "path_share": self.path_share,
+        "total": self.total.tolist(),
+    }
 
 
-def effective_paths(n: int, lengths: Sequence[int],
-                    magnitudes: Sequence[float],
-                    share: float = 0.9) -> EffectivePaths:
+def effective_paths(
+    n: int,
+    lengths: Sequence[int],
+    magnitudes: Sequence[float],
+    share: float = 0.9,
+) -> EffectivePaths:
   """The effective paths: the shortest length range with ``share`` of the
   total gradient (Veit: 5 to 17 of 54 modules, 0.45% of the paths).
 
@@ -332,13 +388,12 @@ def effective_paths(n: int, lengths: Sequence[int],
   # Tolerance so share=1.0 is reachable despite rounding in the cumsum.
   need = share - 1e-12
   for width in range(n + 1):
-    sums = cum[width + 1:] - cum[:n + 1 - width]
+    sums = cum[width + 1 :] - cum[: n + 1 - width]
     if sums.max() >= need:
       low = int(np.argmax(sums))
       best = (low, low + width, float(sums[low]))
       break
   low, high, got = best
   counts = path_length_distribution(n)
-  path_share = sum(counts[low:high + 1]) / (2 ** n)
-  return EffectivePaths(low, high, float(share), got, float(path_share),
-                        total)
+  path_share = sum(counts[low : high + 1]) / (2**n)
+  return EffectivePaths(low, high, float(share), got, float(path_share), total)

@@ -21,7 +21,8 @@ the model code needs no hooks.
 
 import dataclasses
 import functools
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,17 +35,29 @@ from resflax.models import Network, scoring
 from resflax.models.network import Head
 from resflax.models.unit import ResidualUnit
 
-__all__ = ["gate_statistics", "module_input_gradients", "response_stds",
-           "scale_comparison", "unrolled_twin"]
+__all__ = [
+    "gate_statistics",
+    "module_input_gradients",
+    "response_stds",
+    "scale_comparison",
+    "unrolled_twin",
+]
 
 
-def _rows_meta(model: Network, variables) -> List[Dict[str, Any]]:
+def _rows_meta(model: Network, variables) -> list[dict[str, Any]]:
   """Execution position -> module number, stage, unit, downsampling."""
   order = np.asarray(ops.module_order(variables))
   info = model.modules
-  return [{"position": p, "module": int(m), "stage": info[m].stage,
-           "unit": info[m].unit, "downsampling": info[m].downsampling}
-          for p, m in enumerate(order)]
+  return [
+      {
+          "position": p,
+          "module": int(m),
+          "stage": info[m].stage,
+          "unit": info[m].unit,
+          "downsampling": info[m].downsampling,
+      }
+      for p, m in enumerate(order)
+  ]
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,8 +92,9 @@ def _per_position(model, inter, path):
   return out
 
 
-def response_stds(model: Network, variables: Mapping[str, Any],
-                  images) -> List[Dict[str, Any]]:
+def response_stds(
+    model: Network, variables: Mapping[str, Any], images
+) -> list[dict[str, Any]]:
   """He et al. Fig. 7: std of every conv layer's response, in forward order.
 
   Args:
@@ -114,8 +128,9 @@ def response_stds(model: Network, variables: Mapping[str, Any],
   return rows
 
 
-def gate_statistics(model: Network, variables: Mapping[str, Any],
-                    images) -> List[Dict[str, Any]]:
+def gate_statistics(
+    model: Network, variables: Mapping[str, Any], images
+) -> list[dict[str, Any]]:
   """Mean gate value of every gated module, in execution order.
 
   For ``exclusive_gate`` (highway) y = (1 - g) x + g F(x) and for
@@ -128,8 +143,11 @@ def gate_statistics(model: Network, variables: Mapping[str, Any],
   """
   inter = _capture(model, variables, jnp.asarray(images))
   vals = _per_position(model, inter, ("shortcut", "gate_mean"))
-  return [{**m, "gate_mean": v}
-          for m, v in zip(_rows_meta(model, variables), vals) if v is not None]
+  return [
+      {**m, "gate_mean": v}
+      for m, v in zip(_rows_meta(model, variables), vals)
+      if v is not None
+  ]
 
 
 def unrolled_twin(model: Network, **overrides) -> Network:
@@ -144,8 +162,16 @@ def unrolled_twin(model: Network, **overrides) -> Network:
   return models.create_model(cfg)
 
 
-def _perturbed_loss(probe: Network, variables, images, labels, residual_grad,
-                    skip_grad, eps, shapes):
+def _perturbed_loss(
+    probe: Network,
+    variables,
+    images,
+    labels,
+    residual_grad,
+    skip_grad,
+    eps,
+    shapes,
+):
   """Summed cross-entropy with ``eps[i]`` added to the i-th module's input.
 
   The i-th call of a ``ResidualUnit`` (and last the ``Head``) in tracing
@@ -156,7 +182,8 @@ def _perturbed_loss(probe: Network, variables, images, labels, residual_grad,
 
   def interceptor(next_fun, args, kwargs, context):
     if context.method_name == "__call__" and isinstance(
-        context.module, (ResidualUnit, Head)):
+        context.module, (ResidualUnit, Head)
+    ):
       i = count[0]
       count[0] += 1
       x = args[0]
@@ -168,8 +195,9 @@ def _perturbed_loss(probe: Network, variables, images, labels, residual_grad,
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
-    logits = probe.apply(variables, images, residual_grad=residual_grad,
-                         skip_grad=skip_grad)
+    logits = probe.apply(
+        variables, images, residual_grad=residual_grad, skip_grad=skip_grad
+    )
   return scoring.cross_entropy(logits, labels).sum()
 
 
@@ -189,20 +217,31 @@ def _input_grad_fn(model: Network):
       raise RuntimeError(
           f"module_input_gradients traced {len(shapes)} module/head calls, "
           f"expected {expected}: the network's call structure changed; "
-          "update resflax/lesion/signal_stats.py")
+          "update resflax/lesion/signal_stats.py"
+      )
     eps = [jnp.zeros(s.shape, jnp.float32) for s in shapes]
     grads = jax.grad(lambda e: _perturbed_loss(*args, e, None))(eps)
-    return jnp.stack([jnp.mean(jnp.sqrt(jnp.sum(
-        jnp.square(g), axis=tuple(range(1, g.ndim))))) for g in grads])
+    return jnp.stack(
+        [
+            jnp.mean(
+                jnp.sqrt(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))))
+            )
+            for g in grads
+        ]
+    )
 
   return fn
 
 
-def module_input_gradients(model: Network, variables: Mapping[str, Any],
-                           images, labels, *,
-                           residual_grad: Optional[Any] = None,
-                           skip_grad: Optional[Any] = None
-                           ) -> List[Dict[str, Any]]:
+def module_input_gradients(
+    model: Network,
+    variables: Mapping[str, Any],
+    images,
+    labels,
+    *,
+    residual_grad: Any | None = None,
+    skip_grad: Any | None = None,
+) -> list[dict[str, Any]]:
   """Norm of the loss gradient at the input of every module.
 
   Args:
@@ -221,24 +260,48 @@ def module_input_gradients(model: Network, variables: Mapping[str, Any],
   n = model.num_modules
   # Masks are arguments (ones = ordinary backward pass), so the plain
   # gradient and any masked one share a compiled program.
-  residual_grad = jnp.ones((n,), jnp.float32) if residual_grad is None else (
-      jnp.asarray(residual_grad, jnp.float32))
-  skip_grad = jnp.ones((n,), jnp.float32) if skip_grad is None else (
-      jnp.asarray(skip_grad, jnp.float32))
-  norms = jax.device_get(_input_grad_fn(model)(
-      variables, jnp.asarray(images, jnp.float32),
-      jnp.asarray(labels, jnp.int32), residual_grad, skip_grad))
+  residual_grad = (
+      jnp.ones((n,), jnp.float32)
+      if residual_grad is None
+      else (jnp.asarray(residual_grad, jnp.float32))
+  )
+  skip_grad = (
+      jnp.ones((n,), jnp.float32)
+      if skip_grad is None
+      else (jnp.asarray(skip_grad, jnp.float32))
+  )
+  norms = jax.device_get(
+      _input_grad_fn(model)(
+          variables,
+          jnp.asarray(images, jnp.float32),
+          jnp.asarray(labels, jnp.int32),
+          residual_grad,
+          skip_grad,
+      )
+  )
   norms = [float(v) for v in norms]
   meta = _rows_meta(model, variables)
   rows = [{**m, "grad_norm": v} for m, v in zip(meta, norms)]
-  rows.append({"position": model.num_modules, "module": None, "stage": None,
-               "unit": None, "downsampling": None, "grad_norm": norms[-1]})
+  rows.append(
+      {
+          "position": model.num_modules,
+          "module": None,
+          "stage": None,
+          "unit": None,
+          "downsampling": None,
+          "grad_norm": norms[-1],
+      }
+  )
   return rows
 
 
-def scale_comparison(model: Network, variables: Mapping[str, Any], images,
-                     labels, lam: Optional[float] = None
-                     ) -> List[Dict[str, Any]]:
+def scale_comparison(
+    model: Network,
+    variables: Mapping[str, Any],
+    images,
+    labels,
+    lam: float | None = None,
+) -> list[dict[str, Any]]:
   """Identity Mappings eq. (7): gradients with shortcut h(x) = lambda x.
 
   Builds the ``scale`` twin of ``model`` (same variables, shortcut
@@ -259,23 +322,38 @@ def scale_comparison(model: Network, variables: Mapping[str, Any], images,
     ``ratio_shortcut_only``.
   """
   lam = float(model.config.shortcut_scale if lam is None else lam)
-  twin = (model if model.config.shortcut == "scale" and lam ==
-          model.config.shortcut_scale
-          else unrolled_twin(model, shortcut="scale", shortcut_scale=lam,
-                             scale_residual=False))
+  twin = (
+      model
+      if model.config.shortcut == "scale" and lam == model.config.shortcut_scale
+      else unrolled_twin(
+          model, shortcut="scale", shortcut_scale=lam, scale_residual=False
+      )
+  )
   n = model.num_modules
   full = module_input_gradients(twin, variables, images, labels)
   skip_only = module_input_gradients(
-      twin, variables, images, labels,
+      twin,
+      variables,
+      images,
+      labels,
       residual_grad=jnp.zeros((n,), jnp.float32),
-      skip_grad=jnp.ones((n,), jnp.float32))
+      skip_grad=jnp.ones((n,), jnp.float32),
+  )
   top_full, top_skip = full[-1]["grad_norm"], skip_only[-1]["grad_norm"]
   rows = []
   for f, s in zip(full, skip_only):
-    rows.append({"position": f["position"], "module": f["module"],
-                 "stage": f["stage"], "downsampling": f["downsampling"],
-                 "lambda": lam, "predicted": lam ** (n - f["position"]),
-                 "ratio_full": f["grad_norm"] / top_full if top_full else 0.0,
-                 "ratio_shortcut_only": (s["grad_norm"] / top_skip
-                                         if top_skip else 0.0)})
+    rows.append(
+        {
+            "position": f["position"],
+            "module": f["module"],
+            "stage": f["stage"],
+            "downsampling": f["downsampling"],
+            "lambda": lam,
+            "predicted": lam ** (n - f["position"]),
+            "ratio_full": f["grad_norm"] / top_full if top_full else 0.0,
+            "ratio_shortcut_only": (
+                s["grad_norm"] / top_skip if top_skip else 0.0
+            ),
+        }
+    )
   return rows

@@ -9,32 +9,59 @@ Example::
                                   rng=key)                     # training
 """
 
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
-from resflax.models.blocks import BLOCKS, EXPANSION
-from resflax.models.config import (DEFAULTS, ModelConfig, init_only_keys,
-                                   needs_rng, resolve, shrink, smallest_depth,
-                                   units_per_stage)
+from resflax.models.blocks import BLOCKS
+from resflax.models.config import (
+    DEFAULTS,
+    ModelConfig,
+    init_only_keys,
+    needs_rng,
+    resolve,
+    shrink,
+    smallest_depth,
+    units_per_stage,
+)
 from resflax.models.cpu_conv import MODES as CPU_CONV_GRAD_MODES
-from resflax.models.families import FAMILIES, Family, StageSpec
+from resflax.models.families import FAMILIES, Family
 from resflax.models.network import ModuleInfo, Network
 from resflax.models.placements import PLACEMENTS
 from resflax.models.shortcuts import SHORTCUTS, Shortcut
 from resflax.models.torch_cifar import from_torch_cifar
 from resflax.models.torchvision import from_torchvision
 
-__all__ = ["create_model", "num_params", "Network", "ModelConfig", "DEFAULTS",
-           "BLOCKS", "SHORTCUTS", "PLACEMENTS", "FAMILIES", "ModuleInfo",
-           "Family", "Shortcut", "resolve", "units_per_stage", "shrink",
-           "smallest_depth", "needs_rng", "init_only_keys",
-           "CPU_CONV_GRAD_MODES", "from_torchvision", "from_torch_cifar"]
+__all__ = [
+    "create_model",
+    "num_params",
+    "Network",
+    "ModelConfig",
+    "DEFAULTS",
+    "BLOCKS",
+    "SHORTCUTS",
+    "PLACEMENTS",
+    "FAMILIES",
+    "ModuleInfo",
+    "Family",
+    "Shortcut",
+    "resolve",
+    "units_per_stage",
+    "shrink",
+    "smallest_depth",
+    "needs_rng",
+    "init_only_keys",
+    "CPU_CONV_GRAD_MODES",
+    "from_torchvision",
+    "from_torch_cifar",
+]
 
 
-def create_model(config: Union[None, str, Mapping[str, Any]] = None,
-                 **overrides) -> Network:
+def create_model(
+    config: None | str | Mapping[str, Any] = None, **overrides
+) -> Network:
   """Builds a network of the zoo.
 
   Args:
@@ -54,16 +81,22 @@ def create_model(config: Union[None, str, Mapping[str, Any]] = None,
       what is valid; raised before anything is traced.
   """
   # A mapping or ConfigDict (not a Mapping subclass) has items().
-  if config is not None and not (isinstance(config, str)
-                                 or hasattr(config, "items")):
+  if config is not None and not (
+      isinstance(config, str) or hasattr(config, "items")
+  ):
     raise TypeError(
         f"create_model: config must be a model name such as 'resnet110', a "
         f"mapping or ConfigDict of model keys, or None; got {config!r} of "
-        f"type {type(config).__name__}")
+        f"type {type(config).__name__}"
+    )
   cfg = resolve(config, **overrides)
   layout = FAMILIES.get(cfg.name).layout(cfg)
-  return Network(cfg, layout.stem_features, layout.stages,
-                 imagenet_stem=layout.imagenet_stem)
+  return Network(
+      cfg,
+      layout.stem_features,
+      layout.stages,
+      imagenet_stem=layout.imagenet_stem,
+  )
 
 
 def num_params(variables) -> int:

@@ -1,7 +1,6 @@
 """Residual branches F: the convolutions of a unit, as data."""
 
 import dataclasses
-from typing import Tuple
 
 from resflax.registry import Registry
 
@@ -17,7 +16,7 @@ class ConvSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  convs: Tuple[ConvSpec, ...]
+  convs: tuple[ConvSpec, ...]
 
   @property
   def out_features(self) -> int:
@@ -41,13 +40,18 @@ def bottleneck(width: int, strides: int, stride_on: str = "1x1") -> BlockSpec:
   if stride_on not in ("1x1", "3x3"):
     raise ValueError(f"model.stride_on={stride_on!r}; choose '1x1' or '3x3'")
   s1, s3 = (strides, 1) if stride_on == "1x1" else (1, strides)
-  return BlockSpec((ConvSpec(1, width, s1), ConvSpec(3, width, s3),
-                    ConvSpec(1, 4 * width, 1)))
+  return BlockSpec(
+      (
+          ConvSpec(1, width, s1),
+          ConvSpec(3, width, s3),
+          ConvSpec(1, 4 * width, 1),
+      )
+  )
 
 
 @BLOCKS.register("single")
 def single(width: int, strides: int, stride_on: str = "1x1") -> BlockSpec:
-  """One 3x3 conv ("ResNet-110 with 1-layer skips", Identity Mappings Tab. 3)."""
+  """One 3x3 conv: "ResNet-110 with 1-layer skips" (Id. Mappings Tab. 3)."""
   del stride_on
   return BlockSpec((ConvSpec(3, width, strides),))
 

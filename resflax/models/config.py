@@ -9,10 +9,17 @@ family's defaults and a config into a validated ``ModelConfig``.
 
 import dataclasses
 import functools
-from typing import Any, Dict, Iterator, Mapping, Tuple, Union
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from resflax.models import blocks, cpu_conv, families, names, placements
-from resflax.models import shortcuts
+from resflax.models import (
+    blocks,
+    cpu_conv,
+    families,
+    names,
+    placements,
+    shortcuts,
+)
 
 # The keys every network reads; shortcut hyper-parameters join them.
 _BASE_DEFAULTS = dict(
@@ -20,8 +27,10 @@ _BASE_DEFAULTS = dict(
     depth=20,
     block="basic",  # basic | bottleneck | single
     shortcut="identity",  # see shortcuts.SHORTCUTS
-    unit="original",  # original | bn_after_add | relu_before_add | relu_preact | full_preact
-    projection="",  # A | B | C; "" = the network's default (A CIFAR, B otherwise)
+    # original | bn_after_add | relu_before_add | relu_preact | full_preact
+    unit="original",
+    # A | B | C; "" = the network's default (A for CIFAR, B otherwise)
+    projection="",
     num_classes=10,
     width=1,  # widening factor k (wide_resnet)
     widths=(),  # stage widths; () = the network's default
@@ -40,30 +49,33 @@ _BASE_DEFAULTS = dict(
 )
 
 
-def _shortcut_defaults() -> Dict[str, Any]:
+def _shortcut_defaults() -> dict[str, Any]:
   """The hyper-parameters of every registered shortcut, with their defaults.
 
   Raises:
     ValueError: a shortcut declares a key that is already a model key, or
       one another shortcut declares with a different default.
   """
-  out: Dict[str, Any] = {}
-  owner: Dict[str, str] = {}
+  out: dict[str, Any] = {}
+  owner: dict[str, str] = {}
   for name in shortcuts.SHORTCUTS.names():
     for key, value in shortcuts.SHORTCUTS.get(name).hparams.items():
       if key in _BASE_DEFAULTS:
-        raise ValueError(f"model.shortcut={name!r} declares model.{key}, "
-                         "which is already a model key; rename it")
+        raise ValueError(
+            f"model.shortcut={name!r} declares model.{key}, "
+            "which is already a model key; rename it"
+        )
       if key in out and out[key] != value:
         raise ValueError(
             f"model.shortcut={name!r} declares model.{key}={value!r}, but "
             f"model.shortcut={owner[key]!r} declares it ={out[key]!r}; "
-            "rename one")
+            "rename one"
+        )
       out[key], owner[key] = value, name
   return out
 
 
-def _defaults() -> Dict[str, Any]:
+def _defaults() -> dict[str, Any]:
   return {**_BASE_DEFAULTS, **_shortcut_defaults()}
 
 
@@ -105,21 +117,22 @@ class ModelConfig:
     return resolve, (dataclasses.asdict(self),)
 
 
-@functools.lru_cache(maxsize=None)
-def _config_class(keys: Tuple[str, ...]) -> type:
-  cls = dataclasses.make_dataclass("ModelConfig", keys, bases=(ModelConfig,),
-                                   frozen=True)
+@functools.cache
+def _config_class(keys: tuple[str, ...]) -> type:
+  cls = dataclasses.make_dataclass(
+      "ModelConfig", keys, bases=(ModelConfig,), frozen=True
+  )
   cls.__doc__ = ModelConfig.__doc__
   cls.__module__ = __name__
   return cls
 
 
-def units_per_stage(cfg: ModelConfig) -> Tuple[int, ...]:
+def units_per_stage(cfg: ModelConfig) -> tuple[int, ...]:
   """Number of residual units in each stage; raises on an invalid depth."""
   return families.FAMILIES.get(cfg.name).units(cfg)
 
 
-ConfigLike = Union[None, str, Mapping[str, Any]]
+ConfigLike = None | str | Mapping[str, Any]
 
 
 def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
@@ -134,27 +147,33 @@ def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
     ValueError: naming the key and what is allowed, for an unknown key,
       name, variant, depth or combination.
   """
-  given: Dict[str, Any] = {}
+  given: dict[str, Any] = {}
   if isinstance(config, str):
     given.update(names.expand(config))
   elif dataclasses.is_dataclass(config):
     given.update(dataclasses.asdict(config))
   elif config is not None:
-    given.update(config.to_dict() if hasattr(config, "to_dict")
-                 else dict(config))
+    given.update(
+        config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    )
   given.update(overrides)
   defaults = _defaults()
   unknown = sorted(set(given) - set(defaults))
   if unknown:
-    raise ValueError(f"unknown model key(s) {unknown}; valid keys: "
-                     f"{', '.join(sorted(defaults))}")
+    raise ValueError(
+        f"unknown model key(s) {unknown}; valid keys: "
+        f"{', '.join(sorted(defaults))}"
+    )
   family = families.FAMILIES.get(given.get("name", defaults["name"]))
   if set(family.defaults) - set(defaults):
-    raise ValueError(f"model.name={given.get('name')!r} sets unknown model "
-                     f"key(s) {sorted(set(family.defaults) - set(defaults))}")
+    raise ValueError(
+        f"model.name={given.get('name')!r} sets unknown model "
+        f"key(s) {sorted(set(family.defaults) - set(defaults))}"
+    )
   values = {**defaults, **family.defaults}
-  values.update({k: v for k, v in given.items()
-                 if not (k == "projection" and v == "")})
+  values.update(
+      {k: v for k, v in given.items() if not (k == "projection" and v == "")}
+  )
   family.fill(values, given)
   values["widths"] = tuple(values["widths"] or ())
   cfg = _config_class(tuple(values))(**values)
@@ -178,11 +197,14 @@ def needs_rng(model_config: ConfigLike) -> bool:
     model_config: as ``resolve``'s ``config``.
   """
   cfg = _as_config(model_config)
-  return (cfg.dropout > 0 or cfg.stochastic_depth < 1.0
-          or shortcuts.SHORTCUTS.get(cfg.shortcut).needs_rng(cfg))
+  return (
+      cfg.dropout > 0
+      or cfg.stochastic_depth < 1.0
+      or shortcuts.SHORTCUTS.get(cfg.shortcut).needs_rng(cfg)
+  )
 
 
-def init_only_keys(model_config: ConfigLike) -> Tuple[str, ...]:
+def init_only_keys(model_config: ConfigLike) -> tuple[str, ...]:
   """Model keys of this network that only set initial parameter values.
 
   Runs differing only in these keys compute the same function of their
@@ -209,7 +231,7 @@ def smallest_depth(model_config: ConfigLike) -> int:
   return families.FAMILIES.get(cfg.name).smallest_depth(cfg)
 
 
-def shrink(model_config: ConfigLike) -> Dict[str, Any]:
+def shrink(model_config: ConfigLike) -> dict[str, Any]:
   """Model keys for the smallest network of the same family and variant.
 
   For smoke runs: one unit per stage, narrow stages (and a widening factor
@@ -231,28 +253,40 @@ def _validate(cfg: ModelConfig):
   blocks.BLOCKS.get(cfg.block)
   shortcut = shortcuts.SHORTCUTS.get(cfg.shortcut)
   placements.PLACEMENTS.get(cfg.unit)
-  choices = dict(projection=("A", "B", "C"), stride_on=("1x1", "3x3"),
-                 stochastic_depth_mode=("batch", "sample"),
-                 dtype=("float32", "bfloat16", "float16"),
-                 cpu_conv_grad=cpu_conv.MODES)
+  choices = dict(
+      projection=("A", "B", "C"),
+      stride_on=("1x1", "3x3"),
+      stochastic_depth_mode=("batch", "sample"),
+      dtype=("float32", "bfloat16", "float16"),
+      cpu_conv_grad=cpu_conv.MODES,
+  )
   for key, allowed in choices.items():
     if getattr(cfg, key) not in allowed:
-      raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not valid; "
-                       f"choose one of {', '.join(allowed)}")
+      raise ValueError(
+          f"model.{key}={getattr(cfg, key)!r} is not valid; "
+          f"choose one of {', '.join(allowed)}"
+      )
   if cfg.scale_residual and cfg.shortcut != "scale":
     raise ValueError("model.scale_residual=True needs model.shortcut='scale'")
   if not 0.0 <= cfg.dropout < 1.0:
     raise ValueError(f"model.dropout={cfg.dropout} must be in [0, 1)")
   if not 0.0 < cfg.stochastic_depth <= 1.0:
-    raise ValueError(f"model.stochastic_depth={cfg.stochastic_depth} must be "
-                     "in (0, 1] (survival probability of the last unit)")
+    raise ValueError(
+        f"model.stochastic_depth={cfg.stochastic_depth} must be "
+        "in (0, 1] (survival probability of the last unit)"
+    )
   if cfg.num_classes < 1 or cfg.width < 1:
     raise ValueError("model.num_classes and model.width must be positive")
-  if (isinstance(cfg.scan_unroll, bool) or not isinstance(cfg.scan_unroll, int)
-      or cfg.scan_unroll < 1):
-    raise ValueError(f"model.scan_unroll={cfg.scan_unroll!r} must be an int "
-                     ">= 1 (units per scan iteration; a value >= a stage's "
-                     "units unrolls the stage completely)")
+  if (
+      isinstance(cfg.scan_unroll, bool)
+      or not isinstance(cfg.scan_unroll, int)
+      or cfg.scan_unroll < 1
+  ):
+    raise ValueError(
+        f"model.scan_unroll={cfg.scan_unroll!r} must be an int "
+        ">= 1 (units per scan iteration; a value >= a stage's "
+        "units unrolls the stage completely)"
+    )
   if cfg.bn_group_size < 0:
     raise ValueError("model.bn_group_size must be >= 0 (0 = whole batch)")
   shortcut.check(cfg)

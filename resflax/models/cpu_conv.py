@@ -38,8 +38,9 @@ _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv(x, k, strides, padding):
-  return jax.lax.conv_general_dilated(x, k, strides, padding,
-                                      dimension_numbers=_DN)
+  return jax.lax.conv_general_dilated(
+      x, k, strides, padding, dimension_numbers=_DN
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -64,10 +65,18 @@ def _conv_cpu_bwd(strides, padding, res, dy):
   # chunks of the batch because XLA:CPU runs the chunks faster than one piece.
   n = x.shape[0]
   chunks = n // DK_CHUNK if n % DK_CHUNK == 0 else 1
-  dk = functools.reduce(operator.add, (
-      _conv(xc.transpose(3, 1, 2, 0), dyc.transpose(1, 2, 0, 3), (1, 1),
-            padding).transpose(1, 2, 0, 3)
-      for xc, dyc in zip(jnp.split(x, chunks), jnp.split(dy, chunks))))
+  dk = functools.reduce(
+      operator.add,
+      (
+          _conv(
+              xc.transpose(3, 1, 2, 0),
+              dyc.transpose(1, 2, 0, 3),
+              (1, 1),
+              padding,
+          ).transpose(1, 2, 0, 3)
+          for xc, dyc in zip(jnp.split(x, chunks), jnp.split(dy, chunks))
+      ),
+  )
   return dx, dk.astype(k.dtype)
 
 
@@ -81,8 +90,10 @@ def uses_custom_gradient(mode: str = "auto") -> bool:
     ValueError: ``mode`` is not one of ``MODES``.
   """
   if mode not in MODES:
-    raise ValueError(f"model.cpu_conv_grad={mode!r} is not valid; choose one "
-                     f"of {', '.join(MODES)}")
+    raise ValueError(
+        f"model.cpu_conv_grad={mode!r} is not valid; choose one "
+        f"of {', '.join(MODES)}"
+    )
   if mode == "auto":
     return jax.default_backend() == "cpu"
   return mode == "on"

@@ -2,7 +2,7 @@
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ class Conv(nn.Module):
   ``grad_mode`` picks the backward pass (``cpu_conv.MODES``, the model key
   ``cpu_conv_grad``).
   """
+
   features: int
   kernel: int
   strides: int = 1
@@ -30,31 +31,55 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k = self.param("kernel", he_init,
-                   (self.kernel, self.kernel, x.shape[-1], self.features),
-                   jnp.float32)
+    k = self.param(
+        "kernel",
+        he_init,
+        (self.kernel, self.kernel, x.shape[-1], self.features),
+        jnp.float32,
+    )
     pad = (self.kernel - 1) // 2
-    y = conv2d(x.astype(self.dtype), k.astype(self.dtype),
-               (self.strides, self.strides), ((pad, pad), (pad, pad)),
-               self.grad_mode)
+    y = conv2d(
+        x.astype(self.dtype),
+        k.astype(self.dtype),
+        (self.strides, self.strides),
+        ((pad, pad), (pad, pad)),
+        self.grad_mode,
+    )
     if self.use_bias:
       b = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = y + b.astype(self.dtype)
     return y
 
 
-def conv(features: int, kernel: int, strides: int = 1, *, dtype=jnp.float32,
-         name: Optional[str] = None, use_bias: bool = False,
-         bias_init=nn.initializers.zeros, grad_mode: str = "auto") -> Conv:
+def conv(
+    features: int,
+    kernel: int,
+    strides: int = 1,
+    *,
+    dtype=jnp.float32,
+    name: str | None = None,
+    use_bias: bool = False,
+    bias_init=nn.initializers.zeros,
+    grad_mode: str = "auto",
+) -> Conv:
   """A square convolution with 'same'-style padding, float32 weights."""
-  return Conv(features, kernel, strides, use_bias, bias_init, dtype,
-              grad_mode, name=name)
+  return Conv(
+      features,
+      kernel,
+      strides,
+      use_bias,
+      bias_init,
+      dtype,
+      grad_mode,
+      name=name,
+  )
 
 
 def conv_factory(cfg) -> functools.partial:
   """``conv`` bound to the model config's compute dtype and gradient mode."""
-  return functools.partial(conv, dtype=jnp.dtype(cfg.dtype),
-                           grad_mode=cfg.cpu_conv_grad)
+  return functools.partial(
+      conv, dtype=jnp.dtype(cfg.dtype), grad_mode=cfg.cpu_conv_grad
+  )
 
 
 class BatchNorm(nn.Module):
@@ -73,6 +98,7 @@ class BatchNorm(nn.Module):
 
   Statistics are computed in float32 whatever the compute dtype.
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
   group_size: int = 0
@@ -104,9 +130,11 @@ class BatchNorm(nn.Module):
         n = math.prod(xg.shape[1:-1])
         unbiased = var * (n / max(n - 1, 1))
         ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(
-            mean.reshape(-1, c), 0)
+            mean.reshape(-1, c), 0
+        )
         ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(
-            unbiased.reshape(-1, c), 0)
+            unbiased.reshape(-1, c), 0
+        )
     else:
       y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
     return (y * scale + bias).astype(self.dtype)
@@ -119,7 +147,8 @@ def pad_shortcut(x, features: int, strides: int):
   extra = features - x.shape[-1]
   if extra < 0:
     raise ValueError(
-        f"option A cannot shrink channels ({x.shape[-1]} -> {features})")
+        f"option A cannot shrink channels ({x.shape[-1]} -> {features})"
+    )
   if extra:
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
   return x
@@ -127,6 +156,10 @@ def pad_shortcut(x, features: int, strides: int):
 
 def bn_factory(cfg) -> functools.partial:
   """BatchNorm constructor bound to the model config's BN settings."""
-  return functools.partial(BatchNorm, momentum=cfg.bn_momentum,
-                           epsilon=cfg.bn_epsilon, group_size=cfg.bn_group_size,
-                           dtype=jnp.dtype(cfg.dtype))
+  return functools.partial(
+      BatchNorm,
+      momentum=cfg.bn_momentum,
+      epsilon=cfg.bn_epsilon,
+      group_size=cfg.bn_group_size,
+      dtype=jnp.dtype(cfg.dtype),
+  )

@@ -7,8 +7,6 @@ random, for deleting them (lesion studies), for sampling paths of length k
 data, so every k runs through one compiled function.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -18,8 +16,9 @@ def random_ranks(key: jax.Array, n: int) -> jax.Array:
   return jnp.argsort(jnp.argsort(jax.random.uniform(key, (n,))))
 
 
-def random_module_mask(key: jax.Array, k, n: int,
-                       eligible: Optional[jax.Array] = None) -> jax.Array:
+def random_module_mask(
+    key: jax.Array, k, n: int, eligible: jax.Array | None = None
+) -> jax.Array:
   """float32[n] with 1 at k modules drawn uniformly without replacement.
 
   Args:

@@ -16,49 +16,66 @@ every other depth a CIFAR network, so no name means two networks:
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 from resflax.models import families
 
 
-def _resnet(depth: int) -> Dict[str, Any]:
+def _resnet(depth: int) -> dict[str, Any]:
   if depth in families.IMAGENET_STAGES:
     return dict(name="imagenet_resnet", depth=depth)
   return dict(name="cifar_resnet", depth=depth)
 
 
-def _preact(depth: int) -> Dict[str, Any]:
+def _preact(depth: int) -> dict[str, Any]:
   if depth in families.IMAGENET_STAGES:
     return dict(name="imagenet_resnet", depth=depth, unit="full_preact")
   # The authors' CIFAR pre-activation nets (resnet-1k-layers) are bottleneck
   # nets of depth 9n+2 with projection B.
-  return dict(name="cifar_resnet", depth=depth, block="bottleneck",
-              unit="full_preact", projection="B")
+  return dict(
+      name="cifar_resnet",
+      depth=depth,
+      block="bottleneck",
+      unit="full_preact",
+      projection="B",
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class _Form:
   pattern: str
-  expand: Callable[..., Dict[str, Any]]
+  expand: Callable[..., dict[str, Any]]
   help: str
 
 
 _FORMS = (
-    _Form(r"resnet(\d+)", lambda d: _resnet(int(d)),
-          "resnetD (D in 18, 34, 50, 101, 152, 200: ImageNet; otherwise CIFAR "
-          "6n+2, e.g. resnet20, resnet110, resnet1202)"),
-    _Form(r"plain(\d+)", lambda d: {**_resnet(int(d)), "shortcut": "none"},
-          "plainD (resnetD's plain twin, e.g. plain20, plain56)"),
-    _Form(r"preact_resnet(\d+)", lambda d: _preact(int(d)),
-          "preact_resnetD (CIFAR bottleneck 9n+2, e.g. preact_resnet164, "
-          "preact_resnet1001; ImageNet depths as resnetD)"),
-    _Form(r"wrn(\d+)_(\d+)",
-          lambda d, k: dict(name="wide_resnet", depth=int(d), width=int(k)),
-          "wrnD_K (WRN-D-K, e.g. wrn28_10)"),
+    _Form(
+        r"resnet(\d+)",
+        lambda d: _resnet(int(d)),
+        "resnetD (D in 18, 34, 50, 101, 152, 200: ImageNet; otherwise CIFAR "
+        "6n+2, e.g. resnet20, resnet110, resnet1202)",
+    ),
+    _Form(
+        r"plain(\d+)",
+        lambda d: {**_resnet(int(d)), "shortcut": "none"},
+        "plainD (resnetD's plain twin, e.g. plain20, plain56)",
+    ),
+    _Form(
+        r"preact_resnet(\d+)",
+        lambda d: _preact(int(d)),
+        "preact_resnetD (CIFAR bottleneck 9n+2, e.g. preact_resnet164, "
+        "preact_resnet1001; ImageNet depths as resnetD)",
+    ),
+    _Form(
+        r"wrn(\d+)_(\d+)",
+        lambda d, k: dict(name="wide_resnet", depth=int(d), width=int(k)),
+        "wrnD_K (WRN-D-K, e.g. wrn28_10)",
+    ),
 )
 
 
-def expand(name: str) -> Dict[str, Any]:
+def expand(name: str) -> dict[str, Any]:
   """The model keys a common name stands for.
 
   Args:
@@ -82,4 +99,5 @@ def expand(name: str) -> Dict[str, Any]:
   raise ValueError(
       f"model name {name!r} is not valid; use a family ("
       f"{', '.join(families.FAMILIES.names())}), "
-      f"{', '.join(f.help for f in _FORMS)}")
+      f"{', '.join(f.help for f in _FORMS)}"
+  )

@@ -16,14 +16,16 @@ or order of the same network re-uses the compiled function.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resflax.models import blocks, layers, placements, unit as unit_lib
+from resflax.models import blocks, layers, placements
+from resflax.models import unit as unit_lib
 from resflax.models.config import ModelConfig, needs_rng
 from resflax.models.families import StageSpec
 
@@ -31,6 +33,7 @@ from resflax.models.families import StageSpec
 @dataclasses.dataclass(frozen=True)
 class ModuleInfo:
   """One residual module, numbered in forward order across stages."""
+
   index: int
   stage: int
   unit: int
@@ -56,8 +59,11 @@ class Stem(nn.Module):
       return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     x = conv(self.features, 3, 1, name="conv")(x)
     for op in pl.stem:
-      x = (layers.bn_factory(self.cfg)(name="bn")(x, train) if op == "bn"
-           else nn.relu(x))
+      x = (
+          layers.bn_factory(self.cfg)(name="bn")(x, train)
+          if op == "bn"
+          else nn.relu(x)
+      )
     return x
 
 
@@ -68,11 +74,18 @@ class Head(nn.Module):
   def __call__(self, x, train: bool = False):
     pl = placements.PLACEMENTS.get(self.cfg.unit)
     for op in pl.final:  # Identity Mappings: extra BN-ReLU before pooling
-      x = (layers.bn_factory(self.cfg)(name="bn")(x, train) if op == "bn"
-           else nn.relu(x))
+      x = (
+          layers.bn_factory(self.cfg)(name="bn")(x, train)
+          if op == "bn"
+          else nn.relu(x)
+      )
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(self.cfg.num_classes, dtype=jnp.float32,
-                    param_dtype=jnp.float32, name="fc")(x)
+    return nn.Dense(
+        self.cfg.num_classes,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        name="fc",
+    )(x)
 
 
 class Network:
@@ -81,8 +94,13 @@ class Network:
   Build one with ``resflax.models.create_model``.
   """
 
-  def __init__(self, cfg: ModelConfig, stem_features: int,
-               stages: Sequence[StageSpec], imagenet_stem: bool = False):
+  def __init__(
+      self,
+      cfg: ModelConfig,
+      stem_features: int,
+      stages: Sequence[StageSpec],
+      imagenet_stem: bool = False,
+  ):
     self.config = cfg
     self.stages = tuple(stages)
     self._stem = Stem(cfg, stem_features, imagenet_stem)
@@ -91,18 +109,25 @@ class Network:
     self._rest_units = []
     expansion = blocks.EXPANSION[cfg.block]
     in_features = stem_features
-    self.modules: List[ModuleInfo] = []
+    self.modules: list[ModuleInfo] = []
     for s, st in enumerate(self.stages):
       out = st.width * expansion
-      mode = (unit_lib.NO_PREACT if (imagenet_stem and s == 0)
-              else unit_lib.BOTH_PREACT)
+      mode = (
+          unit_lib.NO_PREACT
+          if (imagenet_stem and s == 0)
+          else unit_lib.BOTH_PREACT
+      )
       self._first_units.append(
-          unit_lib.ResidualUnit(cfg, st.width, st.strides, mode))
+          unit_lib.ResidualUnit(cfg, st.width, st.strides, mode)
+      )
       self._rest_units.append(unit_lib.ResidualUnit(cfg, st.width, 1))
       for u in range(st.units):
         changes = u == 0 and (st.strides > 1 or in_features != out)
-        self.modules.append(ModuleInfo(len(self.modules), s, u,
-                                       u == 0 and st.strides > 1, changes))
+        self.modules.append(
+            ModuleInfo(
+                len(self.modules), s, u, u == 0 and st.strides > 1, changes
+            )
+        )
       in_features = out
     self.num_modules = len(self.modules)
     self.needs_rng = needs_rng(cfg)
@@ -111,26 +136,27 @@ class Network:
     return f"Network({self.config})"
 
   # --------------------------------------------------------------- lesions
-  def default_lesion(self) -> Dict[str, Dict[str, jax.Array]]:
+  def default_lesion(self) -> dict[str, dict[str, jax.Array]]:
     """All modules on, identity order."""
     lesion = {}
     for s, st in enumerate(self.stages):
       lesion[f"stage{s}"] = {"active": jnp.ones((st.units,), jnp.float32)}
       if st.units > 1:  # a stage of one unit has nothing to reorder
-        lesion[f"stage{s}"]["order"] = jnp.arange(st.units - 1,
-                                                  dtype=jnp.int32)
+        lesion[f"stage{s}"]["order"] = jnp.arange(st.units - 1, dtype=jnp.int32)
     return lesion
 
-  def split_by_stage(self, flat) -> List[jax.Array]:
+  def split_by_stage(self, flat) -> list[jax.Array]:
     """Splits a per-module array (forward order) into per-stage arrays."""
     flat = jnp.asarray(flat)
     if flat.shape[0] != self.num_modules:
-      raise ValueError(f"expected {self.num_modules} per-module values, got "
-                       f"{flat.shape[0]}")
+      raise ValueError(
+          f"expected {self.num_modules} per-module values, got "
+          f"{flat.shape[0]}"
+      )
     bounds = np.cumsum([st.units for st in self.stages])[:-1]
     return jnp.split(flat, bounds)
 
-  def survival_probabilities(self) -> Optional[np.ndarray]:
+  def survival_probabilities(self) -> np.ndarray | None:
     """Stochastic depth p_l = 1 - l/L (1 - p_L) per module, or None."""
     p_last = self.config.stochastic_depth
     if p_last >= 1.0:
@@ -139,7 +165,7 @@ class Network:
     return 1.0 - np.arange(1, n + 1) / n * (1.0 - p_last)
 
   # ------------------------------------------------------------------ init
-  def init(self, key: jax.Array, images: jax.Array) -> Dict[str, Any]:
+  def init(self, key: jax.Array, images: jax.Array) -> dict[str, Any]:
     """Initialises every variable of the network (He init, BN at 1/0)."""
     return jax.jit(self._init)(key, images)
 
@@ -151,8 +177,9 @@ class Network:
       v = module.init(k, x, train=False)
       params[name] = v["params"]
       stats[name] = v.get("batch_stats", {})
-      return module.apply({"params": v["params"],
-                           "batch_stats": stats[name]}, x, train=False)
+      return module.apply(
+          {"params": v["params"], "batch_stats": stats[name]}, x, train=False
+      )
 
     x = take("stem", self._stem, keys[0], images)
     for s, st in enumerate(self.stages):
@@ -162,24 +189,38 @@ class Network:
       v0 = self._first_units[s].init(k0, x, train=False)
       x = self._first_units[s].apply(
           {"params": v0["params"], "batch_stats": v0.get("batch_stats", {})},
-          x, train=False)
+          x,
+          train=False,
+      )
       p = {"unit0": v0["params"]}
       b = {"unit0": v0.get("batch_stats", {})}
       if st.units > 1:
         rest = self._rest_units[s]
         vr = jax.vmap(lambda k: rest.init(k, x, train=False))(
-            jax.random.split(k1, st.units - 1))
+            jax.random.split(k1, st.units - 1)
+        )
         p["units"] = vr["params"]
         b["units"] = vr.get("batch_stats", {})
       params[f"stage{s}"], stats[f"stage{s}"] = p, b
     take("head", self._head, keys[1], x)
-    return {"params": params, "batch_stats": stats,
-            "lesion": self.default_lesion()}
+    return {
+        "params": params,
+        "batch_stats": stats,
+        "lesion": self.default_lesion(),
+    }
 
   # ----------------------------------------------------------------- apply
-  def apply(self, variables: Dict[str, Any], images: jax.Array, *,
-            train: bool = False, rng: Optional[jax.Array] = None,
-            residual_grad=None, skip_grad=None, capture: bool = False):
+  def apply(
+      self,
+      variables: dict[str, Any],
+      images: jax.Array,
+      *,
+      train: bool = False,
+      rng: jax.Array | None = None,
+      residual_grad=None,
+      skip_grad=None,
+      capture: bool = False,
+  ):
     """Runs the network.
 
     Args:
@@ -192,7 +233,8 @@ class Network:
       residual_grad, skip_grad: optional float arrays of length
         ``num_modules`` scaling the gradient that flows through each
         module's residual branch / shortcut (the forward pass is
-        unchanged); used by ``resflax.lesion.paths`` and effective-path training.
+        unchanged); used by ``resflax.lesion.paths`` and effective-path
+        training.
       capture: also return per-unit statistics sown by the units
         (``response_std{i}``, ``stream_delta``, ``gate_mean``), in execution
         order within each stage.
@@ -203,24 +245,31 @@ class Network:
       ``capture=True`` the intermediates are appended as a last element.
     """
     if train and self.needs_rng and rng is None:
-      raise ValueError("this model has dropout or stochastic depth: pass "
-                       "rng=... to apply(train=True)")
+      raise ValueError(
+          "this model has dropout or stochastic depth: pass "
+          "rng=... to apply(train=True)"
+      )
     cfg = self.config
     mutable = (["batch_stats"] if train else []) + (
-        ["intermediates"] if capture else [])
+        ["intermediates"] if capture else []
+    )
     params, stats = variables["params"], variables["batch_stats"]
     lesion = variables.get("lesion") or self.default_lesion()
     survival = self.survival_probabilities()
     per_stage = lambda a: (None if a is None else self.split_by_stage(a))
     surv_s = per_stage(survival)
     rg_s, sg_s = per_stage(residual_grad), per_stage(skip_grad)
-    rngs = (None if rng is None
-            else jax.random.split(rng, len(self.stages)))
+    rngs = None if rng is None else jax.random.split(rng, len(self.stages))
 
     def run(module, p, s, x, key, **kw):
-      out = module.apply({"params": p, "batch_stats": s}, x, train=train,
-                         rngs=None if key is None else {"dropout": key},
-                         mutable=mutable or False, **kw)
+      out = module.apply(
+          {"params": p, "batch_stats": s},
+          x,
+          train=train,
+          rngs=None if key is None else {"dropout": key},
+          mutable=mutable or False,
+          **kw,
+      )
       y, upd = out if mutable else (out, {})
       return y, upd.get("batch_stats", s), upd.get("intermediates", {})
 
@@ -229,29 +278,43 @@ class Network:
 
     new_stats, inter = {}, {}
     x, new_stats["stem"], inter["stem"] = run(
-        self._stem, params["stem"], stats["stem"], images, None)
+        self._stem, params["stem"], stats["stem"], images, None
+    )
     for s, st in enumerate(self.stages):
       if st.pool_before:
         x = nn.max_pool(x, (2, 2), (2, 2))
       name = f"stage{s}"
-      ctrl = dict(active=lesion[name]["active"],
-                  survival=None if surv_s is None else surv_s[s],
-                  residual_grad=None if rg_s is None else rg_s[s],
-                  skip_grad=None if sg_s is None else sg_s[s])
-      keys = (None if rngs is None else jax.random.split(rngs[s], st.units))
+      ctrl = dict(
+          active=lesion[name]["active"],
+          survival=None if surv_s is None else surv_s[s],
+          residual_grad=None if rg_s is None else rg_s[s],
+          skip_grad=None if sg_s is None else sg_s[s],
+      )
+      keys = None if rngs is None else jax.random.split(rngs[s], st.units)
       first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
       p, b = params[name], stats[name]
-      x, b0, i0 = run(self._first_units[s], p["unit0"], b["unit0"], x,
-                      None if keys is None else keys[0], **first)
+      x, b0, i0 = run(
+          self._first_units[s],
+          p["unit0"],
+          b["unit0"],
+          x,
+          None if keys is None else keys[0],
+          **first,
+      )
       new_stats[name] = {"unit0": b0}
       inter[name] = {"unit0": i0}
       if st.units > 1:
         order = lesion[name]["order"]
         take = lambda t: jax.tree.map(lambda a: a[order], t)
-        rest_ctrl = {k: (None if v is None else v[1:][order])
-                     for k, v in ctrl.items()}
-        xs = (take(p["units"]), take(b["units"]), rest_ctrl,
-              None if keys is None else keys[1:])
+        rest_ctrl = {
+            k: (None if v is None else v[1:][order]) for k, v in ctrl.items()
+        }
+        xs = (
+            take(p["units"]),
+            take(b["units"]),
+            rest_ctrl,
+            None if keys is None else keys[1:],
+        )
         rest = self._rest_units[s]
 
         def body(h, xs_i, rest=rest):
@@ -264,7 +327,8 @@ class Network:
           # trades it for compile time. A factor covering the whole stage
           # emits no loop at all.
           x, (bn_new, it_new) = jax.lax.scan(
-              body, x, xs, unroll=min(cfg.scan_unroll, st.units - 1))
+              body, x, xs, unroll=min(cfg.scan_unroll, st.units - 1)
+          )
         else:
           outs = []
           for i in range(st.units - 1):
@@ -275,7 +339,8 @@ class Network:
         new_stats[name]["units"] = jax.tree.map(lambda a: a[inverse], bn_new)
         inter[name]["units"] = it_new
     logits, new_stats["head"], inter["head"] = run(
-        self._head, params["head"], stats["head"], x, None)
+        self._head, params["head"], stats["head"], x, None
+    )
     result = [logits]
     if train:
       result.append({**variables, "batch_stats": new_stats})

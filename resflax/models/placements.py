@@ -6,7 +6,6 @@ and before the final pooling. ``"bn"`` and ``"relu"`` are the only ops.
 """
 
 import dataclasses
-from typing import Tuple
 
 from resflax.registry import Registry
 
@@ -16,30 +15,36 @@ PLACEMENTS: Registry["Placement"] = Registry("model.unit")
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Order of operations of one residual unit x -> f(h(x) + F(x))."""
-  pre: Tuple[str, ...]  # before every conv of F
-  post: Tuple[str, ...]  # after every conv of F but the last
-  last: Tuple[str, ...]  # after the last conv of F
-  after_add: Tuple[str, ...]  # f, after the addition
-  stem: Tuple[str, ...]  # after the stem conv
-  final: Tuple[str, ...]  # after the last unit, before pooling
+
+  pre: tuple[str, ...]  # before every conv of F
+  post: tuple[str, ...]  # after every conv of F but the last
+  last: tuple[str, ...]  # after the last conv of F
+  after_add: tuple[str, ...]  # f, after the addition
+  stem: tuple[str, ...]  # after the stem conv
+  final: tuple[str, ...]  # after the last unit, before pooling
   preact: bool  # ops precede the convs; the paper's edge rules apply
 
 
 for _name, _p in {
     # (a) conv-BN-ReLU-conv-BN, add, ReLU.
-    "original": Placement((), ("bn", "relu"), ("bn",), ("relu",),
-                          ("bn", "relu"), (), False),
+    "original": Placement(
+        (), ("bn", "relu"), ("bn",), ("relu",), ("bn", "relu"), (), False
+    ),
     # (b) conv-BN-ReLU-conv, add, BN, ReLU.
-    "bn_after_add": Placement((), ("bn", "relu"), (), ("bn", "relu"),
-                              ("bn", "relu"), (), False),
+    "bn_after_add": Placement(
+        (), ("bn", "relu"), (), ("bn", "relu"), ("bn", "relu"), (), False
+    ),
     # (c) conv-BN-ReLU-conv-BN-ReLU, add.
-    "relu_before_add": Placement((), ("bn", "relu"), ("bn", "relu"), (),
-                                 ("bn", "relu"), (), False),
+    "relu_before_add": Placement(
+        (), ("bn", "relu"), ("bn", "relu"), (), ("bn", "relu"), (), False
+    ),
     # (d) ReLU-conv-BN-ReLU-conv-BN, add.
-    "relu_preact": Placement(("relu",), ("bn",), ("bn",), (), ("bn",),
-                             ("relu",), True),
+    "relu_preact": Placement(
+        ("relu",), ("bn",), ("bn",), (), ("bn",), ("relu",), True
+    ),
     # (e) BN-ReLU-conv-BN-ReLU-conv, add.
-    "full_preact": Placement(("bn", "relu"), (), (), (), (), ("bn", "relu"),
-                             True),
+    "full_preact": Placement(
+        ("bn", "relu"), (), (), (), (), ("bn", "relu"), True
+    ),
 }.items():
   PLACEMENTS.register(_name)(_p)

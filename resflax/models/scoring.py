@@ -5,8 +5,6 @@ sums (training's evaluation, the lesion evaluator): a masked batch gives the
 number of wrong predictions and the summed loss of its real examples.
 """
 
-from typing import Optional, Tuple
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,12 +13,13 @@ import optax
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example softmax cross-entropy with integer labels, float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+      logits.astype(jnp.float32), labels
+  )
 
 
-def score_batch(logits: jax.Array, labels: jax.Array,
-                mask: Optional[jax.Array] = None
-                ) -> Tuple[jax.Array, jax.Array]:
+def score_batch(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Wrong predictions and summed loss over a batch's real examples.
 
   Args:

@@ -23,7 +23,8 @@ class, so a new one touches only its own definition and its registration:
   check      ``check(cfg)``: raises ValueError for invalid values of its keys.
 """
 
-from typing import Any, ClassVar, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,13 +37,14 @@ SHORTCUTS: Registry = Registry("model.shortcut")
 
 class Shortcut(nn.Module):
   """Base: identity (or the projection where shapes change)."""
+
   features: int
   strides: int
   cfg: Any  # resflax.models.config.ModelConfig
   preact: bool = False
 
   hparams: ClassVar[Mapping[str, Any]] = {}
-  init_only: ClassVar[Tuple[str, ...]] = ()
+  init_only: ClassVar[tuple[str, ...]] = ()
 
   @classmethod
   def needs_rng(cls, cfg) -> bool:
@@ -62,8 +64,9 @@ class Shortcut(nn.Module):
     """h(x) of the identity family: identity, option A, B or C."""
     projection = self.cfg.projection
     if projection == "C" or (projection == "B" and self.changes_shape(x)):
-      y = layers.conv_factory(self.cfg)(self.features, 1, self.strides,
-                                        name="proj")(x)
+      y = layers.conv_factory(self.cfg)(
+          self.features, 1, self.strides, name="proj"
+      )(x)
       # Pre-activation nets project the already normalised input, no BN
       # (fb.resnet.torch preresnet); post-activation nets add BN.
       if not self.preact:
@@ -87,6 +90,7 @@ class Identity(Shortcut):
 @SHORTCUTS.register("scale")
 class Scale(Shortcut):
   """y = lambda h(x) + F(x), or (1 - lambda) F(x) with model.scale_residual."""
+
   hparams = dict(
       shortcut_scale=0.5,  # lambda
       scale_residual=False,  # also multiply F by 1 - lambda
@@ -103,6 +107,7 @@ class Scale(Shortcut):
 
 class Gated(Shortcut):
   """Base of the gated shortcuts: a sigmoid gate g(x) of its own conv."""
+
   hparams = dict(
       gate_bias_init=-6.0,  # b_g of the gated shortcuts
       gate_kernel=1,  # kernel of the gate conv (1x1 in Identity Mappings)
@@ -119,9 +124,13 @@ class Gated(Shortcut):
     """g(x) = sigmoid(conv(x) + b), b initialised to model.gate_bias_init."""
     k = self.cfg.gate_kernel
     g = layers.conv_factory(self.cfg)(
-        self.features, k, self.strides, use_bias=True,
+        self.features,
+        k,
+        self.strides,
+        use_bias=True,
         bias_init=nn.initializers.constant(self.cfg.gate_bias_init),
-        name="gate")(x)
+        name="gate",
+    )(x)
     g = nn.sigmoid(g.astype(jnp.float32)).astype(g.dtype)
     self.sow("intermediates", "gate_mean", jnp.mean(g.astype(jnp.float32)))
     return g
@@ -155,8 +164,9 @@ class Conv1x1(Shortcut):
 
   @nn.compact
   def __call__(self, x, fx, train):
-    hx = layers.conv_factory(self.cfg)(self.features, 1, self.strides,
-                                       name="proj")(x)
+    hx = layers.conv_factory(self.cfg)(
+        self.features, 1, self.strides, name="proj"
+    )(x)
     hx = layers.bn_factory(self.cfg)(name="proj_bn")(hx, train)
     return hx, fx, hx
 
@@ -164,6 +174,7 @@ class Conv1x1(Shortcut):
 @SHORTCUTS.register("dropout")
 class Dropout(Shortcut):
   """y = dropout(h(x)) + F(x), rate model.shortcut_dropout, training only."""
+
   hparams = dict(shortcut_dropout=0.5)  # the rate
 
   @classmethod
@@ -173,8 +184,9 @@ class Dropout(Shortcut):
   @classmethod
   def check(cls, cfg):
     if not 0.0 <= cfg.shortcut_dropout < 1.0:
-      raise ValueError(f"model.shortcut_dropout={cfg.shortcut_dropout} must "
-                       "be in [0, 1)")
+      raise ValueError(
+          f"model.shortcut_dropout={cfg.shortcut_dropout} must " "be in [0, 1)"
+      )
 
   @nn.compact
   def __call__(self, x, fx, train):
@@ -190,6 +202,9 @@ class NoShortcut(Shortcut):
 
   @nn.compact
   def __call__(self, x, fx, train):
-    passthrough = (layers.pad_shortcut(x, self.features, self.strides)
-                   if self.changes_shape(x) else x)
+    passthrough = (
+        layers.pad_shortcut(x, self.features, self.strides)
+        if self.changes_shape(x)
+        else x
+    )
     return jnp.zeros_like(fx), fx, passthrough.astype(fx.dtype)

@@ -50,23 +50,35 @@ its BN) is resflax's and maps to the checkpoint's through
 ``channel_orders()``.
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from resflax.models.torchvision import (_Adjust, _check_overrides,
-                                        _load_variables, _strip_module_prefix)
+from resflax.models.torchvision import (
+    _Adjust,
+    _check_overrides,
+    _load_variables,
+    _strip_module_prefix,
+)
 
 __all__ = ["from_torch_cifar", "channel_orders", "TORCH_CIFAR_ARCH"]
 
 # The model keys that make resflax's cifar_resnet the PyTorch CIFAR ResNet.
-TORCH_CIFAR_ARCH = dict(name="cifar_resnet", block="basic",
-                        shortcut="identity", unit="original", projection="A",
-                        bn_epsilon=1e-5, widths=(16, 32, 64))
+TORCH_CIFAR_ARCH = dict(
+    name="cifar_resnet",
+    block="basic",
+    shortcut="identity",
+    unit="original",
+    projection="A",
+    bn_epsilon=1e-5,
+    widths=(16, 32, 64),
+)
 
 
-def channel_orders(widths: Sequence[int] = TORCH_CIFAR_ARCH["widths"]
-                   ) -> Tuple[np.ndarray, ...]:
+def channel_orders(
+    widths: Sequence[int] = TORCH_CIFAR_ARCH["widths"],
+) -> tuple[np.ndarray, ...]:
   """The checkpoint's channel held in each resflax channel of each stage.
 
   Args:
@@ -87,17 +99,18 @@ def channel_orders(widths: Sequence[int] = TORCH_CIFAR_ARCH["widths"]
     if width != len(order):
       before = width // 4  # akamaster's LambdaLayer: planes//4 on each side
       if len(order) + 2 * before != width:
-        raise ValueError(f"option A pads planes//4 channels on each side, "
-                         f"which cannot widen {len(order)} to {width}")
+        raise ValueError(
+            f"option A pads planes//4 channels on each side, "
+            f"which cannot widen {len(order)} to {width}"
+        )
       carried = order + before
       # setdiff1d is sorted: the padded channels in ascending order.
-      order = np.concatenate([carried, np.setdiff1d(np.arange(width),
-                                                    carried)])
+      order = np.concatenate([carried, np.setdiff1d(np.arange(width), carried)])
     orders.append(order)
   return tuple(orders)
 
 
-def _permuter(orders: Tuple[np.ndarray, ...]) -> _Adjust:
+def _permuter(orders: tuple[np.ndarray, ...]) -> _Adjust:
   """``adjust(path, value)`` putting each stream in ``orders`` (docstring).
 
   Variables are in resflax layout: conv kernels HWIO (stacked units add a
@@ -108,13 +121,13 @@ def _permuter(orders: Tuple[np.ndarray, ...]) -> _Adjust:
   # stem's, which is in the checkpoint's own order).
   entering = (np.arange(len(orders[0])),) + orders[:-1]
 
-  def adjust(path: Tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  def adjust(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
     scope, leaf = path[1], path[-1]
     if scope == "head":
       return value[orders[-1]] if leaf == "kernel" else value
     if not scope.startswith("stage"):
       return value  # the stem writes stage 0's order, the checkpoint's
-    s, module = int(scope[len("stage"):]), path[3]
+    s, module = int(scope[len("stage") :]), path[3]
     if module == "conv0":  # reads the stream entering the unit
       reads = entering[s] if path[2] == "unit0" else orders[s]
       return np.take(value, reads, axis=-2)
@@ -125,15 +138,19 @@ def _permuter(orders: Tuple[np.ndarray, ...]) -> _Adjust:
   return adjust
 
 
-def _checkpoint_depth(state: Mapping[str, Any]) -> Optional[int]:
+def _checkpoint_depth(state: Mapping[str, Any]) -> int | None:
   """6n+2 for a state dict whose layer1 has n blocks; None without layer1."""
-  blocks = {int(k.split(".")[1]) for k in state
-            if k.startswith("layer1.") and k.split(".")[1].isdigit()}
+  blocks = {
+      int(k.split(".")[1])
+      for k in state
+      if k.startswith("layer1.") and k.split(".")[1].isdigit()
+  }
   return 6 * (max(blocks) + 1) + 2 if blocks else None
 
 
-def from_torch_cifar(state_dict: Mapping[str, Any], depth: int, **overrides
-                     ) -> Tuple[Any, Dict[str, Any]]:
+def from_torch_cifar(
+    state_dict: Mapping[str, Any], depth: int, **overrides
+) -> tuple[Any, dict[str, Any]]:
   """Converts a PyTorch CIFAR ResNet checkpoint into a resflax network.
 
   Args:
@@ -163,23 +180,29 @@ def from_torch_cifar(state_dict: Mapping[str, Any], depth: int, **overrides
   # Imported here: resflax.models imports this module.
   from resflax.models import create_model  # pylint: disable=g-import-not-at-top
 
-  _check_overrides("from_torch_cifar", "the PyTorch CIFAR ResNet's",
-                   overrides)
+  _check_overrides("from_torch_cifar", "the PyTorch CIFAR ResNet's", overrides)
   if isinstance(state_dict.get("state_dict"), Mapping):
     state_dict = state_dict["state_dict"]  # a whole .th checkpoint
   state = _strip_module_prefix(state_dict)
   linear = state.get("linear.weight")
   num_classes = int(np.shape(linear)[0]) if linear is not None else 10
-  model = create_model(depth=depth, num_classes=num_classes,
-                       **TORCH_CIFAR_ARCH, **overrides)
+  model = create_model(
+      depth=depth, num_classes=num_classes, **TORCH_CIFAR_ARCH, **overrides
+  )
   held = _checkpoint_depth(state)
   if held is not None and held != depth:
     raise ValueError(
         f"from_torch_cifar: state_dict holds a ResNet-{held} "
         f"({(held - 2) // 6} blocks per layer), not the ResNet-{depth} "
-        f"asked for ({(depth - 2) // 6} blocks per layer); pass depth={held}")
+        f"asked for ({(depth - 2) // 6} blocks per layer); pass depth={held}"
+    )
   adjust = _permuter(channel_orders(TORCH_CIFAR_ARCH["widths"]))
-  variables = _load_variables(model, state,
-                              f"the PyTorch CIFAR ResNet-{depth}",
-                              image_size=32, head="linear", adjust=adjust)
+  variables = _load_variables(
+      model,
+      state,
+      f"the PyTorch CIFAR ResNet-{depth}",
+      image_size=32,
+      head="linear",
+      adjust=adjust,
+  )
   return model, variables

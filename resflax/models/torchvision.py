@@ -21,7 +21,8 @@ The key mapping, layout transposes and checks (``_check_overrides``,
 modules the same way.
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,20 +31,37 @@ import numpy as np
 __all__ = ["from_torchvision", "TORCHVISION_ARCH"]
 
 # The model keys that make resflax's imagenet_resnet torchvision's ResNet.
-TORCHVISION_ARCH = dict(name="imagenet_resnet", shortcut="identity",
-                        unit="original", projection="B", stride_on="3x3",
-                        bn_epsilon=1e-5, widths=(64, 128, 256, 512))
+TORCHVISION_ARCH = dict(
+    name="imagenet_resnet",
+    shortcut="identity",
+    unit="original",
+    projection="B",
+    stride_on="3x3",
+    bn_epsilon=1e-5,
+    widths=(64, 128, 256, 512),
+)
 
 # Model keys that change how the network runs, not what it computes.
-_ALLOWED_OVERRIDES = ("dtype", "scan", "scan_unroll", "remat", "bn_group_size",
-                      "bn_momentum")
+_ALLOWED_OVERRIDES = (
+    "dtype",
+    "scan",
+    "scan_unroll",
+    "remat",
+    "bn_group_size",
+    "bn_momentum",
+)
 
 # A counter torchvision's BN keeps for momentum=None; evaluation never reads
 # it, and older checkpoints lack it.
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-         "mean": "running_mean", "var": "running_var"}
+_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 
 
 def _module_name(scope: str, names: Sequence[str], head: str = "fc") -> str:
@@ -58,15 +76,16 @@ def _module_name(scope: str, names: Sequence[str], head: str = "fc") -> str:
   if names[0] == "shortcut":
     return {"proj": "downsample.0", "proj_bn": "downsample.1"}[names[1]]
   for prefix in ("conv", "bn_post"):
-    if names[0].startswith(prefix) and names[0][len(prefix):].isdigit():
+    if names[0].startswith(prefix) and names[0][len(prefix) :].isdigit():
       # resflax counts a unit's convs from 0, torchvision from 1.
       kind = "conv" if prefix == "conv" else "bn"
       return f"{kind}{int(names[0][len(prefix):]) + 1}"
   raise KeyError(names[0])
 
 
-def _torch_keys(path: Tuple[str, ...], stacked: int,
-                head: str = "fc") -> List[str]:
+def _torch_keys(
+    path: tuple[str, ...], stacked: int, head: str = "fc"
+) -> list[str]:
   """The state-dict key(s) of one resflax variable.
 
   Args:
@@ -87,7 +106,7 @@ def _torch_keys(path: Tuple[str, ...], stacked: int,
   return [f"{layer}.{u}.{module}.{_LEAF[leaf]}" for u in units]
 
 
-def _to_torch_layout(shape: Sequence[int]) -> Tuple[int, ...]:
+def _to_torch_layout(shape: Sequence[int]) -> tuple[int, ...]:
   """A resflax weight shape as torchvision stores it (for error messages)."""
   if len(shape) == 4:  # HWIO -> OIHW
     return (shape[3], shape[2], shape[0], shape[1])
@@ -115,29 +134,32 @@ def _from_torch_layout(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def _strip_module_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   # torch.nn.DataParallel checkpoints name every key 'module.<name>'.
   keys = list(state_dict)
   if keys and all(k.startswith("module.") for k in keys):
-    return {k[len("module."):]: v for k, v in state_dict.items()}
+    return {k[len("module.") :]: v for k, v in state_dict.items()}
   return dict(state_dict)
 
 
-def _check_keys(state: Mapping[str, Any], needed: Sequence[str],
-                network: str):
+def _check_keys(state: Mapping[str, Any], needed: Sequence[str], network: str):
   """Raises ValueError for a key of ``network`` missing, or one too many."""
   missing = [k for k in needed if k not in state]
   if missing:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    raise ValueError(f"state_dict lacks key {missing[0]!r}{more}, needed by "
-                     f"{network}")
+    raise ValueError(
+        f"state_dict lacks key {missing[0]!r}{more}, needed by " f"{network}"
+    )
   wanted = set(needed)
-  unexpected = [k for k in state
-                if k not in wanted and not k.endswith(_IGNORED_SUFFIX)]
+  unexpected = [
+      k for k in state if k not in wanted and not k.endswith(_IGNORED_SUFFIX)
+  ]
   if unexpected:
     more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-    raise ValueError(f"state_dict has unexpected key {unexpected[0]!r}{more}; "
-                     f"it is not part of {network}")
+    raise ValueError(
+        f"state_dict has unexpected key {unexpected[0]!r}{more}; "
+        f"it is not part of {network}"
+    )
 
 
 def _convert_leaf(state, keys, shape, stacked, network) -> np.ndarray:
@@ -149,7 +171,8 @@ def _convert_leaf(state, keys, shape, stacked, network) -> np.ndarray:
     if value.shape != per_unit:
       raise ValueError(
           f"state_dict[{key!r}] has shape {_to_torch_layout(value.shape)}; "
-          f"{network} needs {_to_torch_layout(per_unit)}")
+          f"{network} needs {_to_torch_layout(per_unit)}"
+      )
     arrays.append(value)
   return np.stack(arrays) if stacked else arrays[0]
 
@@ -169,15 +192,18 @@ def _plan(shapes, network: str, head: str = "fc"):
   leaves, trees = [], {}
   for collection in ("params", "batch_stats"):
     flat, trees[collection] = jax.tree_util.tree_flatten_with_path(
-        shapes[collection])
+        shapes[collection]
+    )
     for kpath, leaf in flat:
       path = (collection,) + tuple(str(k.key) for k in kpath)
       stacked = leaf.shape[0] if "units" in path[2:3] else 0
       try:
         keys = _torch_keys(path, stacked, head)
       except KeyError:
-        raise ValueError(f"resflax variable {'/'.join(path)} has no "
-                         f"counterpart in {network}") from None
+        raise ValueError(
+            f"resflax variable {'/'.join(path)} has no "
+            f"counterpart in {network}"
+        ) from None
       leaves.append((path, keys, leaf.shape, stacked))
   return leaves, trees
 
@@ -186,18 +212,26 @@ def _check_overrides(caller: str, network: str, overrides: Mapping[str, Any]):
   """Raises ValueError for a model key that would change the architecture."""
   bad = sorted(set(overrides) - set(_ALLOWED_OVERRIDES))
   if bad:
-    raise ValueError(f"{caller}: model key(s) {bad} would change "
-                     f"{network} architecture; allowed: "
-                     f"{', '.join(_ALLOWED_OVERRIDES)}")
+    raise ValueError(
+        f"{caller}: model key(s) {bad} would change "
+        f"{network} architecture; allowed: "
+        f"{', '.join(_ALLOWED_OVERRIDES)}"
+    )
 
 
 # adjust(path, value) -> value: a change to one converted variable.
-_Adjust = Callable[[Tuple[str, ...], np.ndarray], np.ndarray]
+_Adjust = Callable[[tuple[str, ...], np.ndarray], np.ndarray]
 
 
-def _load_variables(model, state: Mapping[str, Any], network: str, *,
-                    image_size: int, head: str = "fc",
-                    adjust: Optional[_Adjust] = None) -> Dict[str, Any]:
+def _load_variables(
+    model,
+    state: Mapping[str, Any],
+    network: str,
+    *,
+    image_size: int,
+    head: str = "fc",
+    adjust: _Adjust | None = None,
+) -> dict[str, Any]:
   """``model``'s variables, every one read from a torch-named state dict.
 
   Args:
@@ -217,9 +251,11 @@ def _load_variables(model, state: Mapping[str, Any], network: str, *,
   Raises:
     ValueError: a key missing or unexpected, or a shape that does not fit.
   """
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, image_size, image_size, 3),
-                                    jnp.float32))
+  shapes = jax.eval_shape(
+      model.init,
+      jax.random.key(0),
+      jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+  )
   leaves, trees = _plan(shapes, network, head)
   _check_keys(state, [k for _, keys, _, _ in leaves for k in keys], network)
   values = {"params": [], "batch_stats": []}
@@ -235,8 +271,9 @@ def _load_variables(model, state: Mapping[str, Any], network: str, *,
   return variables
 
 
-def from_torchvision(state_dict: Mapping[str, Any], depth: int, **overrides
-                     ) -> Tuple[Any, Dict[str, Any]]:
+def from_torchvision(
+    state_dict: Mapping[str, Any], depth: int, **overrides
+) -> tuple[Any, dict[str, Any]]:
   """Converts a torchvision ResNet checkpoint into a resflax network.
 
   Args:
@@ -268,8 +305,10 @@ def from_torchvision(state_dict: Mapping[str, Any], depth: int, **overrides
   state = _strip_module_prefix(state_dict)
   fc = state.get("fc.weight")
   num_classes = int(np.shape(fc)[0]) if fc is not None else 1000
-  model = create_model(depth=depth, num_classes=num_classes,
-                       **TORCHVISION_ARCH, **overrides)
-  variables = _load_variables(model, state, f"torchvision's ResNet-{depth}",
-                              image_size=64)
+  model = create_model(
+      depth=depth, num_classes=num_classes, **TORCHVISION_ARCH, **overrides
+  )
+  variables = _load_variables(
+      model, state, f"torchvision's ResNet-{depth}", image_size=64
+  )
   return model, variables

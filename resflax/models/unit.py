@@ -6,7 +6,7 @@ F comes from ``blocks.BLOCKS`` (``model.block``), h from
 arrays so lesions, orders and gradient routing never change the program.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,7 +16,9 @@ from resflax.models import blocks, layers, placements, shortcuts
 
 # How a unit treats the paper's pre-activation edge rules.
 PREACT = "preact"  # shortcut takes raw x; F starts with the pre-ops
-BOTH_PREACT = "both_preact"  # pre-ops before the split: first unit, shape change
+BOTH_PREACT = (
+    "both_preact"  # pre-ops before the split: first unit, shape change
+)
 NO_PREACT = "no_preact"  # input already activated by the stem (ImageNet)
 
 
@@ -35,14 +37,22 @@ class ResidualUnit(nn.Module):
     mode: PREACT, BOTH_PREACT or NO_PREACT (only matters for pre-activation
       placements).
   """
+
   cfg: Any
   width: int
   strides: int
   mode: str = PREACT
 
   @nn.compact
-  def __call__(self, x, train: bool = False, active=None, survival=None,
-               residual_grad=None, skip_grad=None):
+  def __call__(
+      self,
+      x,
+      train: bool = False,
+      active=None,
+      survival=None,
+      residual_grad=None,
+      skip_grad=None,
+  ):
     """Applies the unit.
 
     Args:
@@ -59,8 +69,7 @@ class ResidualUnit(nn.Module):
     """
     cfg = self.cfg
     pl = placements.PLACEMENTS.get(cfg.unit)
-    spec = blocks.BLOCKS.get(cfg.block)(self.width, self.strides,
-                                        cfg.stride_on)
+    spec = blocks.BLOCKS.get(cfg.block)(self.width, self.strides, cfg.stride_on)
     bn = layers.bn_factory(cfg)
     conv = layers.conv_factory(cfg)
     x = x.astype(jnp.dtype(cfg.dtype))
@@ -90,20 +99,24 @@ class ResidualUnit(nn.Module):
         h = ops(post[:1], h, f"post{i}")
         post = post[1:]
       # He et al. Fig. 7: the response of each conv after BN, before ReLU/add.
-      self.sow("intermediates", f"response_std{i}",
-               jnp.std(h.astype(jnp.float32)))
+      self.sow(
+          "intermediates", f"response_std{i}", jnp.std(h.astype(jnp.float32))
+      )
       h = ops(post, h, f"post{i}")
 
     shortcut_cls = shortcuts.SHORTCUTS.get(cfg.shortcut)
     skip, res, lesion_out = shortcut_cls(
-        spec.out_features, self.strides, cfg, preact=pl.preact,
-        name="shortcut")(x_short, h, train)
+        spec.out_features, self.strides, cfg, preact=pl.preact, name="shortcut"
+    )(x_short, h, train)
 
     if survival is not None:
       if train:
         rng = self.make_rng("dropout")
-        shape = ((res.shape[0],) + (1,) * (res.ndim - 1)
-                 if cfg.stochastic_depth_mode == "sample" else ())
+        shape = (
+            (res.shape[0],) + (1,) * (res.ndim - 1)
+            if cfg.stochastic_depth_mode == "sample"
+            else ()
+        )
         keep = jax.random.bernoulli(rng, survival, shape)
         res = res * keep.astype(res.dtype)
       else:
@@ -120,6 +133,9 @@ class ResidualUnit(nn.Module):
       added = jnp.where(active > 0, added, lesion_out.astype(added.dtype))
     y = ops(pl.after_add, added, "add")
     if y.shape == x.shape:
-      self.sow("intermediates", "stream_delta",
-               jnp.max(jnp.abs(y.astype(jnp.float32) - x.astype(jnp.float32))))
+      self.sow(
+          "intermediates",
+          "stream_delta",
+          jnp.max(jnp.abs(y.astype(jnp.float32) - x.astype(jnp.float32))),
+      )
     return y

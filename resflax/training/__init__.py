@@ -10,14 +10,36 @@ config, logs, results), ``validate`` (config checks) and ``loop``
 """
 
 from resflax.training.loop import restore_state, train_and_evaluate
-from resflax.training.state import (RunSpec, build_run, init_state,
-                                    learning_rate, make_mesh, make_optimizer,
-                                    model_config)
-from resflax.training.step import (evaluate_split, sgd_update, step_on_batch,
-                                   step_on_dataset)
+from resflax.training.state import (
+    RunSpec,
+    build_run,
+    init_state,
+    learning_rate,
+    make_mesh,
+    make_optimizer,
+    model_config,
+)
+from resflax.training.step import (
+    evaluate_split,
+    sgd_update,
+    step_on_batch,
+    step_on_dataset,
+)
 from resflax.training.validate import validate_config
 
-__all__ = ["train_and_evaluate", "restore_state", "RunSpec", "build_run", "init_state",
-           "learning_rate", "make_mesh", "make_optimizer", "model_config",
-           "evaluate_split", "sgd_update", "step_on_batch", "step_on_dataset",
-           "validate_config"]
+__all__ = [
+    "train_and_evaluate",
+    "restore_state",
+    "RunSpec",
+    "build_run",
+    "init_state",
+    "learning_rate",
+    "make_mesh",
+    "make_optimizer",
+    "model_config",
+    "evaluate_split",
+    "sgd_update",
+    "step_on_batch",
+    "step_on_dataset",
+    "validate_config",
+]

@@ -49,28 +49,28 @@ import logging as py_logging
 import os
 import time
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from resflax import fileio as results
-from resflax import logs
+from resflax import fileio, logs
 from resflax.errors import CheckpointError
 from resflax.training import checkpoint_errors as errors_lib
 
 PyTree = Any
 
-CHECKSUM_FILE = 'resflax_checksums.json'
-CORRUPT_SUFFIX = '.resflax-corrupt'
-UNVERIFIED_SUFFIX = '.resflax-unverified'
+CHECKSUM_FILE = "resflax_checksums.json"
+CORRUPT_SUFFIX = ".resflax-corrupt"
+UNVERIFIED_SUFFIX = ".resflax-unverified"
 # Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp`, with
 # `-<timestamp>` appended before 0.11.40); a substring matches both.
-_ORBAX_TMP_MARKER = '.orbax-checkpoint-tmp'
+_ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 _CHECKSUM_VERSION = 1
-_MUTABLE_FILES = frozenset({'_CHECKPOINT_METADATA'})
+_MUTABLE_FILES = frozenset({"_CHECKPOINT_METADATA"})
 _READ_CHUNK = 1 << 22
 # Outcomes of one restore attempt, ordered so that processes agree on the max.
 _OK, _CORRUPT, _FAILED = 0, 1, 2
@@ -79,13 +79,13 @@ _OK, _CORRUPT, _FAILED = 0, 1, 2
 def _is_local(directory: str) -> bool:
   # Checksums, fsync and quarantine use plain `os` calls, which only work on
   # mounted filesystems; for gs:// and friends we rely on Orbax alone.
-  return '://' not in directory
+  return "://" not in directory
 
 
 def _file_crc32(path: str, *, fsync: bool) -> tuple[int, int]:
   crc = 0
   size = 0
-  with open(path, 'rb') as f:
+  with open(path, "rb") as f:
     while chunk := f.read(_READ_CHUNK):
       crc = zlib.crc32(chunk, crc)
       size += len(chunk)
@@ -107,12 +107,13 @@ def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
       # itself, and Orbax may legitimately rewrite the step-level metadata
       # file (timestamps, custom metadata) after commit; restore does not
       # depend on the latter.
-      if name.startswith(('.' + CHECKSUM_FILE, CHECKSUM_FILE)) or (
-          rel in _MUTABLE_FILES):
+      if name.startswith(("." + CHECKSUM_FILE, CHECKSUM_FILE)) or (
+          rel in _MUTABLE_FILES
+      ):
         continue
       files[rel] = list(crc)
     if fsync:
-      results.fsync_dir(root)
+      fileio.fsync_dir(root)
   return files
 
 
@@ -132,40 +133,49 @@ def _verify_step_files(step_dir: str) -> bool:
   """
   manifest_path = os.path.join(step_dir, CHECKSUM_FILE)
   try:
-    with open(manifest_path, 'rb') as f:
+    with open(manifest_path, "rb") as f:
       raw = f.read()
   except FileNotFoundError:
     return False
   try:
     manifest = json.loads(raw)
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise errors_lib.Corrupt(f'damaged checksum file {manifest_path}: {e}') from e
-  files = manifest.get('files') if isinstance(manifest, dict) else None
-  if not (isinstance(files, dict)
-          and manifest.get('version') == _CHECKSUM_VERSION):
-    raise CheckpointError(f'unknown format of checksum file {manifest_path}')
+    raise errors_lib.Corrupt(
+        f"damaged checksum file {manifest_path}: {e}"
+    ) from e
+  files = manifest.get("files") if isinstance(manifest, dict) else None
+  if not (
+      isinstance(files, dict) and manifest.get("version") == _CHECKSUM_VERSION
+  ):
+    raise CheckpointError(f"unknown format of checksum file {manifest_path}")
   for rel, (size, crc) in sorted(files.items()):
     full = os.path.join(step_dir, rel)
     try:
       actual_size, actual_crc = _file_crc32(full, fsync=False)
     except FileNotFoundError as e:
-      raise errors_lib.Corrupt(f'missing file {full}') from e
+      raise errors_lib.Corrupt(f"missing file {full}") from e
     if actual_size != size:
       raise errors_lib.Corrupt(
-          f'file {full} has {actual_size} bytes, expected {size} (truncated?)')
+          f"file {full} has {actual_size} bytes, expected {size} (truncated?)"
+      )
     if actual_crc != crc:
-      raise errors_lib.Corrupt(f'file {full} fails its CRC-32 check (expected'
-                     f' {crc:#010x}, got {actual_crc:#010x})')
+      raise errors_lib.Corrupt(
+          f"file {full} fails its CRC-32 check (expected"
+          f" {crc:#010x}, got {actual_crc:#010x})"
+      )
   return True
 
 
 def _save_error(error: BaseException | None) -> str:
   # A full disk hides deep in tensorstore's long message (or the cause): say so.
   text, e = errors_lib.describe(error), error
-  while e is not None and 'No space left on device' not in str(e):
+  while e is not None and "No space left on device" not in str(e):
     e = e.__cause__ or e.__context__
-  return (f'No space left on device ({text})'
-          if e is not None and 'No space left' not in text else text)
+  return (
+      f"No space left on device ({text})"
+      if e is not None and "No space left" not in text
+      else text
+  )
 
 
 def _restore_target(x: Any) -> Any:
@@ -212,13 +222,13 @@ def _manager_options(max_to_keep: int | None) -> Any:
       enable_async_checkpointing=True,
   )
   fields = {f.name for f in dataclasses.fields(ocp.CheckpointManagerOptions)}
-  latest_n = getattr(getattr(ocp, 'checkpoint_managers', None), 'LatestN', None)
-  if max_to_keep is not None and 'preservation_policy' in fields and latest_n:
+  latest_n = getattr(getattr(ocp, "checkpoint_managers", None), "LatestN", None)
+  if max_to_keep is not None and "preservation_policy" in fields and latest_n:
     # `max_to_keep` is deprecated from 0.12 on in favour of policies; keep the
     # old spelling only for versions without them (0.11.x).
-    kwargs['preservation_policy'] = latest_n(n=max_to_keep)
+    kwargs["preservation_policy"] = latest_n(n=max_to_keep)
   else:
-    kwargs['max_to_keep'] = max_to_keep
+    kwargs["max_to_keep"] = max_to_keep
   return ocp.CheckpointManagerOptions(**kwargs)
 
 
@@ -240,8 +250,9 @@ class Checkpointer:
     ckpt.close()                         # waits; raises if that save failed
   """
 
-  def __init__(self, directory: str | os.PathLike, *,
-               max_to_keep: int | None = 3):
+  def __init__(
+      self, directory: str | os.PathLike, *, max_to_keep: int | None = 3
+  ):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -264,28 +275,39 @@ class Checkpointer:
     # Look before Orbax's start-up cleanup deletes them, so the log records
     # that a save was interrupted.
     try:
-      unfinished = [
-          os.path.join(directory, name) for name in sorted(os.listdir(directory))
-          if _ORBAX_TMP_MARKER in name
-      ] if self._local and os.path.isdir(directory) else []
+      unfinished = (
+          [
+              os.path.join(directory, name)
+              for name in sorted(os.listdir(directory))
+              if _ORBAX_TMP_MARKER in name
+          ]
+          if self._local and os.path.isdir(directory)
+          else []
+      )
     except OSError as e:
-      raise CheckpointError(f'cannot open checkpoint directory {directory}: '
-                            f'{errors_lib.describe(e)}') from None
+      raise CheckpointError(
+          f"cannot open checkpoint directory {directory}: "
+          f"{errors_lib.describe(e)}"
+      ) from None
     if unfinished:
       logging.warning(
-          'Found %d unfinished checkpoint save(s) (process stopped while'
-          ' saving); they are not restorable and will be removed: %s',
-          len(unfinished), ', '.join(unfinished))
-    absl_logger = py_logging.getLogger('absl')
+          "Found %d unfinished checkpoint save(s) (process stopped while"
+          " saving); they are not restorable and will be removed: %s",
+          len(unfinished),
+          ", ".join(unfinished),
+      )
+    absl_logger = py_logging.getLogger("absl")
     if errors_lib.orbax_traceback_filter not in absl_logger.filters:
       absl_logger.addFilter(errors_lib.orbax_traceback_filter)
     logs.quiet_abandoned_saves()
     try:
       self._manager = ocp.CheckpointManager(
-          directory, options=_manager_options(max_to_keep))
+          directory, options=_manager_options(max_to_keep)
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot open checkpoint directory {directory}: {errors_lib.describe(e)}'
+          f"cannot open checkpoint directory {directory}: "
+          f"{errors_lib.describe(e)}"
       ) from e
 
   @property
@@ -338,20 +360,21 @@ class Checkpointer:
     self.wait_until_finished()
     path = self.step_path(step)
     if step in self._manager.all_steps():
-      logging.info('Checkpoint %s already exists; not saving again.', path)
+      logging.info("Checkpoint %s already exists; not saving again.", path)
       return False
     try:
       saved = self._manager.save(
-          step, args=ocp.args.StandardSave(state), force=True)
+          step, args=ocp.args.StandardSave(state), force=True
+      )
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {_save_error(e)}'
+          f"failed to save checkpoint step {step} to {path}: {_save_error(e)}"
       ) from e
     if not saved:
       # force=True should make this unreachable; never report success falsely.
       self._after_failed_save()
-      raise CheckpointError(f'Orbax declined to save step {step} to {path}')
+      raise CheckpointError(f"Orbax declined to save step {step} to {path}")
     self._pending_step = step
     if wait:
       self.wait_until_finished()
@@ -368,8 +391,11 @@ class Checkpointer:
     """
     # Sealing ends in a barrier, and processes see the commit at different
     # moments: with several, the next `save` seals.
-    if (self._pending_step is not None and jax.process_count() == 1
-        and not self._manager.is_saving_in_progress()):
+    if (
+        self._pending_step is not None
+        and jax.process_count() == 1
+        and not self._manager.is_saving_in_progress()
+    ):
       self.wait_until_finished()
 
   def wait_until_finished(self) -> None:
@@ -388,30 +414,34 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       self._after_failed_save()
       raise CheckpointError(
-          f'failed to save checkpoint step {step} to {path}: {_save_error(e)}'
+          f"failed to save checkpoint step {step} to {path}: {_save_error(e)}"
       ) from e
     if self._local:
       if not os.path.isdir(path):
         self._after_failed_save()
         raise CheckpointError(
-            f'checkpoint step {step} was not written: {path} does not exist')
+            f"checkpoint step {step} was not written: {path} does not exist"
+        )
       if jax.process_index() == 0:
         try:
           self._seal(step, path)
         except OSError as e:
           raise CheckpointError(
-              f'checkpoint step {step} at {path} was written but could not be'
-              f' fsynced/checksummed: {errors_lib.describe(e)}') from e
-    _sync_processes(f'resflax_checkpoint_sealed_{step}')
+              f"checkpoint step {step} at {path} was written but could not be"
+              f" fsynced/checksummed: {errors_lib.describe(e)}"
+          ) from e
+    _sync_processes(f"resflax_checkpoint_sealed_{step}")
 
   def _seal(self, step: int, path: str) -> None:
     """Fsyncs the step's files and records their checksums."""
     files = _scan_step_files(path, fsync=True)
     if self._local:
-      manifest = {'version': _CHECKSUM_VERSION, 'step': step, 'files': files}
-      results.write_atomic(os.path.join(path, CHECKSUM_FILE),
-                           json.dumps(manifest, sort_keys=True, indent=1))
-    results.fsync_dir(self._directory)
+      manifest = {"version": _CHECKSUM_VERSION, "step": step, "files": files}
+      fileio.write_atomic(
+          os.path.join(path, CHECKSUM_FILE),
+          json.dumps(manifest, sort_keys=True, indent=1),
+      )
+    fileio.fsync_dir(self._directory)
 
   def _after_failed_save(self) -> None:
     # Orbax drops steps it planned to garbage-collect from its in-memory list
@@ -419,12 +449,17 @@ class Checkpointer:
     try:
       self._manager.reload()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Reloading checkpoint list of %s failed: %s',
-                      self._directory, errors_lib.describe(e))
+      logging.warning(
+          "Reloading checkpoint list of %s failed: %s",
+          self._directory,
+          errors_lib.describe(e),
+      )
 
   # -- restoring --------------------------------------------------------------
 
-  def restore(self, target: PyTree, step: int | None = None) -> tuple[int, PyTree]:
+  def restore(
+      self, target: PyTree, step: int | None = None
+  ) -> tuple[int, PyTree]:
     """Restores checkpoint `step` (default: the latest complete one).
 
     Args:
@@ -447,12 +482,13 @@ class Checkpointer:
     if step is None:
       step = self._manager.latest_step()
       if step is None:
-        raise CheckpointError(f'no complete checkpoint in {self._directory}')
+        raise CheckpointError(f"no complete checkpoint in {self._directory}")
     try:
       return step, self._restore_step(step, target)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'cannot restore checkpoint {self.step_path(step)}: {errors_lib.describe(e)}'
+          f"cannot restore checkpoint {self.step_path(step)}: "
+          f"{errors_lib.describe(e)}"
       ) from e
 
   def _restore_step(self, step: int, target: PyTree) -> PyTree:
@@ -497,42 +533,57 @@ class Checkpointer:
     for step in steps:
       path = self.step_path(step)
       if step not in sealed and any(s < step for s in sealed):
-        logging.warning('Checkpoint %s has no %s (its save was cut short '
-                        'before it was sealed); using an older sealed one.',
-                        path, CHECKSUM_FILE)
+        logging.warning(
+            "Checkpoint %s has no %s (its save was cut short "
+            "before it was sealed); using an older sealed one.",
+            path,
+            CHECKSUM_FILE,
+        )
         unverified.append(step)
         continue
       ok, result = self._restore_unless_corrupt(step, target)
       if not ok:
-        logging.warning('Checkpoint %s is corrupt (%s); trying an older one.',
-                        path, result)
-        corrupt.append((step, f'{path}: {result}'))
+        logging.warning(
+            "Checkpoint %s is corrupt (%s); trying an older one.", path, result
+        )
+        corrupt.append((step, f"{path}: {result}"))
         continue
       if corrupt or unverified:
-        logging.warning('Restored checkpoint %s after skipping %d newer'
-                        ' corrupt and %d unverified one(s).', path,
-                        len(corrupt), len(unverified))
+        logging.warning(
+            "Restored checkpoint %s after skipping %d newer"
+            " corrupt and %d unverified one(s).",
+            path,
+            len(corrupt),
+            len(unverified),
+        )
         self._quarantine([s for s, _ in corrupt], CORRUPT_SUFFIX)
         self._quarantine(unverified, UNVERIFIED_SUFFIX)
       if step not in sealed:
-        logging.warning('Restored checkpoint %s without %s (written by an'
-                        ' older resflax or another tool): only Orbax checked'
-                        ' it, its values are unverified.', path, CHECKSUM_FILE)
+        logging.warning(
+            "Restored checkpoint %s without %s (written by an"
+            " older resflax or another tool): only Orbax checked"
+            " it, its values are unverified.",
+            path,
+            CHECKSUM_FILE,
+        )
       return step, result
     if corrupt:
       raise CheckpointError(
-          f'{len(corrupt)} checkpoint(s) in {self._directory} exist but none'
-          ' can be restored (refusing to start over): '
-          + '; '.join(why for _, why in corrupt))
+          f"{len(corrupt)} checkpoint(s) in {self._directory} exist but none"
+          " can be restored (refusing to start over): "
+          + "; ".join(why for _, why in corrupt)
+      )
     return None
 
   def _is_sealed(self, step: int) -> bool:
     # Remote directories carry no checksums: Orbax's checks are all there is.
     return not self._local or os.path.exists(
-        os.path.join(self.step_path(step), CHECKSUM_FILE))
+        os.path.join(self.step_path(step), CHECKSUM_FILE)
+    )
 
-  def _restore_unless_corrupt(self, step: int, target: PyTree
-                              ) -> tuple[bool, Any]:
+  def _restore_unless_corrupt(
+      self, step: int, target: PyTree
+  ) -> tuple[bool, Any]:
     """Returns `(True, state)`, or `(False, why)` if `step` is corrupt.
 
     Collective: processes agree, so any that failed otherwise makes all raise
@@ -545,33 +596,39 @@ class Checkpointer:
       error, outcome = e, (_CORRUPT if errors_lib.is_corruption(e) else _FAILED)
     worst = _worst_outcome(outcome)
     if worst == _FAILED:
-      why = (errors_lib.describe(error) if outcome == _FAILED
-             else 'another process could not read it (see its log)')
+      why = (
+          errors_lib.describe(error)
+          if outcome == _FAILED
+          else "another process could not read it (see its log)"
+      )
       raise CheckpointError(
-          f'cannot restore checkpoint {self.step_path(step)}: {why} (not'
-          ' proof of corruption: no older checkpoint tried, nothing renamed)'
+          f"cannot restore checkpoint {self.step_path(step)}: {why} (not"
+          " proof of corruption: no older checkpoint tried, nothing renamed)"
       ) from error
     if worst == _CORRUPT:
-      return False, errors_lib.describe(error) if error else 'corrupt on another process'
+      return (
+          False,
+          errors_lib.describe(error) if error else "corrupt on another process",
+      )
     return True, restored
 
   def _quarantine(self, steps: Sequence[int], suffix: str) -> None:
     if not self._local or not steps:
       return
     if jax.process_index() == 0:
-      stamp = time.strftime('%Y%m%d-%H%M%S')
+      stamp = time.strftime("%Y%m%d-%H%M%S")
       for step in steps:
         src = self.step_path(step)
-        dst = f'{src}{suffix}'
+        dst = f"{src}{suffix}"
         if os.path.exists(dst):
-          dst = f'{src}{suffix}-{stamp}'
+          dst = f"{src}{suffix}-{stamp}"
         try:
           os.rename(src, dst)
-          logging.warning('Moved checkpoint %s to %s', src, dst)
+          logging.warning("Moved checkpoint %s to %s", src, dst)
         except OSError as e:
-          logging.warning('Could not move corrupt checkpoint %s: %s', src, e)
-      results.fsync_dir(self._directory)
-    _sync_processes('resflax_checkpoint_quarantine')
+          logging.warning("Could not move corrupt checkpoint %s: %s", src, e)
+      fileio.fsync_dir(self._directory)
+    _sync_processes("resflax_checkpoint_quarantine")
     self._manager.reload()
 
   # -- lifetime ---------------------------------------------------------------
@@ -593,7 +650,7 @@ class Checkpointer:
 
   def _check_open(self) -> None:
     if self._closed:
-      raise CheckpointError(f'Checkpointer for {self._directory} is closed')
+      raise CheckpointError(f"Checkpointer for {self._directory} is closed")
 
   def __enter__(self) -> Checkpointer:
     return self

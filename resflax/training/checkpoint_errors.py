@@ -21,23 +21,29 @@ from resflax.errors import CheckpointError
 # observed (tests/test_checkpoint.py reproduces each): a failed CRC or
 # b-tree/manifest decoding, a file shorter than its index says, a compressed
 # node or chunk that does not decompress.
-_TS_STATUS = re.compile(r'([A-Z][A-Z_]{3,}): ')
-_TS_CORRUPTION_STATUSES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION')
+_TS_STATUS = re.compile(r"([A-Z][A-Z_]{3,}): ")
+_TS_CORRUPTION_STATUSES = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION")
 _TS_CORRUPTION = re.compile(
-    r'^DATA_LOSS: |^OUT_OF_RANGE: .*is not valid for value of size'
-    r'|ZSTD_decompressStream\(\) failed: (?:Data corruption detected'
-    r'|Unknown frame descriptor|Destination buffer is too small)'
-    r'|Truncated Zstd-compressed stream', re.DOTALL)
+    r"^DATA_LOSS: |^OUT_OF_RANGE: .*is not valid for value of size"
+    r"|ZSTD_decompressStream\(\) failed: (?:Data corruption detected"
+    r"|Unknown frame descriptor|Destination buffer is too small)"
+    r"|Truncated Zstd-compressed stream",
+    re.DOTALL,
+)
 _MAX_ERROR_CHARS = 600
-_ORBAX_SOURCE = f'{os.sep}orbax{os.sep}'
+_ORBAX_SOURCE = f"{os.sep}orbax{os.sep}"
 # Orbax functions that log an exception with its traceback and then hand it
 # on (raise it, or keep it for `check_for_errors`), so that it reaches our
 # caller as one CheckpointError line anyway.
-_ORBAX_RERAISING = frozenset({
-    ('future.py', 'run'), ('async_checkpointer.py', '_thread_func'),
-    ('checkpoint_manager.py', 'wait_until_finished'),
-    ('checkpoint.py', '_write_and_log'), ('checkpoint.py', '_update_and_log'),
-})
+_ORBAX_RERAISING = frozenset(
+    {
+        ("future.py", "run"),
+        ("async_checkpointer.py", "_thread_func"),
+        ("checkpoint_manager.py", "wait_until_finished"),
+        ("checkpoint.py", "_write_and_log"),
+        ("checkpoint.py", "_update_and_log"),
+    }
+)
 
 
 class Corrupt(CheckpointError):
@@ -50,7 +56,8 @@ def _error_chain(error: BaseException | None):
     seen.add(id(error))
     yield error
     error = error.__cause__ or (
-        None if error.__suppress_context__ else error.__context__)
+        None if error.__suppress_context__ else error.__context__
+    )
 
 
 def describe(error: BaseException) -> str:
@@ -61,10 +68,10 @@ def describe(error: BaseException) -> str:
     error = error.__cause__
   if isinstance(error, CheckpointError):
     return str(error)
-  text = ' '.join(str(error).split(' [tensorstore_spec', 1)[0].split())
+  text = " ".join(str(error).split(" [tensorstore_spec", 1)[0].split())
   if len(text) > _MAX_ERROR_CHARS:
-    text = text[:_MAX_ERROR_CHARS - 3] + '...'
-  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+    text = text[: _MAX_ERROR_CHARS - 3] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def is_corruption(error: BaseException) -> bool:
@@ -101,14 +108,17 @@ def orbax_traceback_filter(record: py_logging.LogRecord) -> bool:
   summary of the exception. With DEBUG logging on, tracebacks are kept.
   """
   exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
-  if (exc is None or record.levelno < py_logging.WARNING
-      or _ORBAX_SOURCE not in record.pathname):
+  if (
+      exc is None
+      or record.levelno < py_logging.WARNING
+      or _ORBAX_SOURCE not in record.pathname
+  ):
     return True
   debug = py_logging.getLogger(record.name).isEnabledFor(py_logging.DEBUG)
   if (os.path.basename(record.pathname), record.funcName) in _ORBAX_RERAISING:
-    record.levelno, record.levelname = py_logging.DEBUG, 'DEBUG'
+    record.levelno, record.levelname = py_logging.DEBUG, "DEBUG"
     return debug
   if not debug:
-    record.msg, record.args = f'{record.getMessage()} ({describe(exc)})', ()
+    record.msg, record.args = f"{record.getMessage()} ({describe(exc)})", ()
     record.exc_info = record.exc_text = None
   return True

@@ -15,10 +15,10 @@ disk instead. ``config.train.compilation_cache``:
 """
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
-from absl import logging
 import jax
+from absl import logging
 
 from resflax.errors import ConfigError
 
@@ -50,9 +50,11 @@ def enable(setting: str) -> str:
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise ConfigError(f"config.train.compilation_cache={setting!r}: cannot "
-                      f"create {path}: {e.strerror}; set another directory "
-                      "or '' to switch the cache off") from None
+    raise ConfigError(
+        f"config.train.compilation_cache={setting!r}: cannot "
+        f"create {path}: {e.strerror}; set another directory "
+        "or '' to switch the cache off"
+    ) from None
   if path != current:
     jax.config.update("jax_compilation_cache_dir", path)
     # Cache every program: a smoke run's are small but still take seconds.
@@ -62,7 +64,7 @@ def enable(setting: str) -> str:
   return path
 
 
-def compiler_options(train_cfg) -> Optional[Dict[str, Any]]:
+def compiler_options(train_cfg) -> dict[str, Any] | None:
   """The XLA options ``jax.jit`` gets for a run's programs (None: defaults).
 
   ``train.fast_compile`` turns the backend's optimisation off: on a CPU,

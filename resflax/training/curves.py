@@ -18,7 +18,8 @@ pyplot, so a notebook's backend is left alone.
 """
 
 import io
-from typing import Any, Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,11 @@ def output_mark(*, synthetic: bool, shrunk: bool = False) -> str:
     '' for a real run, else e.g. "SMOKE (synthetic data, shrunk network)
     — not a result".
   """
-  what = [w for w, on in (("synthetic data", synthetic),
-                          ("shrunk network", shrunk)) if on]
+  what = [
+      w
+      for w, on in (("synthetic data", synthetic), ("shrunk network", shrunk))
+      if on
+  ]
   if not what:
     return ""
   if shrunk:
@@ -52,8 +56,10 @@ def config_mark(config) -> str:
   Synthetic when ``config.data.name`` is 'synthetic'; shrunk when the config
   is a smoke sweep's (``sweep_shrunk``).
   """
-  return output_mark(synthetic=config.data.name == "synthetic",
-                     shrunk=bool(config.get("sweep_shrunk", False)))
+  return output_mark(
+      synthetic=config.data.name == "synthetic",
+      shrunk=bool(config.get("sweep_shrunk", False)),
+  )
 
 
 def marked(title: str, mark: str, sep: str = ":\n") -> str:
@@ -76,11 +82,12 @@ def legend_outside(ax, **kwargs):
   if not ax.get_legend_handles_labels()[0]:
     return None
   kwargs.setdefault("fontsize", 7)
-  return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                   borderaxespad=0.0, **kwargs)
+  return ax.legend(
+      loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs
+  )
 
 
-def curve_points(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def curve_points(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """Steps and errors (in %) of a run's log.
 
   Args:
@@ -90,21 +97,39 @@ def curve_points(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     ``{'train': (steps, errors), 'eval': (steps, errors), 'eval_name':
     'test' | 'validation'}``.
   """
-  train = [(r["step"], 100 * r["train_error"]) for r in records
-           if r["kind"] == "train" and "train_error" in r]
+  train = [
+      (r["step"], 100 * r["train_error"])
+      for r in records
+      if r["kind"] == "train" and "train_error" in r
+  ]
   evals = [r for r in records if r["kind"] == "eval"]
-  name = next((k[:-len("_error")] for r in evals for k in r
-               if k.endswith("_error")), "test")
-  points = [(r["step"], 100 * r[f"{name}_error"]) for r in evals
-            if f"{name}_error" in r]
-  as_arrays = lambda p: (np.asarray([s for s, _ in p]),
-                         np.asarray([e for _, e in p]))
-  return {"train": as_arrays(train), "eval": as_arrays(points),
-          "eval_name": name}
+  name = next(
+      (k[: -len("_error")] for r in evals for k in r if k.endswith("_error")),
+      "test",
+  )
+  points = [
+      (r["step"], 100 * r[f"{name}_error"])
+      for r in evals
+      if f"{name}_error" in r
+  ]
+  as_arrays = lambda p: (
+      np.asarray([s for s, _ in p]),
+      np.asarray([e for _, e in p]),
+  )
+  return {
+      "train": as_arrays(train),
+      "eval": as_arrays(points),
+      "eval_name": name,
+  }
 
 
-def draw(ax, records: Sequence[Mapping[str, Any]], label: Optional[str] = None,
-         color: Optional[str] = None, lr_drops: Sequence[int] = ()) -> None:
+def draw(
+    ax,
+    records: Sequence[Mapping[str, Any]],
+    label: str | None = None,
+    color: str | None = None,
+    lr_drops: Sequence[int] = (),
+) -> None:
   """Draws one run's curves on ``ax``: thin train, bold test error, and the
   steps where the learning rate drops as dashed lines."""
   pts = curve_points(records)
@@ -112,8 +137,14 @@ def draw(ax, records: Sequence[Mapping[str, Any]], label: Optional[str] = None,
   line = ax.plot(steps, errors, linewidth=0.7, alpha=0.8, color=color)[0]
   color = line.get_color()
   steps, errors = pts["eval"]
-  ax.plot(steps, errors, linewidth=2.2, color=color, label=label,
-          marker="o" if len(steps) < 3 else None)
+  ax.plot(
+      steps,
+      errors,
+      linewidth=2.2,
+      color=color,
+      label=label,
+      marker="o" if len(steps) < 3 else None,
+  )
   for s in lr_drops:
     ax.axvline(s, color="0.6", linestyle="--", linewidth=0.7)
 
@@ -122,24 +153,39 @@ def _figure(width: float, height: float, panels: int = 1):
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(width, height))
   FigureCanvasAgg(fig)
   return fig, [fig.add_subplot(1, panels, k + 1) for k in range(panels)]
 
 
-def run_figure(records: Sequence[Mapping[str, Any]], title: str,
-               lr_drops: Sequence[int] = (), *, mark: str = ""):
+def run_figure(
+    records: Sequence[Mapping[str, Any]],
+    title: str,
+    lr_drops: Sequence[int] = (),
+    *,
+    mark: str = "",
+):
   """The Figure of one run's curves; ``mark`` opens its title."""
   fig, (ax,) = _figure(7.6, 4.0)
-  draw(ax, records, label=f"{curve_points(records)['eval_name']} error",
-       lr_drops=lr_drops)
+  draw(
+      ax,
+      records,
+      label=f"{curve_points(records)['eval_name']} error",
+      lr_drops=lr_drops,
+  )
   ax.plot([], [], linewidth=0.7, color="0.3", label="train error")
   _style(ax, marked(title, mark), mark)
   return fig
 
 
-def plot_run(records: Sequence[Mapping[str, Any]], title: str,
-             lr_drops: Sequence[int] = (), *, mark: str = "") -> bytes:
+def plot_run(
+    records: Sequence[Mapping[str, Any]],
+    title: str,
+    lr_drops: Sequence[int] = (),
+    *,
+    mark: str = "",
+) -> bytes:
   """PNG bytes of one run's curves (its ``curves.png``).
 
   Args:
@@ -152,28 +198,35 @@ def plot_run(records: Sequence[Mapping[str, Any]], title: str,
   return png_bytes(fig, marked(title, mark, ": "))
 
 
-def panels_figure(panels: Sequence[Mapping[str, Any]], title: str = "", *,
-                  mark: str = ""):
+def panels_figure(
+    panels: Sequence[Mapping[str, Any]], title: str = "", *, mark: str = ""
+):
   """The Figure of side-by-side panels; see ``plot_panels``."""
   fig, axes = _figure(6.4 * len(panels), 4.4, len(panels))
   top = 0.0
   for ax, panel in zip(axes, panels):
     for k, (label, records) in enumerate(panel["runs"]):
-      draw(ax, records, label=label,
-           lr_drops=panel.get("lr_drops", ()) if k == 0 else ())
+      draw(
+          ax,
+          records,
+          label=label,
+          lr_drops=panel.get("lr_drops", ()) if k == 0 else (),
+      )
       errors = curve_points(records)["eval"][1]
       top = max([top] + list(errors))
     _style(ax, panel["title"])
   for ax in axes:  # one scale, as in the paper's figures
     ax.set_ylim(0, min(100.0, max(top * 1.5, 5.0)))
   if title or mark:
-    fig.suptitle(marked(title, mark), fontsize=10,
-                 color="tab:red" if mark else "black")
+    fig.suptitle(
+        marked(title, mark), fontsize=10, color="tab:red" if mark else "black"
+    )
   return fig
 
 
-def plot_panels(panels: Sequence[Mapping[str, Any]], title: str = "", *,
-                mark: str = "") -> bytes:
+def plot_panels(
+    panels: Sequence[Mapping[str, Any]], title: str = "", *, mark: str = ""
+) -> bytes:
   """PNG bytes of side-by-side panels of several runs each.
 
   Args:
@@ -189,6 +242,7 @@ def plot_panels(panels: Sequence[Mapping[str, Any]], title: str = "", *,
 def _style(ax, title: str, mark: str = "") -> None:
   # pylint: disable-next=g-import-not-at-top
   from matplotlib.ticker import MaxNLocator
+
   ax.set_xlabel("iterations")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps count
   ax.set_ylabel("error (%)")

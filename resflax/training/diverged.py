@@ -34,14 +34,16 @@ def first_nonfinite(feed, spec, config, state, bad_step: int, k: int) -> str:
   """
   if not isinstance(feed, feeds.InMemoryFeed):
     return "loss or parameters"
-  spec = dataclasses.replace(spec, config=config,
-                             optimizer=make_optimizer(config.train))
+  spec = dataclasses.replace(
+      spec, config=config, optimizer=make_optimizer(config.train)
+  )
   one = {**state, "step": jnp.asarray(bad_step, jnp.int32)}
   data = feed.step_args()
   if feed.per_run:
     data = tuple(a[k] for a in data)
-  report = feeds.fetch(jax.jit(functools.partial(
-      step_lib.finiteness, spec))(one, *data))
+  report = feeds.fetch(
+      jax.jit(functools.partial(step_lib.finiteness, spec))(one, *data)
+  )
   if not report["loss"]:
     return "loss"
   for kind in ("gradients", "parameters"):

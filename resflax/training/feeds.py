@@ -12,11 +12,13 @@ runs' variables on a split. Two kinds:
 """
 
 import functools
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from resflax import data as data_lib
 from resflax.training import step as step_lib
@@ -25,10 +27,12 @@ from resflax.training.state import RunSpec
 
 def fetch(tree):
   """Host copy of replicated (possibly multi-process) arrays: one sync."""
+
   def get(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
       return np.asarray(a.addressable_data(0))
     return np.asarray(a)
+
   return jax.tree.map(get, tree)
 
 
@@ -47,10 +51,14 @@ def place_examples(mesh, images, labels):
   n = (len(labels) // mesh.size) * mesh.size
   sharding = NamedSharding(mesh, P("data"))
   local_images, local_labels = data_lib.shard_for_process(
-      images[:n], labels[:n], jax.process_index(), jax.process_count())
-  return (jax.make_array_from_process_local_data(
-              sharding, local_images, (n,) + images.shape[1:]),
-          jax.make_array_from_process_local_data(sharding, local_labels, (n,)))
+      images[:n], labels[:n], jax.process_index(), jax.process_count()
+  )
+  return (
+      jax.make_array_from_process_local_data(
+          sharding, local_images, (n,) + images.shape[1:]
+      ),
+      jax.make_array_from_process_local_data(sharding, local_labels, (n,)),
+  )
 
 
 class InMemoryFeed:
@@ -62,11 +70,13 @@ class InMemoryFeed:
     mesh: the device mesh.
     eval_batch_size: evaluation batch size.
   """
+
   step_impl = staticmethod(step_lib.step_on_dataset)
   separate_test = True  # a held-out validation split leaves 'test' apart
 
-  def __init__(self, datasets: Sequence[data_lib.Dataset], mesh,
-               eval_batch_size: int):
+  def __init__(
+      self, datasets: Sequence[data_lib.Dataset], mesh, eval_batch_size: int
+  ):
     self.per_run = len(datasets) > 1
     self._datasets, self._mesh = list(datasets), mesh
     self._rep = NamedSharding(mesh, P())
@@ -79,35 +89,40 @@ class InMemoryFeed:
     self.image_shape = first.image_shape
     self.eval_split = first.eval_split
     self.summary = first.summary() + (
-        " (one copy per run)" if self.per_run else "")
+        " (one copy per run)" if self.per_run else ""
+    )
     # Any evaluation batch works on any device count: it is rounded up to a
     # multiple of the devices and the padding is masked out.
     self._eval_batch_size = -(-eval_batch_size // mesh.size) * mesh.size
-    self._placed: Dict[str, Any] = {}
+    self._placed: dict[str, Any] = {}
     self._eval_fn = None
 
   @property
-  def data_axis(self) -> Optional[int]:
+  def data_axis(self) -> int | None:
     """The run axis of the step's data arguments (None: shared)."""
     return 0 if self.per_run else None
 
   def _split(self, name):
     if not self.per_run:
       d = self._datasets[0]
-      return place_examples(self._mesh, getattr(d, f"{name}_images"),
-                            getattr(d, f"{name}_labels"))
+      return place_examples(
+          self._mesh, getattr(d, f"{name}_images"), getattr(d, f"{name}_labels")
+      )
     put = lambda a: jax.device_put(a, self._rep)
-    return (put(np.stack([getattr(d, f"{name}_images")
-                          for d in self._datasets])),
-            put(np.stack([getattr(d, f"{name}_labels")
-                          for d in self._datasets])))
+    return (
+        put(np.stack([getattr(d, f"{name}_images") for d in self._datasets])),
+        put(np.stack([getattr(d, f"{name}_labels") for d in self._datasets])),
+    )
 
   def _constant(self, get):
-    value = (get(self._datasets[0]) if not self.per_run
-             else np.stack([get(d) for d in self._datasets]))
+    value = (
+        get(self._datasets[0])
+        if not self.per_run
+        else np.stack([get(d) for d in self._datasets])
+    )
     return jax.device_put(value, self._rep)
 
-  def start(self, spec: RunSpec, runs: Optional[int], step: int) -> None:
+  def start(self, spec: RunSpec, runs: int | None, step: int) -> None:
     """Compiles evaluation for ``runs`` stacked runs (None: one, unstacked)."""
     del step  # the batch is a function of the state's rng and step
     fn = functools.partial(step_lib.evaluate_split, spec)
@@ -119,18 +134,23 @@ class InMemoryFeed:
   def step_args(self):
     return self.images, self.labels, self.mean, self.std
 
-  def evaluate(self, variables, split: str = "eval") -> Dict[str, np.ndarray]:
+  def evaluate(self, variables, split: str = "eval") -> dict[str, np.ndarray]:
     """Error and loss on ``split`` ('eval' or 'test'), per run if stacked."""
     if split not in self._placed:
       images, labels = self._split(split)
-      layout = data_lib.eval_batches(int(labels.shape[-1]),
-                                     self._eval_batch_size)
-      self._placed[split] = (images, labels,
-                             jax.device_put(layout.indices, self._rep),
-                             jax.device_put(layout.mask, self._rep))
+      layout = data_lib.eval_batches(
+          int(labels.shape[-1]), self._eval_batch_size
+      )
+      self._placed[split] = (
+          images,
+          labels,
+          jax.device_put(layout.indices, self._rep),
+          jax.device_put(layout.mask, self._rep),
+      )
     images, labels, idx, mask = self._placed[split]
-    return fetch(self._eval_fn(variables, images, labels, self.mean,
-                               self.std, idx, mask))
+    return fetch(
+        self._eval_fn(variables, images, labels, self.mean, self.std, idx, mask)
+    )
 
 
 class StreamedFeed:
@@ -140,6 +160,7 @@ class StreamedFeed:
   A resumed run restarts the stream seeded by (seed, step): deterministic,
   but not the batches the interrupted run would have seen next.
   """
+
   step_impl = staticmethod(step_lib.step_on_batch)
   separate_test = False  # ImageNet's validation split is its test set
   per_run = False
@@ -151,9 +172,11 @@ class StreamedFeed:
     self.num_classes = info.num_classes
     self.num_train = 0
     self.eval_split = info.eval_split
-    self.summary = (f"{info.name} streamed from tensorflow-datasets, "
-                    f"{info.num_classes} classes, images "
-                    f"{'x'.join(map(str, self.image_shape))}")
+    self.summary = (
+        f"{info.name} streamed from tensorflow-datasets, "
+        f"{info.num_classes} classes, images "
+        f"{'x'.join(map(str, self.image_shape))}"
+    )
     rep = NamedSharding(mesh, P())
     self.mean = jax.device_put(data_lib.IMAGENET_MEAN, rep)
     self.std = jax.device_put(data_lib.IMAGENET_STD, rep)
@@ -166,41 +189,66 @@ class StreamedFeed:
 
   def _iterator(self, split, batch_size, **kw):
     return data_lib.imagenet_iterator(
-        self._config.data, split, batch_size,
+        self._config.data,
+        split,
+        batch_size,
         process_index=jax.process_index(),
-        process_count=jax.process_count(), **kw)
+        process_count=jax.process_count(),
+        **kw,
+    )
 
   def _global(self, local, extra_dims):
     n = local.shape[0] * jax.process_count()
     return jax.make_array_from_process_local_data(
-        self._sharding, local, (n,) + extra_dims)
+        self._sharding, local, (n,) + extra_dims
+    )
 
-  def start(self, spec: RunSpec, runs: Optional[int], step: int) -> None:
+  def start(self, spec: RunSpec, runs: int | None, step: int) -> None:
     if runs is not None:
       raise ValueError("a streamed dataset trains one run at a time")
     seed = self._config.seed
-    self._train = (self._probe if step == 0 else self._iterator(
-        "train", self._per_host, seed=seed * 7919 + step))
-    self._eval_fn = jax.jit(functools.partial(step_lib.evaluate_batch, spec),
-                            **spec.jit_options)
+    self._train = (
+        self._probe
+        if step == 0
+        else self._iterator("train", self._per_host, seed=seed * 7919 + step)
+    )
+    self._eval_fn = jax.jit(
+        functools.partial(step_lib.evaluate_batch, spec), **spec.jit_options
+    )
 
   def step_args(self):
     batch = next(self._train)
-    return (self._global(batch["image"], self.image_shape),
-            self._global(batch["label"], ()), self.mean, self.std)
+    return (
+        self._global(batch["image"], self.image_shape),
+        self._global(batch["label"], ()),
+        self.mean,
+        self.std,
+    )
 
-  def evaluate(self, variables, split: str = "eval") -> Dict[str, np.ndarray]:
+  def evaluate(self, variables, split: str = "eval") -> dict[str, np.ndarray]:
     del split  # ImageNet's validation split is its test set, as in the papers
     devices = self._mesh.size
-    per_host = (-(-self._config.train.eval_batch_size // devices) * devices
-                // jax.process_count())
+    per_host = (
+        -(-self._config.train.eval_batch_size // devices)
+        * devices
+        // jax.process_count()
+    )
     totals = np.zeros(3)
     for batch in self._iterator("validation", per_host):
-      out = fetch(self._eval_fn(
-          variables, self._global(batch["image"], self.image_shape),
-          self._global(batch["label"], ()), self._global(batch["mask"], ()),
-          self.mean, self.std))
-      totals += np.array([float(out["wrong"]), float(out["loss"]),
-                          float(out["count"])])
-    return {"error": np.asarray(totals[0] / totals[2]),
-            "loss": np.asarray(totals[1] / totals[2])}
+      out = fetch(
+          self._eval_fn(
+              variables,
+              self._global(batch["image"], self.image_shape),
+              self._global(batch["label"], ()),
+              self._global(batch["mask"], ()),
+              self.mean,
+              self.std,
+          )
+      )
+      totals += np.array(
+          [float(out["wrong"]), float(out["loss"]), float(out["count"])]
+      )
+    return {
+        "error": np.asarray(totals[0] / totals[2]),
+        "loss": np.asarray(totals[1] / totals[2]),
+    }

@@ -9,14 +9,13 @@ when a sweep or lesion study ran it.
 """
 
 import signal
-from typing import Optional
 
 from resflax.training.preemption import StopSignal
 
-_last: Optional[int] = None
+_last: int | None = None
 
 
-def last_signal() -> Optional[int]:
+def last_signal() -> int | None:
   """The signal that last stopped a run in this process, or None."""
   return _last
 

@@ -22,43 +22,63 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from resflax import data as data_lib
-from resflax import fileio
-from resflax import logs
-from resflax import models
-from resflax.errors import (CheckpointError, ConfigError, Stopped,
-                            TrainingError, WorkdirError)
+from resflax import fileio, logs, models
+from resflax.errors import (
+    CheckpointError,
+    ConfigError,
+    Stopped,
+    TrainingError,
+    WorkdirError,
+)
 from resflax.training import checkpoint as checkpoint_lib
-from resflax.training import (compile_cache, curves, diverged, feeds,
-                              interrupts, runs)
+from resflax.training import (
+    compile_cache,
+    curves,
+    diverged,
+    feeds,
+    interrupts,
+    runs,
+)
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.preemption import StopSignal
-from resflax.training.resume import check_steps, restore as _restore
+from resflax.training.resume import check_steps
+from resflax.training.resume import restore as _restore
 from resflax.training.runs import Runs
-from resflax.training.state import (RunSpec, build_run, init_state,
-                                    learning_rate, lr_drop_steps, make_mesh,
-                                    make_optimizer)
+from resflax.training.state import (
+    RunSpec,
+    build_run,
+    init_state,
+    learning_rate,
+    lr_drop_steps,
+    make_mesh,
+    make_optimizer,
+)
 from resflax.training.validate import validate_config
 
 PyTree = Any
 
 
-def _datasets(config, configs) -> List[data_lib.Dataset]:
+def _datasets(config, configs) -> list[data_lib.Dataset]:
   """One dataset, or one per run when the data depends on the seed."""
   first = data_lib.load_dataset(config.data, seed=config.seed)
   if len(configs) == 1 or config.data.name != "synthetic" or config.data.path:
     return [first]
-  return [first if c.seed == config.seed else
-          data_lib.load_dataset(c.data, seed=c.seed) for c in configs]
+  return [
+      first
+      if c.seed == config.seed
+      else data_lib.load_dataset(c.data, seed=c.seed)
+      for c in configs
+  ]
 
 
 def _make_feed(config, configs, mesh):
@@ -69,7 +89,8 @@ def _make_feed(config, configs, mesh):
   if datasets[0].num_train < config.train.batch_size:
     raise ConfigError(
         f"config.train.batch_size={config.train.batch_size} exceeds the "
-        f"{datasets[0].num_train} training images")
+        f"{datasets[0].num_train} training images"
+    )
   return feeds.InMemoryFeed(datasets, mesh, config.train.eval_batch_size)
 
 
@@ -87,50 +108,67 @@ def initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
 
 def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
   if not group.stacked:
-    return jax.jit(lambda s: init_state(spec, s, image_shape),
-                   out_shardings=spec.replicated,
-                   **spec.jit_options)(group.config.seed)
+    return jax.jit(
+        lambda s: init_state(spec, s, image_shape),
+        out_shardings=spec.replicated,
+        **spec.jit_options,
+    )(group.config.seed)
   parts = {}
-  for members in runs.init_groups(group.configs,
-                                  models.init_only_keys(spec.model.config)):
-    member_spec = dataclasses.replace(spec, model=build_run(
-        group.configs[members[0]], spec.model.config.num_classes,
-        mesh=spec.mesh).model)
-    stacked = jax.jit(jax.vmap(
-        lambda s, t=member_spec: init_state(t, s, image_shape)),
-                      out_shardings=spec.replicated, **spec.jit_options)(
-                          jnp.asarray([group.configs[k].seed for k in members],
-                                      jnp.int32))
+  for members in runs.init_groups(
+      group.configs, models.init_only_keys(spec.model.config)
+  ):
+    member_spec = dataclasses.replace(
+        spec,
+        model=build_run(
+            group.configs[members[0]],
+            spec.model.config.num_classes,
+            mesh=spec.mesh,
+        ).model,
+    )
+    stacked = jax.jit(
+        jax.vmap(lambda s, t=member_spec: init_state(t, s, image_shape)),
+        out_shardings=spec.replicated,
+        **spec.jit_options,
+    )(jnp.asarray([group.configs[k].seed for k in members], jnp.int32))
     for j, k in enumerate(members):
       parts[k] = jax.tree.map(lambda x, j=j: x[j], stacked)
-  return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
-                 out_shardings=spec.replicated)(
-                     *[parts[k] for k in range(group.count)])
+  return jax.jit(
+      lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
+      out_shardings=spec.replicated,
+  )(*[parts[k] for k in range(group.count)])
 
 
 def make_step(group: Runs, spec: RunSpec, feed):
   """``step(state, *feed.step_args()) -> state``, jitted, state donated."""
   if not group.stacked:
-    return jax.jit(functools.partial(feed.step_impl, spec), donate_argnums=0,
-                   **spec.jit_options)
+    return jax.jit(
+        functools.partial(feed.step_impl, spec),
+        donate_argnums=0,
+        **spec.jit_options,
+    )
   hparams = jax.device_put(runs.step_hparams(group.configs), spec.replicated)
 
   def one(state, hp, *data):
     run_spec = spec
     if hp:
       cfg = runs.ConfigView(spec.config, hp)
-      run_spec = dataclasses.replace(spec, config=cfg,
-                                     optimizer=make_optimizer(cfg.train))
+      run_spec = dataclasses.replace(
+          spec, config=cfg, optimizer=make_optimizer(cfg.train)
+      )
     return feed.step_impl(run_spec, state, *data)
 
   d = feed.data_axis
-  vstep = jax.jit(jax.vmap(one, in_axes=(0, 0, d, d, d, d)), donate_argnums=0,
-                  **spec.jit_options)
+  vstep = jax.jit(
+      jax.vmap(one, in_axes=(0, 0, d, d, d, d)),
+      donate_argnums=0,
+      **spec.jit_options,
+  )
   return lambda state, *data: vstep(state, hparams, *data)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       brief: bool = False) -> Dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, brief: bool = False
+) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if possible) and evaluates.
 
   Args:
@@ -178,56 +216,92 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if is_main and not changed:
         _write_configs(group, 0, missing_only=True)
       if stop.received is not None:
-        logging.warning("received signal %d while loading data: stopped "
-                        "before training; run the same command to start",
-                        stop.received)
+        logging.warning(
+            "received signal %d while loading data: stopped "
+            "before training; run the same command to start",
+            stop.received,
+        )
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
       return _Trainer(group, spec, feed, stop, changed, brief).run()
 
 
-def _log_start(group: Runs, spec: RunSpec, feed, state, step: int,
-               level: int = logging.INFO) -> None:
+def _log_start(
+    group: Runs,
+    spec: RunSpec,
+    feed,
+    state,
+    step: int,
+    level: int = logging.INFO,
+) -> None:
   """The run's start block (``metrics.start_block``) at absl's ``level``."""
   params = group.one(state["variables"], 0)["params"]
-  logging.log(level, "%s", metrics_lib.start_block(
-      group.workdir, group.count if group.stacked else 1, feed.summary,
-      spec.model.config, params, group.config.train,
-      lr_drop_steps(group.config.train), step))
-  logging.log(level, "parameters per module:\n%s",
-              metrics_lib.model_summary(params))
+  logging.log(
+      level,
+      "%s",
+      metrics_lib.start_block(
+          group.workdir,
+          group.count if group.stacked else 1,
+          feed.summary,
+          spec.model.config,
+          params,
+          group.config.train,
+          lr_drop_steps(group.config.train),
+          step,
+      ),
+  )
+  logging.log(
+      level, "parameters per module:\n%s", metrics_lib.model_summary(params)
+  )
 
 
 def _write_configs(group: Runs, step: int, missing_only: bool = False) -> None:
-  workdir_lib.write_configs([(group.config, group.workdir)] + (
-      list(zip(group.configs, group.dirs)) if group.stacked else []),
-                            step, missing_only)
+  workdir_lib.write_configs(
+      [(group.config, group.workdir)]
+      + (list(zip(group.configs, group.dirs)) if group.stacked else []),
+      step,
+      missing_only,
+  )
 
 
 class _Trainer:
   """One segment of training: from the restored step to the end or a stop."""
 
-  def __init__(self, group: Runs, spec: RunSpec, feed, stop: StopSignal,
-               config_changed: bool, brief: bool = False):
+  def __init__(
+      self,
+      group: Runs,
+      spec: RunSpec,
+      feed,
+      stop: StopSignal,
+      config_changed: bool,
+      brief: bool = False,
+  ):
     self.group, self.spec, self.feed, self.stop = group, spec, feed, stop
     # The level of the start block, progress, evaluation and results lines.
     self.detail = logging.DEBUG if brief else logging.INFO
     self.t = group.config.train
     # "key: old -> new" of an allowed config change, named if it does not
     # fit the checkpoint; written to config.json at its first checkpoint.
-    self.changes = workdir_lib.describe_changes(
-        group.config, group.workdir, workdir_lib.config_changes(
-            group.config, group.workdir)) if config_changed else []
-    self.failed: Dict[int, str] = {}
+    self.changes = (
+        workdir_lib.describe_changes(
+            group.config,
+            group.workdir,
+            workdir_lib.config_changes(group.config, group.workdir),
+        )
+        if config_changed
+        else []
+    )
+    self.failed: dict[int, str] = {}
     self.failed_at = None  # the step every run had diverged at
     self.ckpt = checkpoint_lib.Checkpointer(
         os.path.join(group.workdir, "checkpoints"),
-        max_to_keep=self.t.max_checkpoints)
+        max_to_keep=self.t.max_checkpoints,
+    )
     self.logs = [workdir_lib.RunLog(d, group.is_main) for d in group.dirs]
     self.wall_start = time.perf_counter()
     self.saved_step = None
 
-  def run(self) -> Dict[str, Any]:
+  def run(self) -> dict[str, Any]:
     """Restores, trains to ``train.steps`` and returns the results."""
     g, t = self.group, self.t
     state = initial_state(g, self.spec, self.feed.image_shape)
@@ -241,11 +315,16 @@ class _Trainer:
       finished = [workdir_lib.finished_results(d, t.steps) for d in g.dirs]
       if all(r is not None for r in finished):
         self.ckpt.close()
-        logging.log(self.detail, "%s already finished its %d steps; results:"
-                    " %s", g.workdir, t.steps,
-                    os.path.join(g.workdir, workdir_lib.RESULTS_FILE))
-        return fileio.read_json(os.path.join(g.workdir,
-                                             workdir_lib.RESULTS_FILE))
+        logging.log(
+            self.detail,
+            "%s already finished its %d steps; results:" " %s",
+            g.workdir,
+            t.steps,
+            os.path.join(g.workdir, workdir_lib.RESULTS_FILE),
+        )
+        return fileio.read_json(
+            os.path.join(g.workdir, workdir_lib.RESULTS_FILE)
+        )
     _log_start(g, self.spec, self.feed, state, step, self.detail)
     self.clock = self.logs[0].rewind(step)
     for log in self.logs[1:]:
@@ -268,8 +347,9 @@ class _Trainer:
     """Closes checkpoints and event files; after an error (``failed``)
     their own errors (a full disk, say) are logged, not raised, so that the
     first error is the one the user sees."""
-    for close in [self.ckpt.close] + [w.close for w in
-                                      getattr(self, "writers", [])]:
+    for close in [self.ckpt.close] + [
+        w.close for w in getattr(self, "writers", [])
+    ]:
       try:
         with workdir_lib.writing(self.group.workdir):
           close()
@@ -290,9 +370,12 @@ class _Trainer:
       for w, c in zip(self.writers, g.configs):
         w.write_hparams(c.to_dict())
     self.progress = metrics_lib.ProgressLogger(
-        t.steps, every_steps=t.log_every or None,
-        every_secs=None if t.log_every else 60.0, start_step=step,
-        log_fn=functools.partial(logging.log, self.detail))
+        t.steps,
+        every_steps=t.log_every or None,
+        every_secs=None if t.log_every else 60.0,
+        start_step=step,
+        log_fn=functools.partial(logging.log, self.detail),
+    )
     self.last = g.per_run(state["metrics"])
     if step < t.steps:
       logging.log(self.detail, "compiling the training step...")
@@ -304,8 +387,11 @@ class _Trainer:
         # Throughput excludes the first step of a segment (compilation).
         jax.block_until_ready(state["step"])
         now = time.perf_counter()
-        logging.log(self.detail, "compiled and ran the first step in %.1f s",
-                    now - compile_start)
+        logging.log(
+            self.detail,
+            "compiled and ran the first step in %.1f s",
+            now - compile_start,
+        )
         self.clock.update(segment_start=now, segment_from=step)
         self.progress.reset_timer(step)
       # Reports and evaluations first: a stop must not skip those of its step.
@@ -314,9 +400,13 @@ class _Trainer:
         if self.saved_step != step:
           self._save(state, step, wait=True)
         self.ckpt.wait_until_finished()
-        logging.warning("received signal %s: saved step %d to %s and "
-                        "stopped; run the same command to resume",
-                        self.stop.received, step, self.ckpt.directory)
+        logging.warning(
+            "received signal %s: saved step %d to %s and "
+            "stopped; run the same command to resume",
+            self.stop.received,
+            step,
+            self.ckpt.directory,
+        )
         return state, step, True
     if self.ckpt.latest_step() != step:
       self._save(state, step, wait=True)
@@ -329,8 +419,9 @@ class _Trainer:
     self.ckpt.poll()  # seal a background save as soon as it is committed
     report = self.progress.should_report(step)
     do_eval = (t.eval_every and step % t.eval_every == 0) or step == t.steps
-    do_ckpt = (t.checkpoint_every and step % t.checkpoint_every == 0
-               ) or step == t.steps
+    do_ckpt = (
+        t.checkpoint_every and step % t.checkpoint_every == 0
+    ) or step == t.steps
     if not (report or do_eval or do_ckpt):
       return
     self._check_finite(state)
@@ -346,8 +437,9 @@ class _Trainer:
     if do_eval:
       self.progress.reset_timer(step)
 
-  def _report(self, state, step, to_terminal: bool,
-              failed_too: bool = False) -> None:
+  def _report(
+      self, state, step, to_terminal: bool, failed_too: bool = False
+  ) -> None:
     g, t = self.group, self.t
     m, last = g.per_run(state["metrics"]), self.last
     seen = m.error.count - last.error.count
@@ -355,41 +447,60 @@ class _Trainer:
       return
     # The interval's means: differences of the running totals.
     losses = (m.loss.total - last.loss.total) / np.maximum(
-        m.loss.count - last.loss.count, 1)
+        m.loss.count - last.loss.count, 1
+    )
     errors = (m.error.total - last.error.total) / np.maximum(seen, 1)
     self.last = m
     warm = g.per_run(state["warm"])
     ok = [k for k in range(g.count) if failed_too or k not in self.failed]
-    rates = [float(learning_rate(step - 1, bool(warm[k]),
-                                 g.configs[k].train)) for k in range(g.count)]
+    rates = [
+        float(learning_rate(step - 1, bool(warm[k]), g.configs[k].train))
+        for k in range(g.count)
+    ]
     for k in ok:
-      scalars = {"train_loss": float(losses[k]),
-                 "train_error": float(errors[k]), "learning_rate": rates[k]}
+      scalars = {
+          "train_loss": float(losses[k]),
+          "train_error": float(errors[k]),
+          "learning_rate": rates[k],
+      }
       self.writers[k].write_scalars(step, scalars)
       self.logs[k].append(step, "train", **scalars)
     if to_terminal:
       ok = ok or list(range(g.count))
-      speed = self.progress.report(step, t.batch_size * g.count, {
-          "train_loss": float(np.mean(losses[ok])),
-          "train_error": float(np.mean(errors[ok])),
-          "learning_rate": rates[ok[0]],
-          **({"failed_runs": len(self.failed)} if g.stacked else {})})
+      speed = self.progress.report(
+          step,
+          t.batch_size * g.count,
+          {
+              "train_loss": float(np.mean(losses[ok])),
+              "train_error": float(np.mean(errors[ok])),
+              "learning_rate": rates[ok[0]],
+              **({"failed_runs": len(self.failed)} if g.stacked else {}),
+          },
+      )
       if "images_per_sec" in speed:  # compilation excluded (reset_timer)
         for w in self.writers:
-          w.write_scalars(step, {
-              "images_per_second": speed["images_per_sec"] / g.count})
+          w.write_scalars(
+              step, {"images_per_second": speed["images_per_sec"] / g.count}
+          )
 
   def _evaluate(self, state, step) -> None:
     start = time.perf_counter()
     ev = self.group.per_run(self.feed.evaluate(state["variables"]))
     name = self.feed.eval_split
     for k in range(self.group.count):
-      scalars = {f"{name}_error": float(ev["error"][k]),
-                 f"{name}_loss": float(ev["loss"][k])}
+      scalars = {
+          f"{name}_error": float(ev["error"][k]),
+          f"{name}_loss": float(ev["loss"][k]),
+      }
       self.writers[k].write_scalars(step, scalars)
       self.logs[k].append(step, "eval", **scalars)
-    logging.log(self.detail, "step %d: %s error %s", step, name,
-                " ".join(f"{e:.4f}" for e in ev["error"]))
+    logging.log(
+        self.detail,
+        "step %d: %s error %s",
+        step,
+        name,
+        " ".join(f"{e:.4f}" for e in ev["error"]),
+    )
     self._write_curves()
     self.clock["eval_seconds"] += time.perf_counter() - start
 
@@ -402,11 +513,17 @@ class _Trainer:
       title = f"{m.name} depth {m.depth}, seed {c.seed}: {d}"
       if self.failed_at is not None:
         title += f" (diverged at step {self.failed_at})"
-      workdir_lib.write_file(os.path.join(d, "curves.png"), curves.plot_run(
-          log.records(), title, lr_drops=lr_drop_steps(c.train),
-          mark=curves.config_mark(c)))
+      workdir_lib.write_file(
+          os.path.join(d, "curves.png"),
+          curves.plot_run(
+              log.records(),
+              title,
+              lr_drops=lr_drop_steps(c.train),
+              mark=curves.config_mark(c),
+          ),
+      )
 
-  def _timing(self, step) -> Dict[str, float]:
+  def _timing(self, step) -> dict[str, float]:
     """Cumulative train time and timed steps over every segment until
     ``step``, fixed at its first call so that its checkpoint record and
     results.json agree."""
@@ -414,12 +531,15 @@ class _Trainer:
     if c.get("step") == step:
       return c["at"]
     if c["segment_start"] is None:
-      return {"train_seconds": c["train_seconds"],
-              "timed_steps": c["timed_steps"]}
+      return {
+          "train_seconds": c["train_seconds"],
+          "timed_steps": c["timed_steps"],
+      }
     seconds = time.perf_counter() - c["segment_start"] - c["eval_seconds"]
     c["step"], c["at"] = step, {
         "train_seconds": c["train_seconds"] + seconds,
-        "timed_steps": c["timed_steps"] + step - c["segment_from"]}
+        "timed_steps": c["timed_steps"] + step - c["segment_from"],
+    }
     return c["at"]
 
   def _save(self, state, step, wait: bool) -> None:
@@ -447,28 +567,43 @@ class _Trainer:
     value = g.per_run(state["nonfinite_value"])
     for k in np.flatnonzero(bad >= 0):
       if k not in self.failed:
-        what = diverged.first_nonfinite(self.feed, self.spec, g.configs[k],
-                                        g.one(state, k), int(bad[k]), int(k))
+        what = diverged.first_nonfinite(
+            self.feed,
+            self.spec,
+            g.configs[k],
+            g.one(state, k),
+            int(bad[k]),
+            int(k),
+        )
         good = self.ckpt.latest_step()  # saves follow a finite check only
-        kept = (f"{g.workdir} keeps the last good checkpoint (step {good})"
-                if good is not None else "no checkpoint was saved before it")
+        kept = (
+            f"{g.workdir} keeps the last good checkpoint (step {good})"
+            if good is not None
+            else "no checkpoint was saved before it"
+        )
         self.failed[int(k)] = (
             f"non-finite {what} at step {bad[k] + 1} (loss = "
             f"{float(value[k]):.4g}); {kept}. Lower config.train."
             "learning_rate, add warm-up, or set config.train.on_nonfinite="
-            "'skip'.")
+            "'skip'."
+        )
         if g.stacked:
-          logging.warning("run %d (seed %d): %s", k, g.configs[k].seed,
-                          self.failed[k])
+          logging.warning(
+              "run %d (seed %d): %s", k, g.configs[k].seed, self.failed[k]
+          )
     if len(self.failed) == g.count:
       if g.is_main:
         for k, d in enumerate(g.dirs):
-          workdir_lib.write_failure(d, self.failed[k], g.configs[k].seed,
-                                    int(bad[k]) + 1)
+          workdir_lib.write_failure(
+              d, self.failed[k], g.configs[k].seed, int(bad[k]) + 1
+          )
       self._log_divergence(state, int(bad.min()))
-      raise TrainingError(self.failed[0] if not g.stacked else
-                          f"all {g.count} parallel runs in {g.workdir} "
-                          f"diverged; first: {self.failed[0]}")
+      raise TrainingError(
+          self.failed[0]
+          if not g.stacked
+          else f"all {g.count} parallel runs in {g.workdir} "
+          f"diverged; first: {self.failed[0]}"
+      )
 
   def _log_divergence(self, state, bad: int) -> None:
     """The training metrics of the finite steps before step ``bad + 1`` in
@@ -483,25 +618,37 @@ class _Trainer:
   # ------------------------------------------------------------------
   # Results
 
-  def _finish(self, state, step) -> Dict[str, Any]:
+  def _finish(self, state, step) -> dict[str, Any]:
     """Evaluates what is missing and writes every run's results."""
     g = self.group
     self._check_finite(state)
     name = self.feed.eval_split
     ev = g.per_run(self.feed.evaluate(state["variables"]))
-    test = ev if name == "test" or not self.feed.separate_test else (
-        g.per_run(self.feed.evaluate(state["variables"], "test")))
+    test = (
+        ev
+        if name == "test" or not self.feed.separate_test
+        else (g.per_run(self.feed.evaluate(state["variables"], "test")))
+    )
     timing = self._timing(step)
-    rate = (timing["timed_steps"] * self.t.batch_size * g.count
-            / timing["train_seconds"] if timing["train_seconds"] else None)
+    rate = (
+        timing["timed_steps"]
+        * self.t.batch_size
+        * g.count
+        / timing["train_seconds"]
+        if timing["train_seconds"]
+        else None
+    )
     skipped = g.per_run(state["skipped"])
-    common = {"eval_split": name, "steps": step,
-              "wall_seconds": time.perf_counter() - self.wall_start,
-              "train_seconds": timing["train_seconds"],
-              "images_per_second": None if rate is None else rate / g.count,
-              "versions": workdir_lib.versions(),
-              "devices": [str(d) for d in jax.devices()],
-              "process_count": jax.process_count()}
+    common = {
+        "eval_split": name,
+        "steps": step,
+        "wall_seconds": time.perf_counter() - self.wall_start,
+        "train_seconds": timing["train_seconds"],
+        "images_per_second": None if rate is None else rate / g.count,
+        "versions": workdir_lib.versions(),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+    }
     summary = []
     for k, (c, d) in enumerate(zip(g.configs, g.dirs)):
       entry = {"seed": c.seed, "dir": os.path.basename(d)}
@@ -510,59 +657,86 @@ class _Trainer:
         if g.is_main:
           workdir_lib.write_failure(d, self.failed[k], c.seed, None)
         continue
-      result = {"test_error": float(test["error"][k]), **common,
-                "skipped_steps": int(skipped[k]),
-                "final_train_error": self.logs[k].last("train", "train_error"),
-                "num_params": models.num_params(
-                    g.one(feeds.fetch(state["variables"]), k)),
-                "history": self.logs[k].history(),
-                "config": c.to_dict()}
+      result = {
+          "test_error": float(test["error"][k]),
+          **common,
+          "skipped_steps": int(skipped[k]),
+          "final_train_error": self.logs[k].last("train", "train_error"),
+          "num_params": models.num_params(
+              g.one(feeds.fetch(state["variables"]), k)
+          ),
+          "history": self.logs[k].history(),
+          "config": c.to_dict(),
+      }
       if name != "test":
         result[f"{name}_error"] = float(ev["error"][k])
       if g.stacked:
-        result["parallel"] = {"runs": g.count, "index": k,
-                              "workdir": g.workdir}
+        result["parallel"] = {"runs": g.count, "index": k, "workdir": g.workdir}
       if g.is_main:
-        workdir_lib.write_json(os.path.join(d, workdir_lib.RESULTS_FILE),
-                               result)
-      summary.append({**entry, "status": "ok",
-                      "test_error": result["test_error"]})
-    out = result if not g.stacked else self._write_combined(summary, step,
-                                                            timing, rate)
+        workdir_lib.write_json(
+            os.path.join(d, workdir_lib.RESULTS_FILE), result
+        )
+      summary.append(
+          {**entry, "status": "ok", "test_error": result["test_error"]}
+      )
+    out = (
+        result
+        if not g.stacked
+        else self._write_combined(summary, step, timing, rate)
+    )
     if self.failed:
       raise TrainingError(
           f"{len(self.failed)} of {g.count} parallel runs in {g.workdir} "
-          "diverged (" + "; ".join(
+          "diverged ("
+          + "; ".join(
               f"seed {g.configs[k].seed}: {self.failed[k]}"
-              for k in sorted(self.failed)) + "); the others' results are "
-          "written")
+              for k in sorted(self.failed)
+          )
+          + "); the others' results are "
+          "written"
+      )
     return out
 
-  def _write_combined(self, summary, step, timing, rate) -> Dict[str, Any]:
+  def _write_combined(self, summary, step, timing, rate) -> dict[str, Any]:
     g = self.group
-    combined = {"parallel_runs": g.count, "runs": summary, "steps": step,
-                "wall_seconds": time.perf_counter() - self.wall_start,
-                "train_seconds": timing["train_seconds"],
-                "images_per_second": rate, "config": g.config.to_dict()}
+    combined = {
+        "parallel_runs": g.count,
+        "runs": summary,
+        "steps": step,
+        "wall_seconds": time.perf_counter() - self.wall_start,
+        "train_seconds": timing["train_seconds"],
+        "images_per_second": rate,
+        "config": g.config.to_dict(),
+    }
     if g.is_main:
-      workdir_lib.write_json(os.path.join(g.workdir,
-                                          workdir_lib.RESULTS_FILE), combined)
+      workdir_lib.write_json(
+          os.path.join(g.workdir, workdir_lib.RESULTS_FILE), combined
+      )
     return combined
 
   def _log_results(self) -> None:
     """The run's last line: where its results (and curves) are."""
     d = self.group.workdir
     curves_png = os.path.join(d, "curves.png")
-    where = (f"; each run's results.json and curves.png in {d}/seed<s>"
-             if self.group.stacked else f" (curves: {curves_png})"
-             if os.path.exists(curves_png) else "")
+    where = (
+        f"; each run's results.json and curves.png in {d}/seed<s>"
+        if self.group.stacked
+        else f" (curves: {curves_png})"
+        if os.path.exists(curves_png)
+        else ""
+    )
     if self.group.is_main:
-      logging.log(self.detail, "results: %s%s",
-                  os.path.join(d, workdir_lib.RESULTS_FILE), where)
+      logging.log(
+          self.detail,
+          "results: %s%s",
+          os.path.join(d, workdir_lib.RESULTS_FILE),
+          where,
+      )
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str,
-                  step: Optional[int] = None) -> PyTree:
+def restore_state(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> PyTree:
   """The train state a run of ``config`` saved in ``workdir``.
 
   Args:

@@ -30,15 +30,14 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from absl import logging
-from clu import asynclib
-from clu import parameter_overview
-from flax import traverse_util
 import jax
 import numpy as np
-
+from absl import logging
+from clu import asynclib, parameter_overview
+from flax import traverse_util
 
 _FILE_COUNTER = itertools.count()
 
@@ -49,24 +48,26 @@ def _tensorboardx():
   # accept torch tensors): seconds of start-up and a second CUDA runtime in a
   # JAX process, e.g. on Colab, which ships torch. A None entry in sys.modules
   # makes that import fail, and tensorboardX carries on without it.
-  hide_torch = 'torch' not in sys.modules
+  hide_torch = "torch" not in sys.modules
   if hide_torch:
-    sys.modules['torch'] = None
+    sys.modules["torch"] = None
   try:
     # pylint: disable=g-import-not-at-top
     from tensorboardX import event_file_writer, record_writer, summary
     from tensorboardX.proto import event_pb2
     # pylint: enable=g-import-not-at-top
   finally:
-    if hide_torch and sys.modules.get('torch', 0) is None:
-      del sys.modules['torch']
+    if hide_torch and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
   return event_file_writer, record_writer, summary, event_pb2
 
 
 def _plain(tree: Mapping[str, Any]) -> dict:
   """Nested mappings (ConfigDicts included) as plain dicts."""
-  return {k: _plain(v) if isinstance(v, Mapping) or hasattr(v, 'to_dict')
-          else v for k, v in tree.items()}
+  return {
+      k: _plain(v) if isinstance(v, Mapping) or hasattr(v, "to_dict") else v
+      for k, v in tree.items()
+  }
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
@@ -117,18 +118,22 @@ class SummaryWriter:
     # The pid and a counter keep two writers started in the same second (a
     # quick resume, parallel runs) from sharing a file name.
     self._events = file_writer.EventsWriter(
-        os.path.join(self.logdir, 'events'),
-        filename_suffix=f'.{os.getpid()}.{next(_FILE_COUNTER)}')
-    self._pool = asynclib.Pool(thread_name_prefix='tensorboard', max_workers=1)
+        os.path.join(self.logdir, "events"),
+        filename_suffix=f".{os.getpid()}.{next(_FILE_COUNTER)}",
+    )
+    self._pool = asynclib.Pool(thread_name_prefix="tensorboard", max_workers=1)
     self._write = self._pool(self._events.write_event)
     self._flush = self._pool(self._events.flush)
     self._closed = False
 
   def _event(self, step: int, summary: Any) -> None:
     if self._closed:
-      raise ValueError(f'the writer of {self.logdir} is closed')
-    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                                      summary=summary))
+      raise ValueError(f"the writer of {self.logdir} is closed")
+    self._write(
+        self._event_pb2.Event(
+            wall_time=time.time(), step=int(step), summary=summary
+        )
+    )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes scalars at `step`.
@@ -138,9 +143,13 @@ class SummaryWriter:
       scalars: tag -> number (Python, NumPy or a one-element array). Pass
         values already on the host: converting a jax array waits for it.
     """
-    values = [value for tag, x in scalars.items()
-              for value in self._summary.scalar(
-                  tag, np.asarray(x, np.float64).item()).value]
+    values = [
+        value
+        for tag, x in scalars.items()
+        for value in self._summary.scalar(
+            tag, np.asarray(x, np.float64).item()
+        ).value
+    ]
     if values:
       self._event(step, self._summary.Summary(value=values))
 
@@ -151,8 +160,10 @@ class SummaryWriter:
       hparams: A (nested) mapping such as `config.to_dict()`; nested keys are
         joined with dots, values other than bool/int/float/str become text.
     """
-    flat = {k: _hparam_value(v) for k, v in traverse_util.flatten_dict(
-        _plain(hparams), sep='.').items()}
+    flat = {
+        k: _hparam_value(v)
+        for k, v in traverse_util.flatten_dict(_plain(hparams), sep=".").items()
+    }
     # Only the session start: without an experiment summary TensorBoard takes
     # the metric columns from the run's scalars (tensorboardX's would declare
     # none), and a session end would mark a running run as finished.
@@ -193,8 +204,9 @@ def create_writer(logdir: str | os.PathLike) -> SummaryWriter | NoOpWriter:
   return SummaryWriter(logdir)
 
 
-def read_scalars(logdir: str | os.PathLike
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_scalars(
+    logdir: str | os.PathLike,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """The scalars of the TensorBoard event files in `logdir` (not recursive).
 
   Uses TensorBoard's event loader: through TensorFlow's record reader when
@@ -209,16 +221,18 @@ def read_scalars(logdir: str | os.PathLike
     checkpoint) keeps the value of the newer file.
   """
   # pylint: disable=g-import-not-at-top
-  from tensorboard.backend.event_processing import event_file_loader
-  from tensorboard.backend.event_processing import io_wrapper
+  from tensorboard.backend.event_processing import event_file_loader, io_wrapper
   from tensorboard.plugins.scalar import metadata as scalar_metadata
   from tensorboard.util import tensor_util
   # pylint: enable=g-import-not-at-top
 
   series: dict[str, dict[int, float]] = {}
   # File names start with the creation time, so name order is time order.
-  paths = sorted(p for p in io_wrapper.ListDirectoryAbsolute(os.fspath(logdir))
-                 if io_wrapper.IsSummaryEventsFile(p))
+  paths = sorted(
+      p
+      for p in io_wrapper.ListDirectoryAbsolute(os.fspath(logdir))
+      if io_wrapper.IsSummaryEventsFile(p)
+  )
   for path in paths:
     # The loader turns legacy `simple_value`s into scalar-plugin tensors.
     for event in event_file_loader.EventFileLoader(path).Load():
@@ -227,9 +241,13 @@ def read_scalars(logdir: str | os.PathLike
         if plugin == scalar_metadata.PLUGIN_NAME:
           x = tensor_util.make_ndarray(value.tensor)
           series.setdefault(value.tag, {})[event.step] = float(x)
-  return {tag: (np.array(sorted(d), np.int64),
-                np.array([d[s] for s in sorted(d)], np.float64))
-          for tag, d in series.items()}
+  return {
+      tag: (
+          np.array(sorted(d), np.int64),
+          np.array([d[s] for s in sorted(d)], np.float64),
+      )
+      for tag, d in series.items()
+  }
 
 
 @dataclasses.dataclass
@@ -239,9 +257,16 @@ class _ModuleRow:
   share: str
 
 
-def start_block(workdir: str, runs: int, data: str, model: Any,
-                params: Mapping[str, Any], train: Any, lr_drops: Any,
-                step: int) -> str:
+def start_block(
+    workdir: str,
+    runs: int,
+    data: str,
+    model: Any,
+    params: Mapping[str, Any],
+    train: Any,
+    lr_drops: Any,
+    step: int,
+) -> str:
   """The text a run logs when it starts: where, on what, which model, how.
 
   Args:
@@ -260,20 +285,23 @@ def start_block(workdir: str, runs: int, data: str, model: Any,
   devices = jax.devices()
   total = int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
   lines = [
-      f'resflax run in {workdir}'
-      + (f' ({runs} runs in one program)' if runs > 1 else ''),
-      f'devices: {len(devices)} x {devices[0].device_kind} '
-      f'({jax.process_count()} process(es))',
-      f'data: {data}',
-      f'model: {model.name} depth {model.depth} ({model.block}, '
-      f'{model.shortcut}, {model.unit}), {total:,} parameters',
-      f'schedule: {train.steps} steps of {train.batch_size}, lr '
-      f'{train.learning_rate} decays x{train.lr_decay} at {lr_drops}'
-      + (f' (scaled to {train.steps} of {train.schedule_steps} steps)'
-         if train.scale_schedule else ''),
-      'starting' if step == 0 else f'resuming at step {step}',
+      f"resflax run in {workdir}"
+      + (f" ({runs} runs in one program)" if runs > 1 else ""),
+      f"devices: {len(devices)} x {devices[0].device_kind} "
+      f"({jax.process_count()} process(es))",
+      f"data: {data}",
+      f"model: {model.name} depth {model.depth} ({model.block}, "
+      f"{model.shortcut}, {model.unit}), {total:,} parameters",
+      f"schedule: {train.steps} steps of {train.batch_size}, lr "
+      f"{train.learning_rate} decays x{train.lr_decay} at {lr_drops}"
+      + (
+          f" (scaled to {train.steps} of {train.schedule_steps} steps)"
+          if train.scale_schedule
+          else ""
+      ),
+      "starting" if step == 0 else f"resuming at step {step}",
   ]
-  return '\n  '.join(lines)
+  return "\n  ".join(lines)
 
 
 def model_summary(params: Mapping[str, Any]) -> str:
@@ -287,13 +315,16 @@ def model_summary(params: Mapping[str, Any]) -> str:
     Lines like ``| stage0 | 23,360 | 8.6% |`` in a table, then
     ``Total: 272,474 parameters``.
   """
-  counts = {name: int(parameter_overview.count_parameters({name: value}))
-            for name, value in params.items()}
+  counts = {
+      name: int(parameter_overview.count_parameters({name: value}))
+      for name, value in params.items()
+  }
   total = sum(counts.values())
-  rows = [_ModuleRow(name, n, f'{100 * n / max(total, 1):.1f}%')
-          for name, n in counts.items()]
-  return (parameter_overview.make_table(rows)
-          + f'\nTotal: {total:,} parameters')
+  rows = [
+      _ModuleRow(name, n, f"{100 * n / max(total, 1):.1f}%")
+      for name, n in counts.items()
+  ]
+  return parameter_overview.make_table(rows) + f"\nTotal: {total:,} parameters"
 
 
 # ---------------------------------------------------------------------------
@@ -303,15 +334,15 @@ def model_summary(params: Mapping[str, Any]) -> str:
 def format_duration(seconds: float) -> str:
   """Formats seconds compactly: '42s', '5m12s', '2h03m', '1d04h', '?'."""
   if not math.isfinite(seconds):
-    return '?'
+    return "?"
   s = int(round(max(seconds, 0.0)))
   if s < 60:
-    return f'{s}s'
+    return f"{s}s"
   if s < 3600:
-    return f'{s // 60}m{s % 60:02d}s'
+    return f"{s // 60}m{s % 60:02d}s"
   if s < 86400:
-    return f'{s // 3600}h{(s % 3600) // 60:02d}m'
-  return f'{s // 86400}d{(s % 86400) // 3600:02d}h'
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+  return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
 def _format_number(value: Any) -> str:
@@ -321,7 +352,7 @@ def _format_number(value: Any) -> str:
     return str(value)
   if x.is_integer() and abs(x) < 1e15:
     return str(int(x))
-  return f'{x:.4g}'
+  return f"{x:.4g}"
 
 
 class ProgressLogger:
@@ -362,7 +393,7 @@ class ProgressLogger:
       ValueError: If neither interval is set.
     """
     if every_steps is None and every_secs is None:
-      raise ValueError('set every_steps and/or every_secs')
+      raise ValueError("set every_steps and/or every_secs")
     self.total_steps = int(total_steps)
     self.every_steps = every_steps
     self.every_secs = every_secs
@@ -422,24 +453,27 @@ class ProgressLogger:
     remaining = max(self.total_steps - step, 0)
     info = {}
     if dt > 0 and dsteps > 0:
-      info['steps_per_sec'] = dsteps / dt
+      info["steps_per_sec"] = dsteps / dt
       if images_per_step is not None:
-        info['images_per_sec'] = info['steps_per_sec'] * images_per_step
-      info['eta_secs'] = remaining / info['steps_per_sec']
+        info["images_per_sec"] = info["steps_per_sec"] * images_per_step
+      info["eta_secs"] = remaining / info["steps_per_sec"]
     elif not remaining:
-      info['eta_secs'] = 0.0
-    rate = info.get('steps_per_sec')
-    parts = [f'step {step}/{self.total_steps}'
-             f' ({100.0 * step / max(self.total_steps, 1):.1f}%)',
-             f'{"?" if rate is None else f"{rate:.2f}"} steps/s']
+      info["eta_secs"] = 0.0
+    rate = info.get("steps_per_sec")
+    parts = [
+        f"step {step}/{self.total_steps}"
+        f" ({100.0 * step / max(self.total_steps, 1):.1f}%)",
+        f'{"?" if rate is None else f"{rate:.2f}"} steps/s',
+    ]
     if images_per_step is not None:
-      images = info.get('images_per_sec')
+      images = info.get("images_per_sec")
       parts.append(f'{"?" if images is None else f"{images:.0f}"} img/s')
     parts.append(f'ETA {format_duration(info.get("eta_secs", math.nan))}')
     if extra:
-      parts.append(' '.join(f'{k}={_format_number(v)}'
-                            for k, v in extra.items()))
-    self._log('%s', ' | '.join(parts))
+      parts.append(
+          " ".join(f"{k}={_format_number(v)}" for k, v in extra.items())
+      )
+    self._log("%s", " | ".join(parts))
     self._last_report_step = self._rate_step = step
     self._last_report_time = self._rate_time = now
     return info

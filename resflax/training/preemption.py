@@ -12,11 +12,11 @@ a download or a decode that may take minutes) the handler raises
 import contextlib
 import signal
 import threading
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
 from resflax.errors import Stopped
 
@@ -30,7 +30,7 @@ class StopSignal:
   """
 
   def __init__(self, check_every: int = 20):
-    self.received: Optional[int] = None
+    self.received: int | None = None
     self._previous = None
     self._check_every = max(1, int(check_every))
     self._installed = False
@@ -41,9 +41,11 @@ class StopSignal:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
       self._installed = True
     else:
-      logging.warning("training runs outside the main thread: SIGTERM is not "
-                      "caught, so a preemption will not save a checkpoint "
-                      "first (interval checkpoints still do)")
+      logging.warning(
+          "training runs outside the main thread: SIGTERM is not "
+          "caught, so a preemption will not save a checkpoint "
+          "first (interval checkpoints still do)"
+      )
     return self
 
   def _handle(self, signum, frame):
@@ -90,8 +92,10 @@ class StopSignal:
     if step % self._check_every:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(
-        np.int32(self.received is not None))
+        np.int32(self.received is not None)
+    )
     return bool(np.any(flags))
 
   def __exit__(self, *exc):

@@ -4,19 +4,19 @@ fits the config, and the config does not ask for fewer steps than were run.
 Both refusals come before anything in the workdir changes.
 """
 
-from typing import List, Optional
-
 import jax
 
 from resflax.errors import CheckpointError, ConfigError
 from resflax.training.state import upgrade_v0_state, v0_layout
 
 # What Orbax says when a checkpoint's tree or shapes differ from the target.
-_MISMATCH = ("tree structures do not match", "is not compatible with the "
-             "stored shape")
+_MISMATCH = (
+    "tree structures do not match",
+    "is not compatible with the " "stored shape",
+)
 
 
-def restore(ckpt, state, batch_size: int, changes: Optional[List[str]] = None):
+def restore(ckpt, state, batch_size: int, changes: list[str] | None = None):
   """The newest good checkpoint, in today's layout or resflax 0.1's.
 
   Args:
@@ -41,8 +41,7 @@ def restore(ckpt, state, batch_size: int, changes: Optional[List[str]] = None):
     try:  # a workdir of resflax 0.1: its metrics were plain sums.
       step, old = ckpt.restore_latest_good(v0_layout(state))
       shardings = jax.tree.map(lambda a: a.sharding, state)
-      return step, jax.device_put(upgrade_v0_state(old, batch_size),
-                                  shardings)
+      return step, jax.device_put(upgrade_v0_state(old, batch_size), shardings)
     except CheckpointError:
       if not changes:
         raise
@@ -51,7 +50,8 @@ def restore(ckpt, state, batch_size: int, changes: Optional[List[str]] = None):
         f"the checkpoints in {ckpt.directory} do not fit the changed config "
         f"({'; '.join(changes)}): its parameters have another structure or "
         "shape. config.train.allow_config_change continues only changes "
-        "that keep them (train.* keys, say); choose another --workdir") from None
+        "that keep them (train.* keys, say); choose another --workdir"
+    ) from None
   raise error
 
 
@@ -65,4 +65,5 @@ def check_steps(config, workdir: str, step: int) -> None:
     raise ConfigError(
         f"config.train.steps={config.train.steps} is below step {step}, which "
         f"the run in {workdir} has already reached; set it to {step} or more, "
-        "or choose another --workdir (nothing was changed)")
+        "or choose another --workdir (nothing was changed)"
+    )

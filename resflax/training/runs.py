@@ -17,9 +17,10 @@ run, each ``"key=value;key=value"`` with dotted config keys (``""`` = none)::
 
 Only keys in ``allowed_overrides(config)`` may differ between runs: the
 seed, the optimiser's scalars (traced per run inside the step) and the
-model keys the network's pieces declare as only setting initial values (each group of runs sharing them is
-initialised with its own model). Anything else changes shapes or the
-compiled program and is an error naming the key. Seeds must be distinct
+model keys the network's pieces declare as only setting initial values
+(each group of runs sharing them is initialised with its own model).
+Anything else changes shapes or the compiled program and is an error naming
+the key. Seeds must be distinct
 (each run's files are named by its seed).
 
 ``Runs`` is such a group as the training loop holds it: configs,
@@ -28,7 +29,8 @@ directories, and host copies of per-run values.
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -51,15 +53,18 @@ STEP_OVERRIDES = {
 }
 
 
-def allowed_overrides(config: ml_collections.ConfigDict) -> Dict[str, type]:
+def allowed_overrides(config: ml_collections.ConfigDict) -> dict[str, type]:
   """The keys that may differ between the parallel runs of ``config``."""
-  init_only = {f"model.{k}": type(models.DEFAULTS[k])
-               for k in models.init_only_keys(config.model)}
+  init_only = {
+      f"model.{k}": type(models.DEFAULTS[k])
+      for k in models.init_only_keys(config.model)
+  }
   return {**STEP_OVERRIDES, **init_only}
 
 
-def parse_run_overrides(config: ml_collections.ConfigDict
-                        ) -> List[Dict[str, Any]]:
+def parse_run_overrides(
+    config: ml_collections.ConfigDict,
+) -> list[dict[str, Any]]:
   """The per-run overrides of ``config.train.run_overrides``, typed.
 
   Returns:
@@ -77,12 +82,14 @@ def parse_run_overrides(config: ml_collections.ConfigDict
   if r == 1:
     raise ConfigError(
         "config.train.run_overrides needs config.train.parallel_runs > 1; "
-        "for a single run set the keys themselves")
+        "for a single run set the keys themselves"
+    )
   if len(entries) != r:
     raise ConfigError(
         f"config.train.run_overrides has {len(entries)} entries; it needs one "
         f"per run, config.train.parallel_runs={r} ('' for a run without "
-        "overrides)")
+        "overrides)"
+    )
   try:
     allowed = allowed_overrides(config)
   except ValueError as e:  # the model itself is invalid
@@ -91,8 +98,7 @@ def parse_run_overrides(config: ml_collections.ConfigDict
   for k, entry in enumerate(entries):
     where = f"config.train.run_overrides[{k}]={entry!r}"
     if not isinstance(entry, str):
-      raise ConfigError(f"{where}: each entry is a 'key=value;...' "
-                              "string")
+      raise ConfigError(f"{where}: each entry is a 'key=value;...' " "string")
     parsed = {}
     for item in filter(None, (s.strip() for s in entry.split(";"))):
       key, sep, text = (s.strip() for s in item.partition("="))
@@ -102,19 +108,22 @@ def parse_run_overrides(config: ml_collections.ConfigDict
         raise ConfigError(
             f"{where}: key {key!r} cannot differ between parallel runs (it "
             "changes shapes or the compiled program); allowed keys: "
-            f"{', '.join(allowed)}")
+            f"{', '.join(allowed)}"
+        )
       try:
         parsed[key] = allowed[key](text)
       except ValueError:
         raise ConfigError(
             f"{where}: {key}={text!r} is not a valid "
-            f"{allowed[key].__name__}") from None
+            f"{allowed[key].__name__}"
+        ) from None
     out.append(parsed)
   return out
 
 
-def run_configs(config: ml_collections.ConfigDict
-                ) -> List[ml_collections.ConfigDict]:
+def run_configs(
+    config: ml_collections.ConfigDict,
+) -> list[ml_collections.ConfigDict]:
   """Each run's solo config: its seed and overrides, ``parallel_runs=1``.
 
   Raises:
@@ -136,13 +145,15 @@ def run_configs(config: ml_collections.ConfigDict
     if c.seed in seen:
       raise ConfigError(
           f"parallel runs {seen[c.seed]} and {k} both have seed {c.seed}; "
-          "seeds must differ (each run's files are in seed<s>/)")
+          "seeds must differ (each run's files are in seed<s>/)"
+      )
     seen[c.seed] = k
   return configs
 
 
-def step_hparams(configs: Sequence[ml_collections.ConfigDict]
-                 ) -> Dict[str, np.ndarray]:
+def step_hparams(
+    configs: Sequence[ml_collections.ConfigDict],
+) -> dict[str, np.ndarray]:
   """The step's scalars that differ between runs: dotted key -> (R,)."""
   out = {}
   for key in STEP_OVERRIDES:
@@ -184,8 +195,9 @@ class ConfigView:
     return name in self._base
 
 
-def init_groups(configs: Sequence[ml_collections.ConfigDict],
-                init_only_keys: Sequence[str]) -> List[List[int]]:
+def init_groups(
+    configs: Sequence[ml_collections.ConfigDict], init_only_keys: Sequence[str]
+) -> list[list[int]]:
   """Indices of the runs that share every init-only model key, grouped.
 
   Args:
@@ -193,7 +205,7 @@ def init_groups(configs: Sequence[ml_collections.ConfigDict],
     init_only_keys: model keys (without ``model.``) that only set initial
       values; runs differing in them need their own model to initialise.
   """
-  groups: Dict[tuple, List[int]] = {}
+  groups: dict[tuple, list[int]] = {}
   for k, c in enumerate(configs):
     groups.setdefault(tuple(c.model[n] for n in init_only_keys), []).append(k)
   return list(groups.values())
@@ -202,8 +214,9 @@ def init_groups(configs: Sequence[ml_collections.ConfigDict],
 @dataclasses.dataclass
 class Runs:
   """The runs one program trains: their configs, directories and logs."""
+
   config: ml_collections.ConfigDict
-  configs: List[ml_collections.ConfigDict]
+  configs: list[ml_collections.ConfigDict]
   workdir: str
   is_main: bool
 
@@ -216,15 +229,16 @@ class Runs:
     return len(self.configs)
 
   @property
-  def dirs(self) -> List[str]:
+  def dirs(self) -> list[str]:
     if not self.stacked:
       return [self.workdir]
     return [os.path.join(self.workdir, f"seed{c.seed}") for c in self.configs]
 
   def per_run(self, tree) -> Any:
     """Host copies with a leading run axis (added for a single run)."""
-    return jax.tree.map(lambda a: a if self.stacked else a[None],
-                        feeds.fetch(tree))
+    return jax.tree.map(
+        lambda a: a if self.stacked else a[None], feeds.fetch(tree)
+    )
 
   def one(self, tree, k: int) -> Any:
     return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)

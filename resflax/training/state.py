@@ -19,16 +19,17 @@ the interrupted one was.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any
 
-from clu import metrics as clu_metrics
 import flax
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from resflax import models
 from resflax.training import compile_cache
@@ -39,6 +40,7 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
   """What the step accumulates: loss per finite step, error per image."""
+
   loss: clu_metrics.Average.from_output("loss")
   error: clu_metrics.Average.from_output("error")
 
@@ -50,27 +52,39 @@ def upgrade_v0_state(state: PyTree, batch_size: int) -> PyTree:
   'seen': images}``; the loss count is the steps those images made.
   """
   m = state["metrics"]
-  metrics = jax.tree.map(lambda x: jnp.broadcast_to(x, m["loss"].shape),
-                         TrainMetrics.empty())
-  return {**state, "metrics": metrics.replace(
-      loss=metrics.loss.replace(total=m["loss"],
-                                count=m["seen"] // batch_size),
-      error=metrics.error.replace(total=m["errors"].astype(jnp.float32),
-                                  count=m["seen"]))}
+  metrics = jax.tree.map(
+      lambda x: jnp.broadcast_to(x, m["loss"].shape), TrainMetrics.empty()
+  )
+  return {
+      **state,
+      "metrics": metrics.replace(
+          loss=metrics.loss.replace(
+              total=m["loss"], count=m["seen"] // batch_size
+          ),
+          error=metrics.error.replace(
+              total=m["errors"].astype(jnp.float32), count=m["seen"]
+          ),
+      ),
+  }
 
 
 def v0_layout(state: PyTree) -> PyTree:
   """The layout of ``state`` as resflax 0.1 saved it (restore target)."""
   total = state["metrics"].loss.total
-  return {**state, "metrics": {
-      "loss": jnp.zeros_like(total),
-      "errors": jnp.zeros(total.shape, jnp.int32),
-      "seen": jnp.zeros(total.shape, jnp.int32)}}
+  return {
+      **state,
+      "metrics": {
+          "loss": jnp.zeros_like(total),
+          "errors": jnp.zeros(total.shape, jnp.int32),
+          "seen": jnp.zeros(total.shape, jnp.int32),
+      },
+  }
 
 
 @dataclasses.dataclass
 class RunSpec:
   """Static description of a run: what the compiled functions close over."""
+
   model: models.Network
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
@@ -86,10 +100,11 @@ class RunSpec:
     return NamedSharding(self.mesh, P())
 
   @property
-  def jit_options(self) -> Dict[str, Any]:
+  def jit_options(self) -> dict[str, Any]:
     """Keyword arguments of ``jax.jit`` for this run's programs."""
-    return {"compiler_options": compile_cache.compiler_options(
-        self.config.train)}
+    return {
+        "compiler_options": compile_cache.compiler_options(self.config.train)
+    }
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -98,8 +113,9 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(devices.reshape(-1), ("data",))
 
 
-def model_config(config: ml_collections.ConfigDict,
-                 num_devices: int) -> Dict[str, Any]:
+def model_config(
+    config: ml_collections.ConfigDict, num_devices: int
+) -> dict[str, Any]:
   """The model keys of ``config`` with the trainer's BN choice applied."""
   m = config.model.to_dict()
   m["widths"] = tuple(m.get("widths") or ())
@@ -116,12 +132,16 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
   """
   return optax.chain(
       optax.add_decayed_weights(train_cfg.weight_decay),
-      optax.trace(decay=train_cfg.momentum, nesterov=train_cfg.nesterov))
+      optax.trace(decay=train_cfg.momentum, nesterov=train_cfg.nesterov),
+  )
 
 
-def build_run(config: ml_collections.ConfigDict, num_classes: int,
-              num_train: int = 0,
-              mesh: Optional[jax.sharding.Mesh] = None) -> RunSpec:
+def build_run(
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    num_train: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+) -> RunSpec:
   """The model and static run description of ``config``.
 
   Args:
@@ -133,8 +153,13 @@ def build_run(config: ml_collections.ConfigDict, num_classes: int,
   mesh = mesh if mesh is not None else make_mesh()
   mcfg = model_config(config, mesh.size)
   mcfg["num_classes"] = num_classes
-  return RunSpec(models.create_model(mcfg), config, mesh, num_train,
-                 make_optimizer(config.train))
+  return RunSpec(
+      models.create_model(mcfg),
+      config,
+      mesh,
+      num_train,
+      make_optimizer(config.train),
+  )
 
 
 def schedule_scale(train_cfg) -> float:
@@ -159,8 +184,9 @@ def learning_rate(step, warm, train_cfg) -> jax.Array:
   """
   t = train_cfg
   scale = schedule_scale(t)
-  boundaries = jnp.asarray(lr_drop_steps(t) or [np.iinfo(np.int32).max],
-                           jnp.int32)
+  boundaries = jnp.asarray(
+      lr_drop_steps(t) or [np.iinfo(np.int32).max], jnp.int32
+  )
   passed = jnp.sum(step >= boundaries) if t.lr_boundaries else 0
   lr = t.learning_rate * jnp.power(t.lr_decay, passed)
   in_warmup = step < int(round(t.warmup_steps * scale))

@@ -14,7 +14,7 @@ No step syncs with the host: the loss and the non-finite guard are
 accumulated in the state and read only at the reporting interval.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,11 @@ def _step_keys(state):
 
 
 def _tree_all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  leaves = [
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   return jnp.all(jnp.stack(leaves))
 
 
@@ -42,26 +45,40 @@ def _select(pred, a, b):
   return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def dataset_batch(spec: RunSpec, state: PyTree, images: jax.Array,
-                  labels: jax.Array, mean: jax.Array,
-                  std: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def dataset_batch(
+    spec: RunSpec,
+    state: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """The normalised, augmented batch that the state's rng and step select."""
   cfg = spec.config
   run_key = jax.random.wrap_key_data(state["rng"])
-  idx = data_lib.sample_batch_indices(jax.random.fold_in(run_key, 0),
-                                      state["step"], spec.num_train,
-                                      cfg.train.batch_size)
+  idx = data_lib.sample_batch_indices(
+      jax.random.fold_in(run_key, 0),
+      state["step"],
+      spec.num_train,
+      cfg.train.batch_size,
+  )
   idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
-  x = data_lib.normalize(images[idx], mean, std,
-                         dtype=jnp.dtype(cfg.model.dtype))
+  x = data_lib.normalize(
+      images[idx], mean, std, dtype=jnp.dtype(cfg.model.dtype)
+  )
   if cfg.data.augment:
     x = data_lib.augment(_step_keys(state)[0], x)
   return x, labels[idx]
 
 
-def step_on_dataset(spec: RunSpec, state: PyTree, images: jax.Array,
-                    labels: jax.Array, mean: jax.Array,
-                    std: jax.Array) -> PyTree:
+def step_on_dataset(
+    spec: RunSpec,
+    state: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+) -> PyTree:
   """One step on the batch that the state's rng and step select.
 
   Args:
@@ -77,12 +94,18 @@ def step_on_dataset(spec: RunSpec, state: PyTree, images: jax.Array,
   return sgd_update(spec, state, x, y)
 
 
-def step_on_batch(spec: RunSpec, state: PyTree, images: jax.Array,
-                  labels: jax.Array, mean: jax.Array,
-                  std: jax.Array) -> PyTree:
+def step_on_batch(
+    spec: RunSpec,
+    state: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+) -> PyTree:
   """One step on a uint8 batch streamed from the host, already augmented."""
-  x = data_lib.normalize(images, mean, std,
-                         dtype=jnp.dtype(spec.config.model.dtype))
+  x = data_lib.normalize(
+      images, mean, std, dtype=jnp.dtype(spec.config.model.dtype)
+  )
   return sgd_update(spec, state, x, labels)
 
 
@@ -95,31 +118,39 @@ def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
     # Veit et al. sec. 5: gradients through the residual branches of only k
     # random modules per mini-batch; the forward pass is unchanged.
     residual_grad = masks.random_module_mask(
-        path_key, spec.config.train.gradient_modules, model.num_modules)
+        path_key, spec.config.train.gradient_modules, model.num_modules
+    )
   variables = state["variables"]
 
   def loss_fn(params):
-    logits, new_vars = model.apply({**variables, "params": params}, x,
-                                   train=True, rng=drop_key,
-                                   residual_grad=residual_grad)
+    logits, new_vars = model.apply(
+        {**variables, "params": params},
+        x,
+        train=True,
+        rng=drop_key,
+        residual_grad=residual_grad,
+    )
     return scoring.cross_entropy(logits, y).mean(), (logits, new_vars)
 
-  (loss, (logits, new_vars)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(variables["params"])
+  (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      variables["params"]
+  )
   return loss, logits, new_vars, grads
 
 
 def _descend(spec: RunSpec, state: PyTree, grads):
   """SGD with momentum and weight decay: new parameters and optimiser state."""
   params = state["variables"]["params"]
-  direction, opt_state = spec.optimizer.update(grads, state["opt_state"],
-                                               params)
+  direction, opt_state = spec.optimizer.update(
+      grads, state["opt_state"], params
+  )
   lr = learning_rate(state["step"], state["warm"], spec.config.train)
   return jax.tree.map(lambda p, d: p - lr * d, params, direction), opt_state
 
 
-def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
-               y: jax.Array) -> PyTree:
+def sgd_update(
+    spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array
+) -> PyTree:
   """The update on a normalised batch: loss, gradient, SGD, non-finite guard."""
   t = spec.config.train
   step, variables = state["step"], state["variables"]
@@ -138,8 +169,8 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
       "variables": _select(apply, {**new_vars, "params": params}, variables),
       "opt_state": _select(apply, opt_state, state["opt_state"]),
       "rng": state["rng"],
-      "warm": state["warm"] & ~(wrong.sum() < t.warmup_until_error
-                                * t.batch_size),
+      "warm": state["warm"]
+      & ~(wrong.sum() < t.warmup_until_error * t.batch_size),
       "nonfinite_step": jnp.where(first_bad, step, state["nonfinite_step"]),
       "nonfinite_value": jnp.where(first_bad, loss, state["nonfinite_value"]),
       "skipped": state["skipped"] + (~finite).astype(jnp.int32),
@@ -150,15 +181,25 @@ def sgd_update(spec: RunSpec, state: PyTree, x: jax.Array,
 def _accumulate(metrics: TrainMetrics, loss, finite, wrong) -> TrainMetrics:
   """Adds a step to the running metrics: its loss if finite, every image."""
   return metrics.replace(
-      loss=metrics.loss.merge(type(metrics.loss).from_model_output(
-          loss=loss[None], mask=finite[None])),
-      error=metrics.error.merge(type(metrics.error).from_model_output(
-          error=wrong)))
+      loss=metrics.loss.merge(
+          type(metrics.loss).from_model_output(
+              loss=loss[None], mask=finite[None]
+          )
+      ),
+      error=metrics.error.merge(
+          type(metrics.error).from_model_output(error=wrong)
+      ),
+  )
 
 
-def finiteness(spec: RunSpec, state: PyTree, images: jax.Array,
-               labels: jax.Array, mean: jax.Array,
-               std: jax.Array) -> Dict[str, PyTree]:
+def finiteness(
+    spec: RunSpec,
+    state: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mean: jax.Array,
+    std: jax.Array,
+) -> dict[str, PyTree]:
   """Replays a dataset step and says what in it is finite.
 
   ``state`` is a frozen state whose ``step`` is set back to the step that
@@ -173,13 +214,23 @@ def finiteness(spec: RunSpec, state: PyTree, images: jax.Array,
   loss, _, _, grads = _gradients(spec, state, x, y)
   params, _ = _descend(spec, state, grads)
   leaf_finite = lambda t: jax.tree.map(lambda a: jnp.all(jnp.isfinite(a)), t)
-  return {"loss": jnp.isfinite(loss), "gradients": leaf_finite(grads),
-          "parameters": leaf_finite(params)}
+  return {
+      "loss": jnp.isfinite(loss),
+      "gradients": leaf_finite(grads),
+      "parameters": leaf_finite(params),
+  }
 
 
-def evaluate_split(spec: RunSpec, variables: PyTree, images: jax.Array,
-                   labels: jax.Array, mean, std, indices: jax.Array,
-                   mask: jax.Array) -> Dict[str, jax.Array]:
+def evaluate_split(
+    spec: RunSpec,
+    variables: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mean,
+    std,
+    indices: jax.Array,
+    mask: jax.Array,
+) -> dict[str, jax.Array]:
   """Error and loss over a whole split in one compiled call.
 
   ``indices``/``mask`` come from ``data.eval_batches``: fixed-shape batches
@@ -191,8 +242,9 @@ def evaluate_split(spec: RunSpec, variables: PyTree, images: jax.Array,
   def body(carry, xs):
     idx, m = xs
     idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
-    logits = spec.model.apply(variables, data_lib.normalize(
-        images[idx], mean, std, dtype=dtype))
+    logits = spec.model.apply(
+        variables, data_lib.normalize(images[idx], mean, std, dtype=dtype)
+    )
     wrong, loss = scoring.score_batch(logits, labels[idx], m)
     return (carry[0] + wrong, carry[1] + loss), None
 
@@ -201,11 +253,21 @@ def evaluate_split(spec: RunSpec, variables: PyTree, images: jax.Array,
   return {"error": wrong / n, "loss": loss / n}
 
 
-def evaluate_batch(spec: RunSpec, variables: PyTree, images: jax.Array,
-                   labels: jax.Array, mask: jax.Array, mean,
-                   std) -> Dict[str, jax.Array]:
+def evaluate_batch(
+    spec: RunSpec,
+    variables: PyTree,
+    images: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    mean,
+    std,
+) -> dict[str, jax.Array]:
   """Summed errors, loss and count of one streamed evaluation batch."""
-  logits = spec.model.apply(variables, data_lib.normalize(
-      images, mean, std, dtype=jnp.dtype(spec.config.model.dtype)))
+  logits = spec.model.apply(
+      variables,
+      data_lib.normalize(
+          images, mean, std, dtype=jnp.dtype(spec.config.model.dtype)
+      ),
+  )
   wrong, loss = scoring.score_batch(logits, labels, mask)
   return {"wrong": wrong, "loss": loss, "count": mask.sum()}

@@ -1,10 +1,8 @@
 """Config checks run before any data is loaded or anything is compiled."""
 
-from typing import Optional
-
-from absl import logging
 import jax
 import ml_collections
+from absl import logging
 
 from resflax import data as data_lib
 from resflax import models
@@ -17,14 +15,25 @@ def _check_train_keys(t) -> None:
   if t.steps <= 0:
     raise ConfigError(f"config.train.steps={t.steps} must be > 0")
   if t.on_nonfinite not in ("stop", "skip"):
-    raise ConfigError(f"config.train.on_nonfinite={t.on_nonfinite!r}; choose "
-                      "'stop' or 'skip'")
+    raise ConfigError(
+        f"config.train.on_nonfinite={t.on_nonfinite!r}; choose "
+        "'stop' or 'skip'"
+    )
   if sorted(t.lr_boundaries) != list(t.lr_boundaries):
-    raise ConfigError("config.train.lr_boundaries must be increasing, got "
-                      f"{tuple(t.lr_boundaries)}")
-  for key in ("learning_rate", "weight_decay", "momentum", "log_every",
-              "eval_every", "checkpoint_every", "warmup_steps",
-              "gradient_modules"):
+    raise ConfigError(
+        "config.train.lr_boundaries must be increasing, got "
+        f"{tuple(t.lr_boundaries)}"
+    )
+  for key in (
+      "learning_rate",
+      "weight_decay",
+      "momentum",
+      "log_every",
+      "eval_every",
+      "checkpoint_every",
+      "warmup_steps",
+      "gradient_modules",
+  ):
     if getattr(t, key) < 0:
       raise ConfigError(f"config.train.{key} must be >= 0")
   if t.parallel_runs < 1:
@@ -40,14 +49,20 @@ def _warn_schedule(t) -> None:
         "config.train.lr_boundaries %s fall at or after the last step (%d): "
         "the learning rate never decays there. Set --config.train."
         "lr_boundaries or train.scale_schedule=True to scale them.",
-        tuple(late), t.steps)
+        tuple(late),
+        t.steps,
+    )
   if round(t.warmup_steps * scale) >= t.steps:
-    logging.warning("config.train.warmup_steps=%d covers the whole run of %d "
-                    "steps", t.warmup_steps, t.steps)
+    logging.warning(
+        "config.train.warmup_steps=%d covers the whole run of %d " "steps",
+        t.warmup_steps,
+        t.steps,
+    )
 
 
-def validate_config(config: ml_collections.ConfigDict,
-                    num_devices: Optional[int] = None) -> models.ModelConfig:
+def validate_config(
+    config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> models.ModelConfig:
   """Checks every key that could fail later; returns the model config.
 
   Raises:
@@ -59,17 +74,20 @@ def validate_config(config: ml_collections.ConfigDict,
   if t.batch_size <= 0 or t.batch_size % num_devices:
     raise ConfigError(
         f"config.train.batch_size={t.batch_size} must be a positive multiple "
-        f"of the device count ({num_devices})")
+        f"of the device count ({num_devices})"
+    )
   if t.eval_batch_size <= 0:
     raise ConfigError(
-        f"config.train.eval_batch_size={t.eval_batch_size} must be positive")
+        f"config.train.eval_batch_size={t.eval_batch_size} must be positive"
+    )
   info = data_lib.source_info(config.data)
   configs = runs.run_configs(config)
   if len(configs) > 1 and info.streams:
     raise ConfigError(
         f"config.train.parallel_runs={t.parallel_runs} needs an in-memory "
         f"dataset; config.data.name={config.data.name!r} is streamed. Train "
-        "its runs one after another.")
+        "its runs one after another."
+    )
   if len(configs) > 1:
     for c in configs:  # each run alone (overrides applied)
       validate_config(c, num_devices)
@@ -82,6 +100,7 @@ def validate_config(config: ml_collections.ConfigDict,
   if model_cfg.bn_group_size and t.batch_size % model_cfg.bn_group_size:
     raise ConfigError(
         f"config.model.bn_group_size={model_cfg.bn_group_size} must divide "
-        f"config.train.batch_size={t.batch_size}")
+        f"config.train.batch_size={t.batch_size}"
+    )
   _warn_schedule(t)
   return model_cfg

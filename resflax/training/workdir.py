@@ -24,12 +24,12 @@ import json
 import os
 import platform
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any
 
-from absl import logging
-from flax import traverse_util
 import jax
 import ml_collections
+from absl import logging
+from flax import traverse_util
 
 from resflax import fileio
 from resflax.config import base_config
@@ -45,13 +45,22 @@ LOCK_FILE = ".lock"
 # Keys that change how often or how things happen, not what is computed
 # (the model keys keep parameters and results): a resumed run may change
 # them freely, e.g. unroll on a GPU a run begun scanned on a CPU.
-VOLATILE_KEYS = ("train.log_every", "train.eval_every",
-                 "train.checkpoint_every", "train.max_checkpoints",
-                 "train.allow_config_change", "data.path",
-                 "data.tfds_data_dir", "data.download_dir", "model.scan",
-                 "model.scan_unroll",
-                 "model.remat", "model.cpu_conv_grad",
-                 "train.compilation_cache", "train.fast_compile")
+VOLATILE_KEYS = (
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.max_checkpoints",
+    "train.allow_config_change",
+    "data.path",
+    "data.tfds_data_dir",
+    "data.download_dir",
+    "model.scan",
+    "model.scan_unroll",
+    "model.remat",
+    "model.cpu_conv_grad",
+    "train.compilation_cache",
+    "train.fast_compile",
+)
 
 
 def make_dir(path: str) -> None:
@@ -59,11 +68,15 @@ def make_dir(path: str) -> None:
   try:
     os.makedirs(path, exist_ok=True)
   except FileExistsError:
-    raise WorkdirError(f"workdir {path} exists and is not a directory; "
-                       "choose another --workdir") from None
+    raise WorkdirError(
+        f"workdir {path} exists and is not a directory; "
+        "choose another --workdir"
+    ) from None
   except OSError as e:
-    raise WorkdirError(f"cannot create workdir {path}: {e.strerror}; "
-                       "choose a writable --workdir") from None
+    raise WorkdirError(
+        f"cannot create workdir {path}: {e.strerror}; "
+        "choose a writable --workdir"
+    ) from None
 
 
 class WorkdirLock:
@@ -82,13 +95,12 @@ class WorkdirLock:
 
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, LOCK_FILE)
-    self._fd: Optional[int] = None
+    self._fd: int | None = None
 
   def __enter__(self) -> "WorkdirLock":
     workdir = os.path.dirname(self._path)
     while self._fd is None:
-      fd = _os_call(workdir, os.open, self._path, os.O_RDWR | os.O_CREAT,
-                    0o644)
+      fd = _os_call(workdir, os.open, self._path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError:
@@ -97,15 +109,20 @@ class WorkdirLock:
         raise WorkdirError(
             f"workdir {workdir} is in use by another run "
             f"({holder or 'unknown'}); wait for it to finish or choose "
-            "another --workdir") from None
+            "another --workdir"
+        ) from None
       if not _same_file(fd, self._path):
         os.close(fd)  # its holder removed it as we opened it: take the new one
         continue
       self._fd = fd
     try:
       _os_call(workdir, os.ftruncate, self._fd, 0)
-      _os_call(workdir, os.write, self._fd,
-               f"pid {os.getpid()} on {socket.gethostname()}".encode())
+      _os_call(
+          workdir,
+          os.write,
+          self._fd,
+          f"pid {os.getpid()} on {socket.gethostname()}".encode(),
+      )
     except WorkdirError:
       self.__exit__()
       raise
@@ -133,8 +150,10 @@ def _os_call(workdir: str, fn, *args):
   try:
     return fn(*args)
   except OSError as e:
-    raise WorkdirError(f"cannot write in workdir {workdir}: {e.strerror}; "
-                       "free space or choose a writable --workdir") from None
+    raise WorkdirError(
+        f"cannot write in workdir {workdir}: {e.strerror}; "
+        "free space or choose a writable --workdir"
+    ) from None
 
 
 @contextlib.contextmanager
@@ -149,19 +168,21 @@ def writing(path: str):
   except OSError as e:
     raise WorkdirError(
         f"cannot write {path}: {e.strerror or e}; free space (or fix its "
-        "permissions) and run the same command to resume") from None
+        "permissions) and run the same command to resume"
+    ) from None
 
 
-def _flat(tree: Dict[str, Any]) -> Dict[str, Any]:
+def _flat(tree: dict[str, Any]) -> dict[str, Any]:
   return traverse_util.flatten_dict(tree, sep=".")
 
 
-def _config_dict(config) -> Dict[str, Any]:
+def _config_dict(config) -> dict[str, Any]:
   return _flat(json.loads(config.to_json()))
 
 
-def config_changes(config: ml_collections.ConfigDict,
-                   workdir: str) -> Optional[List[str]]:
+def config_changes(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[str] | None:
   """Keys whose values differ from the workdir's config.json.
 
   Returns None for a new workdir. Keys missing from the saved config (added
@@ -174,12 +195,14 @@ def config_changes(config: ml_collections.ConfigDict,
   now = _config_dict(config)
   defaults = _config_dict(base_config())
   return sorted(
-      k for k in set(saved) | set(now)
+      k
+      for k in set(saved) | set(now)
       if k not in VOLATILE_KEYS
-      and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k)))
+      and saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k))
+  )
 
 
-def saved_config(workdir: str) -> Optional[Dict[str, Any]]:
+def saved_config(workdir: str) -> dict[str, Any] | None:
   """The workdir's config.json, flattened (None for a new workdir).
 
   Raises:
@@ -195,11 +218,14 @@ def saved_config(workdir: str) -> Optional[Dict[str, Any]]:
     raise ConfigError(
         f"{path} cannot be read ({why}); restore it (the last line of "
         f"{CONFIG_HISTORY_FILE} holds the config in force) or choose "
-        "another --workdir") from None
+        "another --workdir"
+    ) from None
   if not isinstance(saved, dict):
-    raise ConfigError(f"{path} holds no config object; restore it (the last "
-                      f"line of {CONFIG_HISTORY_FILE} holds the config in "
-                      "force) or choose another --workdir")
+    raise ConfigError(
+        f"{path} holds no config object; restore it (the last "
+        f"line of {CONFIG_HISTORY_FILE} holds the config in "
+        "force) or choose another --workdir"
+    )
   return _flat(saved)
 
 
@@ -221,22 +247,28 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
     raise ConfigError(
         f"workdir {workdir} holds a run with a different config ({lines}). "
         "Use another --workdir, or set --config.train.allow_config_change="
-        "True to continue it anyway.")
-  logging.warning("continuing %s with config changes %s; config.json is "
-                  "replaced once the new config has saved a checkpoint",
-                  workdir, diff)
+        "True to continue it anyway."
+    )
+  logging.warning(
+      "continuing %s with config changes %s; config.json is "
+      "replaced once the new config has saved a checkpoint",
+      workdir,
+      diff,
+  )
   return True
 
 
-def describe_changes(config: ml_collections.ConfigDict, workdir: str,
-                     keys: List[str]) -> List[str]:
+def describe_changes(
+    config: ml_collections.ConfigDict, workdir: str, keys: list[str]
+) -> list[str]:
   """``"key: old -> new"`` for each of ``keys`` against config.json."""
   saved, now = saved_config(workdir) or {}, _config_dict(config)
   return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys]
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str,
-                 step: int) -> None:
+def write_config(
+    config: ml_collections.ConfigDict, workdir: str, step: int
+) -> None:
   """Makes ``config`` the workdir's config from ``step`` on (history kept)."""
   text = config.to_json(indent=2, sort_keys=True)
   path = os.path.join(workdir, CONFIG_FILE)
@@ -244,8 +276,10 @@ def write_config(config: ml_collections.ConfigDict, workdir: str,
     with open(path) as f:
       if f.read() == text:
         return
-  append_line(os.path.join(workdir, CONFIG_HISTORY_FILE),
-              {"from_step": step, "config": json.loads(config.to_json())})
+  append_line(
+      os.path.join(workdir, CONFIG_HISTORY_FILE),
+      {"from_step": step, "config": json.loads(config.to_json())},
+  )
   with writing(path):
     fileio.write_atomic(path, text)
 
@@ -263,7 +297,7 @@ def write_configs(pairs, step: int, missing_only: bool = False) -> None:
       write_config(c, d, step)
 
 
-def append_line(path: str, record: Dict[str, Any]) -> None:
+def append_line(path: str, record: dict[str, Any]) -> None:
   """Appends one JSON line to ``path`` and flushes it to disk.
 
   Raises:
@@ -300,7 +334,7 @@ class RunLog:
     self._enabled = enabled
     self._warned = False
 
-  def records(self) -> List[Dict[str, Any]]:
+  def records(self) -> list[dict[str, Any]]:
     """Every record, in file order (damaged lines left out, see ``read``)."""
     return self.read()[0]
 
@@ -325,8 +359,11 @@ class RunLog:
         continue
       try:
         record = json.loads(line)
-        ok = (isinstance(record, dict) and isinstance(record.get("step"), int)
-              and isinstance(record.get("kind"), str))
+        ok = (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), int)
+            and isinstance(record.get("kind"), str)
+        )
       except ValueError:
         ok = False
       if ok:
@@ -335,12 +372,16 @@ class RunLog:
         bad.append(number)  # lines follow: damage, not a cut last line
     if bad and not self._warned:
       self._warned = True
-      logging.warning("%s: skipped %d damaged line(s) (line %s), kept the "
-                      "other %d", self.path, len(bad),
-                      ", ".join(map(str, bad[:5])), len(out))
+      logging.warning(
+          "%s: skipped %d damaged line(s) (line %s), kept the " "other %d",
+          self.path,
+          len(bad),
+          ", ".join(map(str, bad[:5])),
+          len(out),
+      )
     return out, bad
 
-  def rewind(self, step: int) -> Dict[str, float]:
+  def rewind(self, step: int) -> dict[str, float]:
     """Drops what came after checkpoint ``step`` (it will be redone).
 
     Returns:
@@ -352,50 +393,65 @@ class RunLog:
     """
     kept = [r for r in self.records() if r["step"] <= step]
     if self._enabled and os.path.exists(self.path):
-      write_file(self.path, "".join(
-          fileio.to_json_string(r, indent=None).rstrip("\n") + "\n"
-          for r in kept))
+      write_file(
+          self.path,
+          "".join(
+              fileio.to_json_string(r, indent=None).rstrip("\n") + "\n"
+              for r in kept
+          ),
+      )
     marks = [r for r in kept if r["kind"] == "checkpoint" and r["step"] == step]
     if not marks:
       return {"train_seconds": 0.0, "timed_steps": 0}
-    return {"train_seconds": marks[-1]["train_seconds"],
-            "timed_steps": marks[-1]["timed_steps"]}
+    return {
+        "train_seconds": marks[-1]["train_seconds"],
+        "timed_steps": marks[-1]["timed_steps"],
+    }
 
   def append(self, step: int, kind: str, **values) -> None:
     if self._enabled:
       append_line(self.path, {"step": int(step), "kind": kind, **values})
 
-  def history(self) -> List[Dict[str, Any]]:
+  def history(self) -> list[dict[str, Any]]:
     """The evaluations, in step order (one per step)."""
     evals = {r["step"]: r for r in self.records() if r["kind"] == "eval"}
-    return [{k: v for k, v in evals[s].items() if k != "kind"}
-            for s in sorted(evals)]
+    return [
+        {k: v for k, v in evals[s].items() if k != "kind"}
+        for s in sorted(evals)
+    ]
 
   def last(self, kind: str, key: str):
     values = [r[key] for r in self.records() if r["kind"] == kind and key in r]
     return values[-1] if values else None
 
 
-def versions() -> Dict[str, str]:
+def versions() -> dict[str, str]:
   """The versions a result was produced with."""
   import flax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint  # pylint: disable=g-import-not-at-top
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": getattr(jax.lib, "__version__", ""),
-          "flax": flax.__version__, "optax": optax.__version__,
-          "orbax-checkpoint": orbax.checkpoint.__version__}
+
+  return {
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", ""),
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "orbax-checkpoint": orbax.checkpoint.__version__,
+  }
 
 
-def write_failure(run_dir: str, message: str, seed: int,
-                  step: Optional[int]) -> None:
+def write_failure(
+    run_dir: str, message: str, seed: int, step: int | None
+) -> None:
   """Records a diverged run in ``run_dir/failed.json`` (a sweep skips it)."""
-  write_json(os.path.join(run_dir, FAILED_FILE),
-             {"error": message, "type": "TrainingError", "seed": seed,
-              "step": step})
+  write_json(
+      os.path.join(run_dir, FAILED_FILE),
+      {"error": message, "type": "TrainingError", "seed": seed, "step": step},
+  )
 
 
-def finished_results(run_dir: str, steps: int) -> Optional[Dict[str, Any]]:
+def finished_results(run_dir: str, steps: int) -> dict[str, Any] | None:
   """The results of a run in ``run_dir`` that finished ``steps`` steps."""
   path = os.path.join(run_dir, RESULTS_FILE)
   if not os.path.exists(path):
@@ -403,11 +459,16 @@ def finished_results(run_dir: str, steps: int) -> Optional[Dict[str, Any]]:
   try:
     result = fileio.read_json(path)
   except (OSError, ValueError) as e:
-    logging.warning("%s cannot be read (%s); finishing the run again "
-                    "rewrites it", path, getattr(e, "strerror", None) or e)
+    logging.warning(
+        "%s cannot be read (%s); finishing the run again " "rewrites it",
+        path,
+        getattr(e, "strerror", None) or e,
+    )
     return None
   if not isinstance(result, dict):
-    logging.warning("%s holds no results object; finishing the run again "
-                    "rewrites it", path)
+    logging.warning(
+        "%s holds no results object; finishing the run again " "rewrites it",
+        path,
+    )
     return None
   return result if result.get("steps") == steps else None
