@@ -1,4 +1,4 @@
-"""The command line: ``python -m resflax.main --config X.py --workdir DIR``.
+"""Command line: ``python -m resflax.main --config X.py --workdir DIR``.
 
 Flags:
   --config: an experiment file with ``get_config(arg)``; ``file.py:arg``
