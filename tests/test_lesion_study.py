@@ -14,6 +14,7 @@ import pytest
 from helpers import REPO, lesion_config, random_variables
 from helpers import summary_inputs as _summary_inputs
 
+from resflax import data as data_lib
 from resflax import models, training
 from resflax.errors import ConfigError
 from resflax.experiment import (
@@ -39,6 +40,28 @@ def fake_run(run_dir, cfg, seed=0):
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"))
   ckpt.save(1, state)
   ckpt.close()
+
+
+def test_load_run_reads_the_workdir_of_2026_12_05():
+  """A run stopped at step 4 by main of 2026-12-05 (tests/fixtures): its
+  network evaluates to the test error that run logged at that step."""
+  fixture = os.path.join(REPO, "tests", "fixtures", "workdir_2026_12_05")
+  net = lesion_study.load_run(fixture)
+  assert net.step == 4 and net.config.train.steps == 8
+  assert net.model.num_modules == 3
+  logged = [
+      json.loads(line)
+      for line in open(os.path.join(fixture, "metrics.jsonl"))
+      if '"eval"' in line
+  ]
+  ds = net.dataset
+  logits = net.model.apply(
+      net.variables,
+      data_lib.normalize(ds.test_images, ds.mean, ds.std),
+  )
+  error = float(np.mean(np.argmax(logits, -1) != ds.test_labels))
+  assert logged[-1]["step"] == 4
+  assert error == pytest.approx(logged[-1]["test_error"], abs=1e-6)
 
 
 def test_config_and_unknown_keys():

@@ -118,6 +118,42 @@ def test_workdir_of_previous_version_resumes(tmp_path):
   assert b["metrics"].error.count == 8 * 16
 
 
+FIXTURE_2026_12_05 = os.path.join(
+    REPO, "tests", "fixtures", "workdir_2026_12_05"
+)
+
+
+def fixture_2026_12_05_config():
+  """The config the fixture's run was started with (its README)."""
+  return tiny_config(warmup_steps=0, warmup_until_error=0.5)
+
+
+def test_workdir_of_2026_12_05_resumes_and_finishes(tmp_path):
+  """The run that main of 2026-12-05 stopped after its step-4 checkpoint
+  (tests/fixtures/make_workdir_2026_12_05.py) trains on to step 8."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  part = tmp_path / "run"
+  shutil.copytree(FIXTURE_2026_12_05, part)
+  before = (part / "metrics.jsonl").read_text().splitlines()
+  result = train.train_and_evaluate(fixture_2026_12_05_config(), str(part))
+  saved = json.loads((part / "results.json").read_text())
+  assert result["steps"] == saved["steps"] == 8
+  assert [h["step"] for h in saved["history"]] == [4, 8]
+  records = [json.loads(line) for line in (part / "metrics.jsonl").open()]
+  # The stopped run's lines are kept (a fresh start would rewind them) ...
+  assert [json.dumps(r, sort_keys=True) for r in records[: len(before)]] == [
+      json.dumps(json.loads(line), sort_keys=True) for line in before
+  ]
+  # ... and the resumed segment times steps 6-8 (its first step compiles)
+  # on top of the fixture's 3 timed steps; a run from step 0 would time 7.
+  ckpt = [r for r in records if r["kind"] == "checkpoint"]
+  assert [(r["step"], r["timed_steps"]) for r in ckpt] == [(4, 3), (8, 6)]
+  state = final_state(fixture_2026_12_05_config(), str(part))
+  assert int(state["step"]) == 8
+  assert int(state["metrics"].error.count) == 8 * 16
+
+
 def run_steps(config, devices, steps):
   dataset = data_lib.load_dataset(config.data, seed=0)
   spec = training.build_run(
