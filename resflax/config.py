@@ -159,19 +159,17 @@ def memory_fit_hint(
   if peak_bytes <= device_bytes:
     return None
   gib = 2.0**30
+  t = config.train
   need = (
       f"the training step needs about {peak_bytes / gib:.1f} GiB per "
       f"device (XLA's memory analysis), the device has "
       f"{device_bytes / gib:.1f} GiB: "
   )
+  fixes = [f"lower config.train.batch_size={t.batch_size}"]
+  if t.get("parallel_runs", 1) > 1:
+    fixes.append(f"lower config.train.parallel_runs={t.parallel_runs}")
   if not config.model.remat:
     # Remat keeps each unit's input only: 1/6 of the temporaries of
     # ResNet-1001 (benchmarks/RESULTS.md).
-    return need + (
-        "set --config.model.remat=True (or lower "
-        f"config.train.batch_size={config.train.batch_size})"
-    )
-  return need + (
-      f"lower config.train.batch_size={config.train.batch_size} "
-      "or train on more devices"
-  )
+    return need + f"set --config.model.remat=True (or {' or '.join(fixes)})"
+  return need + " or ".join(fixes) + " or train on more devices"

@@ -50,6 +50,7 @@ from resflax.training import (
 )
 from resflax.training import metrics as metrics_lib
 from resflax.training import workdir as workdir_lib
+from resflax.training.memory_fit import checked_step
 from resflax.training.preemption import StopSignal
 from resflax.training.resume import check_steps
 from resflax.training.resume import restore as _restore
@@ -363,7 +364,8 @@ class _Trainer:
 
   def _loop(self, state, step):
     g, t = self.group, self.t
-    step_fn = make_step(g, self.spec, self.feed)
+    # On a GPU/TPU: compiled here once and refused if it cannot fit.
+    step_fn = checked_step(make_step(g, self.spec, self.feed), g.config)
     self.feed.start(self.spec, g.count if g.stacked else None, step)
     self.writers = [metrics_lib.create_writer(d) for d in g.dirs]
     if step == 0:
