@@ -34,8 +34,9 @@ Config keys ``experiment`` adds (and ``resflax.runner`` dispatches on):
   sweep_order: the case names in table order (ConfigDict sorts its keys).
   sweep_title: the table's heading.
   sweep_shrunk: True for a ``smoke`` sweep (results.md marks it).
-  sweep_figures: figure name -> ``{title, panel_titles, panel_cases}``, the
-    training-curve figures of the file's ``figures`` whose cases all run.
+  sweep_figures: figure name -> ``{title, kind, panel_titles,
+    panel_cases}``, the figures of the file's ``figures`` (``Figure``)
+    whose cases all run.
   seeds: runs per case (seeds ``seed`` .. ``seed + seeds - 1``).
 """
 
@@ -69,6 +70,8 @@ RESULTS_FILE = workdir_lib.RESULTS_FILE
 SMOKE = "smoke"
 ALL = "all"
 SMOKE_SEEDS = 1  # a smoke sweep covers every case once
+# What a declared Figure draws (resflax.experiment.figures draws each).
+FIGURE_KINDS = ("curves", "response_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +93,41 @@ class Case:
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-  """Side-by-side panels of training curves, as in He et al. Fig. 1 and 6.
+  """A figure of a sweep, drawn from its cases' runs (every seed).
+
+  Two kinds (``FIGURE_KINDS``): ``"curves"``, side-by-side panels of
+  training curves (He et al. Fig. 6, Identity Mappings Fig. 1, 3 and 6), and
+  ``"response_std"``, the std of each layer's response of every trained
+  network, in layer order and sorted by magnitude (He et al. Fig. 7);
+  ``resflax.experiment.figures`` draws both.
 
   Attributes:
     title: the figure's title.
-    panels: panel title -> the cases drawn in it (their first seed), left
-      to right.
+    panels: panel title -> the cases drawn in it, left to right (for
+      ``"response_std"``: one panel, its networks).
+    kind: one of ``FIGURE_KINDS``.
+
+  Raises:
+    ValueError: an unknown kind (naming the allowed ones), or a
+      ``"response_std"`` figure with other than one panel.
   """
 
   title: str
   panels: Mapping[str, Sequence[str]]
+  kind: str = "curves"
+
+  def __post_init__(self):
+    if self.kind not in FIGURE_KINDS:
+      raise ValueError(
+          f"Figure {self.title!r}: unknown kind {self.kind!r}; use one of "
+          f"{', '.join(FIGURE_KINDS)}"
+      )
+    if self.kind == "response_std" and len(self.panels) != 1:
+      raise ValueError(
+          f"Figure {self.title!r}: a 'response_std' figure has one panel "
+          f"(its networks; drawn in layer order and sorted), not "
+          f"{len(self.panels)}"
+      )
 
 
 def paper_ref(table: str, case: str, **selectors) -> dict[str, Any]:
@@ -377,6 +405,7 @@ def _figures(
       {
           name: {
               "title": fig.title,
+              "kind": fig.kind,
               "panel_titles": tuple(fig.panels),
               "panel_cases": tuple(
                   tuple(members) for members in fig.panels.values()
@@ -417,8 +446,8 @@ def experiment(
     shrink_fn: shrinks one case config for ``smoke``.
     seeds: runs per case (``config.seeds``; ``smoke`` sets
       ``SMOKE_SEEDS``).
-    figures: training-curve figures drawn when the sweep runs every case
-      they show (``resflax.experiment.figures``).
+    figures: figures (``Figure``) drawn when the sweep runs every case they
+      show (``resflax.experiment.figures``).
     single: names that train one network once instead (its config is
       returned as it is, without sweep keys).
 

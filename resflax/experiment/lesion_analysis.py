@@ -332,6 +332,29 @@ def path_study(net: Net, config, key) -> dict[str, Any]:
   }
 
 
+def response_std_rows(net: Net, count: int, label: str) -> list[dict]:
+  """He et al. Fig. 7 for one network: the std of each layer's response.
+
+  The lesion study's signal statistics and a sweep's declared Fig. 7
+  (``resflax.experiment.figures``) both take their rows from here.
+
+  Args:
+    net: the trained network.
+    count: test images to measure on (``eval_subset``; <= 0: all).
+    label: names the network in the rows (its line in the figure).
+
+  Returns:
+    ``signal_stats.response_stds``' rows, each with ``network`` (the
+    net's role) and ``label``.
+  """
+  images, _ = _eval_set(net, count)
+  x = data_lib.normalize(jnp.asarray(images), net.dataset.mean, net.dataset.std)
+  return [
+      {"network": net.role, "label": label, **r}
+      for r in signal_stats.response_stds(net.model, net.variables, x)
+  ]
+
+
 def signal_study(nets: Sequence[Net], config) -> dict[str, Any]:
   """He et al. Fig. 7 and gradient / gate / lambda statistics per network."""
   out = {"response_std": [], "gradients": [], "scale": [], "gates": []}
@@ -341,8 +364,9 @@ def signal_study(nets: Sequence[Net], config) -> dict[str, Any]:
         jnp.asarray(images), net.dataset.mean, net.dataset.std
     )
     name = f"{net.role} ({net.model.config.name}-{net.model.config.depth})"
-    for r in signal_stats.response_stds(net.model, net.variables, x):
-      out["response_std"].append({"network": net.role, "label": name, **r})
+    out["response_std"] += response_std_rows(
+        net, config.lesion.signal_images, name
+    )
     for r in signal_stats.module_input_gradients(
         net.model, net.variables, x, labels
     ):

@@ -39,6 +39,7 @@ __all__ = [
     "plot_reorder",
     "plot_response",
     "plot_single",
+    "response_figure",
     "setting_of",
     "study_setting",
     "veit",
@@ -484,24 +485,37 @@ def plot_paths(
   )
 
 
-def plot_response(
-    path: str,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    setting: Setting = Setting(),
-) -> Figure:
+def response_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
   """He et al. Fig. 7: response std per layer, in order and sorted.
 
+  The lesion study's ``plot_response`` and a sweep's declared Fig. 7
+  (``resflax.experiment.figures``) draw it.
+
+  Args:
+    rows: ``lesion_analysis.response_std_rows`` of every network, in layer
+      order. Rows with a ``seed`` make one line per seed: every seed of a
+      label in the label's colour, labelled once.
+
   Returns:
-    The Figure.
+    The Figure, two panels: layer order (top) and sorted by magnitude.
   """
   fig, axes = _figure((9, 7), 2, 1)
   top, bottom = axes[0, 0], axes[1, 0]
-  for label in dict.fromkeys(r["label"] for r in rows):
-    std = np.array([r["std"] for r in rows if r["label"] == label])
-    layers = np.arange(1, std.size + 1)
-    top.plot(layers, std, "-", label=label)
-    bottom.plot(layers, np.sort(std)[::-1], "-", label=label)
+  labels = list(dict.fromkeys(r["label"] for r in rows))
+  for k, label in enumerate(labels):
+    seeds = dict.fromkeys(r.get("seed") for r in rows if r["label"] == label)
+    for j, seed in enumerate(seeds):
+      std = np.array(
+          [
+              r["std"]
+              for r in rows
+              if r["label"] == label and r.get("seed") == seed
+          ]
+      )
+      layers = np.arange(1, std.size + 1)
+      style = {"color": f"C{k}", "label": label if j == 0 else None}
+      top.plot(layers, std, "-", **style)
+      bottom.plot(layers, np.sort(std)[::-1], "-", **style)
   top.set_xlabel("layer index (original)")
   bottom.set_xlabel("layer index (sorted by magnitude)")
   for ax in (top, bottom):
@@ -509,8 +523,21 @@ def plot_response(
     _integer(ax.xaxis)
     _legend(ax)
   top.set_title("std of each layer's response (He et al. 2016 Fig. 7)")
+  return fig
+
+
+def plot_response(
+    path: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    setting: Setting = Setting(),
+) -> Figure:
+  """Writes ``response_figure(rows)`` to ``path``; returns the Figure."""
   return _save(
-      fig, path, "He et al. Fig. 7: std of each layer's response", setting
+      response_figure(rows),
+      path,
+      "He et al. Fig. 7: std of each layer's response",
+      setting,
   )
 
 

@@ -11,11 +11,19 @@ as ``resnet110``):
     relu_before_add, relu_preact, full_preact (Fig. 4 (a)-(e)), depth 110
     or 164 (e.g. full_preact_110);
   groups: resnet110, resnet164 (every unit of a depth), each unit's name
-    (both depths), all;
+    (both depths), fig6 (Fig. 6's four networks), all;
   smoke: added to any of these (alone: the table), shrinks every case to
     seconds on a CPU (synthetic data, one seed).
 Every name runs a sweep: ``config.seeds`` runs per case (5) in
 DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+Training curves (Identity Mappings Fig. 6): left, BN after addition against
+the original unit on ResNet-110; right, full pre-activation against the
+original on ResNet-164. Drawn into DIR/fig6.png when the sweep runs those
+four cases (the whole table does); thin lines train error (the paper draws
+training loss), bold lines test error, every seed a line in its case's
+colour:
+  python -m resflax.main --config experiments/cifar_activations.py:fig6 --workdir runs/table2
 
 The whole table:
   python -m resflax.main --config experiments/cifar_activations.py --workdir runs/table2
@@ -35,7 +43,7 @@ at 32k and 48k iterations, 64k iterations, warm-up at lr 0.01 for the first
 
 from resflax.config import base_config
 from resflax.experiment import cases
-from resflax.experiment.cases import Case, paper_ref
+from resflax.experiment.cases import Case, Figure, paper_ref
 
 # model.unit -> the letter of Fig. 4 / Table 2.
 UNITS = {
@@ -64,11 +72,26 @@ CASES = {
     for unit, letter in UNITS.items()
 }
 
+# Identity Mappings Fig. 6: left, BN after addition (Fig. 4b) against the
+# original on ResNet-110; right, full pre-activation (Fig. 4e) against the
+# original on ResNet-164.
+FIG6 = {
+    "ResNet-110: BN after addition": ("original_110", "bn_after_add_110"),
+    "ResNet-164: pre-activation": ("original_164", "full_preact_164"),
+}
 GROUPS = {
     **{
         f"resnet{depth}": tuple(f"{u}_{depth}" for u in UNITS) for depth in NETS
     },
     **{unit: tuple(f"{unit}_{depth}" for depth in NETS) for unit in UNITS},
+    "fig6": tuple(c for members in FIG6.values() for c in members),
+}
+FIGURES = {
+    "fig6": Figure(
+        "Identity Mappings Fig. 6: CIFAR-10 training (thin) and test (bold) "
+        "error",
+        FIG6,
+    )
 }
 
 
@@ -84,5 +107,6 @@ def get_config(arg=None):
       CASES,
       arg,
       groups=GROUPS,
+      figures=FIGURES,
       title="Identity Mappings Table 2: BN/ReLU placement, CIFAR-10",
   )

@@ -13,11 +13,19 @@ as ``resnet110``):
     resnet110_1layer, resnet110, resnet164 or resnet1001 (Table 3's rows;
     _c100: CIFAR-100), and preact_resnet1001_batch64 (Table 4);
   groups: cifar10, cifar100, original, preact, and each net's name;
-    all;
+    fig1 (ResNet-1001, CIFAR-10, both units); all;
   smoke: added to any of these (alone: the tables), shrinks every case to
     seconds on a CPU (synthetic data, one seed).
 Every name runs a sweep: ``config.seeds`` runs per case (5) in
 DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+Training curves (Identity Mappings Fig. 1, right): ResNet-1001 on CIFAR-10
+with original against pre-activation units, drawn into DIR/fig1.png when
+the sweep runs both (the whole table does); thin lines train error (the
+paper draws training loss), bold lines test error, every seed a line in its
+case's colour. Fig. 6's pre-activation panel (ResNet-164) and its BN-after-
+addition panel are declared in cifar_activations.py, which has both.
+  python -m resflax.main --config experiments/cifar_preact.py:fig1 --workdir runs/table3
 
 The whole table:
   python -m resflax.main --config experiments/cifar_preact.py --workdir runs/table3
@@ -41,7 +49,7 @@ steps, with the decays at the same fractions of training as above (50% and
 
 from resflax.config import base_config
 from resflax.experiment import cases
-from resflax.experiment.cases import Case, paper_ref
+from resflax.experiment.cases import Case, Figure, paper_ref
 
 T3, T4 = "identity_table3", "identity_table4"
 UNITS = {"original": "original", "preact": "full_preact"}
@@ -106,7 +114,19 @@ CASES["preact_resnet1001_batch64"] = Case(
     "batch 64, 200 epochs",
 )
 
+# Identity Mappings Fig. 1 (right): ResNet-1001 on CIFAR-10, original
+# against pre-activation units.
+FIG1 = ("original_resnet1001", "preact_resnet1001")
+FIGURES = {
+    "fig1": Figure(
+        "Identity Mappings Fig. 1: ResNet-1001, original vs pre-activation "
+        "units, CIFAR-10 training (thin) and test (bold) error",
+        {"ResNet-1001": FIG1},
+    )
+}
+
 GROUPS = {
+    "fig1": FIG1,
     "cifar10": tuple(c for c in CASES if not c.endswith("_c100")),
     "cifar100": tuple(c for c in CASES if c.endswith("_c100")),
     "original": tuple(c for c in CASES if c.startswith("original_")),
@@ -135,5 +155,6 @@ def get_config(arg=None):
       CASES,
       arg,
       groups=GROUPS,
+      figures=FIGURES,
       title="Identity Mappings Tables 3-4: original vs pre-activation units",
   )

@@ -1,4 +1,4 @@
-"""He et al. 2016 (CVPR), CIFAR-10 ResNets: Table 6 and the plain twins (Fig. 6).
+"""He et al. 2016 (CVPR), CIFAR-10 ResNets: Table 6, plain twins, Fig. 6 and 7.
 
 Names (``:arg``, comma-separated; as models are spelt, ``resnet-110`` is
 read as ``resnet110``):
@@ -8,7 +8,7 @@ read as ``resnet110``):
     DIR/results.md and each run in DIR/<case>/seed<s>/: resnet20 resnet32
     resnet44 resnet56 resnet110 resnet1202, plain20 plain32 plain44
     plain56, resnet110_effective;
-  groups of cases: table6, plain, fig6, effective_paths, all;
+  groups of cases: table6, plain, fig6, fig7, effective_paths, all;
   ``smoke``: added to any of these, shrinks it to seconds on a CPU
     (synthetic data, one seed).
 
@@ -29,10 +29,19 @@ One network, one seed (no sweep); its plain twin with a flag:
 A tiny single run (ResNet-8, narrow) that finishes in seconds on a CPU:
   python -m resflax.main --config experiments/cifar_resnet.py:smoke --workdir /tmp/smoke
 
-Training curves (He et al. Fig. 6: plain nets left, ResNets right; thin
-lines train error, bold lines test error) are drawn into DIR/fig6.png when
-the sweep runs both groups (``fig6``), and every run writes its own
-DIR/<case>/seed<s>/curves.png.
+Training curves, He et al. Fig. 6 (group ``fig6``: the table's cases):
+plain-20/32/44/56 left, ResNet-20/32/44/56/110 in the middle, ResNet-110
+and ResNet-1202 right; thin lines train error, bold lines test error, every
+seed a line in its case's colour. Drawn into DIR/fig6.png when the sweep
+runs all of its cases (the default table does); every run also writes its
+own DIR/<case>/seed<s>/curves.png:
+  python -m resflax.main --config experiments/cifar_resnet.py:fig6 --workdir runs/table6
+He et al. Fig. 7 (group ``fig7``): plain-20/56 and ResNet-20/56/110 are
+trained, then each finished run is restored and the std of every 3x3
+layer's response (after BN, before ReLU/addition) measured on 500 test
+images; drawn in layer order and sorted by magnitude into DIR/fig7.png, the
+numbers in DIR/fig7.json and DIR/fig7.csv:
+  python -m resflax.main --config experiments/cifar_resnet.py:fig7 --workdir runs/table6
 
 Veit et al. 2016 sec. 5, training on the effective paths only: ResNet-110
 with gradients through 23 of its 54 modules' branches per mini-batch,
@@ -54,6 +63,8 @@ from resflax.experiment.cases import Case, Figure, paper_ref
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 PLAIN_DEPTHS = (20, 32, 44, 56)  # Fig. 6 left; plain-110 (>60%) is not plotted
+# He et al. Fig. 7: the response std of these networks' 3x3 layers.
+FIG7 = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 
 
 # He et al. 2016 (CVPR) sec. 4.2: "we use 0.01 to warm up the training
@@ -100,19 +111,29 @@ CASES = {
 GROUPS = {
     "table6": tuple(f"resnet{d}" for d in DEPTHS),
     "plain": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
-    "fig6": tuple(
-        f"{kind}{d}" for kind in ("plain", "resnet") for d in PLAIN_DEPTHS
-    ),
+    # Fig. 6's three panels: the whole table of the paper.
+    "fig6": tuple(f"plain{d}" for d in PLAIN_DEPTHS)
+    + tuple(f"resnet{d}" for d in DEPTHS),
+    "fig7": FIG7,
     "effective_paths": ("resnet110", "resnet110_effective"),
 }
 FIGURES = {
+    # One figure of three panels, as in the paper.
     "fig6": Figure(
         "He et al. 2016 Fig. 6: CIFAR-10 training (thin) and test (bold) error",
         {
-            "plain networks": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
-            "ResNets": tuple(f"resnet{d}" for d in PLAIN_DEPTHS),
+            "plain-20/32/44/56": tuple(f"plain{d}" for d in PLAIN_DEPTHS),
+            "ResNet-20/32/44/56/110": tuple(
+                f"resnet{d}" for d in PLAIN_DEPTHS + (110,)
+            ),
+            "ResNet-110 and ResNet-1202": ("resnet110", "resnet1202"),
         },
-    )
+    ),
+    "fig7": Figure(
+        "He et al. 2016 Fig. 7: std of layer responses on CIFAR-10",
+        {"plain-20/56 and ResNet-20/56/110": FIG7},
+        kind="response_std",
+    ),
 }
 
 
@@ -170,6 +191,6 @@ def get_config(arg=None):
       figures=FIGURES,
       table=GROUPS["table6"] + GROUPS["plain"],
       single=SINGLE,
-      title="He et al. 2016 (CVPR) Table 6 and Fig. 6: CIFAR-10 ResNets and "
-      "plain nets",
+      title="He et al. 2016 (CVPR) Table 6, Fig. 6 and 7: CIFAR-10 ResNets "
+      "and plain nets",
   )

@@ -6,11 +6,20 @@ as ``resnet110``):
     exclusive_gate_b0 .. exclusive_gate_b-10 (b_g = 0 .. -10; the table
     has 0, -6 and -7), shortcut_gate_b0, shortcut_gate_b-6, conv1x1,
     dropout;
-  groups: scale, exclusive_gate, exclusive_gate_search, shortcut_gate, all;
+  groups: scale, exclusive_gate, exclusive_gate_search, shortcut_gate,
+    fig3 (the table), all;
   smoke: added to any of these (alone: the table), shrinks every case to
     seconds on a CPU (synthetic data, one seed).
 Every name runs a sweep: ``config.seeds`` runs per case (5) in
 DIR/<case>/seed<s>/, the table in DIR/results.md.
+
+Training curves (Identity Mappings Fig. 3, "training curves of various
+shortcuts"): drawn into DIR/fig3.png when the sweep runs the whole table
+(no argument, or ``fig3``), one panel per kind of shortcut (constant
+scaling, exclusive gating, shortcut-only gating, 1x1 conv and dropout),
+each with the original ResNet-110 first; thin lines train error (the paper
+draws training loss), bold lines test error, every seed a line in its
+case's colour.
 
 The whole table:
   python -m resflax.main --config experiments/cifar_shortcuts.py --workdir runs/table1
@@ -33,7 +42,7 @@ the median of 5 runs; "fail" means test error above 20%.
 
 from resflax.config import base_config
 from resflax.experiment import cases
-from resflax.experiment.cases import Case, paper_ref
+from resflax.experiment.cases import Case, Figure, paper_ref
 
 T1 = "identity_table1"
 
@@ -114,6 +123,27 @@ TABLE = (
     "conv1x1",
     "dropout",
 )
+GROUPS["fig3"] = TABLE
+
+# Identity Mappings Fig. 3 draws the training curves of the shortcut
+# variants; here one panel per kind of shortcut of Table 1, each beside the
+# original (the first case of every panel, so in the same colour).
+FIGURES = {
+    "fig3": Figure(
+        "Identity Mappings Fig. 3: shortcut variants of ResNet-110, CIFAR-10 "
+        "training (thin) and test (bold) error",
+        {
+            "constant scaling": ("original", *GROUPS["scale"]),
+            "exclusive gating": ("original", *GROUPS["exclusive_gate"]),
+            "shortcut-only gating": ("original", *GROUPS["shortcut_gate"]),
+            "1x1 conv and dropout shortcuts": (
+                "original",
+                "conv1x1",
+                "dropout",
+            ),
+        },
+    )
+}
 
 
 def get_config(arg=None):
@@ -131,6 +161,7 @@ def get_config(arg=None):
       arg,
       table=TABLE,
       groups=GROUPS,
+      figures=FIGURES,
       title="Identity Mappings Table 1: shortcut variants, ResNet-110, "
       "CIFAR-10",
   )

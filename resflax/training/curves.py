@@ -205,11 +205,12 @@ def panels_figure(
   fig, axes = _figure(6.4 * len(panels), 4.4, len(panels))
   top = 0.0
   for ax, panel in zip(axes, panels):
-    for k, (label, records) in enumerate(panel["runs"]):
+    for k, (label, records, *color) in enumerate(panel["runs"]):
       draw(
           ax,
           records,
           label=label,
+          color=color[0] if color else None,
           lr_drops=panel.get("lr_drops", ()) if k == 0 else (),
       )
       errors = curve_points(records)["eval"][1]
@@ -231,7 +232,8 @@ def plot_panels(
 
   Args:
     panels: each ``{'title': str, 'runs': [(label, records), ...],
-      'lr_drops': [steps]}``.
+      'lr_drops': [steps]}``; a run may be ``(label, records, color)``
+      (e.g. every seed of a case in its colour, labelled once).
     title: the figure's title (above the panels).
     mark: ``output_mark`` of the runs; '' for real runs.
   """
