@@ -243,6 +243,21 @@ def test_fig7_leaves_out_a_run_it_cannot_restore(tmp_path):
   assert figures.write_figures(str(tmp_path), config) == []
 
 
+def test_fig7_names_why_a_parallel_sweep_is_not_measured(tmp_path, monkeypatch):
+  config = experiment("cifar_resnet.py", "fig7,smoke")
+  fake_logs(tmp_path, config, finished=True)
+  for case in FIG7:  # the stacked state of each case's program
+    os.makedirs(tmp_path / case / "checkpoints")
+  warnings = []
+  monkeypatch.setattr(
+      figures.logging, "warning", lambda *a: warnings.append(a[0] % a[1:])
+  )
+  assert figures.write_figures(str(tmp_path), config) == []
+  assert len(warnings) == len(FIG7)
+  assert "--config.train.parallel_runs=1" in warnings[0]
+  assert str(tmp_path / "plain20" / "checkpoints") in warnings[0]
+
+
 def test_figure_kinds_are_checked():
   with pytest.raises(ValueError, match="unknown kind 'bars'; use one of"):
     cases.Figure("t", {"p": ("a",)}, kind="bars")

@@ -16,7 +16,9 @@ draws each into ``DIR/<figure>.png``:
     ``lesion_plots.response_figure``): in layer order and sorted by
     magnitude, each seed a line in its case's colour. The rows are kept in
     ``DIR/<figure>.json`` and ``.csv``, so a run is measured once (delete
-    the JSON to measure again).
+    the JSON to measure again). A parallel sweep
+    (``train.parallel_runs``) stacks its runs' checkpoints in
+    ``DIR/<case>``: those runs are not measured (a warning says so).
 
 The figure's title is the declared one; a smoke sweep's (shrunk networks,
 synthetic data) opens with ``tables.sweep_mark``, so it cannot pass for the
@@ -31,11 +33,11 @@ from absl import logging
 from resflax import fileio
 from resflax.errors import CheckpointError, ConfigError
 from resflax.experiment import (
-  cases,
-  lesion_analysis,
-  lesion_plots,
-  lesion_study,
-  tables,
+    cases,
+    lesion_analysis,
+    lesion_plots,
+    lesion_study,
+    tables,
 )
 from resflax.training import curves
 from resflax.training import workdir as workdir_lib
@@ -83,10 +85,21 @@ def _curves(workdir: str, config, name: str):
 def _measure(workdir: str, case: str, seed: int) -> list[dict[str, Any]]:
   """Fig. 7 rows of one finished run; [] (logged) when it cannot restore."""
   path = cases.run_dir(workdir, case, seed)
+  stacked = os.path.join(os.path.dirname(path), "checkpoints")
+  if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isdir(
+      stacked
+  ):
+    logging.warning(
+        "response std of %s not measured: a parallel sweep keeps its runs' "
+        "checkpoints stacked in %s; run the figure's cases with "
+        "--config.train.parallel_runs=1",
+        path,
+        stacked,
+    )
+    return []
   try:
     net = lesion_study.load_run(path, case)
   except (ConfigError, CheckpointError) as e:
-    # E.g. a parallel sweep keeps its stacked checkpoints in DIR/<case>.
     logging.warning("response std of %s not measured: %s", path, e)
     return []
   return [
