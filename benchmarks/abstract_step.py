@@ -91,7 +91,9 @@ def build(
   impl = training.step_on_batch if streamed else training.step_on_dataset
   # The program loop.make_step compiles for one run; it needs a feed, and
   # here there is no data, only its shapes.
-  step = jax.jit(functools.partial(impl, spec), donate_argnums=0)
+  step = jax.jit(
+      functools.partial(impl, spec), donate_argnums=0, **spec.jit_options
+  )
   return spec, step, state, data_args(spec, image_shape, streamed)
 
 
@@ -126,7 +128,9 @@ class Preset:
 def program_key(config) -> str:
   """What decides a training program's shape: the model and step keys."""
   m = models.resolve(training.state.model_config(config, 8))
-  skip = set(models.init_only_keys(m)) | {"num_classes"}
+  # initial_value_keys is init_only_keys's newer name.
+  keys = getattr(models, "initial_value_keys", None) or models.init_only_keys
+  skip = set(keys(m)) | {"num_classes"}
   t = config.train
   return json.dumps(
       {
@@ -158,6 +162,16 @@ def presets(names: str | None = None) -> list[Preset]:
     names: comma-separated substrings; keeps the presets whose name or
       covered cases contain one (``"preact,wide"``); None keeps all.
   """
+  out = list(_all_presets())
+  if names:
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    out = [p for p in out if any(w in c for w in wanted for c in p.covers)]
+  return out
+
+
+@functools.cache
+def _all_presets() -> tuple[Preset, ...]:
+  """``presets()``, loaded once per process (every experiment file)."""
   from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
   from resflax.experiment import cases  # pylint: disable=g-import-not-at-top
 
@@ -180,10 +194,7 @@ def presets(names: str | None = None) -> list[Preset]:
       p.covers.append(p.name)
       seen[key] = p
       out.append(p)
-  if names:
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    out = [p for p in out if any(w in c for w in wanted for c in p.covers)]
-  return out
+  return tuple(out)
 
 
 def preset_step(config):
@@ -252,6 +263,16 @@ def fake_devices(count: int = 8) -> None:
   if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def deepest_first(found: list[Preset]) -> list[Preset]:
+  """``found`` by network depth, deepest first (then wider, bigger batch)."""
+
+  def size(p):
+    m = models.resolve(training.state.model_config(p.config(), 8))
+    return (m.depth, m.width or 1, p.config().train.batch_size)
+
+  return sorted(found, key=size, reverse=True)
 
 
 def shape_of(preset: Preset) -> tuple[str, int]:

@@ -40,7 +40,12 @@ warm (the same command on the cache the cold run filled). The cold
 process also prints XLA's memory analysis of the step per device
 (``abstract_step.memory``), so one run gives the tables of both
 ``memory.py --presets`` and this script. ``--jsonl FILE`` appends each
-result as a JSON line.
+result as a JSON line and skips the presets FILE already has (rerun the
+command to resume); ``--deepest-first`` starts with the deepest networks;
+``--table FILE`` prints the markdown table of FILE, every preset listed.
+``--cpu-conv-grad off`` compiles the ``--depths`` cases with XLA's own
+convolution gradients (the program a GPU or TPU compiles) instead of the
+chunked CPU one.
 """
 
 import argparse
@@ -69,7 +74,7 @@ def case_name(depth: int) -> str:
   )
 
 
-def make_config(depth: int, scan: bool, batch: int):
+def make_config(depth: int, scan: bool, batch: int, grad: str = "auto"):
   """The experiment config of ``depth`` (see module docstring)."""
   # Imported here: the parent process only launches subprocesses.
   from resflax.config import load_experiment  # pylint: disable=g-import-not-at-top
@@ -85,19 +90,22 @@ def make_config(depth: int, scan: bool, batch: int):
     config.model.depth = depth
   config.model.scan = scan
   config.model.bn_group_size = 0
+  config.model.cpu_conv_grad = grad
   config.train.batch_size = batch
   config.data.name = "synthetic"
   return config
 
 
-def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
+def measure(
+    depth: int, scan: bool, batch: int, grad: str = "auto", num_train=1024
+):
   """Times trace, lower and compile of the step; returns a dict."""
   import abstract_step  # pylint: disable=g-import-not-at-top
 
   from resflax import models  # pylint: disable=g-import-not-at-top
 
   spec, step, state, data = abstract_step.build(
-      make_config(depth, scan, batch), num_train
+      make_config(depth, scan, batch, grad), num_train
   )
   t0 = time.perf_counter()
   traced = step.trace(state, *data)
@@ -117,7 +125,7 @@ def measure(depth: int, scan: bool, batch: int, num_train: int = 1024):
   }
 
 
-def run_case(depth, scan, batch, timeout):
+def run_case(depth, scan, batch, timeout, grad="auto"):
   """Runs ``measure`` in a fresh interpreter; returns its dict or a reason."""
   cmd = [
       sys.executable,
@@ -126,6 +134,8 @@ def run_case(depth, scan, batch, timeout):
       f"{depth},{int(scan)}",
       "--batch",
       str(batch),
+      "--cpu-conv-grad",
+      grad,
   ]
   start = time.perf_counter()
   try:
@@ -230,7 +240,16 @@ def presets_main(args) -> None:
 
   names = None if args.presets == "all" else args.presets
   gib = 2.0**30
-  for preset in abstract_step.presets(names):
+  done = set()
+  if args.jsonl and os.path.exists(args.jsonl):  # a rerun resumes
+    with open(args.jsonl) as f:
+      done = {json.loads(line)["preset"] for line in f if line.strip()}
+  todo = abstract_step.presets(names)
+  if args.deepest_first:
+    todo = abstract_step.deepest_first(todo)
+  for preset in todo:
+    if preset.name in done:
+      continue
     cache = tempfile.mkdtemp(prefix="resflax_cc_")
     try:
       cold = run_preset(preset.name, cache, args.devices, args.timeout)
@@ -267,6 +286,36 @@ def presets_main(args) -> None:
     )
 
 
+def table_main(jsonl: str) -> None:
+  """Markdown table of every preset from ``jsonl``; the rest not measured."""
+  import abstract_step  # pylint: disable=g-import-not-at-top
+
+  with open(jsonl) as f:
+    rows = {r["preset"]: r for r in map(json.loads, filter(str.strip, f))}
+  print(
+      "| preset (cases covered) | network | cold: total (init / lower / "
+      "step compile) s | warm s | load |"
+  )
+  print("|---|---|---|---|---|")
+  for preset in abstract_step.presets():
+    name = ", ".join(preset.covers)
+    row = rows.get(preset.name)
+    if row is None:
+      print(f"| {name} | | not measured | not measured | |")
+      continue
+    net = abstract_step.shape_of(preset)[0]
+    cold, warm = row["cold"], row["warm"]
+    if "skipped" in cold or "skipped" in warm:
+      why = cold.get("skipped") or warm["skipped"]
+      print(f"| {name} | {net} | {why} | | {row['load']:.1f} |")
+      continue
+    print(
+        f"| {name} | {net} | {cold['total_s']:.1f} ({cold['init_s']:.1f} / "
+        f"{cold['lower_s']:.1f} / {cold['compile_s']:.1f}) | "
+        f"{warm['total_s']:.1f} | {row['load']:.1f} |"
+    )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depths", default="20,110,164,1001,1202")
@@ -297,6 +346,12 @@ def main():
       default=2,
       help="round-robin passes over the cases (min taken)",
   )
+  parser.add_argument(
+      "--cpu-conv-grad",
+      default="auto",
+      help="model.cpu_conv_grad of the --depths cases (auto: the chunked "
+      "CPU weight gradient on a CPU; off: XLA's, as a GPU/TPU compiles)",
+  )
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: depth,scan
   parser.add_argument(
       "--presets",
@@ -309,7 +364,17 @@ def main():
       default=8,
       help="fake CPU devices of the --presets cases",
   )
-  parser.add_argument("--jsonl", help="append --presets results here")
+  parser.add_argument(
+      "--jsonl",
+      help="append --presets results here; a preset already in it is "
+      "skipped (rerun the command to resume)",
+  )
+  parser.add_argument(
+      "--deepest-first",
+      action="store_true",
+      help="--presets: deepest networks first",
+  )
+  parser.add_argument("--table", help="print the markdown table of a --jsonl")
   parser.add_argument("--preset-case", help=argparse.SUPPRESS)  # internal
   parser.add_argument("--cache", help=argparse.SUPPRESS)  # internal
   args = parser.parse_args()
@@ -317,13 +382,19 @@ def main():
   if args.preset_case:
     print(json.dumps(first_step_case(args.preset_case, args.cache)), flush=True)
     return
+  if args.table:
+    table_main(args.table)
+    return
   if args.presets:
     presets_main(args)
     return
 
   if args.case:
     depth, scan = (int(v) for v in args.case.split(","))
-    print(json.dumps(measure(depth, bool(scan), args.batch)), flush=True)
+    print(
+        json.dumps(measure(depth, bool(scan), args.batch, args.cpu_conv_grad)),
+        flush=True,
+    )
     return
 
   depths = [int(d) for d in args.depths.split(",")]
@@ -343,7 +414,7 @@ def main():
   if args.unrolled_deep:  # the slow, memory-hungry ones once, at the end
     schedule += [(0, c) for c in deep_unrolled]
   for rep, (depth, scan) in schedule:
-    r = run_case(depth, scan, args.batch, args.timeout)
+    r = run_case(depth, scan, args.batch, args.timeout, args.cpu_conv_grad)
     runs[(depth, scan)].append(r)
     name = case_name(depth)
     if "skipped" in r:
@@ -387,7 +458,8 @@ def main():
 
   print(
       f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-      f"{os.cpu_count()} cores; batch {args.batch}; "
+      f"{os.cpu_count()} cores, {jax.device_count()} devices; batch "
+      f"{args.batch}; model.cpu_conv_grad={args.cpu_conv_grad}; "
       "training.step_on_dataset"
   )
   skipped = [

@@ -29,7 +29,20 @@ shards it (state and CIFAR replicated, the batch split), and prints per
 device: batch, arguments, temporaries, peak, and whether the peak fits
 8 GiB (a Colab TPU v2-8 core) and 16 GiB (a v5e core); where it does not,
 the same with ``model.remat=True``. These are XLA:CPU's buffer
-assignments, estimates of what a TPU or GPU compiler allocates.
+assignments, estimates of what a TPU or GPU compiler allocates, of the
+program an accelerator compiles (``model.cpu_conv_grad='off'``: XLA's own
+convolution gradients, which ``'auto'`` gives on a GPU or TPU).
+``--fast-compile`` compiles with ``train.fast_compile`` (XLA backend
+optimisation level 0: the same buffer assignment, compiled several times
+faster); ``--jsonl FILE`` appends each preset's figures as a JSON line and
+skips the presets already in FILE, so rerunning the command resumes it;
+``--deepest-first`` orders the presets by depth; ``--table FILE`` prints
+the markdown table of FILE, every preset of ``experiments/`` listed
+("not measured" where FILE has none).
+
+  python benchmarks/memory.py --presets all --fast-compile --deepest-first
+      --jsonl memory.jsonl
+  python benchmarks/memory.py --table memory.jsonl
 """
 
 import argparse
@@ -162,38 +175,91 @@ def verdict(peak: int) -> str:
   return " | ".join("yes" if peak <= size else "no" for size in CORES.values())
 
 
-def presets_main(names: str) -> None:
-  """The memory table of every preset (module docstring), markdown rows."""
+def done_names(jsonl: str | None) -> set[str]:
+  """Presets already in ``jsonl``: a rerun of the same command resumes."""
+  if not jsonl or not os.path.exists(jsonl):
+    return set()
+  with open(jsonl) as f:
+    return {json.loads(line)["preset"] for line in f if line.strip()}
+
+
+def presets_main(args) -> None:
+  """The memory of every preset (module docstring), one JSON line each."""
   n = jax.device_count()
-  print(
-      f"| preset (cases covered) | batch / device | arguments | temp | "
-      f"peak / device | fits {' | fits '.join(CORES)} |"
-  )
-  print("|---|---|---|---|---|" + "---|" * len(CORES))
-  for preset in abstract_step.presets(None if names == "all" else names):
-    config = preset.config()
-    per_device = config.train.batch_size // n
-    r = preset_memory(config)
-    if "peak" not in r:
-      print(f"| {preset.name} | {per_device} | memory_analysis() unavailable")
+  done = done_names(args.jsonl)
+  todo = abstract_step.presets(None if args.presets == "all" else args.presets)
+  if args.deepest_first:
+    todo = abstract_step.deepest_first(todo)
+  for preset in todo:
+    if preset.name in done:
       continue
-    row = (
-        f"| {', '.join(preset.covers)} | {per_device} | "
-        f"{r['argument'] / GIB:.2f} GiB | {r['temp'] / GIB:.2f} GiB | "
-        f"{r['peak'] / GIB:.2f} GiB | {verdict(r['peak'])} |"
-    )
-    if r["peak"] > min(CORES.values()) and not config.model.remat:
+    config = preset.config()
+    config.train.fast_compile = args.fast_compile
+    # The program a GPU or TPU compiles ("auto" is "off" there): XLA's own
+    # convolution gradients, not the CPU workaround of models/cpu_conv.py.
+    config.model.cpu_conv_grad = "off"
+    net, batch = abstract_step.shape_of(preset)
+    row = {
+        "preset": preset.name,
+        "covers": preset.covers,
+        "net": net,
+        "batch_per_device": batch // n,
+        "devices": n,
+        "fast_compile": args.fast_compile,
+        "memory": preset_memory(config),
+    }
+    peak = row["memory"].get("peak")
+    if (
+        peak is not None
+        and peak > min(CORES.values())
+        and not config.model.remat
+    ):
       config.model.remat = True
-      rr = preset_memory(config)
-      row += (
-          f" with model.remat=True: {rr['peak'] / GIB:.2f} GiB "
-          f"({verdict(rr['peak'])})"
-      )
-    print(row, flush=True)
+      row["remat_memory"] = preset_memory(config)
+    if args.jsonl:
+      with open(args.jsonl, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(table_row(row), flush=True)
   print(
       f"XLA:CPU buffer-assignment estimates, {n} devices, jax "
       f"{jax.__version__}"
   )
+
+
+def table_row(row: dict) -> str:
+  """One markdown row of the memory table from a ``presets_main`` record."""
+  r = row["memory"]
+  if "peak" not in r:
+    return f"| {row['preset']} | {row['batch_per_device']} | unavailable |"
+  out = (
+      f"| {', '.join(row['covers'])} | {row['net']} | "
+      f"{row['batch_per_device']} | {r['argument'] / GIB:.2f} | "
+      f"{r['output'] / GIB:.2f} | {r['temp'] / GIB:.2f} | "
+      f"{r['peak'] / GIB:.2f} | {verdict(r['peak'])} |"
+  )
+  if "remat_memory" in row:
+    rr = row["remat_memory"]["peak"]
+    out += f" model.remat=True: {rr / GIB:.2f} GiB ({verdict(rr)}) |"
+  else:
+    out += " |"
+  return out
+
+
+def table_main(jsonl: str) -> None:
+  """Markdown table of every preset from ``jsonl``; the rest not measured."""
+  with open(jsonl) as f:
+    rows = {r["preset"]: r for r in map(json.loads, filter(str.strip, f))}
+  print(
+      "| preset (cases covered) | network | batch / device | arguments GiB "
+      "| outputs GiB | temporaries GiB | peak GiB | "
+      f"fits {' | fits '.join(CORES)} | over 8 GiB |"
+  )
+  print("|---|---|---|---|---|---|---|" + "---|" * len(CORES) + "---|")
+  for preset in abstract_step.presets():
+    if preset.name in rows:
+      print(table_row(rows[preset.name]))
+    else:
+      print(f"| {', '.join(preset.covers)} | not measured |")
 
 
 def main():
@@ -214,6 +280,21 @@ def main():
   )
   parser.add_argument("--device-case", help=argparse.SUPPRESS)  # internal
   parser.add_argument(
+      "--jsonl",
+      help="--presets: append each result here; a preset already in it "
+      "is skipped (rerun the command to resume)",
+  )
+  parser.add_argument(
+      "--fast-compile",
+      action="store_true",
+      help="--presets: compile with train.fast_compile (same memory "
+      "analysis, see RESULTS.md)",
+  )
+  parser.add_argument(
+      "--deepest-first", action="store_true", help="--presets: deepest first"
+  )
+  parser.add_argument("--table", help="print the markdown table of a --jsonl")
+  parser.add_argument(
       "--presets",
       help="'all' or name parts: the memory "
       "table of the paper presets on fake devices",
@@ -222,8 +303,11 @@ def main():
       "--devices", type=int, default=8, help="fake CPU devices of --presets"
   )
   args = parser.parse_args()
+  if args.table:
+    table_main(args.table)
+    return
   if args.presets:
-    presets_main(args.presets)
+    presets_main(args)
     return
   if args.device_case is not None:
     config = make_config(args.depth, args.batch, bool(int(args.device_case)))
