@@ -49,3 +49,11 @@ def akamaster_dir():
 
 # The built wheel in a fresh venv (dist, venv, installed): tests/wheel_env.py.
 pytest_plugins = ["wheel_env"]
+
+
+def pytest_collection_modifyitems(items):
+  """Under ``-n N --dist loadgroup`` (pytest-xdist), the tests of the wheel's
+  venv share one worker, so the venv is built once."""
+  for item in items:
+    if {"venv", "installed"} & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("wheel_venv"))

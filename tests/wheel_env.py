@@ -5,6 +5,7 @@ Registered as a plugin in conftest.py, so the wheel and the venv are built
 once per session for every test that asks for them.
 """
 
+import fcntl
 import os
 import pathlib
 import subprocess
@@ -28,9 +29,21 @@ def run(cmd, env=None, cwd=None, timeout=900):
 
 @pytest.fixture(scope="session")
 def dist(tmp_path_factory):
-  """The sdist and the wheel built from it, as `python -m build` makes them."""
-  out = tmp_path_factory.mktemp("dist")
-  run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)])
+  """The sdist and the wheel built from it, as `python -m build` makes them.
+
+  Built once per session: pytest-xdist's workers share one build (under a
+  lock), since two builds at once would race on the checkout's egg-info.
+  """
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)])
+  else:
+    out = tmp_path_factory.getbasetemp().parent / "dist"
+    out.mkdir(exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not list(out.glob("resflax-*.whl")):
+        run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)])
   (wheel,) = out.glob("resflax-*.whl")
   (sdist,) = out.glob("resflax-*.tar.gz")
   return wheel, sdist
