@@ -1,7 +1,21 @@
-"""``resflax.train.train_and_evaluate``: the name scripts and notebooks use.
+"""Deprecated: ``resflax.train.train_and_evaluate`` is now
+``resflax.train_and_evaluate`` (owned by ``resflax.training``).
 
-The training engine lives in ``resflax.training``; this module keeps the
-entry point under its first name.
+The old name keeps working for one release, with a DeprecationWarning.
 """
 
-from resflax.training import train_and_evaluate  # noqa: F401
+import warnings
+
+
+def __getattr__(name: str):
+  if name == "train_and_evaluate":
+    warnings.warn(
+        "resflax.train.train_and_evaluate is deprecated and will be removed "
+        "in the next release; use resflax.train_and_evaluate",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from resflax.training import train_and_evaluate
+
+    return train_and_evaluate
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

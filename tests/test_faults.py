@@ -28,7 +28,7 @@ from fault_helpers import tiny_config
 from helpers import REPO
 
 from resflax import data as data_lib
-from resflax import train, training
+from resflax import training
 from resflax.errors import ConfigError, TrainingError, WorkdirError
 from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
@@ -156,7 +156,7 @@ def fill(directory):
 def twin(tmp_path_factory):
   """The uninterrupted run every resumed run must equal."""
   path = tmp_path_factory.mktemp("twin") / "run"
-  train.train_and_evaluate(tiny_config(), str(path))
+  training.train_and_evaluate(tiny_config(), str(path))
   return path
 
 
@@ -199,7 +199,7 @@ def test_kill_right_after_final_save_keeps_train_time(twin, tmp_path):
       for r in workdir_lib.RunLog(str(run)).records()
       if r["kind"] == "checkpoint" and r["step"] == 12
   ]
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   assert marks, "the final checkpoint's timing was never logged"
   assert results(run)["train_seconds"] == pytest.approx(
@@ -209,7 +209,7 @@ def test_kill_right_after_final_save_keeps_train_time(twin, tmp_path):
 
 def test_resume_after_ctrl_c_equals_twin(stopped, twin, tmp_path):
   run = copy_of(stopped[0], tmp_path)
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   assert not set_aside(run)
 
@@ -225,7 +225,7 @@ def test_damaged_metrics_line_keeps_the_rest(stopped, twin, tmp_path, caplog):
   lines[4] = "{garbage\n"
   log.write_text("".join(lines))
   caplog.set_level(logging.WARNING)
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   warned = [
       r.getMessage() for r in caplog.records if "damaged" in r.getMessage()
@@ -237,7 +237,7 @@ def test_cut_last_metrics_line_is_dropped(stopped, twin, tmp_path):
   run = copy_of(stopped[0], tmp_path)
   with open(run / "metrics.jsonl", "a") as f:
     f.write('{"step": 10, "kind": "tra')  # a kill mid-write
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
 
 
@@ -245,12 +245,14 @@ def test_unverified_step_is_not_restored(stopped, twin, tmp_path):
   """A step without checksums (a kill between commit and seal) whose values
   are wrong in a way Orbax cannot see: another run's step 8."""
   other = tmp_path / "other"
-  train.train_and_evaluate(tiny_config(steps=8, learning_rate=0.05), str(other))
+  training.train_and_evaluate(
+      tiny_config(steps=8, learning_rate=0.05), str(other)
+  )
   run = copy_of(stopped[0], tmp_path)
   shutil.rmtree(run / "checkpoints" / "8")
   shutil.copytree(other / "checkpoints" / "8", run / "checkpoints" / "8")
   os.remove(run / "checkpoints" / "8" / checkpoint.CHECKSUM_FILE)
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   assert set_aside(run) == ["8" + checkpoint.UNVERIFIED_SUFFIX]
 
@@ -263,7 +265,7 @@ def test_damaged_sealed_step_falls_back(stopped, twin, tmp_path):
     data = bytearray(open(f, "rb").read())
     data[len(data) // 2] ^= 0x40
     open(f, "wb").write(data)
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert_like_twin(run, twin)
   assert set_aside(run) == ["8" + checkpoint.CORRUPT_SUFFIX]
 
@@ -272,7 +274,7 @@ def test_damaged_results_json_is_rewritten(twin, tmp_path, caplog):
   run = copy_of(twin, tmp_path)
   (run / "results.json").write_text('{"test_error": 0.')
   caplog.set_level(logging.WARNING)
-  train.train_and_evaluate(tiny_config(), str(run))
+  training.train_and_evaluate(tiny_config(), str(run))
   assert "results.json cannot be read" in caplog.text
   a, b = results(run), results(twin)
   assert a["history"] == b["history"] and a["test_error"] == b["test_error"]
@@ -283,7 +285,7 @@ def test_damaged_config_json_is_one_line(twin, tmp_path):
   run = copy_of(twin, tmp_path)
   (run / "config.json").write_text("{not json")
   with pytest.raises(ConfigError, match="config.json cannot be read") as e:
-    train.train_and_evaluate(tiny_config(), str(run))
+    training.train_and_evaluate(tiny_config(), str(run))
   assert "\n" not in str(e.value) and "config_history.jsonl" in str(e.value)
 
 
@@ -356,14 +358,14 @@ def test_lock_is_taken_before_the_data_loads(tmp_path, monkeypatch):
   os.makedirs(tmp_path / "run")
   with workdir_lib.WorkdirLock(str(tmp_path / "run")):
     with pytest.raises(WorkdirError, match="in use by another run"):
-      train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+      training.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
 
 
 def test_config_change_recorded_from_the_resumed_step(tmp_path):
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(steps=9), str(run))
+  training.train_and_evaluate(tiny_config(steps=9), str(run))
   changed = tiny_config(steps=12, checkpoint_every=4, allow_config_change=True)
-  train.train_and_evaluate(changed, str(run))
+  training.train_and_evaluate(changed, str(run))
   history = [
       json.loads(l)
       for l in (run / workdir_lib.CONFIG_HISTORY_FILE).read_text().splitlines()
@@ -379,7 +381,7 @@ def test_fewer_steps_than_trained_is_refused(twin, tmp_path):
       for f in ("results.json", "config.json", "metrics.jsonl")
   }
   with pytest.raises(ConfigError, match=r"train.steps=6 is below step 12") as e:
-    train.train_and_evaluate(
+    training.train_and_evaluate(
         tiny_config(steps=6, allow_config_change=True), str(run)
     )
   assert "\n" not in str(e.value)
@@ -391,7 +393,7 @@ def test_model_change_is_named(twin, tmp_path):
   deeper = tiny_config(steps=14, allow_config_change=True)
   deeper.model.depth = 14
   with pytest.raises(ConfigError, match=r"model.depth: 8 -> 14") as e:
-    train.train_and_evaluate(deeper, str(run))
+    training.train_and_evaluate(deeper, str(run))
   assert "metrics" not in str(e.value) and "\n" not in str(e.value)
   assert not set_aside(run)
 
@@ -404,7 +406,7 @@ def test_divergence_without_checkpoint_says_so(tmp_path):
       checkpoint_every=4,
   )
   with pytest.raises(TrainingError) as e:
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    training.train_and_evaluate(config, str(tmp_path / "run"))
   assert "no checkpoint was saved" in str(e.value)
   assert "keeps the last good checkpoint" not in str(e.value)
 
@@ -435,7 +437,7 @@ def test_random_kills_resume_identically(tmp_path):
   """SIGKILL, SIGTERM, Ctrl-C and SIGTERM-then-SIGKILL at random moments."""
   steps = 120
   twin = tmp_path / "twin"
-  train.train_and_evaluate(tiny_config(steps=steps), str(twin))
+  training.train_and_evaluate(tiny_config(steps=steps), str(twin))
   run = tmp_path / "run"
   rng = random.Random(19)
   kinds = ["kill", "term", "int", "term+kill"]

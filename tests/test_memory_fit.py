@@ -8,7 +8,7 @@ CPU devices report no memory limit, so the limit is faked here
 import pytest
 from helpers import engine_config
 
-from resflax import train
+from resflax import training
 from resflax.config import base_config, memory_fit_hint
 from resflax.errors import ConfigError
 from resflax.training import memory_fit
@@ -42,7 +42,7 @@ def test_step_over_device_memory_fails_before_the_first_step(
 ):
   monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 1024)
   with pytest.raises(ConfigError) as e:
-    train.train_and_evaluate(engine_config(), str(tmp_path))
+    training.train_and_evaluate(engine_config(), str(tmp_path))
   message = str(e.value)
   assert "\n" not in message
   assert "set --config.model.remat=True" in message
@@ -64,7 +64,7 @@ def test_fitting_step_trains_on_its_one_compiled_program(
   monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 64 * GIB)
   monkeypatch.setattr("resflax.training.loop.checked_step", record)
   config = engine_config(runs=runs)
-  train.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   (checked,) = made
   assert checked.compiled is not None and not checked.fell_back
   if runs == 1:  # jit itself never compiled the step: no second program

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import REPO, final_state, tiny_config
 
-from resflax import train
+from resflax import training
 
 WORKER = textwrap.dedent("""
     import os, sys
@@ -23,9 +23,9 @@ WORKER = textwrap.dedent("""
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
     from test_train import tiny_config
-    from resflax import train
+    from resflax import training
     assert jax.device_count() == 4 and jax.local_device_count() == 2
-    result = train.train_and_evaluate(tiny_config(), sys.argv[3])
+    result = training.train_and_evaluate(tiny_config(), sys.argv[3])
     print("RESULT", result["test_error"])
 """)
 
@@ -65,7 +65,7 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
   # The workers use JAX's default random scheme; conftest changes it.
   jax.config.update("jax_threefry_partitionable", True)
   try:
-    result = train.train_and_evaluate(tiny_config(), str(single))
+    result = training.train_and_evaluate(tiny_config(), str(single))
   finally:
     jax.config.update("jax_threefry_partitionable", False)
   multi = json.loads((workdir / "results.json").read_text())
@@ -89,10 +89,10 @@ PREEMPTED_WORKER = textwrap.dedent("""
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
     from test_train import tiny_config
-    from resflax import train
+    from resflax import training
     config = tiny_config(steps=int(sys.argv[5]), log_every=1, eval_every=0,
                          checkpoint_every=0)
-    result = train.train_and_evaluate(config, sys.argv[3])
+    result = training.train_and_evaluate(config, sys.argv[3])
     sys.exit(143 if result.get("interrupted") else 0)
 """)
 

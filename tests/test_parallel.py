@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import engine_config
 
-from resflax import train, training
+from resflax import training
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import runs as runs_lib
 
@@ -84,13 +84,13 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
   """4 trainings of a tiny net: minutes of compilation on a cold cache."""
   config = tiny_config(parallel_runs=2)
   config.train.run_overrides = OVERRIDES
-  combined = train.train_and_evaluate(config, str(tmp_path / "par"))
+  combined = training.train_and_evaluate(config, str(tmp_path / "par"))
   assert [r["status"] for r in combined["runs"]] == ["ok", "ok"]
   stacked = final_variables(config, str(tmp_path / "par"))
   for k in range(2):
     solo = solo_config(k)
     solo_dir = str(tmp_path / f"solo{k}")
-    want = train.train_and_evaluate(solo, solo_dir)
+    want = training.train_and_evaluate(solo, solo_dir)
     got = json.loads(
         (tmp_path / "par" / f"seed{k}" / "results.json").read_text()
     )
@@ -118,7 +118,7 @@ def test_diverged_run_is_recorded_and_others_finish(tmp_path):
   config = tiny_config(parallel_runs=2, steps=3, eval_every=0)
   config.train.run_overrides = ("", "train.learning_rate=inf")
   with pytest.raises(TrainingError, match="1 of 2 parallel runs.*seed 1"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   ok = json.loads((tmp_path / "seed0" / "results.json").read_text())
   assert ok["steps"] == 3 and np.isfinite(ok["test_error"])
   assert (

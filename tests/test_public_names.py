@@ -33,3 +33,11 @@ def test_import_resflax_imports_no_jax():
       check=True,
   ).stdout
   assert out.strip() == "False"
+
+
+def test_old_train_module_warns_and_still_trains_the_same_function():
+  from resflax import train, training
+
+  with pytest.warns(DeprecationWarning, match="resflax.train_and_evaluate"):
+    old = train.train_and_evaluate
+  assert old is training.train_and_evaluate

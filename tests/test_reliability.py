@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO, final_state, tiny_config
 
 from resflax import data as data_lib
-from resflax import fileio, train
+from resflax import fileio, training
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import checkpoint
 from resflax.training import workdir as workdir_lib
@@ -130,7 +130,7 @@ def test_nonfinite_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
       steps=8,
   )
   with pytest.raises(TrainingError, match=r"at step 5 \(loss = "):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [2, 4]
   ckpt.close()
@@ -146,7 +146,7 @@ def test_nonfinite_skip_option_finishes(tmp_path):
       lr_boundaries=(),
       on_nonfinite="skip",
   )
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result["skipped_steps"] == 4 and result["steps"] == 8
 
 
@@ -179,12 +179,12 @@ def test_cli_nonfinite_exit_status(tmp_path):
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):
-  train.train_and_evaluate(tiny_config(steps=4), str(tmp_path))
+  training.train_and_evaluate(tiny_config(steps=4), str(tmp_path))
   other = tiny_config(steps=4, learning_rate=0.05)
   with pytest.raises(ConfigError, match=r"train.learning_rate: 0.1 -> 0.05"):
-    train.train_and_evaluate(other, str(tmp_path))
+    training.train_and_evaluate(other, str(tmp_path))
   other.train.allow_config_change = True
-  train.train_and_evaluate(other, str(tmp_path))
+  training.train_and_evaluate(other, str(tmp_path))
 
 
 def test_workdir_accepts_a_change_of_how_the_model_runs(tmp_path):
@@ -227,7 +227,7 @@ def test_bad_config_fails_before_data_or_compilation(
   config = tiny_config()
   change(config)
   with pytest.raises(ConfigError, match=pattern) as e:
-    train.train_and_evaluate(config, str(tmp_path / "w"))
+    training.train_and_evaluate(config, str(tmp_path / "w"))
   assert "\n" not in str(e.value)
   assert not (tmp_path / "w").exists()
 
@@ -301,16 +301,18 @@ def test_bad_data_names_file_and_writes_nothing(tmp_path, setup, pattern):
   )
   workdir = tmp_path / "w"
   with pytest.raises(data_lib.DataError, match=pattern):
-    train.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir))
   leftovers = list(workdir.iterdir()) if workdir.exists() else []
   assert not leftovers, leftovers
 
 
 def test_corrupt_latest_checkpoint_resumes_from_previous(tmp_path):
   full = tmp_path / "full"
-  train.train_and_evaluate(tiny_config(), str(full))
+  training.train_and_evaluate(tiny_config(), str(full))
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2), str(run))
+  training.train_and_evaluate(
+      tiny_config(steps=6, checkpoint_every=2), str(run)
+  )
   # Truncate every data file of the newest checkpoint (step 6).
   for dirpath, _, files in os.walk(run / "checkpoints" / "6"):
     for f in files:
@@ -320,7 +322,7 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(tmp_path):
       with open(p, "r+b") as fh:
         fh.truncate(max(os.path.getsize(p) // 2, 1))
   resumed = tiny_config(checkpoint_every=2, allow_config_change=True)
-  train.train_and_evaluate(resumed, str(run))
+  training.train_and_evaluate(resumed, str(run))
   assert_same_state(
       final_state(tiny_config(), str(full)),
       final_state(tiny_config(), str(run)),
@@ -330,13 +332,13 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(tmp_path):
 def test_half_written_checkpoint_is_ignored(tmp_path):
   """What a SIGKILL during a save leaves must never be taken for good."""
   full = tmp_path / "full"
-  train.train_and_evaluate(tiny_config(), str(full))
+  training.train_and_evaluate(tiny_config(), str(full))
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(steps=4), str(run))
+  training.train_and_evaluate(tiny_config(steps=4), str(run))
   ckdir = run / "checkpoints"
   # A complete-looking copy under orbax's temporary name, as a kill leaves it.
   shutil.copytree(full / "checkpoints" / "8", ckdir / "8.orbax-checkpoint-tmp")
-  train.train_and_evaluate(tiny_config(allow_config_change=True), str(run))
+  training.train_and_evaluate(tiny_config(allow_config_change=True), str(run))
   assert_same_state(
       final_state(tiny_config(), str(full)),
       final_state(tiny_config(), str(run)),
@@ -345,7 +347,7 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
 
 def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
   run = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(steps=4), str(run))
+  training.train_and_evaluate(tiny_config(steps=4), str(run))
   real_save = checkpoint.Checkpointer.save
 
   def full_disk(self, step, state, **kw):
@@ -356,7 +358,7 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
 
   monkeypatch.setattr(checkpoint.Checkpointer, "save", full_disk)
   with pytest.raises(checkpoint.CheckpointError, match="No space left"):
-    train.train_and_evaluate(tiny_config(allow_config_change=True), str(run))
+    training.train_and_evaluate(tiny_config(allow_config_change=True), str(run))
   monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
   ckpt = checkpoint.Checkpointer(run / "checkpoints")
   assert ckpt.latest_step() == 4
