@@ -44,7 +44,7 @@ from absl import logging
 from resflax import data as data_lib
 from resflax import fileio, training
 from resflax.errors import CheckpointError, ConfigError, TrainingError
-from resflax.experiment import lesion_plots, lesion_summary
+from resflax.experiment import lesion_import, lesion_plots, lesion_summary
 from resflax.experiment.lesion_analysis import (
     Net,
     k_deletion_study,
@@ -139,6 +139,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           "config.json in it); give the --workdir of a training run"
       )
 
+  lesion_import.check_imported(config)
 
 def _lesion_keys():
   # The keys experiments/cifar_lesion.py defines; kept here so a config
@@ -146,6 +147,7 @@ def _lesion_keys():
   return (
       "checkpoint",
       "vgg_checkpoint",
+      *lesion_import.IMPORTERS,
       "vgg_depth",
       "vgg_widths",
       "plain_checkpoint",
@@ -368,14 +370,22 @@ def _networks(
     with _timed(seconds, f"{role} (train or restore)"):
       return _obtain(role, checkpoint, cfg, workdir, config.data.path)
 
-  resnet = obtain("resnet", c.checkpoint, training_config(config))
+  # An imported network was trained elsewhere: nothing is trained for it,
+  # and the VGG and plain twin come only from given runs.
+  imported = lesion_import.imported_key(c)
+  if imported:
+    with _timed(seconds, "resnet (import)"):
+      dataset = _dataset(config.data, config.seed)
+      resnet = lesion_import.load_imported(config, dataset)
+  else:
+    resnet = obtain("resnet", c.checkpoint, training_config(config))
   vgg = (
       obtain("vgg", c.vgg_checkpoint, vgg_config(config))
-      if c.vgg_checkpoint or c.vgg_depth
+      if c.vgg_checkpoint or (c.vgg_depth and not imported)
       else None
   )
   plain, notes = None, []
-  if c.signal and (c.plain_checkpoint or c.train_plain):
+  if c.signal and (c.plain_checkpoint or (c.train_plain and not imported)):
     try:
       plain = obtain("plain", c.plain_checkpoint, plain_config(config))
     except TrainingError as e:
@@ -475,7 +485,9 @@ def _signal(
   sig = signal_study(
       [resnet, plain] if plain else [n for n in (resnet, vgg) if n], config
   )
-  if plain is None:
+  if plain is None and vgg is None:
+    notes = notes + ["no plain network: the statistics of the ResNet alone"]
+  elif plain is None:
     notes = notes + [
         "no plain twin (config.lesion.train_plain=False and no "
         "plain_checkpoint): the VGG is the plain network here"
