@@ -5,6 +5,9 @@ default (``DEFAULTS``, ``resolve``, ``base_config().model``) and reaches the
 forward pass.
 """
 
+import dataclasses
+import pickle
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -113,7 +116,7 @@ def test_unregistering_removes_the_key():
 def test_declared_needs_reach_the_framework():
   class Noisy(Times):
     hparams = {"times_alpha": 0.3, "noisy_init": 1.0}
-    init_only = ("noisy_init",)
+    initial_value_keys = ("noisy_init",)
 
     @classmethod
     def needs_rng(cls, cfg):
@@ -122,7 +125,7 @@ def test_declared_needs_reach_the_framework():
   models.SHORTCUTS.register("noisy")(Noisy)
   try:
     assert models.needs_rng(dict(shortcut="noisy"))
-    assert models.init_only_keys(dict(shortcut="noisy")) == ("noisy_init",)
+    assert models.initial_value_keys(dict(shortcut="noisy")) == ("noisy_init",)
     model = models.create_model(shortcut="noisy", depth=8)
     x = jnp.zeros((2, 8, 8, 3))
     with pytest.raises(ValueError, match="pass rng="):
@@ -140,6 +143,41 @@ def test_a_key_clashing_with_a_model_key_is_refused():
     with pytest.raises(
         ValueError, match="model.shortcut='clash' declares " "model.depth"
     ):
+      models.resolve()
+  finally:
+    models.SHORTCUTS.unregister("clash")
+  models.resolve()
+
+
+def test_the_old_init_only_names_still_work_with_a_warning():
+  class Old(Times):
+    init_only = ("times_alpha",)
+
+  with pytest.warns(DeprecationWarning, match="initial_value_keys"):
+    models.SHORTCUTS.register("old")(Old)
+  try:
+    with pytest.warns(DeprecationWarning, match="initial_value_keys"):
+      assert models.init_only_keys(dict(shortcut="old")) == ("times_alpha",)
+  finally:
+    models.SHORTCUTS.unregister("old")
+
+
+def test_a_new_key_is_a_field_and_survives_replace_and_pickle(times):
+  del times
+  cfg = models.resolve(shortcut="times", times_alpha=0.7)
+  assert isinstance(cfg, models.ModelConfig)
+  assert [f.name for f in dataclasses.fields(cfg)] == list(models.DEFAULTS)
+  assert cfg.replace(depth=32).times_alpha == 0.7
+  assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_a_key_clashing_with_a_built_in_shortcut_key_is_refused():
+  class Clash(Times):
+    hparams = {"gate_kernel": 5}
+
+  models.SHORTCUTS.register("clash")(Clash)
+  try:
+    with pytest.raises(ValueError, match="model.gate_kernel=5.*defaults to 1"):
       models.resolve()
   finally:
     models.SHORTCUTS.unregister("clash")

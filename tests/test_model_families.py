@@ -214,6 +214,24 @@ def test_a_registered_family_builds_without_touching_create_model(
   assert models.shrink(dict(name="two_stage", depth=10))["depth"] == 6
 
 
+def test_a_family_overriding_a_former_hook_still_works_with_a_warning():
+  with pytest.warns(DeprecationWarning, match="depth_rule"):
+
+    class OldStyle(families.Family):
+      defaults = dict(depth=10, projection="A")
+
+      def depth_rule(self, cfg):
+        return 6, 4, "6n+4 (old hook)"
+
+  families.register("old_style")(OldStyle)
+  try:
+    assert models.resolve(name="old_style", depth=10).depth == 10
+    with pytest.raises(ValueError, match="6n\\+4 \\(old hook\\)"):
+      models.resolve(name="old_style", depth=8)
+  finally:
+    models.FAMILIES.unregister("old_style")
+
+
 def test_common_names_expand_to_the_keyword_forms():
   same = {
       "resnet110": dict(name="cifar_resnet", depth=110),

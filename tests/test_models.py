@@ -3,6 +3,7 @@ common names, the CPU convolution gradient and BN statistics."""
 
 import dataclasses
 import functools
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -649,6 +650,28 @@ def test_network_running_variance_is_unbiased(group_size):
 # ------------------------------------------------- config and declarations
 
 
+def test_model_config_is_a_plain_dataclass():
+  # The fields are written out (no class made at run time): an IDE sees
+  # them, pickle finds the class, DEFAULTS is a plain dict of their defaults.
+  assert type(resolve("resnet56")) is models.ModelConfig
+  assert isinstance(models.DEFAULTS, dict)
+  assert models.DEFAULTS == {
+      f.name: f.default for f in dataclasses.fields(models.ModelConfig)
+  }
+  cfg = resolve("wrn16_8", shortcut="scale", shortcut_scale=0.25)
+  assert pickle.loads(pickle.dumps(cfg)) == cfg
+  with pytest.warns(DeprecationWarning, match="initial_value_keys"):
+    assert models.init_only_keys("highway") == ("gate_bias_init",)
+
+
+def test_scale_residual_needs_the_scale_shortcut():
+  with pytest.raises(
+      ValueError, match="model.scale_residual=True needs model.shortcut='scale'"
+  ):
+    resolve(scale_residual=True)
+  assert resolve(shortcut="scale", scale_residual=True).scale_residual
+
+
 def test_model_config_has_a_field_per_default():
   cfg = resolve("resnet56")
   assert [f.name for f in dataclasses.fields(cfg)] == list(models.DEFAULTS)
@@ -691,11 +714,11 @@ def test_a_zero_rate_dropout_shortcut_trains_without_a_key():
   )
 
 
-def test_init_only_keys_only_change_initial_values():
-  assert models.init_only_keys({}) == ()
+def test_initial_value_keys_only_change_initial_values():
+  assert models.initial_value_keys({}) == ()
   for name in ("exclusive_gate", "shortcut_gate"):
-    assert models.init_only_keys(dict(shortcut=name)) == ("gate_bias_init",)
-  assert models.init_only_keys("highway") == ("gate_bias_init",)
+    assert models.initial_value_keys(dict(shortcut=name)) == ("gate_bias_init",)
+  assert models.initial_value_keys("highway") == ("gate_bias_init",)
   # Same variables, another gate_bias_init: the same function.
   x = X[:2, :8, :8]
   a = models.create_model("highway", depth=5, widths=(4, 8, 8))

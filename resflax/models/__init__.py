@@ -20,6 +20,7 @@ from resflax.models.config import (
     DEFAULTS,
     ModelConfig,
     init_only_keys,
+    initial_value_keys,
     needs_rng,
     resolve,
     shrink,
@@ -52,7 +53,8 @@ __all__ = [
     "shrink",
     "smallest_depth",
     "needs_rng",
-    "init_only_keys",
+    "initial_value_keys",
+    "init_only_keys",  # deprecated: initial_value_keys
     "CPU_CONV_GRAD_MODES",
     "from_torchvision",
     "from_torch_cifar",

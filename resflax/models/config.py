@@ -1,15 +1,17 @@
 """Model configuration: documented defaults, validation, and depth rules.
 
-Every model key has a default in ``DEFAULTS``: the keys below, plus the
-hyper-parameters each registered shortcut declares (``shortcuts.Shortcut``).
-A network family (``families.FAMILIES``, ``model.name``) overrides some of
-them where a config does not set them. ``resolve`` merges defaults, the
-family's defaults and a config into a validated ``ModelConfig``.
+``ModelConfig`` holds every model key as a typed field: the keys every
+network reads (``NetworkKeys`` below) and the built-in shortcuts' keys
+(``shortcuts.ShortcutKeys``, written out next to their shortcuts).
+``DEFAULTS`` maps each key to its default. A network family
+(``families.FAMILIES``, ``model.name``) overrides some of them where a
+config does not set them. ``resolve`` merges defaults, the family's
+defaults and a config into a validated ``ModelConfig``.
 """
 
 import dataclasses
-import functools
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from resflax.models import (
@@ -21,110 +23,127 @@ from resflax.models import (
     shortcuts,
 )
 
-# The keys every network reads; shortcut hyper-parameters join them.
-_BASE_DEFAULTS = dict(
-    name="cifar_resnet",  # a network family, see families.FAMILIES
-    depth=20,
-    block="basic",  # basic | bottleneck | single
-    shortcut="identity",  # see shortcuts.SHORTCUTS
-    # original | bn_after_add | relu_before_add | relu_preact | full_preact
-    unit="original",
-    # A | B | C; "" = the network's default (A for CIFAR, B otherwise)
-    projection="",
-    num_classes=10,
-    width=1,  # widening factor k (wide_resnet)
-    widths=(),  # stage widths; () = the network's default
-    dropout=0.0,  # dropout between the convs of F (WRN)
-    stochastic_depth=1.0,  # survival probability of the last unit; 1 = off
-    stochastic_depth_mode="batch",  # batch | sample
-    stride_on="1x1",  # bottleneck stride on its first 1x1 (paper) or its 3x3
-    scan=True,  # scan over same-shape units of a stage
-    scan_unroll=1,  # units per scan iteration; >= a stage's units: no loop
-    remat=False,  # rematerialise each unit in the backward pass
-    dtype="float32",  # compute dtype; weights and BN statistics stay float32
-    bn_group_size=0,  # BN statistics per group of this many images; 0 = batch
-    bn_momentum=0.9,
-    bn_epsilon=1e-5,
-    cpu_conv_grad="auto",  # auto | on | off: conv gradient, see cpu_conv.py
-)
+
+@dataclasses.dataclass(frozen=True)
+class NetworkKeys:
+  """The model keys every network reads, with their defaults."""
+
+  name: str = "cifar_resnet"  # a network family, see families.FAMILIES
+  depth: int = 20  # layers with weights; the family's rule says which
+  block: str = "basic"  # basic | bottleneck | single
+  shortcut: str = "identity"  # see shortcuts.SHORTCUTS
+  # original | bn_after_add | relu_before_add | relu_preact | full_preact
+  unit: str = "original"
+  # A | B | C; "" = the network's default (A for CIFAR, B otherwise)
+  projection: str = ""
+  num_classes: int = 10  # outputs of the classifier
+  width: int = 1  # widening factor k (wide_resnet)
+  widths: tuple[int, ...] = ()  # stage widths; () = the network's default
+  dropout: float = 0.0  # dropout between the convs of F (WRN)
+  stochastic_depth: float = 1.0  # survival prob. of the last unit; 1 = off
+  stochastic_depth_mode: str = "batch"  # batch | sample
+  stride_on: str = "1x1"  # bottleneck stride on its first 1x1 or its 3x3
+  scan: bool = True  # scan over same-shape units of a stage
+  scan_unroll: int = 1  # units per scan iteration; >= a stage's: no loop
+  remat: bool = False  # rematerialise each unit in the backward pass
+  dtype: str = "float32"  # compute dtype; weights and BN stay float32
+  bn_group_size: int = 0  # BN statistics per group of images; 0 = batch
+  bn_momentum: float = 0.9  # running statistics: m * old + (1 - m) * new
+  bn_epsilon: float = 1e-5  # added to the variance
+  cpu_conv_grad: str = "auto"  # auto | on | off: see cpu_conv.py
 
 
-def _shortcut_defaults() -> dict[str, Any]:
-  """The hyper-parameters of every registered shortcut, with their defaults.
-
-  Raises:
-    ValueError: a shortcut declares a key that is already a model key, or
-      one another shortcut declares with a different default.
-  """
-  out: dict[str, Any] = {}
-  owner: dict[str, str] = {}
-  for name in shortcuts.SHORTCUTS.names():
-    for key, value in shortcuts.SHORTCUTS.get(name).hparams.items():
-      if key in _BASE_DEFAULTS:
-        raise ValueError(
-            f"model.shortcut={name!r} declares model.{key}, "
-            "which is already a model key; rename it"
-        )
-      if key in out and out[key] != value:
-        raise ValueError(
-            f"model.shortcut={name!r} declares model.{key}={value!r}, but "
-            f"model.shortcut={owner[key]!r} declares it ={out[key]!r}; "
-            "rename one"
-        )
-      out[key], owner[key] = value, name
-  return out
-
-
-def _defaults() -> dict[str, Any]:
-  return {**_BASE_DEFAULTS, **_shortcut_defaults()}
-
-
-class _Defaults(Mapping[str, Any]):
-  """The live defaults: base keys plus the registered shortcuts' keys."""
-
-  def __getitem__(self, key: str) -> Any:
-    return _defaults()[key]
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(_defaults())
-
-  def __len__(self) -> int:
-    return len(_defaults())
-
-  def __repr__(self) -> str:
-    return f"DEFAULTS({_defaults()})"
-
-
-# Defaults of every model key; a network's own defaults override these where
-# create_model is not told otherwise.
-DEFAULTS: Mapping[str, Any] = _Defaults()
-
-
-class ModelConfig:
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(shortcuts.ShortcutKeys, NetworkKeys):
   """Every model key, resolved and validated, as frozen attributes.
 
-  Instances come from ``resolve``. Each is a frozen dataclass whose fields
-  are the keys of ``DEFAULTS`` when it was resolved (a shortcut registered
-  later adds fields), so ``dataclasses.asdict`` and attribute access work.
+  The fields are those of ``NetworkKeys``, then the built-in shortcuts'
+  (``shortcuts.ShortcutKeys``: dropout, gate and scale keys), in the order
+  of ``DEFAULTS``. Build one with ``resolve``: the constructor alone applies
+  no family defaults and validates nothing. A shortcut registered from
+  outside the package adds its keys on a subclass (``_with_keys``).
   """
 
   def replace(self, **kw) -> "ModelConfig":
     """A copy with ``kw`` changed, resolved and validated again."""
     return resolve({**dataclasses.asdict(self), **kw})
 
-  def __reduce__(self):
-    # The concrete class is made at run time; pickles rebuild through resolve.
-    return resolve, (dataclasses.asdict(self),)
 
+def _with_keys(extra: Mapping[str, Any]) -> type[ModelConfig]:
+  """``ModelConfig`` with fields for keys of shortcuts registered later.
 
-@functools.cache
-def _config_class(keys: tuple[str, ...]) -> type:
+  Only shortcuts defined outside this package declare such keys; a class
+  with their fields is made once per registration.
+  """
+  if not extra:
+    return ModelConfig
   cls = dataclasses.make_dataclass(
-      "ModelConfig", keys, bases=(ModelConfig,), frozen=True
+      "ModelConfig",
+      [(k, type(v), dataclasses.field(kw_only=True)) for k, v in extra.items()],
+      bases=(ModelConfig,),
+      frozen=True,
+      # Pickle finds no class of this name in the module: rebuild through
+      # resolve (the shortcut must be registered where it is unpickled).
+      namespace={"__reduce__": lambda c: (resolve, (dataclasses.asdict(c),))},
   )
   cls.__doc__ = ModelConfig.__doc__
   cls.__module__ = __name__
   return cls
+
+
+# Defaults of every model key: ModelConfig's fields, then the keys of the
+# shortcuts registered from outside the package. A plain dict, recomputed
+# in place by _shortcuts_changed when a shortcut is (un)registered. A
+# network's own defaults override these where a config does not set them.
+DEFAULTS: dict[str, Any] = {}
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+_NETWORK_KEYS = frozenset(f.name for f in dataclasses.fields(NetworkKeys))
+# The class resolve builds, and why no config can be built (a shortcut's key
+# clashes), as of the last registration.
+_config_class: type[ModelConfig] = ModelConfig
+_clash = ""
+
+
+def _shortcuts_changed():
+  """Recomputes DEFAULTS and the config class from the shortcuts' keys.
+
+  A key clash does not fail the registration (the registry holds the entry
+  already); ``resolve`` raises it until the shortcut is unregistered.
+  """
+  global _config_class, _clash
+  extra: dict[str, Any] = {}
+  owner: dict[str, str] = {}
+  clashes = []
+  for name in shortcuts.SHORTCUTS.names():
+    for key, value in shortcuts.SHORTCUTS.get(name).hparams.items():
+      if key in _NETWORK_KEYS:
+        clashes.append(
+            f"model.shortcut={name!r} declares model.{key}, "
+            "which is already a model key; rename it"
+        )
+      elif key in _FIELD_DEFAULTS and value != _FIELD_DEFAULTS[key]:
+        clashes.append(
+            f"model.shortcut={name!r} declares model.{key}={value!r}, but "
+            f"ModelConfig.{key} (a built-in shortcut's key) defaults to "
+            f"{_FIELD_DEFAULTS[key]!r}; rename it"
+        )
+      elif key in extra and extra[key] != value:
+        clashes.append(
+            f"model.shortcut={name!r} declares model.{key}={value!r}, but "
+            f"model.shortcut={owner[key]!r} declares it ={extra[key]!r}; "
+            "rename one"
+        )
+      elif key not in _FIELD_DEFAULTS:
+        extra.setdefault(key, value)
+        owner.setdefault(key, name)
+  _config_class = _with_keys(extra)
+  _clash = "; ".join(clashes)
+  DEFAULTS.clear()
+  DEFAULTS.update(_FIELD_DEFAULTS, **extra)
+
+
+_shortcuts_changed()
+shortcuts.SHORTCUTS.listen(_shortcuts_changed)
 
 
 def units_per_stage(cfg: ModelConfig) -> tuple[int, ...]:
@@ -157,7 +176,9 @@ def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
         config.to_dict() if hasattr(config, "to_dict") else dict(config)
     )
   given.update(overrides)
-  defaults = _defaults()
+  if _clash:
+    raise ValueError(_clash)
+  defaults = DEFAULTS
   unknown = sorted(set(given) - set(defaults))
   if unknown:
     raise ValueError(
@@ -176,7 +197,7 @@ def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
   )
   family.fill(values, given)
   values["widths"] = tuple(values["widths"] or ())
-  cfg = _config_class(tuple(values))(**values)
+  cfg = _config_class(**values)
   _validate(cfg)
   return cfg
 
@@ -204,11 +225,11 @@ def needs_rng(model_config: ConfigLike) -> bool:
   )
 
 
-def init_only_keys(model_config: ConfigLike) -> tuple[str, ...]:
+def initial_value_keys(model_config: ConfigLike) -> tuple[str, ...]:
   """Model keys of this network that only set initial parameter values.
 
-  Runs differing only in these keys compute the same function of their
-  variables, so they can share one compiled program once initialised.
+  Two configs differing only in these keys compute the same function of
+  the same variables; only their initialisers differ.
 
   Args:
     model_config: as ``resolve``'s ``config``.
@@ -218,7 +239,18 @@ def init_only_keys(model_config: ConfigLike) -> tuple[str, ...]:
     for the gated shortcuts), declared by the network's shortcut.
   """
   cfg = _as_config(model_config)
-  return tuple(shortcuts.SHORTCUTS.get(cfg.shortcut).init_only)
+  return tuple(shortcuts.SHORTCUTS.get(cfg.shortcut).initial_value_keys)
+
+
+def init_only_keys(model_config: ConfigLike) -> tuple[str, ...]:
+  """Deprecated: the old name of ``initial_value_keys``."""
+  warnings.warn(
+      "resflax.models.init_only_keys is renamed initial_value_keys; the old "
+      "name goes in the next release",
+      DeprecationWarning,
+      stacklevel=2,
+  )
+  return initial_value_keys(model_config)
 
 
 def smallest_depth(model_config: ConfigLike) -> int:
@@ -266,8 +298,6 @@ def _validate(cfg: ModelConfig):
           f"model.{key}={getattr(cfg, key)!r} is not valid; "
           f"choose one of {', '.join(allowed)}"
       )
-  if cfg.scale_residual and cfg.shortcut != "scale":
-    raise ValueError("model.scale_residual=True needs model.shortcut='scale'")
   if not 0.0 <= cfg.dropout < 1.0:
     raise ValueError(f"model.dropout={cfg.dropout} must be in [0, 1)")
   if not 0.0 < cfg.stochastic_depth <= 1.0:
@@ -289,7 +319,21 @@ def _validate(cfg: ModelConfig):
     )
   if cfg.bn_group_size < 0:
     raise ValueError("model.bn_group_size must be >= 0 (0 = whole batch)")
-  shortcut.check(cfg)
+  _check_shortcut_keys(cfg, shortcut)
   family = families.FAMILIES.get(cfg.name)
   family.check(cfg)
   family.layout(cfg)
+
+
+def _check_shortcut_keys(cfg: ModelConfig, selected: type[shortcuts.Shortcut]):
+  """The selected shortcut's own check, and what other shortcuts require.
+
+  A key a shortcut lists in ``requires_selection`` may leave its default
+  only while a shortcut declaring it is selected.
+  """
+  selected.check(cfg)
+  for name in shortcuts.SHORTCUTS.names():
+    for key in shortcuts.SHORTCUTS.get(name).requires_selection:
+      value = getattr(cfg, key)
+      if key not in selected.hparams and value != DEFAULTS[key]:
+        raise ValueError(f"model.{key}={value!r} needs model.shortcut={name!r}")

@@ -1,11 +1,12 @@
 """Network families: what ``model.name`` selects, as a registry.
 
-A family declares everything that differs between the networks of the
-papers: its defaults (keys a config does not set), its depth rule (units per
-stage), its stage widths, its stem, its smallest valid depth and how a config
-shrinks to a smoke-test network. ``create_model`` and ``resolve`` ask the
-family and have no per-family branches; a new family is a subclass of
-``Family`` decorated with ``@register(name)``, which puts an instance in
+A family declares, as data, everything that differs between the networks
+of the papers: its defaults (keys a config does not set), the values it
+allows, its stage widths, its stem, how stages downsample, its depth rule
+or table and its smoke-test size. ``Family``'s methods apply the same
+rules to every family, so ``create_model`` and ``resolve`` have no
+per-family branches; a new family is a subclass of ``Family`` setting class
+attributes, decorated with ``@register(name)``, which puts an instance in
 ``FAMILIES``.
 
 Families see a model config only through attribute access (a
@@ -13,6 +14,7 @@ Families see a model config only through attribute access (a
 """
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,25 +68,66 @@ def _valid_depths_near(depth: int, a: int, b: int) -> str:
   return ", ".join(str(d) for d in sorted(near))
 
 
+# Former Family hooks, now data attributes, and the private rule that took
+# each one's place: a family still overriding one keeps working, warned.
+_OLD_HOOKS = {
+    "depth_rule": "_depth_rule",
+    "widths": "_widths",
+    "stem_features": "_stem_features",
+    "stage": "_stage",
+}
+
+
 class Family:
-  """A CIFAR-style network (He et al. 2016 sec. 4.2), the base of the others.
+  """A network family as data; the methods are the rules every family shares.
 
-  Three stages of n units at widths 16, 32, 64 (stride 2 entering stages 2
-  and 3) after a 3x3 stem conv; depth 3 * (convs per unit) * n + 2. The
-  stage count is that of ``default_widths``.
-
-  Attributes:
-    defaults: model keys this family sets where a config does not.
-    default_widths: stage widths where ``model.widths`` is empty.
-    smoke_widths: stage widths of the shrunk smoke-test network.
-    smoke_image_size: the image side of smoke runs of the shrunk network
-      (larger for ImageNet, whose stem divides it by 4 before the stages).
+  A family is a subclass setting some of the class attributes below,
+  registered with ``@register(name)``. The base values describe a CIFAR
+  ResNet (He et al. 2016 sec. 4.2): three stages of n units at widths 16,
+  32, 64 (stride 2 entering stages 2 and 3) after a 3x3 stem conv; depth
+  (stages * convs per unit) * n + 2.
   """
 
+  # What the family builds, for error messages.
+  title: str = "a CIFAR ResNet"
+  # Model keys this family sets where a config does not.
   defaults: Mapping[str, Any] = {}
+  # Model key -> the only values this family builds.
+  allowed: Mapping[str, tuple[Any, ...]] = {}
+  # Stage widths where model.widths is empty; their count is the stage count.
   default_widths: tuple[int, ...] = (16, 32, 64)
+  # default_widths are multiplied by model.width (WRN's widening factor k).
+  widen: bool = False
+  # Features of the stem conv; 0 = the first stage's width.
+  stem_width: int = 0
+  # conv7x7/2-BN-ReLU-maxpool stem instead of a conv3x3 (ImageNet).
+  imagenet_stem: bool = False
+  # A 2x2 max-pool before each stage but the first, every stage at stride 1
+  # (Veit et al.'s VGG), instead of stride 2 entering stages 2, 3, ...
+  pool_between_stages: bool = False
+  # Layers outside the units: depth = stages * convs per unit * n + this.
+  depth_offset: int = 2
+  # depth -> (block, units per stage): the only valid depths, instead of the
+  # rule above; the depth names the block unless a config sets it.
+  depth_table: Mapping[int, tuple[str, tuple[int, ...]]] = {}
+  # Stage widths of the shrunk smoke-test network.
   smoke_widths: tuple[int, ...] = (4, 8, 8)
+  # Image side of smoke runs of the shrunk network (larger for ImageNet,
+  # whose stem divides it by 4 before the stages).
   smoke_image_size: int = 16
+
+  def __init_subclass__(cls, **kw):
+    super().__init_subclass__(**kw)
+    for old, new in _OLD_HOOKS.items():
+      if old in vars(cls):
+        warnings.warn(
+            f"{cls.__name__}.{old}: Family.{old} is no longer a hook (the "
+            "family's data attributes replace it) and goes in the next "
+            "release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        setattr(cls, new, vars(cls)[old])
 
   def fill(self, values: dict[str, Any], given: Mapping[str, Any]):
     """Completes ``values`` in place where a key depends on another.
@@ -93,42 +136,38 @@ class Family:
       values: every model key, defaults merged with ``given``.
       given: the keys the caller set.
     """
-    del values, given
+    if "block" not in given and values["depth"] in self.depth_table:
+      values["block"] = self.depth_table[values["depth"]][0]
 
   def check(self, cfg):
-    """Raises ValueError for a combination this family cannot build."""
-    del cfg
-
-  def depth_rule(self, cfg) -> tuple[int, int, str]:
-    """``(a, b, rule)``: valid depths are a * n + b, n >= 1.
-
-    n units per stage of the block's convs, plus the stem and the classifier.
-    """
-    a = len(self.default_widths) * blocks.CONVS_PER_UNIT[cfg.block]
-    return a, 2, f"{a}n+2 for model.block={cfg.block!r}"
+    """Raises ValueError for a value this family does not build."""
+    for key, allowed in self.allowed.items():
+      if getattr(cfg, key) not in allowed:
+        raise ValueError(
+            f"model.{key}={getattr(cfg, key)!r} is not valid for "
+            f"model.name={cfg.name!r} ({self.title}); choose "
+            f"{', '.join(map(str, allowed))}"
+        )
 
   def units(self, cfg) -> tuple[int, ...]:
     """Residual units per stage; raises ValueError on an invalid depth."""
-    a, b, rule = self.depth_rule(cfg)
     d = cfg.depth
+    if self.depth_table:
+      if d not in self.depth_table:
+        raise ValueError(
+            f"model.depth={d} is invalid for model.name={cfg.name!r} "
+            f"({self.title}); choose one of "
+            f"{', '.join(map(str, sorted(self.depth_table)))}"
+        )
+      return self.depth_table[d][1]
+    a, b, rule = self._depth_rule(cfg)
     if d < a + b or (d - b) % a:
       raise ValueError(
           f"model.depth={d} is invalid for model.name={cfg.name!r}: depth "
           f"must be {rule}; valid depths near it: "
           f"{_valid_depths_near(d, a, b)}"
       )
-    n = (d - b) // a
-    return (n,) * len(self.default_widths)
-
-  def widths(self, cfg) -> tuple[int, ...]:
-    return tuple(cfg.widths) or self.default_widths
-
-  def stem_features(self, cfg, widths: tuple[int, ...]) -> int:
-    del cfg
-    return widths[0]
-
-  def stage(self, index: int, units: int, width: int) -> StageSpec:
-    return StageSpec(units, width, 1 if index == 0 else 2)
+    return ((d - b) // a,) * len(self.default_widths)
 
   def layout(self, cfg) -> Layout:
     """The stem and stages of ``cfg``'s network.
@@ -137,20 +176,27 @@ class Family:
       ValueError: an invalid depth or a ``model.widths`` of the wrong length.
     """
     units = self.units(cfg)
-    widths = self.widths(cfg)
+    widths = self._widths(cfg)
     if len(widths) != len(units):
       raise ValueError(
           f"model.widths needs {len(units)} entries for "
           f"{cfg.name}, got {widths}"
       )
     stages = tuple(
-        self.stage(s, n, w) for s, (n, w) in enumerate(zip(units, widths))
+        self._stage(s, n, w) for s, (n, w) in enumerate(zip(units, widths))
     )
-    return Layout(self.stem_features(cfg, widths), stages)
+    return Layout(self._stem_features(cfg, widths), stages, self.imagenet_stem)
 
   def smallest_depth(self, cfg) -> int:
-    """The smallest valid depth of ``cfg``'s variant: one unit per stage."""
-    a, b, _ = self.depth_rule(cfg)
+    """The smallest valid depth of ``cfg``'s variant.
+
+    One unit per stage, or the table's smallest depth of the same block
+    (ImageNet: 18 for basic nets, 50 for bottleneck ones).
+    """
+    if self.depth_table:
+      block = self.depth_table[cfg.depth][0]
+      return min(d for d, (b, _) in self.depth_table.items() if b == block)
+    a, b, _ = self._depth_rule(cfg)
     return a + b
 
   def shrink(self, cfg) -> dict[str, Any]:
@@ -159,11 +205,31 @@ class Family:
     It keeps the structure (block, shortcut, unit, projection, stage count)
     while compiling and running in seconds on a CPU.
     """
-    return dict(
+    small = dict(
         depth=self.smallest_depth(cfg),
         widths=self.smoke_widths,
         bn_group_size=0,
     )
+    return {**small, "width": 1} if self.widen else small
+
+  def _depth_rule(self, cfg) -> tuple[int, int, str]:
+    """``(a, b, rule)``: valid depths are a * n + b, n >= 1."""
+    a = len(self.default_widths) * blocks.CONVS_PER_UNIT[cfg.block]
+    b = self.depth_offset
+    return a, b, f"{a}n+{b} for model.block={cfg.block!r}"
+
+  def _widths(self, cfg) -> tuple[int, ...]:
+    k = cfg.width if self.widen else 1
+    return tuple(cfg.widths) or tuple(w * k for w in self.default_widths)
+
+  def _stem_features(self, cfg, widths: tuple[int, ...]) -> int:
+    del cfg
+    return self.stem_width or widths[0]
+
+  def _stage(self, index: int, units: int, width: int) -> StageSpec:
+    if self.pool_between_stages:
+      return StageSpec(units, width, 1, pool_before=index > 0)
+    return StageSpec(units, width, 1 if index == 0 else 2)
 
 
 @register("cifar_resnet")
@@ -175,6 +241,7 @@ class CifarResNet(Family):
 class Highway(Family):
   """Highway-style net (Identity Mappings Table 1 "exclusive gating")."""
 
+  title = "a highway net"
   defaults = dict(
       depth=20,
       block="single",
@@ -190,6 +257,7 @@ class Highway(Family):
 class Vgg(Family):
   """The plain VGG-like net of Veit et al.: stride-1 stages after max-pools."""
 
+  title = "a plain net"
   defaults = dict(
       depth=14,
       block="single",
@@ -197,78 +265,32 @@ class Vgg(Family):
       projection="A",
       widths=(64, 128, 256),
   )
-
-  def check(self, cfg):
-    if cfg.shortcut != "none":
-      raise ValueError(
-          "model.name='vgg' is a plain net: model.shortcut must "
-          f"be 'none', got {cfg.shortcut!r}"
-      )
-
-  def stage(self, index: int, units: int, width: int) -> StageSpec:
-    return StageSpec(units, width, 1, pool_before=index > 0)
+  allowed = dict(shortcut=("none",))
+  pool_between_stages = True
 
 
 @register("wide_resnet")
 class WideResNet(Family):
   """WRN-d-k (Zagoruyko & Komodakis): widths 16k, 32k, 64k; a 16-wide stem."""
 
+  title = "a wide ResNet, WRN-d-k"
   defaults = dict(depth=28, width=10, unit="full_preact", projection="B")
-
-  def check(self, cfg):
-    if cfg.block != "basic":
-      raise ValueError("model.name='wide_resnet' uses model.block='basic'")
-
-  def depth_rule(self, cfg) -> tuple[int, int, str]:
-    return 6, 4, "6n+4 (WRN-d-k)"
-
-  def widths(self, cfg) -> tuple[int, ...]:
-    return tuple(cfg.widths) or tuple(
-        w * cfg.width for w in self.default_widths
-    )
-
-  def stem_features(self, cfg, widths: tuple[int, ...]) -> int:
-    return 16
-
-  def shrink(self, cfg) -> dict[str, Any]:
-    return {**super().shrink(cfg), "width": 1}
+  allowed = dict(block=("basic",))
+  widen = True
+  stem_width = 16
+  depth_offset = 4
 
 
 @register("imagenet_resnet")
 class ImageNetResNet(Family):
   """He et al. 2016 Table 1: four stages after a conv7x7/2 + max-pool stem."""
 
+  title = "an ImageNet ResNet"
   defaults = dict(depth=50, projection="B", num_classes=1000)
+  allowed = dict(projection=("B", "C"))
+  depth_table = IMAGENET_STAGES
   default_widths = (64, 128, 256, 512)
+  stem_width = 64
+  imagenet_stem = True
   smoke_widths = (4, 8, 8, 8)
   smoke_image_size = 32
-
-  def fill(self, values: dict[str, Any], given: Mapping[str, Any]):
-    # The depth names the block (18/34 basic, 50+ bottleneck) unless the
-    # config picks one.
-    if "block" not in given and values["depth"] in IMAGENET_STAGES:
-      values["block"] = IMAGENET_STAGES[values["depth"]][0]
-
-  def check(self, cfg):
-    if cfg.projection == "A":
-      raise ValueError(
-          "model.projection='A' is not supported for ImageNet "
-          "ResNets; choose 'B' or 'C'"
-      )
-
-  def units(self, cfg) -> tuple[int, ...]:
-    if cfg.depth not in IMAGENET_STAGES:
-      raise ValueError(
-          f"model.depth={cfg.depth} is not an ImageNet ResNet; choose one of "
-          f"{', '.join(map(str, sorted(IMAGENET_STAGES)))}"
-      )
-    return IMAGENET_STAGES[cfg.depth][1]
-
-  def layout(self, cfg) -> Layout:
-    base = super().layout(cfg)
-    return Layout(64, base.stages, imagenet_stem=True)
-
-  def smallest_depth(self, cfg) -> int:
-    # ImageNet depths are a fixed list: 18 is the smallest basic net, 50 the
-    # smallest bottleneck one.
-    return 50 if cfg.depth >= 50 else 18

@@ -14,16 +14,26 @@ Shape changes (stride or channels) are handled by the projection option
 A shortcut declares what it needs from the rest of the framework on its
 class, so a new one touches only its own definition and its registration:
 
-  hparams    model keys it adds, with their defaults. While it is
-             registered they are model keys like any other (``DEFAULTS``,
-             ``resolve``, ``base_config().model``, ``--config.model.KEY``).
-  init_only  model keys that only set initial values; runs differing only
-             in them share one compiled program (``resflax.training.runs``).
-  needs_rng  ``needs_rng(cfg)``: whether training needs a random key.
-  check      ``check(cfg)``: raises ValueError for invalid values of its keys.
+  hparams             model keys it adds, with their defaults. While it is
+                      registered they are model keys like any other
+                      (``DEFAULTS``, ``resolve``, ``base_config().model``,
+                      ``--config.model.KEY``).
+  initial_value_keys  keys of ``hparams`` that only set initial parameter
+                      values (``models.initial_value_keys``).
+  requires_selection  keys of ``hparams`` that may leave their default only
+                      while a shortcut declaring them is selected.
+  needs_rng           ``needs_rng(cfg)``: whether training needs a random key.
+  check               ``check(cfg)``: raises ValueError for invalid values of
+                      its keys (called when the shortcut is selected).
+
+The built-in shortcuts write their keys out as typed dataclasses
+(``ScaleKeys``, ``GateKeys``, ``DropoutKeys``); ``ShortcutKeys`` joins them
+and is a base of ``config.ModelConfig``, so each is a typed field there.
 """
 
-from collections.abc import Mapping
+import dataclasses
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -32,7 +42,85 @@ import jax.numpy as jnp
 from resflax.models import layers
 from resflax.registry import Registry
 
-SHORTCUTS: Registry = Registry("model.shortcut")
+
+@dataclasses.dataclass(frozen=True)
+class DropoutKeys:
+  """Model keys of the dropout shortcut."""
+
+  shortcut_dropout: float = 0.5  # dropout rate on h(x), training only
+
+
+@dataclasses.dataclass(frozen=True)
+class GateKeys:
+  """Model keys of the gated shortcuts (exclusive_gate, shortcut_gate)."""
+
+  gate_bias_init: float = -6.0  # b_g: initial bias of the gate conv
+  gate_kernel: int = 1  # kernel of the gate conv (1x1 in Identity Mappings)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleKeys:
+  """Model keys of the scale shortcut."""
+
+  shortcut_scale: float = 0.5  # lambda, the factor on h(x)
+  scale_residual: bool = False  # also multiply F by 1 - lambda
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortcutKeys(ScaleKeys, GateKeys, DropoutKeys):
+  """The keys of every built-in shortcut (dropout, gate, then scale keys)."""
+
+
+def defaults_of(keys: type) -> dict[str, Any]:
+  """A keys dataclass as ``hparams``: its field names and defaults."""
+  return {f.name: f.default for f in dataclasses.fields(keys)}
+
+
+class ShortcutRegistry(Registry):
+  """The registry of shortcuts; tells listeners when its entries change.
+
+  Model keys come from the registered shortcuts, so ``config`` listens and
+  recomputes ``DEFAULTS`` once per registration instead of on each access.
+  """
+
+  def __init__(self, kind: str):
+    super().__init__(kind)
+    self._listeners: list[Callable[[], None]] = []
+
+  def listen(self, listener: Callable[[], None]):
+    """Calls ``listener()`` after every register and unregister."""
+    self._listeners.append(listener)
+
+  def register(self, name: str):
+    add = super().register(name)
+
+    def deco(cls):
+      old = getattr(cls, "init_only", None)
+      if old is not None:
+        warnings.warn(
+            f"model.shortcut={name!r}: Shortcut.init_only is renamed "
+            "initial_value_keys; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        cls.initial_value_keys = tuple(old)
+      add(cls)
+      self._changed()
+      return cls
+
+    return deco
+
+  def unregister(self, name: str):
+    entry = super().unregister(name)
+    self._changed()
+    return entry
+
+  def _changed(self):
+    for listener in self._listeners:
+      listener()
+
+
+SHORTCUTS: ShortcutRegistry = ShortcutRegistry("model.shortcut")
 
 
 class Shortcut(nn.Module):
@@ -43,8 +131,14 @@ class Shortcut(nn.Module):
   cfg: Any  # resflax.models.config.ModelConfig
   preact: bool = False
 
+  # Model keys it adds -> their defaults (see the module docstring).
   hparams: ClassVar[Mapping[str, Any]] = {}
-  init_only: ClassVar[tuple[str, ...]] = ()
+  # Keys of hparams that only set initial parameter values: two models
+  # differing only in them compute the same function of their variables.
+  initial_value_keys: ClassVar[tuple[str, ...]] = ()
+  # Keys of hparams whose non-default value would do nothing silently unless
+  # a shortcut declaring them is selected; config validation refuses that.
+  requires_selection: ClassVar[tuple[str, ...]] = ()
 
   @classmethod
   def needs_rng(cls, cfg) -> bool:
@@ -91,10 +185,9 @@ class Identity(Shortcut):
 class Scale(Shortcut):
   """y = lambda h(x) + F(x), or (1 - lambda) F(x) with model.scale_residual."""
 
-  hparams = dict(
-      shortcut_scale=0.5,  # lambda
-      scale_residual=False,  # also multiply F by 1 - lambda
-  )
+  hparams = defaults_of(ScaleKeys)
+  # scale_residual=True under another shortcut would scale nothing.
+  requires_selection = ("scale_residual",)
 
   @nn.compact
   def __call__(self, x, fx, train):
@@ -108,12 +201,9 @@ class Scale(Shortcut):
 class Gated(Shortcut):
   """Base of the gated shortcuts: a sigmoid gate g(x) of its own conv."""
 
-  hparams = dict(
-      gate_bias_init=-6.0,  # b_g of the gated shortcuts
-      gate_kernel=1,  # kernel of the gate conv (1x1 in Identity Mappings)
-  )
+  hparams = defaults_of(GateKeys)
   # b_g only sets the bias's initial value.
-  init_only = ("gate_bias_init",)
+  initial_value_keys = ("gate_bias_init",)
 
   @classmethod
   def check(cls, cfg):
@@ -175,7 +265,7 @@ class Conv1x1(Shortcut):
 class Dropout(Shortcut):
   """y = dropout(h(x)) + F(x), rate model.shortcut_dropout, training only."""
 
-  hparams = dict(shortcut_dropout=0.5)  # the rate
+  hparams = defaults_of(DropoutKeys)
 
   @classmethod
   def needs_rng(cls, cfg) -> bool:
@@ -185,7 +275,7 @@ class Dropout(Shortcut):
   def check(cls, cfg):
     if not 0.0 <= cfg.shortcut_dropout < 1.0:
       raise ValueError(
-          f"model.shortcut_dropout={cfg.shortcut_dropout} must " "be in [0, 1)"
+          f"model.shortcut_dropout={cfg.shortcut_dropout} must be in [0, 1)"
       )
 
   @nn.compact

@@ -116,7 +116,7 @@ def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
     )(group.config.seed)
   parts = {}
   for members in runs.init_groups(
-      group.configs, models.init_only_keys(spec.model.config)
+      group.configs, models.initial_value_keys(spec.model.config)
   ):
     member_spec = dataclasses.replace(
         spec,

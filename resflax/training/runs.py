@@ -42,7 +42,7 @@ from resflax.training import feeds
 
 # key -> type of its value. "train.*" keys are read inside the step, so
 # they are traced per run. The model keys that only set initial values are
-# declared by the network's pieces (``models.init_only_keys``).
+# declared by the network's pieces (``models.initial_value_keys``).
 STEP_OVERRIDES = {
     "seed": int,
     "train.learning_rate": float,
@@ -57,7 +57,7 @@ def allowed_overrides(config: ml_collections.ConfigDict) -> dict[str, type]:
   """The keys that may differ between the parallel runs of ``config``."""
   init_only = {
       f"model.{k}": type(models.DEFAULTS[k])
-      for k in models.init_only_keys(config.model)
+      for k in models.initial_value_keys(config.model)
   }
   return {**STEP_OVERRIDES, **init_only}
 
