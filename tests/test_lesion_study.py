@@ -22,6 +22,7 @@ from resflax.experiment import (
     lesion_study,
     lesion_summary,
     paper,
+    path_survival,
 )
 from resflax.lesion import signal_stats
 from resflax.training import checkpoint
@@ -136,6 +137,21 @@ def test_study_from_checkpoints_writes_every_file(tmp_path):
   assert "Effective paths: lengths" in summary
   saved = json.loads((out / "lesion" / "results.json").read_text())
   assert saved["single_deletion"]["resnet"]["stats"]["num_modules"] == 9
+
+
+def test_paths_remaining_study_and_figure(tmp_path):
+  # Veit Fig. 7 as the study writes it: exact counts, d above n dropped.
+  study = path_survival.survival_study(9, [0, 2, 9, 20])
+  assert [s["deleted"] for s in study["deleted"]] == [0, 2, 9]
+  rows = {(r["deleted"], r["length"]): r for r in study["rows"]}
+  assert rows[(2, 3)]["surviving"] == 35 and rows[(2, 3)]["paths"] == 84
+  assert rows[(2, 3)]["fraction"] == pytest.approx(35 / 84)
+  assert rows[(2, 8)]["surviving"] == 0 and rows[(0, 8)]["fraction"] == 1.0
+  assert rows[(9, 0)]["surviving"] == 1
+  path = tmp_path / "paths_remaining.png"
+  path_survival.plot_survival(str(path), study)
+  assert path.stat().st_size > 0
+  assert "paths_remaining.png" in lesion_study.OUTPUT_FILES
 
 
 def test_path_pool_is_a_class_balanced_random_sample():

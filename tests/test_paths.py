@@ -27,6 +27,41 @@ def test_path_length_distribution_is_exact(n):
     paths.path_length_distribution(-1)
 
 
+@pytest.mark.parametrize("n", [0, 1, 4, 7])
+def test_surviving_paths_match_a_brute_force_count(n):
+  # Veit Fig. 7: enumerate every path (a subset of modules) and every set
+  # of d deleted modules; a path survives when it avoids all of them.
+  subsets = [
+      frozenset(c)
+      for k in range(n + 1)
+      for c in itertools.combinations(range(n), k)
+  ]
+  for d in range(n + 1):
+    for deleted in itertools.combinations(range(n), d):
+      count = [0] * (n + 1)
+      for path in subsets:
+        count[len(path)] += not path & set(deleted)
+      assert paths.surviving_paths(n, d) == count, (n, deleted)
+      want = [c / math.comb(n, k) for k, c in enumerate(count)]
+      np.testing.assert_allclose(
+          paths.surviving_path_fractions(n, d), want, rtol=1e-15
+      )
+    assert sum(paths.surviving_paths(n, d)) == 2 ** (n - d)
+
+
+def test_surviving_path_fractions_are_exact_for_deep_networks():
+  # 54 modules (Veit's ResNet-110), 10 deleted: 2^44 paths remain.
+  assert sum(paths.surviving_paths(54, 10)) == 2**44
+  frac = paths.surviving_path_fractions(54, 10)
+  assert frac[0] == 1.0 and frac[45] == 0.0
+  assert frac[1] == pytest.approx(44 / 54, rel=1e-15)
+  # C(1000, k) overflows a float from k near 150: the ratio must not.
+  deep = paths.surviving_path_fractions(1000, 1)
+  assert deep[500] == pytest.approx(0.5, rel=1e-15)
+  with pytest.raises(ValueError, match=r"d=5 deleted.*0 <= d <= n"):
+    paths.surviving_paths(4, 5)
+
+
 def test_path_masks_pick_k_modules():
   f = jax.jit(lambda key, k: paths.path_masks(key, k, 12))
   for k in (0, 1, 5, 12):

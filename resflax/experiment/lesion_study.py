@@ -44,7 +44,12 @@ from absl import logging
 from resflax import data as data_lib
 from resflax import fileio, training
 from resflax.errors import CheckpointError, ConfigError, TrainingError
-from resflax.experiment import lesion_import, lesion_plots, lesion_summary
+from resflax.experiment import (
+    lesion_import,
+    lesion_plots,
+    lesion_summary,
+    path_survival,
+)
 from resflax.experiment.lesion_analysis import (
     Net,
     k_deletion_study,
@@ -70,6 +75,9 @@ OUTPUT_FILES = (
     "path_lengths.json",
     "path_lengths.csv",
     "path_lengths.png",
+    "paths_remaining.json",
+    "paths_remaining.csv",
+    "paths_remaining.png",
     "signal.json",
     "signal_response_std.csv",
     "signal_gradients.csv",
@@ -138,16 +146,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           f"config.lesion.{key}={path!r} is not a resflax run directory (no "
           "config.json in it); give the --workdir of a training run"
       )
-
   lesion_import.check_imported(config)
+
 
 def _lesion_keys():
   # The keys experiments/cifar_lesion.py defines; kept here so a config
   # written by hand is checked against the same list.
   return (
       "checkpoint",
-      "vgg_checkpoint",
       *lesion_import.IMPORTERS,
+      "vgg_checkpoint",
       "vgg_depth",
       "vgg_widths",
       "plain_checkpoint",
@@ -551,6 +559,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   _write(out, "path_lengths", res["paths"], res["paths"]["rows"])
   lesion_plots.plot_paths(
       os.path.join(out, "path_lengths.png"), res["paths"], setting=setting
+  )
+  # Veit Fig. 7 for the deletions of Fig. 5a: weights play no part.
+  deleted = {0, 1, 2, 5, *range(10, c.max_k + 1, 10), c.max_k}
+  survival = path_survival.survival_study(resnet.model.num_modules, deleted)
+  res["paths_remaining"] = survival["deleted"]
+  _write(
+      out, "paths_remaining", survival, survival["rows"], path_survival.FIELDS
+  )
+  path_survival.plot_survival(
+      os.path.join(out, "paths_remaining.png"), survival, setting=setting
   )
   if c.signal:
     with _timed(seconds, "signal"):

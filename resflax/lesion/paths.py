@@ -17,6 +17,7 @@ length and every sample runs through one compiled function.
 """
 
 import dataclasses
+import fractions
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +37,8 @@ __all__ = [
     "path_masks",
     "path_length_distribution",
     "sample_path_gradients",
+    "surviving_path_fractions",
+    "surviving_paths",
     "total_gradient_by_length",
 ]
 
@@ -59,6 +62,54 @@ def path_length_distribution(n: int) -> list[int]:
     )
   n = int(n)
   return [math.comb(n, k) for k in range(n + 1)]
+
+
+def _check_deletions(fn: str, n: int, d: int) -> tuple[int, int]:
+  if int(n) != n or n < 0 or int(d) != d or not 0 <= d <= n:
+    raise ValueError(
+        f"{fn}: n={n!r} modules and d={d!r} deleted must be integers with "
+        "0 <= d <= n"
+    )
+  return int(n), int(d)
+
+
+def surviving_paths(n: int, d: int) -> list[int]:
+  """Paths of each length k = 0..n left after deleting d of n modules.
+
+  Veit et al. Fig. 7: a path of length k goes through k residual branches
+  and survives when none of them is deleted, which C(n - d, k) of the
+  C(n, k) paths of that length do (none for k > n - d), whichever d
+  modules are deleted. The survivors total 2^(n - d).
+
+  Args:
+    n: number of residual modules (>= 0).
+    d: modules deleted, 0..n.
+
+  Returns:
+    n + 1 Python ints (exact binomials).
+
+  Raises:
+    ValueError: n or d not an integer, or d outside 0..n.
+  """
+  n, d = _check_deletions("surviving_paths", n, d)
+  return [math.comb(n - d, k) for k in range(n + 1)]
+
+
+def surviving_path_fractions(n: int, d: int) -> list[float]:
+  """The fraction of the paths of each length k = 0..n that survive.
+
+  ``C(n - d, k) / C(n, k)`` (``surviving_paths``), computed on exact
+  integers and rounded once, so that n in the hundreds stays exact where
+  the binomials overflow a float.
+
+  Raises:
+    ValueError: n or d not an integer, or d outside 0..n.
+  """
+  n, d = _check_deletions("surviving_path_fractions", n, d)
+  return [
+      float(fractions.Fraction(math.comb(n - d, k), math.comb(n, k)))
+      for k in range(n + 1)
+  ]
 
 
 def path_masks(key: jax.Array, k, n: int):
