@@ -110,7 +110,15 @@ def step_on_batch(
 
 
 def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
-  """Loss, logits, updated BN statistics and parameter gradients."""
+  """Loss, logits, updated BN statistics and parameter gradients.
+
+  ``train.gradient_modules = k`` (Veit et al. sec. 5, "only training a
+  subset of the modules") is read as masking the *gradients*: only k random
+  modules' residual branches receive loss gradient in a step. The unchosen
+  modules still move, as they would under Torch's SGD: momentum carries
+  their earlier updates, weight decay shrinks their weights, and their BN
+  running statistics update in the (unchanged) forward pass.
+  """
   model = spec.model
   _, drop_key, path_key = _step_keys(state)
   residual_grad = None
