@@ -386,3 +386,40 @@ def test_delete_modules_refuses_a_count_that_is_not_an_integer(k):
 def test_create_model_names_its_argument_on_a_wrong_type(config):
   with pytest.raises(TypeError, match="create_model: config must be"):
     models.create_model(config)
+
+
+def test_ops_take_the_whole_variables_tree_as_variables(net20):
+  # One name for one thing: the whole tree (params, batch_stats, lesion).
+  import inspect  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+
+  from resflax.models import masks  # pylint: disable=g-import-not-at-top
+
+  _, v, _ = net20
+  for fn in (
+      lesion.delete_modules,
+      lesion.single_deletion_lesions,
+      lesion.module_order,
+      lesion.swap_modules,
+      lesion.reorder_modules,
+  ):
+    first = next(iter(inspect.signature(fn).parameters))
+    assert first == "variables", fn.__name__
+  key = jax.random.key(0)
+  new = lesion.delete_modules(variables=v, k=2, key=key)
+  # The old keyword still works for a release, with a warning.
+  with pytest.warns(DeprecationWarning, match=r"delete_modules\(params=.*"):
+    old = lesion.delete_modules(params=v, k=2, key=key)
+  np.testing.assert_array_equal(
+      lesion.module_order(old), lesion.module_order(new)
+  )
+  for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
+    np.testing.assert_array_equal(a, b)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with pytest.raises(TypeError, match="given twice"):
+      lesion.module_order(v, params=v)
+  # Positional use, as README and the notebooks write it, is unchanged.
+  lesion.reorder_modules(v, 1, key=key)
+  # masks keeps one k-of-n mechanism: the unused random_ranks is gone.
+  assert not hasattr(masks, "random_ranks")

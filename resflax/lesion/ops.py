@@ -27,7 +27,9 @@ stages (stage 0 unit 0, stage 0 unit 1, ..., stage 1 unit 0, ...), as in
 module ``i``, wherever it now runs.
 """
 
+import functools
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,6 +157,33 @@ def module_table(
 # Helpers
 
 
+def _renamed_params(fn):
+  """Accepts the old keyword ``params=`` for ``variables=`` (one release).
+
+  These functions take the whole variables tree, not its ``params``
+  collection; the first argument was misnamed ``params`` before.
+  """
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if "params" in kwargs:
+      if args or "variables" in kwargs:
+        raise TypeError(
+            f"{fn.__name__}: the variables are given twice; pass them once, "
+            "as variables=... (formerly params=...)"
+        )
+      warnings.warn(
+          f"{fn.__name__}(params=...) is deprecated: the argument is the "
+          "whole variables tree, pass variables=...",
+          DeprecationWarning,
+          stacklevel=2,
+      )
+      kwargs["variables"] = kwargs.pop("params")
+    return fn(*args, **kwargs)
+
+  return wrapper
+
+
 def _concrete(x) -> np.ndarray | None:
   """``x`` as a numpy array, or None when it is a tracer (inside jit/vmap)."""
   try:
@@ -196,8 +225,9 @@ def _with_active(variables, flat_active) -> dict[str, Any]:
 # Deletion
 
 
+@_renamed_params
 def delete_modules(
-    params: Mapping[str, Any],
+    variables: Mapping[str, Any],
     k: Any | None = None,
     *,
     key: jax.Array | None = None,
@@ -207,7 +237,7 @@ def delete_modules(
   """Deletes residual modules; only their shortcuts are left (Veit sec. 4).
 
   Args:
-    params: the full variables pytree (``params``, ``batch_stats``,
+    variables: the full variables pytree (``params``, ``batch_stats``,
       ``lesion``) of a network. It is not modified.
     k: how many modules to delete at random (needs ``key``). May be a traced
       integer: the choice is "the k lowest of n random scores", so one
@@ -223,7 +253,7 @@ def delete_modules(
       pick modules where it is true (e.g. to spare downsampling modules).
 
   Returns:
-    A copy of ``params`` with the new lesion; ``params``/``batch_stats``
+    A copy of ``variables`` with the new lesion; ``params``/``batch_stats``
     are shared, not copied (JAX arrays are immutable). Evaluate it with the
     ordinary ``model.apply``.
 
@@ -232,8 +262,8 @@ def delete_modules(
       outside 0..n or larger than the modules left, an index outside
       0..n-1 or repeated, or ``candidates`` of the wrong length.
   """
-  n = num_modules(params)
-  active = _flat_active(params)
+  n = num_modules(variables)
+  active = _flat_active(variables)
   _check_integer("k", k)
   if (key is None) == (indices is None):
     raise ValueError(
@@ -259,11 +289,11 @@ def delete_modules(
           f"delete_modules: k={int(k_val)} but {idx.shape[0]} "
           "indices were given; pass one or make them agree"
       )
-    return _with_active(params, active.at[idx].set(0.0))
+    return _with_active(variables, active.at[idx].set(0.0))
 
   if k is None:
     raise ValueError(
-        "delete_modules(params, k, key=...): k (how many "
+        "delete_modules(variables, k, key=...): k (how many "
         "modules to delete) is required with key"
     )
   eligible = active > 0
@@ -289,7 +319,7 @@ def delete_modules(
           "active (and in candidates)"
       )
   remove = masks.random_module_mask(key, k, n, eligible) > 0
-  return _with_active(params, jnp.where(remove, 0.0, active))
+  return _with_active(variables, jnp.where(remove, 0.0, active))
 
 
 def _check_integer(name: str, value: Any) -> None:
@@ -315,14 +345,15 @@ def _check_integer(name: str, value: Any) -> None:
   )
 
 
-def single_deletion_lesions(params: Mapping[str, Any]) -> dict[str, Any]:
+@_renamed_params
+def single_deletion_lesions(variables: Mapping[str, Any]) -> dict[str, Any]:
   """The lesions of Veit Fig. 3: the intact network, then module i deleted.
 
   Returns:
     A stacked lesion pytree with n + 1 entries (leading axis): entry 0 is
-    ``params``' own lesion, entry i + 1 has module i deleted.
+    ``variables``' own lesion, entry i + 1 has module i deleted.
   """
-  return _single_deletions(dict(_lesion_of(params)))
+  return _single_deletions(dict(_lesion_of(variables)))
 
 
 @jax.jit
@@ -350,16 +381,17 @@ def stack_lesions(lesions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # Orders
 
 
-def module_order(params: Mapping[str, Any]) -> jax.Array:
+@_renamed_params
+def module_order(variables: Mapping[str, Any]) -> jax.Array:
   """The network's execution order as module numbers.
 
   Returns:
     int32[n]: entry j is the number of the module (its weights) that runs
     at position j; ``arange(n)`` for the trained order.
   """
-  lesion = _lesion_of(params)
+  lesion = _lesion_of(variables)
   parts, offset = [], 0
-  for name, size in zip(stage_names(params), stage_sizes(params)):
+  for name, size in zip(stage_names(variables), stage_sizes(variables)):
     parts.append(jnp.asarray([offset], jnp.int32))
     if size > 1:
       parts.append(offset + 1 + jnp.asarray(lesion[name]["order"], jnp.int32))
@@ -374,7 +406,7 @@ def kendall_tau(order) -> jax.Array:
   1 for the identity, -1 for a full reversal. O(n^2) memory, jittable.
 
   Args:
-    order: a 1-D sequence of distinct values, e.g. ``module_order(params)``.
+    order: a 1-D sequence of distinct values, e.g. ``module_order(variables)``.
 
   Returns:
     A float32 scalar; 1.0 when n < 2.
@@ -453,24 +485,25 @@ def _movable_tau(variables) -> jax.Array:
   return kendall_tau(module_order(variables)[movable_modules(variables)])
 
 
-def swap_modules(params: Mapping[str, Any], i, j) -> dict[str, Any]:
+@_renamed_params
+def swap_modules(variables: Mapping[str, Any], i, j) -> dict[str, Any]:
   """Swaps the execution positions of modules ``i`` and ``j``.
 
   Swapping the same pair again restores the original order exactly.
 
   Args:
-    params: the full variables pytree; not modified.
+    variables: the full variables pytree; not modified.
     i, j: module numbers (forward order of the trained network) of two
       units 1..n-1 of the same stage (same shape). May be traced.
 
   Returns:
-    A copy of ``params`` with the new ``order`` arrays.
+    A copy of ``variables`` with the new ``order`` arrays.
 
   Raises:
     ValueError: concrete ``i``/``j`` that are unit 0 of a stage (it changes
       the shape and never moves), in different stages, or out of range.
   """
-  table = module_table(params)
+  table = module_table(variables)
   n = len(table)
   iv, jv = _concrete(i), _concrete(j)
   if iv is not None and jv is not None:
@@ -490,19 +523,20 @@ def swap_modules(params: Mapping[str, Any], i, j) -> dict[str, Any]:
           f"{table[iv].stage} and {table[jv].stage}; only "
           "modules of the same stage have the same shape"
       )
-  lesion = _lesion_of(params)
-  names = stage_names(params)
-  movable, _, first, _ = _order_layout(stage_sizes(params))
+  lesion = _lesion_of(variables)
+  names = stage_names(variables)
+  movable, _, first, _ = _order_layout(stage_sizes(variables))
   order = _concat_order(lesion, names)
   running = jnp.asarray(first, jnp.int32) + order
   pa = jnp.argmax(running == i)
   pb = jnp.argmax(running == j)
   order = order.at[pa].set(order[pb]).at[pb].set(order[pa])
-  return {**params, "lesion": _split_order(lesion, names, movable, order)}
+  return {**variables, "lesion": _split_order(lesion, names, movable, order)}
 
 
+@_renamed_params
 def reorder_modules(
-    params: Mapping[str, Any], num_swaps, *, key: jax.Array
+    variables: Mapping[str, Any], num_swaps, *, key: jax.Array
 ) -> tuple[dict[str, Any], jax.Array]:
   """Swaps random pairs of same-shape modules (Veit sec. 4.3, Fig. 5b).
 
@@ -513,13 +547,13 @@ def reorder_modules(
   may undo earlier ones, as random swaps do.
 
   Args:
-    params: the full variables pytree; not modified.
+    variables: the full variables pytree; not modified.
     num_swaps: number of swaps (Python int or traced integer: the loop is a
       ``fori_loop``, so one compiled function serves every count).
     key: PRNG key (may be traced; vmap over keys for many draws).
 
   Returns:
-    ``(new_params, tau)``: the variables with the new ``order`` arrays, and
+    ``(new_variables, tau)``: the variables with the new ``order`` arrays, and
     Kendall's tau between the new and the trained execution order of the
     modules that can move (``movable_modules``); the modules that never
     move are left out, as they would only pull tau towards 1. Pairs from
@@ -530,8 +564,8 @@ def reorder_modules(
     ValueError: a negative concrete ``num_swaps``, or swaps requested on a
       network with no stage of at least two movable modules.
   """
-  lesion = _lesion_of(params)
-  sizes = stage_sizes(params)
+  lesion = _lesion_of(variables)
+  sizes = stage_sizes(variables)
   swaps_val = _concrete(num_swaps)
   if swaps_val is not None and int(swaps_val) < 0:
     raise ValueError(
@@ -539,7 +573,7 @@ def reorder_modules(
     )
   if _order_layout(sizes)[3].size == 0:
     if swaps_val is not None and int(swaps_val) == 0:
-      new = {**params, "lesion": dict(lesion)}
+      new = {**variables, "lesion": dict(lesion)}
       return new, _movable_tau(new)
     raise ValueError(
         "reorder_modules: no stage has two units of the same shape to swap "
@@ -549,7 +583,7 @@ def reorder_modules(
   new_lesion, tau = _reorder(
       dict(lesion), jnp.asarray(num_swaps, jnp.int32), key
   )
-  return {**params, "lesion": new_lesion}, tau
+  return {**variables, "lesion": new_lesion}, tau
 
 
 @jax.jit

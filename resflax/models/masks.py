@@ -11,11 +11,6 @@ import jax
 import jax.numpy as jnp
 
 
-def random_ranks(key: jax.Array, n: int) -> jax.Array:
-  """A uniformly random permutation of 0..n-1, as ranks of random scores."""
-  return jnp.argsort(jnp.argsort(jax.random.uniform(key, (n,))))
-
-
 def random_module_mask(
     key: jax.Array, k, n: int, eligible: jax.Array | None = None
 ) -> jax.Array:
