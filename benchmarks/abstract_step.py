@@ -128,9 +128,7 @@ class Preset:
 def program_key(config) -> str:
   """What decides a training program's shape: the model and step keys."""
   m = models.resolve(training.state.model_config(config, 8))
-  # initial_value_keys is init_only_keys's newer name.
-  keys = getattr(models, "initial_value_keys", None) or models.init_only_keys
-  skip = set(keys(m)) | {"num_classes"}
+  skip = set(models.initial_value_keys(m)) | {"num_classes"}
   t = config.train
   return json.dumps(
       {
