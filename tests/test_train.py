@@ -15,12 +15,13 @@ import pytest
 from helpers import REPO, final_state, tiny_config
 
 from resflax import data as data_lib
-from resflax import train, training
+from resflax import training
 from resflax.config import base_config, load_experiment
+from resflax.training import formats
 
 
 def test_train_and_evaluate_writes_results(tmp_path):
-  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  result = training.train_and_evaluate(tiny_config(), str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
   for key in (
       "test_error",
@@ -38,6 +39,11 @@ def test_train_and_evaluate_writes_results(tmp_path):
   assert len(saved["devices"]) == jax.device_count()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
   assert (tmp_path / "checkpoints" / "8").exists()
+  # The train state's format, recorded when the run started.
+  assert json.loads((tmp_path / "format.jsonl").read_text()) == {
+      "from_step": 0,
+      "version": formats.CURRENT,
+  }
 
 
 def test_fast_compile_reaches_every_program_and_keeps_the_math(
@@ -54,14 +60,14 @@ def test_fast_compile_reaches_every_program_and_keeps_the_math(
     return real_jit(fn, *args, **kwargs)
 
   monkeypatch.setattr(jax, "jit", spy)
-  train.train_and_evaluate(
+  training.train_and_evaluate(
       tiny_config(fast_compile=True), str(tmp_path / "fast")
   )
   monkeypatch.setattr(jax, "jit", real_jit)
   fast = {"xla_backend_optimization_level": 0}
   names = {n for n, options in seen if options == fast}
   assert {"<lambda>", "step_on_dataset", "evaluate_split"} <= names, seen
-  train.train_and_evaluate(tiny_config(), str(tmp_path / "default"))
+  training.train_and_evaluate(tiny_config(), str(tmp_path / "default"))
   a = final_state(tiny_config(), str(tmp_path / "fast"))
   b = final_state(tiny_config(), str(tmp_path / "default"))
   jax.tree.map(
@@ -73,11 +79,11 @@ def test_fast_compile_reaches_every_program_and_keeps_the_math(
 
 def test_resume_gives_identical_parameters(tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
-  train.train_and_evaluate(tiny_config(), str(full))
+  training.train_and_evaluate(tiny_config(), str(full))
   # Stop after 4 steps, then run the same workdir to the end.
-  train.train_and_evaluate(tiny_config(steps=4), str(part))
+  training.train_and_evaluate(tiny_config(steps=4), str(part))
   resumed = tiny_config(allow_config_change=True)
-  train.train_and_evaluate(resumed, str(part))
+  training.train_and_evaluate(resumed, str(part))
   a = final_state(tiny_config(), str(full))
   b = final_state(tiny_config(), str(part))
   assert int(a["step"]) == int(b["step"]) == 8
@@ -98,7 +104,7 @@ def test_workdir_of_previous_version_resumes(tmp_path):
   shutil.copytree(LEGACY, part)
   jax.config.update("jax_threefry_partitionable", True)  # as it was written
   try:
-    result = train.train_and_evaluate(tiny_config(), str(part))
+    result = training.train_and_evaluate(tiny_config(), str(part))
   finally:
     jax.config.update("jax_threefry_partitionable", False)
   a = final_state(tiny_config(), LEGACY + "_finished")
@@ -136,7 +142,7 @@ def test_workdir_of_2026_12_05_resumes_and_finishes(tmp_path):
   part = tmp_path / "run"
   shutil.copytree(FIXTURE_2026_12_05, part)
   before = (part / "metrics.jsonl").read_text().splitlines()
-  result = train.train_and_evaluate(fixture_2026_12_05_config(), str(part))
+  result = training.train_and_evaluate(fixture_2026_12_05_config(), str(part))
   saved = json.loads((part / "results.json").read_text())
   assert result["steps"] == saved["steps"] == 8
   assert [h["step"] for h in saved["history"]] == [4, 8]
@@ -149,6 +155,11 @@ def test_workdir_of_2026_12_05_resumes_and_finishes(tmp_path):
   # on top of the fixture's 3 timed steps; a run from step 0 would time 7.
   ckpt = [r for r in records if r["kind"] == "checkpoint"]
   assert [(r["step"], r["timed_steps"]) for r in ckpt] == [(4, 3), (8, 6)]
+  # Checkpoints after step 4 are in today's format; step 4 stays unrecorded.
+  assert json.loads((part / "format.jsonl").read_text()) == {
+      "from_step": 5,
+      "version": formats.CURRENT,
+  }
   state = final_state(fixture_2026_12_05_config(), str(part))
   assert int(state["step"]) == 8
   assert int(state["metrics"].error.count) == 8 * 16
@@ -215,10 +226,10 @@ def test_bn_groups_spanning_devices_equal_one_device():
 
 def test_any_eval_batch_on_any_device_count(tmp_path):
   config = tiny_config(steps=2, eval_batch_size=27, batch_size=16)
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= result["test_error"] <= 1.0
   config = tiny_config(steps=2, eval_batch_size=64, batch_size=16)
-  again = train.train_and_evaluate(config, str(tmp_path / "b"))
+  again = training.train_and_evaluate(config, str(tmp_path / "b"))
   # The masked padding leaves the error of the same 64 test images alone.
   assert again["test_error"] == pytest.approx(result["test_error"], abs=1e-6)
 
@@ -324,7 +335,7 @@ def test_resnet20_learns_real_cifar10(tmp_path, cifar_archive):
   config.train.eval_every = 0
   config.train.checkpoint_every = 0
   config.train.log_every = 50
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result["test_error"] <= 0.60, result["test_error"]
 
 
@@ -368,7 +379,7 @@ def test_streamed_imagenet_path(tmp_path, monkeypatch):
   c.data.name = "imagenet2012"
   c.data.image_size = 16
   c.model.num_classes = 1000
-  result = train.train_and_evaluate(c, str(tmp_path))
+  result = training.train_and_evaluate(c, str(tmp_path))
   assert result["steps"] == 3 and result["eval_split"] == "validation"
   assert 0.9 <= result["test_error"] <= 1.0
   assert ("train", 16, 0) in calls and ("validation", 32, 0) in calls

@@ -54,6 +54,7 @@ from resflax import data as data_lib
 from resflax import models
 from resflax.errors import ConfigError
 from resflax.experiment import paper as paper_lib
+from resflax.training import runs as runs_lib
 from resflax.training import workdir as workdir_lib
 
 SWEEP_KEYS = (
@@ -573,11 +574,11 @@ def case_config(
 
 
 def seeds(config) -> list[int]:
-  return [config.seed + k for k in range(config.seeds)]
+  return [runs_lib.run_seed(config.seed, k) for k in range(config.seeds)]
 
 
 def run_dir(workdir: str, case: str, seed: int) -> str:
-  return os.path.join(workdir, case, f"seed{seed}")
+  return runs_lib.seed_dir(os.path.join(workdir, case), seed)
 
 
 def run_status(path: str) -> str | None:

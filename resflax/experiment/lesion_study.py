@@ -60,6 +60,7 @@ from resflax.experiment.lesion_analysis import (
     single_deletion_study,
 )
 from resflax.training import checkpoint as checkpoint_lib
+from resflax.training import resume
 
 # Every file the study writes into workdir/lesion (tests check them all).
 OUTPUT_FILES = (
@@ -276,8 +277,8 @@ def load_run(run_dir: str, role: str = "resnet", *, data_path: str = "") -> Net:
         f"{run_dir} has no checkpoints/ directory; train it first"
     )
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir)
-  try:
-    restored = ckpt.restore_latest_good(target)
+  try:  # the training's own restore: any format resflax wrote, upgraded
+    restored = resume.restore(ckpt, target, run_cfg.train.batch_size)
   finally:
     ckpt.close()
   if restored is None:

@@ -56,6 +56,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from resflax import fileio, logs
 from resflax.errors import CheckpointError
@@ -70,6 +71,7 @@ UNVERIFIED_SUFFIX = ".resflax-unverified"
 # `-<timestamp>` appended before 0.11.40); a substring matches both.
 _ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
 _CHECKSUM_VERSION = 1
+_ITEM = "default"  # the item name Orbax gives a StandardSave
 _MUTABLE_FILES = frozenset({"_CHECKPOINT_METADATA"})
 _READ_CHUNK = 1 << 22
 # Outcomes of one restore attempt, ordered so that processes agree on the max.
@@ -467,7 +469,9 @@ class Checkpointer:
         into: concrete arrays (their `.sharding`, e.g. a NamedSharding, is
         used) or `jax.ShapeDtypeStruct`s (with or without sharding; without
         one, a single-process job gets arrays on its first device) or numpy
-        arrays (restored as numpy).
+        arrays (restored as numpy). Or a function of the step giving that
+        pytree (checkpoints of one directory may hold different formats),
+        called once the step's files are verified.
       step: Step to restore; None means the latest complete checkpoint.
 
     Returns:
@@ -495,8 +499,19 @@ class Checkpointer:
     path = self.step_path(step)
     if self._local:
       _verify_step_files(path)
+    if callable(target):  # built once the files are known to be intact
+      target = target(step)
     abstract = jax.tree.map(_restore_target, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def stored_tree(self, step: int) -> PyTree:
+    """The tree checkpoint `step` holds: Orbax's metadata of each array.
+
+    Reads no array. Leaves have `.shape` and `.dtype`; pytree nodes of the
+    saved state (dataclasses, named tuples) come back as dicts and lists.
+    """
+    handler = ocp.StandardCheckpointHandler()
+    return handler.metadata(epath.Path(self.step_path(step)) / _ITEM).tree
 
   def restore_latest_good(self, target: PyTree) -> tuple[int, PyTree] | None:
     """Restores the newest checkpoint that is not corrupt, falling back if so.
@@ -513,7 +528,7 @@ class Checkpointer:
     candidates.
 
     Args:
-      target: As for `restore`.
+      target: As for `restore` (a function of the step too).
 
     Returns:
       `(step, state)`, or None if the directory holds no complete checkpoint

@@ -312,6 +312,8 @@ class _Trainer:
       logging.info("resumed %s from step %d", g.workdir, restored[0])
     step = self.resumed_at = int(np.ravel(feeds.fetch(state["step"]))[0])
     check_steps(g.config, g.workdir, step)
+    if g.is_main:
+      workdir_lib.record_format(g.workdir, step)
     if step >= t.steps:
       finished = [workdir_lib.finished_results(d, t.steps) for d in g.dirs]
       if all(r is not None for r in finished):
@@ -757,9 +759,7 @@ def restore_state(
   group = Runs(config, runs.run_configs(config), workdir, False)
   target = initial_state(group, build_run(config, num_classes), image_shape)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
-    if step is None:
-      restored = _restore(c, target, config.train.batch_size)
-      if restored is None:
-        raise CheckpointError(f"no complete checkpoint in {c.directory}")
-      return restored[1]
-    return c.restore(target, step)[1]
+    restored = _restore(c, target, config.train.batch_size, step=step)
+    if restored is None:
+      raise CheckpointError(f"no complete checkpoint in {c.directory}")
+    return restored[1]

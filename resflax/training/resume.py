@@ -1,58 +1,86 @@
-"""What a resumed run checks before it trains on: the checkpoint it restores
-fits the config, and the config does not ask for fewer steps than were run.
+"""Restoring a run's train state, whatever resflax wrote it, and what a
+resumed run checks before it trains on: the checkpoint it restores fits the
+config, and the config does not ask for fewer steps than were run.
+
+``restore`` is the one way to read a train state back: training, the
+lesion study and ``training.restore_state`` (notebooks, tests) use it. It
+keys the layout it restores into on the format version the workdir records
+(``resflax.training.formats``), upgrading older ones.
 
 Both refusals come before anything in the workdir changes.
 """
 
-import jax
+import os
 
 from resflax.errors import CheckpointError, ConfigError
-from resflax.training.state import upgrade_v0_state, v0_layout
-
-# What Orbax says when a checkpoint's tree or shapes differ from the target.
-_MISMATCH = (
-    "tree structures do not match",
-    "is not compatible with the " "stored shape",
-)
+from resflax.training import formats
+from resflax.training import workdir as workdir_lib
 
 
-def restore(ckpt, state, batch_size: int, changes: list[str] | None = None):
-  """The newest good checkpoint, in today's layout or resflax 0.1's.
+class _Misfit(CheckpointError):
+  """A checkpoint whose structure or shapes are not the run's."""
+
+
+def restore(
+    ckpt,
+    state,
+    batch_size: int,
+    changes: list[str] | None = None,
+    step: int | None = None,
+):
+  """The newest good checkpoint (or ``step``'s), in today's format.
 
   Args:
-    ckpt: the run's ``checkpoint.Checkpointer``.
-    state: the initial state (structure, shapes, shardings to restore into).
+    ckpt: the run's ``checkpoint.Checkpointer`` (in ``<workdir>/checkpoints``).
+    state: the initial state or its abstract shapes (structure, shapes,
+      shardings to restore into).
     batch_size: the run's batch size (to upgrade a resflax 0.1 state).
     changes: ``"key: old -> new"`` of a config change allowed by
       ``train.allow_config_change``; named when the checkpoint no longer fits.
+    step: the checkpoint to restore; None takes the newest good one.
 
   Returns:
-    ``(step, state)``, or None for a new run.
+    ``(step, state)``, or None for a new run (``step`` None only).
 
   Raises:
     ConfigError: a changed config whose parameters do not fit the checkpoint.
     CheckpointError: the checkpoints cannot be restored.
   """
+  workdir = os.path.dirname(ckpt.directory)
+  versions = {}
+
+  def target(s: int):
+    recorded = workdir_lib.format_version(workdir, s)
+    if recorded is None or changes:
+      stored = formats.structure(ckpt.stored_tree(s))
+    if recorded is None:
+      inferred = formats.infer_version(stored, state)
+      # Not a layout resflax wrote: restoring today's names the difference.
+      recorded = formats.UNRECORDED[-1] if inferred is None else inferred
+    versions[s] = recorded
+    tree = formats.layout(state, recorded)
+    if changes and formats.structure(tree) != stored:
+      raise _Misfit(f"checkpoint {s} does not fit the changed config")
+    return tree
+
   try:
-    return ckpt.restore_latest_good(state)
+    if step is None:
+      restored = ckpt.restore_latest_good(target)
+    else:
+      restored = ckpt.restore(target, step)
   except CheckpointError as e:
-    error = e
-  if "tree structures do not match" in str(error):
-    try:  # a workdir of resflax 0.1: its metrics were plain sums.
-      step, old = ckpt.restore_latest_good(v0_layout(state))
-      shardings = jax.tree.map(lambda a: a.sharding, state)
-      return step, jax.device_put(upgrade_v0_state(old, batch_size), shardings)
-    except CheckpointError:
-      if not changes:
-        raise
-  if changes and any(m in str(error) for m in _MISMATCH):
-    raise ConfigError(
-        f"the checkpoints in {ckpt.directory} do not fit the changed config "
-        f"({'; '.join(changes)}): its parameters have another structure or "
-        "shape. config.train.allow_config_change continues only changes "
-        "that keep them (train.* keys, say); choose another --workdir"
-    ) from None
-  raise error
+    if changes and isinstance(e.__cause__, _Misfit):
+      raise ConfigError(
+          f"the checkpoints in {ckpt.directory} do not fit the changed config "
+          f"({'; '.join(changes)}): its parameters have another structure or "
+          "shape. config.train.allow_config_change continues only changes "
+          "that keep them (train.* keys, say); choose another --workdir"
+      ) from None
+    raise
+  if restored is None:
+    return None
+  s, tree = restored
+  return s, formats.upgrade(tree, versions[s], state, batch_size)
 
 
 def check_steps(config, workdir: str, step: int) -> None:

@@ -53,6 +53,20 @@ STEP_OVERRIDES = {
 }
 
 
+def run_seed(seed: int, k: int) -> int:
+  """The seed of the ``k``-th run of a group whose first seed is ``seed``.
+
+  The parallel runs of one program and a sweep case's seeds both count up
+  from ``config.seed``.
+  """
+  return seed + k
+
+
+def seed_dir(parent: str, seed: int) -> str:
+  """The directory of the run with ``seed`` under ``parent``: ``seed<s>``."""
+  return os.path.join(parent, f"seed{seed}")
+
+
 def allowed_overrides(config: ml_collections.ConfigDict) -> dict[str, type]:
   """The keys that may differ between the parallel runs of ``config``."""
   init_only = {
@@ -134,7 +148,7 @@ def run_configs(
   for k, overrides in enumerate(parse_run_overrides(config)):
     c = config.copy_and_resolve_references()
     c.unlock()
-    c.seed = config.seed + k
+    c.seed = run_seed(config.seed, k)
     c.update_from_flattened_dict(overrides)
     c.train.parallel_runs = 1
     c.train.run_overrides = ()
@@ -232,7 +246,7 @@ class Runs:
   def dirs(self) -> list[str]:
     if not self.stacked:
       return [self.workdir]
-    return [os.path.join(self.workdir, f"seed{c.seed}") for c in self.configs]
+    return [seed_dir(self.workdir, c.seed) for c in self.configs]
 
   def per_run(self, tree) -> Any:
     """Host copies with a leading run axis (added for a single run)."""

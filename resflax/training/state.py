@@ -45,42 +45,6 @@ class TrainMetrics(clu_metrics.Collection):
   error: clu_metrics.Average.from_output("error")
 
 
-def upgrade_v0_state(state: PyTree, batch_size: int) -> PyTree:
-  """A train state saved by resflax 0.1 (metrics as plain sums), upgraded.
-
-  Version 0.1 kept ``{'loss': sum of step losses, 'errors': wrong images,
-  'seen': images}``; the loss count is the steps those images made.
-  """
-  m = state["metrics"]
-  metrics = jax.tree.map(
-      lambda x: jnp.broadcast_to(x, m["loss"].shape), TrainMetrics.empty()
-  )
-  return {
-      **state,
-      "metrics": metrics.replace(
-          loss=metrics.loss.replace(
-              total=m["loss"], count=m["seen"] // batch_size
-          ),
-          error=metrics.error.replace(
-              total=m["errors"].astype(jnp.float32), count=m["seen"]
-          ),
-      ),
-  }
-
-
-def v0_layout(state: PyTree) -> PyTree:
-  """The layout of ``state`` as resflax 0.1 saved it (restore target)."""
-  total = state["metrics"].loss.total
-  return {
-      **state,
-      "metrics": {
-          "loss": jnp.zeros_like(total),
-          "errors": jnp.zeros(total.shape, jnp.int32),
-          "seen": jnp.zeros(total.shape, jnp.int32),
-      },
-  }
-
-
 @dataclasses.dataclass
 class RunSpec:
   """Static description of a run: what the compiled functions close over."""

@@ -7,6 +7,10 @@ runs for the per-run ones):
                        (``train.allow_config_change``) only once that config
                        has produced a checkpoint
   config_history.jsonl one line per config change: the step it took over at
+  format.jsonl         one line per train-state format version the run's
+                       checkpoints are written in, from the step on which
+                       it applies (``record_format``); absent in workdirs
+                       of resflax 0.1 and of main until 2026-12-05
   metrics.jsonl        append-only log of every report, evaluation and
                        checkpoint (step, scalars, cumulative train time);
                        results.json's history and throughput are rebuilt
@@ -33,7 +37,8 @@ from flax import traverse_util
 
 from resflax import fileio
 from resflax.config import base_config
-from resflax.errors import ConfigError, WorkdirError
+from resflax.errors import CheckpointError, ConfigError, WorkdirError
+from resflax.training import formats
 
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
@@ -41,6 +46,7 @@ LOG_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"
 LOCK_FILE = ".lock"
+FORMAT_FILE = "format.jsonl"
 
 # Keys that change how often or how things happen, not what is computed
 # (the model keys keep parameters and results): a resumed run may change
@@ -295,6 +301,62 @@ def write_configs(pairs, step: int, missing_only: bool = False) -> None:
     make_dir(d)
     if not (missing_only and os.path.exists(os.path.join(d, CONFIG_FILE))):
       write_config(c, d, step)
+
+
+def _format_lines(workdir: str) -> list[dict[str, int]]:
+  path = os.path.join(workdir, FORMAT_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      lines = [json.loads(line) for line in f if line.strip()]
+    return [
+        {"from_step": int(r["from_step"]), "version": int(r["version"])}
+        for r in lines
+    ]
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    why = getattr(e, "strerror", None) or " ".join(str(e).split())
+    raise CheckpointError(
+        f"{path} cannot be read ({why}); its checkpoints' format is unknown: "
+        "restore the file from a backup or choose another --workdir"
+    ) from None
+
+
+def format_version(workdir: str, step: int) -> int | None:
+  """The train-state format version of checkpoint ``step`` in ``workdir``.
+
+  Returns:
+    The version recorded for ``step``, or None for a checkpoint written
+    before workdirs recorded one (``formats.UNRECORDED``).
+
+  Raises:
+    CheckpointError: the format file cannot be read.
+  """
+  versions = [
+      r["version"] for r in _format_lines(workdir) if r["from_step"] <= step
+  ]
+  return versions[-1] if versions else None
+
+
+def record_format(workdir: str, step: int) -> None:
+  """Records that the run starting at ``step`` saves ``formats.CURRENT``.
+
+  A new run (step 0) records it from step 0; a run resumed from an older
+  format, from ``step + 1`` on: its newer checkpoints are in today's
+  format, the older ones it keeps stay in theirs. Nothing changes when the
+  last line already says ``CURRENT``.
+
+  Raises:
+    WorkdirError: the file cannot be written (disk full, permissions).
+    CheckpointError: the existing file cannot be read.
+  """
+  lines = _format_lines(workdir)
+  if lines and lines[-1]["version"] == formats.CURRENT:
+    return
+  append_line(
+      os.path.join(workdir, FORMAT_FILE),
+      {"from_step": step + 1 if step else 0, "version": formats.CURRENT},
+  )
 
 
 def append_line(path: str, record: dict[str, Any]) -> None:

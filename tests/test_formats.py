@@ -1,0 +1,111 @@
+"""Train-state format versions: recorded in the workdir, keyed on, upgraded.
+
+``resflax.training.formats`` holds the table of versions and their
+upgrades; ``resume.restore`` is the one restore path that uses it.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from helpers import REPO, tiny_config
+
+from resflax import training
+from resflax.errors import CheckpointError
+from resflax.training import checkpoint, formats
+from resflax.training import workdir as workdir_lib
+
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+# Each fixture workdir and the format version its checkpoint is in.
+FIXTURE_VERSIONS = {"workdir_v0_1": 0, "workdir_2026_12_05": 1}
+
+
+def _target(config):
+  spec = training.build_run(config, 10, 128)
+  return jax.eval_shape(lambda: training.init_state(spec, 0, (32, 32, 3)))
+
+
+def test_every_older_version_has_an_upgrade():
+  assert sorted(formats.UPGRADES) == list(range(formats.CURRENT))
+  assert set(formats.UNRECORDED) <= set(range(formats.CURRENT + 1))
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_VERSIONS))
+def test_an_unrecorded_checkpoint_is_the_version_of_its_structure(name):
+  """The fixtures record no version: each is the one its structure is."""
+  workdir = os.path.join(FIXTURES, name)
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.FORMAT_FILE))
+  assert workdir_lib.format_version(workdir, 4) is None
+  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+    stored = formats.structure(c.stored_tree(4))
+  target = _target(tiny_config())
+  assert formats.infer_version(stored, target) == FIXTURE_VERSIONS[name]
+  # Another network is no version at all.
+  deeper = tiny_config()
+  deeper.model.depth = 14
+  assert formats.infer_version(stored, _target(deeper)) is None
+
+
+def test_format_lines_say_which_version_each_step_is(tmp_path):
+  workdir = str(tmp_path)
+  workdir_lib.record_format(workdir, 4)  # resumed an unrecorded run at 4
+  assert workdir_lib.format_version(workdir, 4) is None
+  assert workdir_lib.format_version(workdir, 5) == formats.CURRENT
+  workdir_lib.record_format(workdir, 8)  # already current: nothing added
+  lines = (tmp_path / workdir_lib.FORMAT_FILE).read_text().splitlines()
+  assert [json.loads(x) for x in lines] == [
+      {"from_step": 5, "version": formats.CURRENT}
+  ]
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  workdir_lib.record_format(str(fresh), 0)
+  assert workdir_lib.format_version(str(fresh), 0) == formats.CURRENT
+
+
+def test_restore_follows_the_recorded_version(tmp_path):
+  """A workdir that says its checkpoint is resflax 0.1's is restored as
+  that, whatever the checkpoint holds: no guessing from Orbax's errors."""
+  run = tmp_path / "run"
+  shutil.copytree(os.path.join(FIXTURES, "workdir_2026_12_05"), run)
+  config = tiny_config()
+  good = training.restore_state(config, str(run))
+  assert int(good["step"]) == 4
+  (run / workdir_lib.FORMAT_FILE).write_text(
+      json.dumps({"from_step": 0, "version": 0}) + "\n"
+  )
+  with pytest.raises(CheckpointError, match="cannot restore checkpoint"):
+    training.restore_state(config, str(run))
+  (run / workdir_lib.FORMAT_FILE).write_text("{not json\n")
+  with pytest.raises(CheckpointError, match="format.jsonl cannot be read"):
+    training.restore_state(config, str(run))
+
+
+def test_both_fixture_versions_restore_to_todays_format():
+  """resflax 0.1's plain sums become TrainMetrics; today's state as is."""
+  config = tiny_config()
+  today = jax.tree.structure(_target(config))
+  old = jax.device_get(
+      training.restore_state(config, os.path.join(FIXTURES, "workdir_v0_1"))
+  )
+  new = jax.device_get(
+      training.restore_state(
+          config, os.path.join(FIXTURES, "workdir_2026_12_05")
+      )
+  )
+  for state in (old, new):
+    assert jax.tree.structure(state) == today
+    assert int(state["step"]) == 4
+    assert int(state["metrics"].error.count) == 4 * 16
+    assert int(state["metrics"].loss.count) == 4
+  # The 2026-12-05 run logged its train error over those 4 steps.
+  logged = json.loads(
+      open(
+          os.path.join(FIXTURES, "workdir_2026_12_05", "metrics.jsonl")
+      ).readline()
+  )
+  np.testing.assert_allclose(
+      new["metrics"].error.total / 64, logged["train_error"], rtol=1e-6
+  )
