@@ -36,7 +36,8 @@ convolution gradients, which ``'auto'`` gives on a GPU or TPU).
 optimisation level 0: the same buffer assignment, compiled several times
 faster); ``--jsonl FILE`` appends each preset's figures as a JSON line and
 skips the presets already in FILE, so rerunning the command resumes it;
-``--deepest-first`` orders the presets by depth; ``--table FILE`` prints
+``--deepest-first`` orders the presets by depth (``--shallowest-first``
+the other way: two sweeps on one FILE share the work); ``--table FILE`` prints
 the markdown table of FILE, every preset of ``experiments/`` listed
 ("not measured" where FILE has none).
 
@@ -188,10 +189,14 @@ def presets_main(args) -> None:
   n = jax.device_count()
   done = done_names(args.jsonl)
   todo = abstract_step.presets(None if args.presets == "all" else args.presets)
-  if args.deepest_first:
+  if args.deepest_first or args.shallowest_first:
     todo = abstract_step.deepest_first(todo)
+  if args.shallowest_first:
+    todo.reverse()
   for preset in todo:
-    if preset.name in done:
+    # Read again each time: a second sweep on the same FILE (the other
+    # end of the order) may have measured it meanwhile.
+    if preset.name in done | done_names(args.jsonl):
       continue
     config = preset.config()
     config.train.fast_compile = args.fast_compile
@@ -252,7 +257,7 @@ def table_main(jsonl: str) -> None:
   print(
       "| preset (cases covered) | network | batch / device | arguments GiB "
       "| outputs GiB | temporaries GiB | peak GiB | "
-      f"fits {' | fits '.join(CORES)} | over 8 GiB |"
+      f"fits {' | fits '.join(CORES)} | model.remat=True (only over 8 GiB) |"
   )
   print("|---|---|---|---|---|---|---|" + "---|" * len(CORES) + "---|")
   for preset in abstract_step.presets():
@@ -292,6 +297,12 @@ def main():
   )
   parser.add_argument(
       "--deepest-first", action="store_true", help="--presets: deepest first"
+  )
+  parser.add_argument(
+      "--shallowest-first",
+      action="store_true",
+      help="--presets: shallowest first (a second sweep on the same --jsonl "
+      "meets a --deepest-first one halfway)",
   )
   parser.add_argument("--table", help="print the markdown table of a --jsonl")
   parser.add_argument(

@@ -101,6 +101,7 @@ def test_compile_1001_over_164_at_most_1_1():
       timeout=1800,
       check=True,
   )
+  print(proc.stdout)  # the figures, for RESULTS.md (pytest -rP shows them)
   match = re.search(
       r"scanned ResNet-1001 / scanned ResNet-164 compile "
       r"\(same unit, minima\) = ([0-9.]+)x",
