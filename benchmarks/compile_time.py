@@ -41,8 +41,10 @@ process also prints XLA's memory analysis of the step per device
 (``abstract_step.memory``), so one run gives the tables of both
 ``memory.py --presets`` and this script. ``--jsonl FILE`` appends each
 result as a JSON line and skips the presets FILE already has (rerun the
-command to resume); ``--deepest-first`` starts with the deepest networks;
-``--table FILE`` prints the markdown table of FILE, every preset listed.
+command to resume); ``--deepest-first`` starts with the deepest networks
+(``--shallowest-first`` with the shallowest: two sweeps on one FILE share
+the work); ``--table FILE`` prints the markdown table of FILE, every
+preset listed.
 ``--cpu-conv-grad off`` compiles the ``--depths`` cases with XLA's own
 convolution gradients (the program a GPU or TPU compiles) instead of the
 chunked CPU one.
@@ -180,7 +182,7 @@ def first_step_case(name: str, cache: str) -> dict:
   t0 = time.perf_counter()
   spec, step, state, data = abstract_step.preset_step(config)
   image_shape = tuple(data[0].shape[1:])
-  # As loop.initial_state compiles it: classic threefry, replicated.
+  # As runs.initial_state compiles it: classic threefry, replicated.
   with jax.threefry_partitionable(False):
     jax.jit(
         lambda s: training.init_state(spec, s, image_shape),
@@ -234,21 +236,29 @@ def run_preset(name: str, cache: str, devices: int, timeout: float) -> dict:
   }
 
 
+def done_names(jsonl: str | None) -> set[str]:
+  """Presets already in ``jsonl`` (a rerun of the command skips them)."""
+  if not jsonl or not os.path.exists(jsonl):
+    return set()
+  with open(jsonl) as f:
+    return {json.loads(line)["preset"] for line in f if line.strip()}
+
+
 def presets_main(args) -> None:
   """Cold and warm time to first step of every preset (module docstring)."""
   import abstract_step  # pylint: disable=g-import-not-at-top
 
   names = None if args.presets == "all" else args.presets
   gib = 2.0**30
-  done = set()
-  if args.jsonl and os.path.exists(args.jsonl):  # a rerun resumes
-    with open(args.jsonl) as f:
-      done = {json.loads(line)["preset"] for line in f if line.strip()}
   todo = abstract_step.presets(names)
-  if args.deepest_first:
+  if args.deepest_first or args.shallowest_first:
     todo = abstract_step.deepest_first(todo)
+  if args.shallowest_first:
+    todo.reverse()
   for preset in todo:
-    if preset.name in done:
+    # A rerun resumes; read each time, as a second sweep on the same file
+    # (from the other end) may have measured it meanwhile.
+    if preset.name in done_names(args.jsonl):
       continue
     cache = tempfile.mkdtemp(prefix="resflax_cc_")
     try:
@@ -373,6 +383,12 @@ def main():
       "--deepest-first",
       action="store_true",
       help="--presets: deepest networks first",
+  )
+  parser.add_argument(
+      "--shallowest-first",
+      action="store_true",
+      help="--presets: shallowest first (a second sweep on the same --jsonl "
+      "meets a --deepest-first one halfway)",
   )
   parser.add_argument("--table", help="print the markdown table of a --jsonl")
   parser.add_argument("--preset-case", help=argparse.SUPPRESS)  # internal

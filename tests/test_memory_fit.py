@@ -50,7 +50,7 @@ def test_step_over_device_memory_fails_before_the_first_step(
   assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.parametrize("runs", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_fitting_step_trains_on_its_one_compiled_program(
     tmp_path, monkeypatch, runs
 ):
@@ -63,7 +63,9 @@ def test_fitting_step_trains_on_its_one_compiled_program(
 
   monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 64 * GIB)
   monkeypatch.setattr("resflax.training.loop.checked_step", record)
-  config = engine_config(runs=runs)
+  config = engine_config(
+      runs=runs, steps=2, lr_boundaries=(1,), eval_every=0, checkpoint_every=0
+  )
   training.train_and_evaluate(config, str(tmp_path))
   (checked,) = made
   assert checked.compiled is not None and not checked.fell_back
