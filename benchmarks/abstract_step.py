@@ -250,7 +250,7 @@ def engine_step(config, feed):
   return (
       spec,
       loop.make_step(group, spec, feed),
-      loop.initial_state(group, spec, feed.image_shape),
+      runs.initial_state(group, spec, feed.image_shape),
   )
 
 

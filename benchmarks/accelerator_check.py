@@ -61,7 +61,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from resflax import data as data_lib
 from resflax import models, training
 from resflax.config import load_experiment
-from resflax.training import feeds, loop, runs
+from resflax.training import feeds, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_STEPS = 64_000
@@ -178,7 +178,7 @@ def measure_parallel(case: Case, num_runs: int, args):
   # Each run's own initial state (its seed), stepped by the case's
   # single-run program.
   states = [
-      loop.initial_state(
+      runs.initial_state(
           abstract_step.run_group(c), case.spec, case.feed.image_shape
       )
       for c in runs.run_configs(config)

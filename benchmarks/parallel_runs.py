@@ -26,7 +26,7 @@ import jax
 from resflax import data as data_lib
 from resflax import training
 from resflax.config import load_experiment
-from resflax.training import feeds, loop, runs
+from resflax.training import feeds, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def main():
   solo_compile = time.perf_counter() - tick
   seconds = 0.0
   for c in configs:
-    state = loop.initial_state(
+    state = runs.initial_state(
         abstract_step.run_group(c), solo_spec, feed.image_shape
     )
     _, dt = _timed(solo_step, state, args.steps, *data)

@@ -83,7 +83,7 @@ def main(argv):
     )
   # pylint: disable=g-import-not-at-top
   from resflax import errors, runner
-  from resflax.training import interrupts
+  from resflax.training import preemption
 
   try:
     result = runner.run(config, _WORKDIR.value)
@@ -116,7 +116,7 @@ def main(argv):
   if isinstance(result, dict) and result.get("interrupted"):
     # 128 + the signal (143 SIGTERM, 130 Ctrl-C): schedulers read it as
     # "stopped by a signal, rerun".
-    sys.exit(128 + (interrupts.last_signal() or 15))
+    sys.exit(128 + (preemption.last_signal() or 15))
 
 
 def _stop_line(line: str, status: int):

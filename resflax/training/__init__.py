@@ -9,7 +9,8 @@ config, logs, results), ``validate`` (config checks) and ``loop``
 (``train_and_evaluate``).
 """
 
-from resflax.training.loop import restore_state, train_and_evaluate
+from resflax.training.loop import train_and_evaluate
+from resflax.training.resume import restore_state
 from resflax.training.state import (
     RunSpec,
     build_run,

@@ -52,3 +52,32 @@ def first_nonfinite(feed, spec, config, state, bad_step: int, k: int) -> str:
     if bad:
       return f"{kind} (in {len(bad)} of {len(leaves)} arrays, e.g. {bad[0]})"
   return "loss or parameters"
+
+
+def describe(
+    feed,
+    spec,
+    config,
+    state,
+    bad_step: int,
+    k: int,
+    loss: float,
+    workdir: str,
+    good_step: int | None,
+) -> str:
+  """The one-line message of run ``k`` diverging at ``bad_step + 1``.
+
+  Names what went non-finite first (``first_nonfinite``), the loss, the
+  last good checkpoint ``good_step`` (None: none was saved) and the fixes.
+  """
+  what = first_nonfinite(feed, spec, config, state, bad_step, k)
+  kept = (
+      f"{workdir} keeps the last good checkpoint (step {good_step})"
+      if good_step is not None
+      else "no checkpoint was saved before it"
+  )
+  return (
+      f"non-finite {what} at step {bad_step + 1} (loss = {loss:.4g}); "
+      f"{kept}. Lower config.train.learning_rate, add warm-up, or set "
+      "config.train.on_nonfinite='skip'."
+  )

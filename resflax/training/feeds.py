@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resflax import data as data_lib
+from resflax.errors import ConfigError
 from resflax.training import step as step_lib
 from resflax.training.state import RunSpec
 
@@ -252,3 +253,30 @@ class StreamedFeed:
         "error": np.asarray(totals[0] / totals[2]),
         "loss": np.asarray(totals[1] / totals[2]),
     }
+
+
+def _datasets(config, configs) -> list[data_lib.Dataset]:
+  """One dataset, or one per run when the data depends on the seed."""
+  first = data_lib.load_dataset(config.data, seed=config.seed)
+  if len(configs) == 1 or config.data.name != "synthetic" or config.data.path:
+    return [first]
+  return [
+      first
+      if c.seed == config.seed
+      else data_lib.load_dataset(c.data, seed=c.seed)
+      for c in configs
+  ]
+
+
+def make_feed(config, configs, mesh):
+  """The feed of ``config``'s data: streamed, or on the devices."""
+  info = data_lib.source_info(config.data)
+  if info.streams:
+    return StreamedFeed(config, mesh, info)
+  datasets = _datasets(config, configs)
+  if datasets[0].num_train < config.train.batch_size:
+    raise ConfigError(
+        f"config.train.batch_size={config.train.batch_size} exceeds the "
+        f"{datasets[0].num_train} training images"
+    )
+  return InMemoryFeed(datasets, mesh, config.train.eval_batch_size)

@@ -6,7 +6,9 @@ with periodic reports, evaluations and checkpoints, and writes the results.
 ``config.train.parallel_runs = R > 1`` trains R runs (``runs.run_configs``)
 with the state stacked on a leading run axis and the step vmapped; a single
 run is the unstacked case of the same loop, so stopping, resuming, the
-non-finite guard, checkpoints and results exist once.
+non-finite guard, checkpoints and results exist once; what only a group
+needs (its stacked state, vmapped step, combined results) is in ``runs``.
+One SGD step is ``resflax.training.step`` (``make_step`` jits it).
 
 Workdir of a single run: ``config.json``, ``checkpoints/<step>/``,
 ``metrics.jsonl``, TensorBoard events, ``results.json`` (see
@@ -18,23 +20,19 @@ the top, and each run's own ``config.json``, ``metrics.jsonl``, events and
 """
 
 import contextlib
-import dataclasses
 import functools
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from resflax import data as data_lib
 from resflax import fileio, logs, models
 from resflax.errors import (
     CheckpointError,
-    ConfigError,
     Stopped,
     TrainingError,
     WorkdirError,
@@ -45,7 +43,6 @@ from resflax.training import (
     curves,
     diverged,
     feeds,
-    interrupts,
     runs,
 )
 from resflax.training import metrics as metrics_lib
@@ -58,113 +55,29 @@ from resflax.training.runs import Runs
 from resflax.training.state import (
     RunSpec,
     build_run,
-    init_state,
     learning_rate,
     lr_drop_steps,
     make_mesh,
-    make_optimizer,
 )
 from resflax.training.validate import validate_config
 
 PyTree = Any
 
 
-def _datasets(config, configs) -> list[data_lib.Dataset]:
-  """One dataset, or one per run when the data depends on the seed."""
-  first = data_lib.load_dataset(config.data, seed=config.seed)
-  if len(configs) == 1 or config.data.name != "synthetic" or config.data.path:
-    return [first]
-  return [
-      first
-      if c.seed == config.seed
-      else data_lib.load_dataset(c.data, seed=c.seed)
-      for c in configs
-  ]
-
-
-def _make_feed(config, configs, mesh):
-  info = data_lib.source_info(config.data)
-  if info.streams:
-    return feeds.StreamedFeed(config, mesh, info)
-  datasets = _datasets(config, configs)
-  if datasets[0].num_train < config.train.batch_size:
-    raise ConfigError(
-        f"config.train.batch_size={config.train.batch_size} exceeds the "
-        f"{datasets[0].num_train} training images"
-    )
-  return feeds.InMemoryFeed(datasets, mesh, config.train.eval_batch_size)
-
-
-def initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
-  """The initial state: one run's, or every run's stacked.
-
-  Drawn with JAX's classic (non-partitionable) threefry whatever the global
-  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
-  compiles it several times faster (benchmarks/RESULTS.md), which is most
-  of a cold start. Steps use the global setting.
-  """
-  with jax.threefry_partitionable(False):
-    return _initial_state(group, spec, image_shape)
-
-
-def _initial_state(group: Runs, spec: RunSpec, image_shape) -> PyTree:
-  if not group.stacked:
-    return jax.jit(
-        lambda s: init_state(spec, s, image_shape),
-        out_shardings=spec.replicated,
-        **spec.jit_options,
-    )(group.config.seed)
-  parts = {}
-  for members in runs.init_groups(
-      group.configs, models.initial_value_keys(spec.model.config)
-  ):
-    member_spec = dataclasses.replace(
-        spec,
-        model=build_run(
-            group.configs[members[0]],
-            spec.model.config.num_classes,
-            mesh=spec.mesh,
-        ).model,
-    )
-    stacked = jax.jit(
-        jax.vmap(lambda s, t=member_spec: init_state(t, s, image_shape)),
-        out_shardings=spec.replicated,
-        **spec.jit_options,
-    )(jnp.asarray([group.configs[k].seed for k in members], jnp.int32))
-    for j, k in enumerate(members):
-      parts[k] = jax.tree.map(lambda x, j=j: x[j], stacked)
-  return jax.jit(
-      lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
-      out_shardings=spec.replicated,
-  )(*[parts[k] for k in range(group.count)])
-
-
 def make_step(group: Runs, spec: RunSpec, feed):
-  """``step(state, *feed.step_args()) -> state``, jitted, state donated."""
-  if not group.stacked:
-    return jax.jit(
-        functools.partial(feed.step_impl, spec),
-        donate_argnums=0,
-        **spec.jit_options,
-    )
-  hparams = jax.device_put(runs.step_hparams(group.configs), spec.replicated)
+  """``step(state, *feed.step_args()) -> state``, jitted, state donated.
 
-  def one(state, hp, *data):
-    run_spec = spec
-    if hp:
-      cfg = runs.ConfigView(spec.config, hp)
-      run_spec = dataclasses.replace(
-          spec, config=cfg, optimizer=make_optimizer(cfg.train)
-      )
-    return feed.step_impl(run_spec, state, *data)
-
-  d = feed.data_axis
-  vstep = jax.jit(
-      jax.vmap(one, in_axes=(0, 0, d, d, d, d)),
+  One SGD step is ``feed.step_impl``: ``step.step_on_dataset`` (the dataset
+  on the devices) or ``step.step_on_batch`` (streamed batches). Parallel
+  runs vmap it (``runs.vmapped_step``).
+  """
+  if group.stacked:
+    return runs.vmapped_step(group, spec, feed)
+  return jax.jit(
+      functools.partial(feed.step_impl, spec),
       donate_argnums=0,
       **spec.jit_options,
   )
-  return lambda state, *data: vstep(state, hparams, *data)
 
 
 def train_and_evaluate(
@@ -201,7 +114,7 @@ def train_and_evaluate(
   group = Runs(config, runs.run_configs(config), workdir, is_main)
   if is_main:
     workdir_lib.make_dir(workdir)
-  with interrupts.Interrupts() as stop:
+  with StopSignal(sigint=True) as stop:
     mesh = make_mesh()
     # Locked before the data loads, so a second run is refused at once.
     lock = workdir_lib.WorkdirLock(workdir) if is_main else None
@@ -210,12 +123,12 @@ def train_and_evaluate(
         # A download or decode can take minutes and polls no flag: SIGTERM
         # raises Stopped inside it (a download keeps its .part to resume).
         with stop.interrupting():
-          feed = _make_feed(config, group.configs, mesh)
+          feed = feeds.make_feed(config, group.configs, mesh)
       except Stopped:
         feed = None  # stop.received is set: reported below, before any use.
       changed = workdir_lib.check_config(config, workdir)
       if is_main and not changed:
-        _write_configs(group, 0, missing_only=True)
+        workdir_lib.write_configs(group.config_files(), 0, missing_only=True)
       if stop.received is not None:
         logging.warning(
             "received signal %d while loading data: stopped "
@@ -225,44 +138,6 @@ def train_and_evaluate(
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
       return _Trainer(group, spec, feed, stop, changed, brief).run()
-
-
-def _log_start(
-    group: Runs,
-    spec: RunSpec,
-    feed,
-    state,
-    step: int,
-    level: int = logging.INFO,
-) -> None:
-  """The run's start block (``metrics.start_block``) at absl's ``level``."""
-  params = group.one(state["variables"], 0)["params"]
-  logging.log(
-      level,
-      "%s",
-      metrics_lib.start_block(
-          group.workdir,
-          group.count if group.stacked else 1,
-          feed.summary,
-          spec.model.config,
-          params,
-          group.config.train,
-          lr_drop_steps(group.config.train),
-          step,
-      ),
-  )
-  logging.log(
-      level, "parameters per module:\n%s", metrics_lib.model_summary(params)
-  )
-
-
-def _write_configs(group: Runs, step: int, missing_only: bool = False) -> None:
-  workdir_lib.write_configs(
-      [(group.config, group.workdir)]
-      + (list(zip(group.configs, group.dirs)) if group.stacked else []),
-      step,
-      missing_only,
-  )
 
 
 class _Trainer:
@@ -301,11 +176,17 @@ class _Trainer:
     self.logs = [workdir_lib.RunLog(d, group.is_main) for d in group.dirs]
     self.wall_start = time.perf_counter()
     self.saved_step = None
+    # Set when training starts (``run``, ``_loop``); empty until then, so
+    # closing after an early error finds nothing to close.
+    self.clock: dict[str, Any] = {}
+    self.writers: list[Any] = []
+    self.progress = None
+    self.last = None  # the metrics' running totals at the last report
 
   def run(self) -> dict[str, Any]:
     """Restores, trains to ``train.steps`` and returns the results."""
     g, t = self.group, self.t
-    state = initial_state(g, self.spec, self.feed.image_shape)
+    state = runs.initial_state(g, self.spec, self.feed.image_shape)
     restored = _restore(self.ckpt, state, self.t.batch_size, self.changes)
     if restored is not None:
       state = restored[1]
@@ -328,7 +209,22 @@ class _Trainer:
         return fileio.read_json(
             os.path.join(g.workdir, workdir_lib.RESULTS_FILE)
         )
-    _log_start(g, self.spec, self.feed, state, step, self.detail)
+    params = g.one(state["variables"], 0)["params"]
+    logging.log(
+        self.detail,
+        "%s\nparameters per module:\n%s",
+        metrics_lib.start_block(
+            g.workdir,
+            g.count,
+            self.feed.summary,
+            self.spec.model.config,
+            params,
+            t,
+            lr_drop_steps(t),
+            step,
+        ),
+        metrics_lib.model_summary(params),
+    )
     self.clock = self.logs[0].rewind(step)
     for log in self.logs[1:]:
       log.rewind(step)
@@ -350,9 +246,7 @@ class _Trainer:
     """Closes checkpoints and event files; after an error (``failed``)
     their own errors (a full disk, say) are logged, not raised, so that the
     first error is the one the user sees."""
-    for close in [self.ckpt.close] + [
-        w.close for w in getattr(self, "writers", [])
-    ]:
+    for close in [self.ckpt.close] + [w.close for w in self.writers]:
       try:
         with workdir_lib.writing(self.group.workdir):
           close()
@@ -556,7 +450,7 @@ class _Trainer:
     self.ckpt.save(step, state, wait=wait)
     self.saved_step = step
     if self.group.is_main and self.changes:
-      _write_configs(self.group, self.resumed_at)
+      workdir_lib.write_configs(self.group.config_files(), self.resumed_at)
       self.changes = []
 
   # ------------------------------------------------------------------
@@ -571,25 +465,16 @@ class _Trainer:
     value = g.per_run(state["nonfinite_value"])
     for k in np.flatnonzero(bad >= 0):
       if k not in self.failed:
-        what = diverged.first_nonfinite(
+        self.failed[int(k)] = diverged.describe(
             self.feed,
             self.spec,
             g.configs[k],
             g.one(state, k),
             int(bad[k]),
             int(k),
-        )
-        good = self.ckpt.latest_step()  # saves follow a finite check only
-        kept = (
-            f"{g.workdir} keeps the last good checkpoint (step {good})"
-            if good is not None
-            else "no checkpoint was saved before it"
-        )
-        self.failed[int(k)] = (
-            f"non-finite {what} at step {bad[k] + 1} (loss = "
-            f"{float(value[k]):.4g}); {kept}. Lower config.train."
-            "learning_rate, add warm-up, or set config.train.on_nonfinite="
-            "'skip'."
+            float(value[k]),
+            g.workdir,
+            self.ckpt.latest_step(),  # saves follow a finite check only
         )
         if g.stacked:
           logging.warning(
@@ -613,7 +498,7 @@ class _Trainer:
     """The training metrics of the finite steps before step ``bad + 1`` in
     metrics.jsonl, and curves.png marked with the divergence: a diverged
     run's curves are the ones a reader wants to see."""
-    if not hasattr(self, "writers"):  # diverged in an earlier segment
+    if not self.writers:  # diverged in an earlier segment
       return
     self.failed_at = bad + 1
     self._report(state, bad, to_terminal=False, failed_too=True)
@@ -686,37 +571,13 @@ class _Trainer:
     out = (
         result
         if not g.stacked
-        else self._write_combined(summary, step, timing, rate)
+        else runs.write_combined(
+            g, summary, step, timing, rate, self.wall_start
+        )
     )
     if self.failed:
-      raise TrainingError(
-          f"{len(self.failed)} of {g.count} parallel runs in {g.workdir} "
-          "diverged ("
-          + "; ".join(
-              f"seed {g.configs[k].seed}: {self.failed[k]}"
-              for k in sorted(self.failed)
-          )
-          + "); the others' results are "
-          "written"
-      )
+      raise runs.partly_diverged(g, self.failed)
     return out
-
-  def _write_combined(self, summary, step, timing, rate) -> dict[str, Any]:
-    g = self.group
-    combined = {
-        "parallel_runs": g.count,
-        "runs": summary,
-        "steps": step,
-        "wall_seconds": time.perf_counter() - self.wall_start,
-        "train_seconds": timing["train_seconds"],
-        "images_per_second": rate,
-        "config": g.config.to_dict(),
-    }
-    if g.is_main:
-      workdir_lib.write_json(
-          os.path.join(g.workdir, workdir_lib.RESULTS_FILE), combined
-      )
-    return combined
 
   def _log_results(self) -> None:
     """The run's last line: where its results (and curves) are."""
@@ -736,30 +597,3 @@ class _Trainer:
           os.path.join(d, workdir_lib.RESULTS_FILE),
           where,
       )
-
-
-def restore_state(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
-) -> PyTree:
-  """The train state a run of ``config`` saved in ``workdir``.
-
-  Args:
-    config: the run's config (``parallel_runs > 1``: the stacked state).
-    workdir: the run's directory.
-    step: the checkpoint's step; None takes the newest.
-
-  Raises:
-    resflax.errors.CheckpointError: no checkpoint, or it does not restore.
-  """
-  info = data_lib.source_info(config.data)
-  num_classes, image_shape = info.num_classes, info.image_shape
-  if num_classes is None:  # only the dataset itself knows (image folders)
-    dataset = data_lib.load_dataset(config.data, seed=config.seed)
-    num_classes, image_shape = dataset.num_classes, dataset.image_shape
-  group = Runs(config, runs.run_configs(config), workdir, False)
-  target = initial_state(group, build_run(config, num_classes), image_shape)
-  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
-    restored = _restore(c, target, config.train.batch_size, step=step)
-    if restored is None:
-      raise CheckpointError(f"no complete checkpoint in {c.directory}")
-    return restored[1]

@@ -7,6 +7,13 @@ across processes every ``check_every`` steps and all of them see the same
 answer at the same step. Inside ``StopSignal.interrupting()`` (data loading:
 a download or a decode that may take minutes) the handler raises
 ``resflax.errors.Stopped`` instead, so a stop does not wait for the load.
+
+Ctrl-C (``StopSignal(sigint=True)``, what training uses) stops a run the
+same way: the first SIGINT sets the same flag (the loop saves and returns,
+the command exits with 130), a second one raises ``KeyboardInterrupt`` for
+a user who will not wait for the save (the last interval checkpoint stays
+intact). ``last_signal()`` tells the command line which signal stopped the
+run, also when a sweep or lesion study ran it.
 """
 
 import contextlib
@@ -20,6 +27,13 @@ from absl import logging
 
 from resflax.errors import Stopped
 
+_last: int | None = None
+
+
+def last_signal() -> int | None:
+  """The signal that last stopped a run in this process, or None."""
+  return _last
+
 
 class StopSignal:
   """Turns SIGTERM into a flag the loop polls through ``should_stop``.
@@ -29,9 +43,11 @@ class StopSignal:
   installed, which is logged once.
   """
 
-  def __init__(self, check_every: int = 20):
+  def __init__(self, check_every: int = 20, sigint: bool = False):
     self.received: int | None = None
+    self._sigint = sigint
     self._previous = None
+    self._previous_int = None
     self._check_every = max(1, int(check_every))
     self._installed = False
     self._interrupt = False
@@ -39,6 +55,8 @@ class StopSignal:
   def __enter__(self) -> "StopSignal":
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+      if self._sigint:
+        self._previous_int = signal.signal(signal.SIGINT, self._handle)
       self._installed = True
     else:
       logging.warning(
@@ -49,7 +67,11 @@ class StopSignal:
     return self
 
   def _handle(self, signum, frame):
+    global _last
     del frame
+    if signum == signal.SIGINT and self.received == signal.SIGINT:
+      raise KeyboardInterrupt  # pressed again: do not wait for the save
+    _last = signum
     self.received = signum
     if self._interrupt:
       # Once: the cleanup the exception runs (closing a download's .part,
@@ -101,3 +123,5 @@ class StopSignal:
   def __exit__(self, *exc):
     if self._installed:
       signal.signal(signal.SIGTERM, self._previous)
+      if self._previous_int is not None:
+        signal.signal(signal.SIGINT, self._previous_int)

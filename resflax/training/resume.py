@@ -11,10 +11,16 @@ Both refusals come before anything in the workdir changes.
 """
 
 import os
+from typing import Any
 
+import ml_collections
+
+from resflax import data as data_lib
 from resflax.errors import CheckpointError, ConfigError
-from resflax.training import formats
+from resflax.training import checkpoint as checkpoint_lib
+from resflax.training import formats, runs
 from resflax.training import workdir as workdir_lib
+from resflax.training.state import build_run
 
 
 class _Misfit(CheckpointError):
@@ -95,3 +101,32 @@ def check_steps(config, workdir: str, step: int) -> None:
         f"the run in {workdir} has already reached; set it to {step} or more, "
         "or choose another --workdir (nothing was changed)"
     )
+
+
+def restore_state(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> Any:
+  """The train state a run of ``config`` saved in ``workdir``.
+
+  Args:
+    config: the run's config (``parallel_runs > 1``: the stacked state).
+    workdir: the run's directory.
+    step: the checkpoint's step; None takes the newest.
+
+  Raises:
+    resflax.errors.CheckpointError: no checkpoint, or it does not restore.
+  """
+  info = data_lib.source_info(config.data)
+  num_classes, image_shape = info.num_classes, info.image_shape
+  if num_classes is None:  # only the dataset itself knows (image folders)
+    dataset = data_lib.load_dataset(config.data, seed=config.seed)
+    num_classes, image_shape = dataset.num_classes, dataset.image_shape
+  group = runs.Runs(config, runs.run_configs(config), workdir, False)
+  target = runs.initial_state(
+      group, build_run(config, num_classes), image_shape
+  )
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as c:
+    restored = restore(c, target, config.train.batch_size, step=step)
+    if restored is None:
+      raise CheckpointError(f"no complete checkpoint in {c.directory}")
+    return restored[1]

@@ -24,21 +24,33 @@ the key. Seeds must be distinct
 (each run's files are named by its seed).
 
 ``Runs`` is such a group as the training loop holds it: configs,
-directories, and host copies of per-run values.
+directories, and host copies of per-run values. The loop's single run does
+not go through this module; a group of runs does, here: its stacked initial
+state (``stacked_initial_state``), its vmapped step (``vmapped_step``) and
+its combined results (``write_combined``).
 """
 
 import dataclasses
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from resflax import models
-from resflax.errors import ConfigError
+from resflax.errors import ConfigError, TrainingError
 from resflax.training import feeds
+from resflax.training import workdir as workdir_lib
+from resflax.training.state import (
+    RunSpec,
+    build_run,
+    init_state,
+    make_optimizer,
+)
 
 # key -> type of its value. "train.*" keys are read inside the step, so
 # they are traced per run. The model keys that only set initial values are
@@ -254,5 +266,121 @@ class Runs:
         lambda a: a if self.stacked else a[None], feeds.fetch(tree)
     )
 
+  def config_files(self) -> list[tuple[ml_collections.ConfigDict, str]]:
+    """``(config, directory)`` of each config.json: the group's, each run's."""
+    own = list(zip(self.configs, self.dirs)) if self.stacked else []
+    return [(self.config, self.workdir)] + own
+
   def one(self, tree, k: int) -> Any:
     return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)
+
+
+def stacked_initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
+  """Every run's initial state, stacked on a leading run axis.
+
+  Runs that differ in a key that only sets initial values
+  (``models.initial_value_keys``) are initialised by their own model.
+  """
+  parts = {}
+  for members in init_groups(
+      group.configs, models.initial_value_keys(spec.model.config)
+  ):
+    member_spec = dataclasses.replace(
+        spec,
+        model=build_run(
+            group.configs[members[0]],
+            spec.model.config.num_classes,
+            mesh=spec.mesh,
+        ).model,
+    )
+    stacked = jax.jit(
+        jax.vmap(lambda s, t=member_spec: init_state(t, s, image_shape)),
+        out_shardings=spec.replicated,
+        **spec.jit_options,
+    )(jnp.asarray([group.configs[k].seed for k in members], jnp.int32))
+    for j, k in enumerate(members):
+      parts[k] = jax.tree.map(lambda x, j=j: x[j], stacked)
+  return jax.jit(
+      lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
+      out_shardings=spec.replicated,
+  )(*[parts[k] for k in range(group.count)])
+
+
+def vmapped_step(group: Runs, spec: RunSpec, feed):
+  """The feed's step vmapped over the runs, each with its own scalars.
+
+  Returns:
+    ``step(state, *feed.step_args()) -> state``, jitted, state donated.
+  """
+  hparams = jax.device_put(step_hparams(group.configs), spec.replicated)
+
+  def one(state, hp, *data):
+    run_spec = spec
+    if hp:
+      cfg = ConfigView(spec.config, hp)
+      run_spec = dataclasses.replace(
+          spec, config=cfg, optimizer=make_optimizer(cfg.train)
+      )
+    return feed.step_impl(run_spec, state, *data)
+
+  d = feed.data_axis
+  vstep = jax.jit(
+      jax.vmap(one, in_axes=(0, 0, d, d, d, d)),
+      donate_argnums=0,
+      **spec.jit_options,
+  )
+  return lambda state, *data: vstep(state, hparams, *data)
+
+
+def write_combined(
+    group: Runs, summary, step: int, timing, rate, wall_start: float
+) -> dict[str, Any]:
+  """The group's results.json: each run's status beside the shared timing."""
+  combined = {
+      "parallel_runs": group.count,
+      "runs": summary,
+      "steps": step,
+      "wall_seconds": time.perf_counter() - wall_start,
+      "train_seconds": timing["train_seconds"],
+      "images_per_second": rate,
+      "config": group.config.to_dict(),
+  }
+  if group.is_main:
+    workdir_lib.write_json(
+        os.path.join(group.workdir, workdir_lib.RESULTS_FILE), combined
+    )
+  return combined
+
+
+def initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
+  """The initial state: one run's, or every run's stacked.
+
+  Drawn with JAX's classic (non-partitionable) threefry whatever the global
+  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
+  compiles it several times faster (benchmarks/RESULTS.md), which is most
+  of a cold start. Steps use the global setting.
+  """
+  with jax.threefry_partitionable(False):
+    return _initial_state(group, spec, image_shape)
+
+
+def _initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
+  if group.stacked:
+    return stacked_initial_state(group, spec, image_shape)
+  return jax.jit(
+      lambda s: init_state(spec, s, image_shape),
+      out_shardings=spec.replicated,
+      **spec.jit_options,
+  )(group.config.seed)
+
+
+def partly_diverged(group: Runs, failed: Mapping[int, str]) -> TrainingError:
+  """The error of a group whose runs in ``failed`` (index -> why) diverged
+  while the others finished (their results are written)."""
+  why = "; ".join(
+      f"seed {group.configs[k].seed}: {failed[k]}" for k in sorted(failed)
+  )
+  return TrainingError(
+      f"{len(failed)} of {group.count} parallel runs in {group.workdir} "
+      f"diverged ({why}); the others' results are written"
+  )
