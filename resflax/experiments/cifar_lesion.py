@@ -21,7 +21,9 @@ overridable (--config.lesion.torch_cifar, --config.data.path):
 Veit Fig. 3 right, an ImageNet ResNet (``:imagenet``, ResNet-200 unless a
 depth is given) imported from a torchvision-layout checkpoint, on an image
 folder of 224x224 centre crops (<root>/{train,test}/<class>/*.jpg; test
-for the lesions, train for the gradient per path length):
+for the lesions, e.g. the 50,000 validation images, train for the gradient
+per path length: a few thousand images are enough, the folder is loaded
+into memory whole):
   python -m resflax.main --config experiments/cifar_lesion.py:imagenet,200 --workdir runs/lesion_in200 \
       --config.lesion.torchvision=resnet200.pth --config.data.path=/data/imagenet224
 
