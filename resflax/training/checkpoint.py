@@ -44,11 +44,9 @@ renames corrupt checkpoints, and processes agree on which checkpoint restored.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging as py_logging
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,19 +59,17 @@ from etils import epath
 from resflax import fileio, logs
 from resflax.errors import CheckpointError
 from resflax.training import checkpoint_errors as errors_lib
+from resflax.training import checksums
 
 PyTree = Any
 
-CHECKSUM_FILE = "resflax_checksums.json"
+CHECKSUM_FILE = checksums.CHECKSUM_FILE
 CORRUPT_SUFFIX = ".resflax-corrupt"
 UNVERIFIED_SUFFIX = ".resflax-unverified"
 # Orbax's marker for unfinished saves (`<step>.orbax-checkpoint-tmp`, with
 # `-<timestamp>` appended before 0.11.40); a substring matches both.
 _ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"
-_CHECKSUM_VERSION = 1
 _ITEM = "default"  # the item name Orbax gives a StandardSave
-_MUTABLE_FILES = frozenset({"_CHECKPOINT_METADATA"})
-_READ_CHUNK = 1 << 22
 # Outcomes of one restore attempt, ordered so that processes agree on the max.
 _OK, _CORRUPT, _FAILED = 0, 1, 2
 
@@ -82,90 +78,6 @@ def _is_local(directory: str) -> bool:
   # Checksums, fsync and quarantine use plain `os` calls, which only work on
   # mounted filesystems; for gs:// and friends we rely on Orbax alone.
   return "://" not in directory
-
-
-def _file_crc32(path: str, *, fsync: bool) -> tuple[int, int]:
-  crc = 0
-  size = 0
-  with open(path, "rb") as f:
-    while chunk := f.read(_READ_CHUNK):
-      crc = zlib.crc32(chunk, crc)
-      size += len(chunk)
-    if fsync:
-      os.fsync(f.fileno())
-  return size, crc
-
-
-def _scan_step_files(step_dir: str, *, fsync: bool) -> dict[str, list[int]]:
-  """Returns {relative path: [size, crc32]} for all files under `step_dir`."""
-  files = {}
-  for root, dirs, names in os.walk(step_dir):
-    dirs.sort()
-    for name in sorted(names):
-      full = os.path.join(root, name)
-      rel = os.path.relpath(full, step_dir)
-      crc = _file_crc32(full, fsync=fsync)
-      # Our own manifest (and write_atomic's leftovers of it) cannot checksum
-      # itself, and Orbax may legitimately rewrite the step-level metadata
-      # file (timestamps, custom metadata) after commit; restore does not
-      # depend on the latter.
-      if name.startswith(("." + CHECKSUM_FILE, CHECKSUM_FILE)) or (
-          rel in _MUTABLE_FILES
-      ):
-        continue
-      files[rel] = list(crc)
-    if fsync:
-      fileio.fsync_dir(root)
-  return files
-
-
-def _verify_step_files(step_dir: str) -> bool:
-  """Checks `step_dir` (a complete step) against its checksum file.
-
-  Returns:
-    True if every listed file matches, False if there is no checksum file.
-
-  Raises:
-    _Corrupt: If a listed file is missing or has another size or CRC, or the
-      checksum file is not valid JSON (`write_atomic` never exposes a partial
-      one, so that is damage too).
-    CheckpointError: If the checksum file has an unknown format.
-    OSError: If a file cannot be read (permissions, I/O errors), which proves
-      nothing about its contents.
-  """
-  manifest_path = os.path.join(step_dir, CHECKSUM_FILE)
-  try:
-    with open(manifest_path, "rb") as f:
-      raw = f.read()
-  except FileNotFoundError:
-    return False
-  try:
-    manifest = json.loads(raw)
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise errors_lib.Corrupt(
-        f"damaged checksum file {manifest_path}: {e}"
-    ) from e
-  files = manifest.get("files") if isinstance(manifest, dict) else None
-  if not (
-      isinstance(files, dict) and manifest.get("version") == _CHECKSUM_VERSION
-  ):
-    raise CheckpointError(f"unknown format of checksum file {manifest_path}")
-  for rel, (size, crc) in sorted(files.items()):
-    full = os.path.join(step_dir, rel)
-    try:
-      actual_size, actual_crc = _file_crc32(full, fsync=False)
-    except FileNotFoundError as e:
-      raise errors_lib.Corrupt(f"missing file {full}") from e
-    if actual_size != size:
-      raise errors_lib.Corrupt(
-          f"file {full} has {actual_size} bytes, expected {size} (truncated?)"
-      )
-    if actual_crc != crc:
-      raise errors_lib.Corrupt(
-          f"file {full} fails its CRC-32 check (expected"
-          f" {crc:#010x}, got {actual_crc:#010x})"
-      )
-  return True
 
 
 def _save_error(error: BaseException | None) -> str:
@@ -436,13 +348,7 @@ class Checkpointer:
 
   def _seal(self, step: int, path: str) -> None:
     """Fsyncs the step's files and records their checksums."""
-    files = _scan_step_files(path, fsync=True)
-    if self._local:
-      manifest = {"version": _CHECKSUM_VERSION, "step": step, "files": files}
-      fileio.write_atomic(
-          os.path.join(path, CHECKSUM_FILE),
-          json.dumps(manifest, sort_keys=True, indent=1),
-      )
+    checksums.seal(path, step, record=self._local)
     fileio.fsync_dir(self._directory)
 
   def _after_failed_save(self) -> None:
@@ -498,7 +404,7 @@ class Checkpointer:
   def _restore_step(self, step: int, target: PyTree) -> PyTree:
     path = self.step_path(step)
     if self._local:
-      _verify_step_files(path)
+      checksums.verify(path)
     if callable(target):  # built once the files are known to be intact
       target = target(step)
     abstract = jax.tree.map(_restore_target, target)
