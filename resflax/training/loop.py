@@ -210,21 +210,19 @@ class _Trainer:
             os.path.join(g.workdir, workdir_lib.RESULTS_FILE)
         )
     params = g.one(state["variables"], 0)["params"]
-    logging.log(
-        self.detail,
-        "%s\nparameters per module:\n%s",
-        metrics_lib.start_block(
-            g.workdir,
-            g.count,
-            self.feed.summary,
-            self.spec.model.config,
-            params,
-            t,
-            lr_drop_steps(t),
-            step,
-        ),
-        metrics_lib.model_summary(params),
+    start = metrics_lib.start_block(
+        g.workdir,
+        g.count,
+        self.feed.summary,
+        self.spec.model.config,
+        params,
+        t,
+        lr_drop_steps(t),
+        step,
     )
+    logging.log(self.detail, "%s", start)
+    summary = metrics_lib.model_summary(params)
+    logging.log(self.detail, "parameters per module:\n%s", summary)
     self.clock = self.logs[0].rewind(step)
     for log in self.logs[1:]:
       log.rewind(step)
