@@ -9,6 +9,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import REPO, tiny_config
@@ -16,6 +17,7 @@ from helpers import REPO, tiny_config
 from resflax import training
 from resflax.errors import CheckpointError
 from resflax.training import checkpoint, formats
+from resflax.training import state as state_lib
 from resflax.training import workdir as workdir_lib
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -30,7 +32,6 @@ def _target(config):
 
 def test_every_older_version_has_an_upgrade():
   assert sorted(formats.UPGRADES) == list(range(formats.CURRENT))
-  assert set(formats.UNRECORDED) <= set(range(formats.CURRENT + 1))
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_VERSIONS))
@@ -43,6 +44,10 @@ def test_an_unrecorded_checkpoint_is_the_version_of_its_structure(name):
     stored = formats.structure(c.stored_tree(4))
   target = _target(tiny_config())
   assert formats.infer_version(stored, target) == FIXTURE_VERSIONS[name]
+  # A state saved without a run (a test's, say) is today's.
+  assert formats.infer_version(formats.structure(target), target) == (
+      formats.CURRENT
+  )
   # Another network is no version at all.
   deeper = tiny_config()
   deeper.model.depth = 14
@@ -100,6 +105,12 @@ def test_both_fixture_versions_restore_to_todays_format():
     assert int(state["step"]) == 4
     assert int(state["metrics"].error.count) == 4 * 16
     assert int(state["metrics"].loss.count) == 4
+  # resflax 0.1's run had no error-based warm-up; the 2026-12-05 run was
+  # still warming at step 4 (its README) and keeps warming: its window
+  # counts as all wrong, as a new run's does.
+  assert not old["warm"] and new["warm"]
+  np.testing.assert_array_equal(old["warm_errors"], np.zeros(10))
+  np.testing.assert_array_equal(new["warm_errors"], np.ones(10))
   # The 2026-12-05 run logged its train error over those 4 steps.
   logged = json.loads(
       open(
@@ -109,3 +120,32 @@ def test_both_fixture_versions_restore_to_todays_format():
   np.testing.assert_allclose(
       new["metrics"].error.total / 64, logged["train_error"], rtol=1e-6
   )
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_version_1_upgrade_keeps_the_warm_up_where_it_was(warm):
+  """Stacked runs too: a run that had switched stays switched however bad
+  its next batches, one still warming needs a window of good ones."""
+  config = tiny_config(warmup_until_error=0.8)
+  target = _target(config)
+  stacked = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct((3,) + s.shape, s.dtype), target
+  )
+  old = jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype), formats.layout(stacked, 1)
+  )
+  old["warm"] = np.asarray([warm, not warm, warm])
+  new = formats.upgrade(old, 1, stacked, 16)
+  assert jax.tree.structure(new) == jax.tree.structure(stacked)
+  np.testing.assert_array_equal(new["warm"], old["warm"])
+  fill = [[float(w)] * 10 for w in old["warm"]]
+  np.testing.assert_array_equal(new["warm_errors"], fill)
+  # One perfect batch does not end a warm-up (0.9 > 0.8); an all-wrong one
+  # does not restart a finished one.
+  for error in (0.0, 1.0):
+    w, _ = jax.vmap(
+        lambda w, b, e=error: state_lib.warmup_update(
+            w, b, jnp.int32(4), jnp.float32(e), 0.8
+        )
+    )(jnp.asarray(new["warm"]), jnp.asarray(new["warm_errors"]))
+    np.testing.assert_array_equal(w, old["warm"])

@@ -96,12 +96,14 @@ def test_training_learns_fails_for_a_broken_step(lr):
   assert not learned(lr)
 
 
-def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
+def test_error_based_warmup_switches_once_the_windowed_error_is_under_80():
   """He et al. 2016: lr 0.01 until the training error is below 80%, then
-  0.1. The switch follows the first step whose own batch error is < 80%."""
+  0.1. The switch follows the first step after which the error over the
+  last ``warmup_window`` batches (unseen ones all wrong) is < 80%."""
   config = separable_config()
   config.data.num_classes = 10
   config.train.warmup_until_error = 0.8
+  config.train.warmup_window = 4
   config.train.warmup_learning_rate = 0.03
   config.train.learning_rate = 0.1
   dataset = data_lib.load_dataset(config.data, seed=0)
@@ -125,7 +127,11 @@ def test_error_based_warmup_switches_after_the_first_batch_under_80_percent():
     before = float(state["metrics"].error.total)
     state = step(state, *data)
     batch_errors.append((float(state["metrics"].error.total) - before) / 32)
-  first = next(s for s, e in enumerate(batch_errors) if e < 0.8)
+  padded = [1.0] * 3 + batch_errors  # the window before 4 batches were seen
+  windowed = [np.mean(padded[s : s + 4]) for s in range(40)]
+  first = next(s for s, e in enumerate(windowed) if e < 0.8)
   assert first > 0, batch_errors  # the warm-up really ran
+  # It waited for the window: one batch under 80% did not end it.
+  assert first > next(s for s, e in enumerate(batch_errors) if e < 0.8)
   assert rates[: first + 1] == [pytest.approx(0.03)] * (first + 1)
   assert rates[first + 1 :] == [pytest.approx(0.1)] * (39 - first)

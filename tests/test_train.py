@@ -163,6 +163,16 @@ def test_workdir_of_2026_12_05_resumes_and_finishes(tmp_path):
   state = final_state(fixture_2026_12_05_config(), str(part))
   assert int(state["step"]) == 8
   assert int(state["metrics"].error.count) == 8 * 16
+  # Still warming at step 4, it was upgraded to a window of all wrong
+  # batches; steps 4-7 filled their slots with their batch errors (~84%,
+  # over 50%), so it still warms.
+  assert bool(state["warm"])
+  errors = state["warm_errors"]
+  np.testing.assert_array_equal(errors[[0, 1, 2, 3, 8, 9]], np.ones(6))
+  assert (errors[4:8] < 1).any() and (errors[4:8] > 0.5).all()
+  # The log's train error of steps 5-8 is those four batches' mean.
+  (last,) = [r for r in records if r["kind"] == "train" and r["step"] == 8]
+  np.testing.assert_allclose(errors[4:8].mean(), last["train_error"], rtol=1e-6)
 
 
 def run_steps(config, devices, steps):

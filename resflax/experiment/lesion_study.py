@@ -61,6 +61,7 @@ from resflax.experiment.lesion_analysis import (
 )
 from resflax.training import checkpoint as checkpoint_lib
 from resflax.training import resume
+from resflax.training import workdir as workdir_lib
 
 # Every file the study writes into workdir/lesion (tests check them all).
 OUTPUT_FILES = (
@@ -260,7 +261,8 @@ def load_run(run_dir: str, role: str = "resnet", *, data_path: str = "") -> Net:
         f"{cfg_path} does not exist"
     )
   with open(cfg_path) as f:
-    run_cfg = ml_collections.ConfigDict(json.load(f))
+    # Keys added to resflax since the run was written take their defaults.
+    run_cfg = workdir_lib.with_defaults(json.load(f))
   if data_path:
     run_cfg.data.path = data_path
   dataset = _dataset(run_cfg.data, run_cfg.seed)

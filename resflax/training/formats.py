@@ -9,10 +9,13 @@ version at a time to today's (``UPGRADES``). Versions:
      ``{'loss': sum of step losses, 'errors': wrong images, 'seen': images}``
   1  main of 2026-12-05 (tests/fixtures/workdir_2026_12_05): metrics a
      ``TrainMetrics`` collection
+  2  the warm-up ends on the error over a window of batches: the state
+     gains ``warm_errors``, the last ``train.warmup_window`` batch errors
 
-Neither recorded its version: a checkpoint without one is ``UNRECORDED``,
-and its version is the one whose layout has the checkpoint's structure
-(``infer_version``). Every run since records ``CURRENT`` when it starts.
+Neither recorded its version: for a checkpoint without one, the version is
+the one whose layout has the checkpoint's structure (``infer_version``; a
+state saved by other code than a run, a test's say, is today's if it has
+today's structure). Every run since records ``CURRENT`` when it starts.
 """
 
 import dataclasses
@@ -26,9 +29,7 @@ from resflax.training.state import TrainMetrics
 
 PyTree = Any
 
-CURRENT = 1
-# Versions written before workdirs recorded one, oldest first.
-UNRECORDED = (0, 1)
+CURRENT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,33 @@ def _v0_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
   }
 
 
-UPGRADES: dict[int, Upgrade] = {0: Upgrade(_v0_layout, _v0_upgrade)}
+def _v1_layout(target: PyTree) -> PyTree:
+  return {k: v for k, v in target.items() if k != "warm_errors"}
+
+
+def _v1_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
+  """Adds the window of batch errors, filled to keep the warm-up as it was.
+
+  A run already switched gets errors of 0 (it stays switched: the switch
+  is one-way anyway); a run still warming gets errors of 1, as a new run
+  starts, so that only batches it trains on from here can end its warm-up.
+  """
+  del batch_size
+  buffer = target["warm_errors"]
+  warm = jnp.asarray(state["warm"])
+  return {
+      **state,
+      "warm_errors": jnp.broadcast_to(
+          jnp.where(warm[..., None], 1.0, 0.0).astype(buffer.dtype),
+          buffer.shape,
+      ),
+  }
+
+
+UPGRADES: dict[int, Upgrade] = {
+    0: Upgrade(_v0_layout, _v0_upgrade),
+    1: Upgrade(_v1_layout, _v1_upgrade),
+}
 
 
 def layout(target: PyTree, version: int) -> PyTree:
@@ -135,17 +162,17 @@ def structure(tree: PyTree) -> dict[str, tuple[int, ...]]:
 def infer_version(
     stored: dict[str, tuple[int, ...]], target: PyTree
 ) -> int | None:
-  """The unrecorded version whose layout has the ``stored`` structure.
+  """The version whose layout has the ``stored`` structure.
 
   Args:
-    stored: ``structure`` of a checkpoint (``Checkpointer.structure``).
+    stored: ``structure`` of a checkpoint (``Checkpointer.stored_tree``).
     target: today's state.
 
   Returns:
-    The newest matching version of ``UNRECORDED``, or None: the
-    checkpoint holds another network or a state resflax never wrote.
+    The newest matching version, or None: the checkpoint holds another
+    network or a state resflax never wrote.
   """
-  for version in reversed(UNRECORDED):
+  for version in range(CURRENT, -1, -1):
     if structure(layout(target, version)) == stored:
       return version
   return None

@@ -62,7 +62,7 @@ def restore(
     if recorded is None:
       inferred = formats.infer_version(stored, state)
       # Not a layout resflax wrote: restoring today's names the difference.
-      recorded = formats.UNRECORDED[-1] if inferred is None else inferred
+      recorded = formats.CURRENT if inferred is None else inferred
     versions[s] = recorded
     tree = formats.layout(state, recorded)
     if changes and formats.structure(tree) != stored:

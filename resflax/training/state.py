@@ -6,8 +6,15 @@ The train state is a pytree of arrays::
 
   {'step': i32, 'variables': {params, batch_stats, lesion},
    'opt_state': optax state, 'rng': u32 key data, 'warm': bool,
+   'warm_errors': f32[train.warmup_window],
    'nonfinite_step': i32 (-1: none), 'nonfinite_value': f32,
    'skipped': i32, 'metrics': TrainMetrics}
+
+``warm`` is True while the error-based warm-up is on; ``warm_errors``
+holds the error of each of the last ``warmup_window`` mini-batches (batch
+``s`` at ``s % warmup_window``; 1.0, all wrong, before there were that
+many), whose mean ends the warm-up (``warmup_update``). Its shape is fixed,
+so the step never recompiles, and it stays on the devices.
 
 ``TrainMetrics`` is a ``clu.metrics`` collection accumulated on the device
 by every step (the mean loss of the finite steps, the error of every
@@ -143,7 +150,9 @@ def learning_rate(step, warm, train_cfg) -> jax.Array:
 
   Args:
     step: int32 step (traced).
-    warm: bool, True while the error-based warm-up is still on.
+    warm: bool, True while the error-based warm-up is still on (until the
+      error over the last ``train.warmup_window`` batches is below
+      ``train.warmup_until_error``: ``warmup_update``).
     train_cfg: ``config.train``.
   """
   t = train_cfg
@@ -159,6 +168,36 @@ def learning_rate(step, warm, train_cfg) -> jax.Array:
   return jnp.where(in_warmup, t.warmup_learning_rate, lr).astype(jnp.float32)
 
 
+def warmup_update(
+    warm: jax.Array,
+    errors: jax.Array,
+    step: jax.Array,
+    batch_error: jax.Array,
+    until_error: float,
+) -> tuple[jax.Array, jax.Array]:
+  """The warm-up switch after one mini-batch (traced; no host sync).
+
+  He et al. 2016 warm up "until the training error is below 80%": the
+  error over the last ``len(errors)`` mini-batches, not one batch's (a
+  128-image batch is under 80% wrong with 26 right answers, 6% of the time
+  at a true error of 85%). Batches not yet seen count as all wrong, so a
+  run cannot switch before its window has seen enough right answers. Once
+  off, the warm-up stays off.
+
+  Args:
+    warm: bool, True while the warm-up is on.
+    errors: f32 ``(window,)``, the last batches' errors (``warm_errors``).
+    step: int32, the step whose batch this is.
+    batch_error: f32, the fraction of the batch's images that were wrong.
+    until_error: ``config.train.warmup_until_error``.
+
+  Returns:
+    ``(warm, errors)`` after this batch.
+  """
+  errors = errors.at[step % errors.shape[-1]].set(batch_error)
+  return warm & ~(jnp.mean(errors) < until_error), errors
+
+
 def init_state(spec: RunSpec, seed, image_shape) -> PyTree:
   """A fresh train state for ``seed`` (an int or a traced int32)."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
@@ -170,6 +209,7 @@ def init_state(spec: RunSpec, seed, image_shape) -> PyTree:
       "opt_state": spec.optimizer.init(variables["params"]),
       "rng": jax.random.key_data(run_key),
       "warm": jnp.asarray(spec.config.train.warmup_until_error > 0),
+      "warm_errors": jnp.ones((spec.config.train.warmup_window,), jnp.float32),
       "nonfinite_step": jnp.full((), -1, jnp.int32),
       "nonfinite_value": jnp.zeros((), jnp.float32),
       "skipped": jnp.zeros((), jnp.int32),

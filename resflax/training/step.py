@@ -21,7 +21,12 @@ import jax.numpy as jnp
 
 from resflax import data as data_lib
 from resflax.models import masks, scoring
-from resflax.training.state import RunSpec, TrainMetrics, learning_rate
+from resflax.training.state import (
+    RunSpec,
+    TrainMetrics,
+    learning_rate,
+    warmup_update,
+)
 
 PyTree = Any
 
@@ -172,13 +177,20 @@ def sgd_update(
     apply = finite
   else:  # stop: freeze on the first non-finite step; the host stops there.
     apply = finite & (state["nonfinite_step"] < 0)
+  warm, warm_errors = warmup_update(
+      state["warm"],
+      state["warm_errors"],
+      step,
+      wrong.mean(),
+      t.warmup_until_error,
+  )
   return {
       "step": step + 1,
       "variables": _select(apply, {**new_vars, "params": params}, variables),
       "opt_state": _select(apply, opt_state, state["opt_state"]),
       "rng": state["rng"],
-      "warm": state["warm"]
-      & ~(wrong.sum() < t.warmup_until_error * t.batch_size),
+      "warm": warm,
+      "warm_errors": warm_errors,
       "nonfinite_step": jnp.where(first_bad, step, state["nonfinite_step"]),
       "nonfinite_value": jnp.where(first_bad, loss, state["nonfinite_value"]),
       "skipped": state["skipped"] + (~finite).astype(jnp.int32),

@@ -38,6 +38,12 @@ def _check_train_keys(t) -> None:
       raise ConfigError(f"config.train.{key} must be >= 0")
   if t.parallel_runs < 1:
     raise ConfigError("config.train.parallel_runs must be >= 1")
+  if t.warmup_window < 1:
+    raise ConfigError(
+        f"config.train.warmup_window={t.warmup_window} must be >= 1 (the "
+        "mini-batches whose running error ends the warm-up; 1 = the first "
+        "batch below warmup_until_error)"
+    )
 
 
 def _warn_schedule(t) -> None:

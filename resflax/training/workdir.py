@@ -235,6 +235,25 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
   return _flat(saved)
 
 
+def with_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A saved config with the keys resflax added since taking their defaults.
+
+  A run's config.json holds the keys of the resflax that wrote it; code
+  reading it with today's (``train.warmup_window``, say) needs every key.
+  """
+
+  def fill(into: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for k, v in defaults.items():
+      if k not in into:
+        into[k] = v
+      elif isinstance(v, dict) and isinstance(into[k], dict):
+        fill(into[k], v)
+
+  out = json.loads(json.dumps(saved))
+  fill(out, json.loads(base_config().to_json()))
+  return ml_collections.ConfigDict(out)
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Refuses a workdir that holds a run of a different config.
 
@@ -327,7 +346,7 @@ def format_version(workdir: str, step: int) -> int | None:
 
   Returns:
     The version recorded for ``step``, or None for a checkpoint written
-    before workdirs recorded one (``formats.UNRECORDED``).
+    before workdirs recorded one (``formats.infer_version`` tells it).
 
   Raises:
     CheckpointError: the format file cannot be read.
