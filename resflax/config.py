@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   model = dict(MODEL_DEFAULTS)
   model["projection"] = ""  # the network's default (A for CIFAR)
+  model["block"] = ""  # the network's (or the ImageNet depth's) default
   model["widths"] = ()
   c.model = ml_collections.ConfigDict(model)
   # Tuples are kept as tuples but may be set to any length.

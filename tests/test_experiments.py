@@ -82,7 +82,9 @@ def smallest_depth(model):
     return 50 if model.depth >= 50 else 18
   if model.name == "wide_resnet":
     return 10  # 6n+4
-  return {"basic": 8, "bottleneck": 11, "single": 5}[model.block]
+  # An empty model.block is the network's default (basic for CIFAR nets).
+  block = model.block or "basic"
+  return {"basic": 8, "bottleneck": 11, "single": 5}[block]
 
 
 @pytest.mark.parametrize("path", FILES, ids=NAMES)

@@ -1,6 +1,8 @@
 """Network families as a registry: layouts, defaults, smallest nets, shrink,
 and the common names (``create_model("resnet110")``)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -285,3 +287,21 @@ def test_bad_common_names_list_valid_forms():
     models.create_model("resnet111")
   with pytest.raises(ValueError, match="9n\\+2"):
     models.create_model("preact_resnet100")
+
+
+def test_imagenet_presets_build_the_papers_bottleneck_networks():
+  """He et al. Table 1: ResNet-50/101/152/200 use bottleneck units. A full
+  experiment config (base_config sets every model key) must not pin
+  ImageNet ResNets to basic blocks."""
+  from helpers import REPO
+
+  from resflax.config import load_experiment
+
+  path = os.path.join(REPO, "experiments", "imagenet_resnet.py")
+  config = load_experiment(path, "resnet152_original")
+  cfg = models.resolve(config.model)
+  assert (cfg.block, models.units_per_stage(cfg)) == (
+      "bottleneck",
+      (3, 8, 36, 3),
+  )
+  assert models.resolve(dict(name="imagenet_resnet", depth=18)).block == "basic"

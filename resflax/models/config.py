@@ -154,6 +154,10 @@ def units_per_stage(cfg: ModelConfig) -> tuple[int, ...]:
 ConfigLike = None | str | Mapping[str, Any]
 
 
+# Keys whose "" means the network's own default (base_config sets them so).
+_CHOSEN = ("projection", "block")
+
+
 def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
   """Merges defaults, the network's defaults, ``config`` and ``overrides``.
 
@@ -192,9 +196,9 @@ def resolve(config: ConfigLike = None, **overrides) -> ModelConfig:
         f"key(s) {sorted(set(family.defaults) - set(defaults))}"
     )
   values = {**defaults, **family.defaults}
-  values.update(
-      {k: v for k, v in given.items() if not (k == "projection" and v == "")}
-  )
+  # "" leaves the choice to the family (and, for block, to the depth).
+  given = {k: v for k, v in given.items() if not (k in _CHOSEN and v == "")}
+  values.update(given)
   family.fill(values, given)
   values["widths"] = tuple(values["widths"] or ())
   cfg = _config_class(**values)
