@@ -500,7 +500,7 @@ def test_lesion_study_writes_marked_outputs(
   assert res["setting"]["mark"] == mark
   assert res["setting"]["paper"] == (n == 54)
   pngs = [f for f in lesion_study.OUTPUT_FILES if f.endswith(".png")]
-  assert len(pngs) == 6
+  assert len(pngs) == 7  # paths_remaining.png: Veit Fig. 7
   for name in pngs:
     title = png_title(out / name)
     assert title.startswith(f"{mark}: ") == bool(mark), (name, title)

@@ -35,7 +35,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from resflax import fileio
+from resflax import fileio, models
 from resflax.config import base_config
 from resflax.errors import CheckpointError, ConfigError, WorkdirError
 from resflax.training import formats
@@ -186,6 +186,25 @@ def _config_dict(config) -> dict[str, Any]:
   return _flat(json.loads(config.to_json()))
 
 
+# Model keys whose "" means the network's own choice (base_config sets them
+# so); a run written with the chosen value spelled out is the same run.
+_CHOSEN = ("block", "projection")
+
+
+def _chosen(flat: dict[str, Any]) -> dict[str, Any]:
+  """``flat`` with ``model.block`` and ``model.projection`` resolved.
+
+  A model section that does not resolve (keys of another resflax) is
+  compared as written: any difference then counts as a change.
+  """
+  model = {k[6:]: v for k, v in flat.items() if k.startswith("model.")}
+  try:
+    cfg = models.resolve(model)
+  except (ValueError, TypeError, KeyError):
+    return flat
+  return {**flat, **{f"model.{k}": getattr(cfg, k) for k in _CHOSEN}}
+
+
 def config_changes(
     config: ml_collections.ConfigDict, workdir: str
 ) -> list[str] | None:
@@ -198,7 +217,8 @@ def config_changes(
   saved = saved_config(workdir)
   if saved is None:
     return None
-  now = _config_dict(config)
+  now = _chosen(_config_dict(config))
+  saved = _chosen(saved)
   defaults = _config_dict(base_config())
   return sorted(
       k
