@@ -281,3 +281,11 @@ def shape_of(preset: Preset) -> tuple[str, int]:
       f" k={m.width}" if m.name == "wide_resnet" else ""
   )
   return net, c.train.batch_size
+
+
+def done_names(jsonl: str | None) -> set[str]:
+  """Presets already in ``jsonl``: a rerun of the same command resumes."""
+  if not jsonl or not os.path.exists(jsonl):
+    return set()
+  with open(jsonl) as f:
+    return {json.loads(line)["preset"] for line in f if line.strip()}

@@ -236,14 +236,6 @@ def run_preset(name: str, cache: str, devices: int, timeout: float) -> dict:
   }
 
 
-def done_names(jsonl: str | None) -> set[str]:
-  """Presets already in ``jsonl`` (a rerun of the command skips them)."""
-  if not jsonl or not os.path.exists(jsonl):
-    return set()
-  with open(jsonl) as f:
-    return {json.loads(line)["preset"] for line in f if line.strip()}
-
-
 def presets_main(args) -> None:
   """Cold and warm time to first step of every preset (module docstring)."""
   import abstract_step  # pylint: disable=g-import-not-at-top
@@ -258,7 +250,7 @@ def presets_main(args) -> None:
   for preset in todo:
     # A rerun resumes; read each time, as a second sweep on the same file
     # (from the other end) may have measured it meanwhile.
-    if preset.name in done_names(args.jsonl):
+    if preset.name in abstract_step.done_names(args.jsonl):
       continue
     cache = tempfile.mkdtemp(prefix="resflax_cc_")
     try:

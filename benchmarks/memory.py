@@ -176,18 +176,10 @@ def verdict(peak: int) -> str:
   return " | ".join("yes" if peak <= size else "no" for size in CORES.values())
 
 
-def done_names(jsonl: str | None) -> set[str]:
-  """Presets already in ``jsonl``: a rerun of the same command resumes."""
-  if not jsonl or not os.path.exists(jsonl):
-    return set()
-  with open(jsonl) as f:
-    return {json.loads(line)["preset"] for line in f if line.strip()}
-
-
 def presets_main(args) -> None:
   """The memory of every preset (module docstring), one JSON line each."""
   n = jax.device_count()
-  done = done_names(args.jsonl)
+  done = abstract_step.done_names(args.jsonl)
   todo = abstract_step.presets(None if args.presets == "all" else args.presets)
   if args.deepest_first or args.shallowest_first:
     todo = abstract_step.deepest_first(todo)
@@ -196,7 +188,7 @@ def presets_main(args) -> None:
   for preset in todo:
     # Read again each time: a second sweep on the same FILE (the other
     # end of the order) may have measured it meanwhile.
-    if preset.name in done | done_names(args.jsonl):
+    if preset.name in done | abstract_step.done_names(args.jsonl):
       continue
     config = preset.config()
     config.train.fast_compile = args.fast_compile

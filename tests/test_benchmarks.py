@@ -58,7 +58,7 @@ def test_tables_list_every_preset_and_resume(tmp_path, capsys):
   }
   path = tmp_path / "memory.jsonl"
   path.write_text(json.dumps(row) + "\n")
-  assert memory.done_names(str(path)) == {presets[0].name}
+  assert memory.abstract_step.done_names(str(path)) == {presets[0].name}
   memory.table_main(str(path))
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == len(presets) + 2
