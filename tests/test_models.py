@@ -3,7 +3,10 @@ common names, the CPU convolution gradient and BN statistics."""
 
 import dataclasses
 import functools
+import os
 import pickle
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -531,8 +534,28 @@ def test_cpu_conv_grad_switch_selects_the_backward_pass():
   conv = lambda mode: lambda a, b: cpu_conv.conv2d(a, b, mode=mode)
   assert _has_custom_vjp(conv("on"), x, k)
   assert not _has_custom_vjp(conv("off"), x, k)
-  on_cpu = jax.default_backend() == "cpu"
-  assert _has_custom_vjp(conv("auto"), x, k) == on_cpu
+  # "auto": the custom gradient only on a one-device CPU process (several
+  # devices shard the batch, and the chunks would move between them).
+  one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+  assert _has_custom_vjp(conv("auto"), x, k) == one_cpu
+  probe = (
+      "import jax; from resflax.models import cpu_conv; "
+      "print(jax.device_count(), cpu_conv.uses_custom_gradient('auto'))"
+  )
+  for devices, custom in ((1, "True"), (2, "False")):
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [str(devices), custom]
   with pytest.raises(
       ValueError, match="model.cpu_conv_grad='fast'.*auto, on, " "off"
   ):

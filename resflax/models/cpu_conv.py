@@ -18,7 +18,12 @@ of benchmarks/RESULTS.md the chunked gradient was 1.02x to 2.78x faster,
 1.55x in geometric mean, never slower.
 
 The switch is the model key ``cpu_conv_grad`` (``MODES``):
-  "auto"  the custom gradient on CPU backends, XLA's elsewhere (default);
+  "auto"  the custom gradient on a CPU backend with one device, XLA's
+          elsewhere (default). Several CPU devices (the fake devices of
+          tests and compile checks) take XLA's: with the batch sharded, the
+          partitioner moves every chunk between devices, and the step
+          compiled 3-5x slower (benchmarks/RESULTS.md); a GPU or TPU never
+          takes the custom gradient in "auto";
   "on"    the custom gradient on every backend;
   "off"   XLA's own gradient everywhere (the plain ``lax`` convolution).
 """
@@ -95,7 +100,7 @@ def uses_custom_gradient(mode: str = "auto") -> bool:
         f"of {', '.join(MODES)}"
     )
   if mode == "auto":
-    return jax.default_backend() == "cpu"
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
   return mode == "on"
 
 
