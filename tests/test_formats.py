@@ -149,3 +149,36 @@ def test_version_1_upgrade_keeps_the_warm_up_where_it_was(warm):
         )
     )(jnp.asarray(new["warm"]), jnp.asarray(new["warm_errors"]))
     np.testing.assert_array_equal(w, old["warm"])
+
+
+def test_version_2_upgrade_puts_unit_0_first_in_the_order():
+  """Post-activation stage 0 now orders all its units; a version 2 order
+  (units 1..n-1) keeps meaning the same execution order."""
+  config = tiny_config()
+  config.model.depth = 20
+  target = _target(config)
+  stacked = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct((2,) + s.shape, s.dtype), target
+  )
+  lesion = formats._field(stacked, "variables")["lesion"]
+  assert [lesion[s]["order"].shape[-1] for s in sorted(lesion)] == [3, 2, 2]
+  old = jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype), formats.layout(stacked, 2)
+  )
+  old_lesion = formats._field(old, "variables")["lesion"]
+  assert [old_lesion[s]["order"].shape for s in sorted(old_lesion)] == [
+      (2, 2)
+  ] * 3
+  old_lesion["stage0"]["order"] = np.asarray([[1, 0], [0, 1]], np.int32)
+  new = formats.upgrade(old, 2, stacked, 16)
+  assert jax.tree.structure(new) == jax.tree.structure(stacked)
+  # Unit 0 first, where it always ran; units 2, 1 (run 0) and 1, 2 after.
+  np.testing.assert_array_equal(
+      formats._field(new, "variables")["lesion"]["stage0"]["order"],
+      [[0, 2, 1], [0, 1, 2]],
+  )
+  for s in ("stage1", "stage2"):  # their unit 0 downsamples: unchanged
+    np.testing.assert_array_equal(
+        formats._field(new, "variables")["lesion"][s]["order"],
+        old_lesion[s]["order"],
+    )

@@ -146,7 +146,7 @@ def test_bad_arguments_name_the_problem(net20):
   with pytest.raises(ValueError, match=r"k=10 must be in 0\.\.9"):
     lesion.delete_modules(v, 10, key=jax.random.key(0))
   with pytest.raises(ValueError, match="never moves"):
-    lesion.swap_modules(v, 0, 1)
+    lesion.swap_modules(v, 3, 4)  # stage 1's unit 0 downsamples
   with pytest.raises(ValueError, match="same stage"):
     lesion.swap_modules(v, 1, 4)
   with pytest.raises(ValueError, match="'lesion' collection"):
@@ -182,7 +182,8 @@ def test_swap_and_swap_back_restores_outputs_exactly(net20):
   # A random reordering, undone by swapping its pairs back in reverse.
   shuffled, tau = lesion.reorder_modules(v, 3, key=jax.random.key(11))
   order = np.asarray(lesion.module_order(shuffled))
-  movable = [m.index for m in model.modules if m.unit > 0]
+  # Post-activation: stage 0's unit 0 keeps the shape and moves too.
+  movable = [0, 1, 2, 4, 5, 7, 8]
   assert float(tau) == pytest.approx(_reference_tau(order[movable]), abs=1e-6)
   undo = shuffled
   for pos in range(9):
@@ -196,11 +197,12 @@ def test_swap_and_swap_back_restores_outputs_exactly(net20):
 
 def test_reorder_only_moves_same_shape_units(net20):
   _, v, _ = net20
-  taus = []
+  taus, moved_first = [], False
   for s in range(8):
     new, tau = lesion.reorder_modules(v, s, key=jax.random.key(s))
     order = np.asarray(lesion.module_order(new))
-    assert list(order[[0, 3, 6]]) == [0, 3, 6]  # unit 0 stays
+    assert list(order[[3, 6]]) == [3, 6]  # the downsampling units stay
+    moved_first = moved_first or order[0] != 0
     for stage in range(3):  # nothing leaves its stage
       assert sorted(order[3 * stage : 3 * stage + 3]) == list(
           range(3 * stage, 3 * stage + 3)
@@ -208,6 +210,9 @@ def test_reorder_only_moves_same_shape_units(net20):
     taus.append(float(tau))
   assert taus[0] == 1.0 and min(taus) < 1.0
   assert taus[1] < 1.0  # one swap always moves something
+  # Veit's rule: stage 0's unit 0 (same shape in and out, post-activation)
+  # has compatible dimensions, so reorderings move it.
+  assert moved_first
 
 
 def _brute_tau(order):
@@ -258,20 +263,20 @@ def _with_orders(variables, orders):
 
 def test_reorder_tau_counts_only_modules_that_can_move(net20):
   _, v, _ = net20
-  # Stages 0 and 1 run units 2, 1; stage 2 keeps its order. The modules
-  # that can move are units 1 and 2 of each stage (1, 2, 4, 5, 7, 8); at
-  # their positions run 2, 1, 5, 4, 7, 8: 2 of 15 pairs discordant.
+  # Stages 0 and 1 run units 2, 1 after their unit 0; stage 2 keeps its
+  # order. The modules that can move are all of stage 0 (post-activation,
+  # same shape) and units 1 and 2 of the others (0, 1, 2, 4, 5, 7, 8); at
+  # their positions run 0, 2, 1, 5, 4, 7, 8: 2 of 21 pairs discordant.
   known = _with_orders(
-      v, {"stage0": [1, 0], "stage1": [1, 0], "stage2": [0, 1]}
+      v, {"stage0": [0, 2, 1], "stage1": [1, 0], "stage2": [0, 1]}
   )
-  np.testing.assert_array_equal(
-      lesion.movable_modules(known), [1, 2, 4, 5, 7, 8]
-  )
+  movable = [0, 1, 2, 4, 5, 7, 8]
+  np.testing.assert_array_equal(lesion.movable_modules(known), movable)
   _, tau = lesion.reorder_modules(known, 0, key=jax.random.key(0))
-  running = np.asarray(lesion.module_order(known))[[1, 2, 4, 5, 7, 8]]
-  np.testing.assert_array_equal(running, [2, 1, 5, 4, 7, 8])
+  running = np.asarray(lesion.module_order(known))[movable]
+  np.testing.assert_array_equal(running, [0, 2, 1, 5, 4, 7, 8])
   assert float(tau) == pytest.approx(_reference_tau(running), abs=1e-6)
-  assert float(tau) == pytest.approx(11 / 15, abs=1e-6)
+  assert float(tau) == pytest.approx(17 / 21, abs=1e-6)
   # All 9 modules would give (36 - 2 * 2) / 36: the fixed unit-0 modules
   # only add concordant pairs.
   assert float(lesion.kendall_tau(lesion.module_order(known))) == (
@@ -281,7 +286,7 @@ def test_reorder_tau_counts_only_modules_that_can_move(net20):
   reorder = jax.jit(lambda s, k: lesion.reorder_modules(v, s, key=k))
   for seed in range(4):
     new, tau = reorder(seed + 1, jax.random.key(seed))
-    running = np.asarray(lesion.module_order(new))[[1, 2, 4, 5, 7, 8]]
+    running = np.asarray(lesion.module_order(new))[movable]
     assert float(tau) == pytest.approx(_reference_tau(running), abs=1e-6)
 
 

@@ -342,7 +342,10 @@ def test_scan_unroll_covering_a_stage_emits_no_loop():
 
   assert loops() == 3  # one per stage
   assert loops(scan_unroll=3) == 3
-  assert loops(scan_unroll=4) == 0
+  # Stage 0 scans all 5 units (post-activation: its unit 0 keeps the shape
+  # and is reordered with the rest), stages 1 and 2 their last 4.
+  assert loops(scan_unroll=4) == 1
+  assert loops(scan_unroll=5) == 0
   assert loops(scan_unroll=100) == 0
   with pytest.raises(ValueError, match="model.scan_unroll=0"):
     models.create_model(depth=32, scan_unroll=0)
@@ -426,6 +429,43 @@ def test_reordering_permutes_units(resnet20):
   a = m.apply({**v, "lesion": lesion}, X)
   np.testing.assert_allclose(a, m.apply(v2, X), atol=1e-5)
   assert not np.allclose(a, m.apply(v, X), atol=1e-3)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_post_activation_stage_0_moves_its_first_unit(resnet20, scan):
+  """Veit et al. reorder modules of compatible dimensions: stage 0's unit 0
+  (16 to 16 channels, stride 1, post-activation) is one of them."""
+  m, v = resnet20
+  if not scan:
+    m = models.create_model(depth=20, scan=False)
+  assert [m.movable_units(s) for s in range(3)] == [3, 2, 2]
+  lesion = m.default_lesion()
+  lesion["stage0"]["order"] = jnp.array([1, 0, 2], jnp.int32)
+  # The same function: unit 0's and unit 1's weights swapped by hand.
+  v2 = jax.tree.map(lambda a: a, v)
+  for col in ("params", "batch_stats"):
+    st = v[col]["stage0"]
+    v2[col]["stage0"] = {
+        "unit0": jax.tree.map(lambda a: a[0], st["units"]),
+        "units": jax.tree.map(
+            lambda u0, r: r.at[0].set(u0), st["unit0"], st["units"]
+        ),
+    }
+  a = m.apply({**v, "lesion": lesion}, X)
+  np.testing.assert_allclose(a, m.apply(v2, X), atol=1e-5)
+  assert not np.allclose(a, m.apply(v, X), atol=1e-3)
+  # Training updates each module's own running statistics, wherever it ran.
+  _, new = m.apply({**v, "lesion": lesion}, X, train=True)
+  _, new2 = m.apply(v2, X, train=True)
+  np.testing.assert_allclose(
+      new["batch_stats"]["stage0"]["unit0"]["bn_post0"]["mean"],
+      new2["batch_stats"]["stage0"]["units"]["bn_post0"]["mean"][0],
+      atol=1e-5,
+  )
+  # Pre-activation: unit 0 feeds its pre-activation to the shortcut too,
+  # a role of its position, so it stays.
+  pre = models.create_model(depth=20, unit="full_preact")
+  assert [pre.movable_units(s) for s in range(3)] == [2, 2, 2]
 
 
 def test_scan_keeps_program_size_constant_in_depth():

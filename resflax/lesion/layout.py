@@ -51,6 +51,20 @@ def stage_sizes(variables: Mapping[str, Any]) -> tuple[int, ...]:
   )
 
 
+def movable_counts(variables: Mapping[str, Any]) -> tuple[int, ...]:
+  """How many units of each stage a reordering permutes: its ``order``'s size.
+
+  They are the stage's last ones: n - 1 (unit 0 stays first) or all n (a
+  post-activation stage whose unit 0 keeps the shape); 0 for a stage
+  without ``order``.
+  """
+  lesion = _lesion_of(variables)
+  return tuple(
+      int(np.shape(lesion[s]["order"])[0]) if "order" in lesion[s] else 0
+      for s in stage_names(variables)
+  )
+
+
 def num_modules(variables: Mapping[str, Any]) -> int:
   """Number of residual modules n of the network the variables belong to."""
   return sum(stage_sizes(variables))

@@ -5,11 +5,13 @@ Shallow Networks") delete residual modules at test time (sec. 4.1/4.2,
 Fig. 3 and 5a) and reorder them (sec. 4.3, Fig. 5b). In resflax both are
 *data*: the variables of a network carry a ``lesion`` collection::
 
-  variables['lesion'] = {'stage0': {'active': f32[n], 'order': i32[n-1]}, ...}
+  variables['lesion'] = {'stage0': {'active': f32[n], 'order': i32[m]}, ...}
 
 ``active[u] = 0`` deletes unit ``u`` of the stage (only its shortcut is left:
 the identity, or the downsampling shortcut of unit 0); ``order`` is the
-execution order of the stage's units 1..n-1 (unit 0 never moves). Every
+execution order of the stage's last m units (``movable_counts``): units
+1..n-1 when unit 0 changes the shape or is a pre-activation stage's first,
+all n in a post-activation stage whose unit 0 keeps the shape. Every
 function here only rewrites that collection, so all lesions and orders of
 one network run through one compiled ``model.apply`` (and one compiled
 ``resflax.lesion.LesionEvaluator``), and the functions are jittable and
@@ -39,6 +41,7 @@ import numpy as np
 from resflax.lesion.layout import (  # public here too (see __all__)
     _lesion_of,
     module_table,
+    movable_counts,
     num_modules,
     stage_names,
     stage_sizes,
@@ -52,6 +55,7 @@ __all__ = [
     "kendall_tau",
     "module_order",
     "module_table",
+    "movable_counts",
     "movable_modules",
     "num_modules",
     "reorder_modules",
@@ -301,10 +305,15 @@ def module_order(variables: Mapping[str, Any]) -> jax.Array:
   """
   lesion = _lesion_of(variables)
   parts, offset = [], 0
-  for name, size in zip(stage_names(variables), stage_sizes(variables)):
-    parts.append(jnp.asarray([offset], jnp.int32))
-    if size > 1:
-      parts.append(offset + 1 + jnp.asarray(lesion[name]["order"], jnp.int32))
+  for name, size, movable in zip(
+      stage_names(variables), stage_sizes(variables), movable_counts(variables)
+  ):
+    fixed = size - movable
+    parts.append(jnp.arange(offset, offset + fixed, dtype=jnp.int32))
+    if movable:
+      parts.append(
+          offset + fixed + jnp.asarray(lesion[name]["order"], jnp.int32)
+      )
     offset += size
   return jnp.concatenate(parts)
 
@@ -333,19 +342,21 @@ def kendall_tau(order) -> jax.Array:
   return jnp.asarray(xp.sum(agree) / (n * (n - 1) / 2), jnp.float32)
 
 
-def _order_layout(sizes: Sequence[int]):
+def _order_layout(variables: Mapping[str, Any]):
   """Static layout of a network's concatenated ``order`` arrays.
 
   Returns:
-    ``(movable, stage_of, first, swappable)``: units 1..n-1 per stage; the
-    stage of each order position; the module number of its stage's unit 1
-    (so ``first + order`` are the modules running there); the positions a
+    ``(movable, stage_of, first, swappable)``: the units each stage's
+    ``order`` permutes (``movable_counts``); the stage of each order
+    position; the module number of its stage's first movable unit (so
+    ``first + order`` are the modules running there); the positions a
     random swap may pick (stages with at least two movable units).
   """
-  movable = np.asarray([max(s - 1, 0) for s in sizes], np.int64)
+  sizes = np.asarray(stage_sizes(variables), np.int64)
+  movable = np.asarray(movable_counts(variables), np.int64)
   stage_of = np.repeat(np.arange(len(sizes)), movable)
   offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-  first = offsets[stage_of] + 1
+  first = (offsets + sizes - movable)[stage_of]
   swappable = np.flatnonzero(movable[stage_of] >= 2)
   return movable, stage_of, first, swappable
 
@@ -371,19 +382,22 @@ def _split_order(lesion, names, movable, order) -> dict[str, Any]:
 def movable_modules(variables: Mapping[str, Any]) -> np.ndarray:
   """The modules a reordering can move, in forward order.
 
-  Units 1..n-1 of every stage that has at least two of them: a stage's unit
-  0 changes the shape and never moves, and a lone unit 1 has no partner of
-  its shape to trade places with.
+  The units each stage's ``order`` permutes, in stages where that is at
+  least two: units 1..n-1, or all n in a post-activation stage whose unit 0
+  keeps the shape (``Network.movable_units``). A unit 0 that changes the
+  shape, or whose pre-activation feeds the shortcut too, never moves; a
+  lone movable unit has no partner to trade places with.
 
   Returns:
     int64 module numbers (possibly empty).
   """
-  sizes = stage_sizes(variables)
+  sizes, movable = stage_sizes(variables), movable_counts(variables)
   return np.asarray(
       [
           m.index
           for m in module_table(variables)
-          if m.unit > 0 and sizes[m.stage] >= 3
+          if movable[m.stage] >= 2
+          and m.unit >= sizes[m.stage] - movable[m.stage]
       ],
       np.int64,
   )
@@ -404,16 +418,19 @@ def swap_modules(variables: Mapping[str, Any], i, j) -> dict[str, Any]:
   Args:
     variables: the full variables pytree; not modified.
     i, j: module numbers (forward order of the trained network) of two
-      units 1..n-1 of the same stage (same shape). May be traced.
+      movable units of the same stage (``movable_modules``). May be
+      traced.
 
   Returns:
     A copy of ``variables`` with the new ``order`` arrays.
 
   Raises:
-    ValueError: concrete ``i``/``j`` that are unit 0 of a stage (it changes
-      the shape and never moves), in different stages, or out of range.
+    ValueError: concrete ``i``/``j`` that never move (a unit 0 that changes
+      the shape or starts a pre-activation stage), in different stages, or
+      out of range.
   """
   table = module_table(variables)
+  fixed = np.subtract(stage_sizes(variables), movable_counts(variables))
   n = len(table)
   iv, jv = _concrete(i), _concrete(j)
   if iv is not None and jv is not None:
@@ -421,11 +438,11 @@ def swap_modules(variables: Mapping[str, Any], i, j) -> dict[str, Any]:
     for m in (iv, jv):
       if not 0 <= m < n:
         raise ValueError(f"swap_modules: module {m} is not in 0..{n - 1}")
-      if table[m].unit == 0:
+      if table[m].unit < fixed[table[m].stage]:
         raise ValueError(
             f"swap_modules: module {m} is unit 0 of stage "
-            f"{table[m].stage}, which never moves; choose units "
-            "1..n-1 of a stage"
+            f"{table[m].stage}, which never moves; choose among "
+            "movable_modules(variables)"
         )
     if table[iv].stage != table[jv].stage:
       raise ValueError(
@@ -435,7 +452,7 @@ def swap_modules(variables: Mapping[str, Any], i, j) -> dict[str, Any]:
       )
   lesion = _lesion_of(variables)
   names = stage_names(variables)
-  movable, _, first, _ = _order_layout(stage_sizes(variables))
+  movable, _, first, _ = _order_layout(variables)
   order = _concat_order(lesion, names)
   running = jnp.asarray(first, jnp.int32) + order
   pa = jnp.argmax(running == i)
@@ -450,9 +467,9 @@ def reorder_modules(
 ) -> tuple[dict[str, Any], jax.Array]:
   """Swaps random pairs of same-shape modules (Veit sec. 4.3, Fig. 5b).
 
-  Each swap picks a position uniformly among all movable positions (units
-  1..n-1 of stages that have at least two of them; a stage's unit 0 changes
-  the shape and never moves) and a second, different position of the same
+  Each swap picks a position uniformly among all movable positions
+  (``movable_modules``: the units each stage's ``order`` permutes, in stages
+  with at least two) and a second, different position of the same
   stage uniformly; the two modules running there trade places. Later swaps
   may undo earlier ones, as random swaps do.
 
@@ -481,13 +498,14 @@ def reorder_modules(
     raise ValueError(
         f"reorder_modules: num_swaps={int(swaps_val)} must be " ">= 0"
     )
-  if _order_layout(sizes)[3].size == 0:
+  if _order_layout(variables)[3].size == 0:
     if swaps_val is not None and int(swaps_val) == 0:
       new = {**variables, "lesion": dict(lesion)}
       return new, _movable_tau(new)
     raise ValueError(
         "reorder_modules: no stage has two units of the same shape to swap "
-        f"(stage sizes {list(sizes)}; unit 0 of a stage never moves)"
+        f"(stage sizes {list(sizes)}, movable units "
+        f"{list(movable_counts(variables))})"
     )
 
   new_lesion, tau = _reorder(
@@ -501,9 +519,7 @@ def _reorder(lesion, num_swaps, key):
   # Jitted with the swap count as data: one program for every count (eager,
   # the loop would compile once per trip count). Shapes give the structure.
   names = stage_names({"lesion": lesion})
-  movable, stage_of, _, swappable = _order_layout(
-      stage_sizes({"lesion": lesion})
-  )
+  movable, stage_of, _, swappable = _order_layout({"lesion": lesion})
   starts = jnp.asarray(
       np.concatenate([[0], np.cumsum(movable)[:-1]]), jnp.int32
   )

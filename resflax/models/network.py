@@ -4,15 +4,19 @@ The variables of a network are one pytree::
 
   {'params':      {'stem', 'stage0': {'unit0', 'units'}, ..., 'head'},
    'batch_stats': same layout (BN running statistics),
-   'lesion':      {'stage0': {'active': f32[n], 'order': i32[n-1]}, ...}}
+   'lesion':      {'stage0': {'active': f32[n], 'order': i32[m]}, ...}}
 
 (``order`` is absent for a stage of a single unit.)
 
 ``units`` holds the stage's units 1..n-1 stacked on a leading axis; they
-share shapes and run under ``jax.lax.scan`` in the order given by
-``lesion/stageS/order`` (a permutation of 0..n-2). ``active`` switches a
-module off (0) so only its shortcut is left. Both are data: another lesion
-or order of the same network re-uses the compiled function.
+share shapes and run under ``jax.lax.scan``. ``order`` (a permutation of
+0..m-1) says which of the stage's last m units runs at each of their
+positions: m = n - 1 when unit 0 changes the shape or its role is tied to
+its position (pre-activation), and m = n when unit 0 is like the others
+(post-activation, same width, stride 1), which then runs in the scan too
+(``Network.movable_units``). ``active`` switches a module off (0) so only
+its shortcut is left. Both are data: another lesion or order of the same
+network re-uses the compiled function.
 """
 
 import dataclasses
@@ -88,6 +92,11 @@ class Head(nn.Module):
     )(x)
 
 
+def _prepend(first, rest):
+  """``rest`` (stacked on axis 0) with ``first`` stacked in front of it."""
+  return jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), first, rest)
+
+
 class Network:
   """A network of the zoo with pure ``init`` and ``apply``.
 
@@ -107,11 +116,20 @@ class Network:
     self._head = Head(cfg)
     self._first_units = []
     self._rest_units = []
+    self._first_moves = []
     expansion = blocks.EXPANSION[cfg.block]
+    preact = placements.PLACEMENTS.get(cfg.unit).preact
     in_features = stem_features
     self.modules: list[ModuleInfo] = []
     for s, st in enumerate(self.stages):
       out = st.width * expansion
+      # Veit et al. reorder modules of compatible dimensions. A stage's unit
+      # 0 qualifies when it keeps the shape and is built like the others:
+      # not under pre-activation, whose first unit feeds its pre-activation
+      # to the shortcut too (BOTH_PREACT), a role tied to the position.
+      self._first_moves.append(
+          st.units > 1 and st.strides == 1 and in_features == out and not preact
+      )
       mode = (
           unit_lib.NO_PREACT
           if (imagenet_stem and s == 0)
@@ -136,13 +154,27 @@ class Network:
     return f"Network({self.config})"
 
   # --------------------------------------------------------------- lesions
+  def movable_units(self, stage: int) -> int:
+    """How many of ``stage``'s units a reordering may move (its last ones).
+
+    All of them when unit 0 keeps the shape and is built like the rest
+    (post-activation stages of unchanged width and stride 1); else units
+    1..n-1; 0 for a stage of one unit.
+    """
+    units = self.stages[stage].units
+    if units < 2:
+      return 0
+    return units if self._first_moves[stage] else units - 1
+
   def default_lesion(self) -> dict[str, dict[str, jax.Array]]:
     """All modules on, identity order."""
     lesion = {}
     for s, st in enumerate(self.stages):
       lesion[f"stage{s}"] = {"active": jnp.ones((st.units,), jnp.float32)}
       if st.units > 1:  # a stage of one unit has nothing to reorder
-        lesion[f"stage{s}"]["order"] = jnp.arange(st.units - 1, dtype=jnp.int32)
+        lesion[f"stage{s}"]["order"] = jnp.arange(
+            self.movable_units(s), dtype=jnp.int32
+        )
     return lesion
 
   def split_by_stage(self, flat) -> list[jax.Array]:
@@ -210,6 +242,35 @@ class Network:
     }
 
   # ----------------------------------------------------------------- apply
+  def _scan_units(self, run, stage: int, x, xs):
+    """Runs the stacked same-shape units ``xs`` of ``stage`` in turn.
+
+    Returns:
+      ``(x, batch_stats, intermediates)``, both stacked in the order run.
+    """
+    rest, cfg = self._rest_units[stage], self.config
+    count = jax.tree.leaves(xs[0])[0].shape[0]
+
+    def body(h, xs_i):
+      pi, bi, ci, ki = xs_i
+      h, bn_i, it_i = run(rest, pi, bi, h, ki, **ci)
+      return h, (bn_i, it_i)
+
+    if cfg.scan:
+      # Each loop iteration costs a fixed overhead on GPUs; unrolling
+      # trades it for compile time. A factor covering the whole stage
+      # emits no loop at all.
+      x, (bn, it) = jax.lax.scan(
+          body, x, xs, unroll=min(cfg.scan_unroll, count)
+      )
+      return x, bn, it
+    outs = []
+    for i in range(count):
+      x, out = body(x, jax.tree.map(lambda a, i=i: a[i], xs))
+      outs.append(out)
+    bn, it = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, bn, it
+
   def apply(
       self,
       variables: dict[str, Any],
@@ -291,53 +352,47 @@ class Network:
           skip_grad=None if sg_s is None else sg_s[s],
       )
       keys = None if rngs is None else jax.random.split(rngs[s], st.units)
-      first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
       p, b = params[name], stats[name]
-      x, b0, i0 = run(
-          self._first_units[s],
-          p["unit0"],
-          b["unit0"],
-          x,
-          None if keys is None else keys[0],
-          **first,
-      )
-      new_stats[name] = {"unit0": b0}
-      inter[name] = {"unit0": i0}
-      if st.units > 1:
-        order = lesion[name]["order"]
-        take = lambda t: jax.tree.map(lambda a: a[order], t)
-        rest_ctrl = {
-            k: (None if v is None else v[1:][order]) for k, v in ctrl.items()
-        }
-        xs = (
-            take(p["units"]),
-            take(b["units"]),
-            rest_ctrl,
-            None if keys is None else keys[1:],
+      fixed = st.units - self.movable_units(s) if st.units > 1 else 1
+      if fixed:  # unit 0 runs where it was trained
+        first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
+        x, b0, i0 = run(
+            self._first_units[s],
+            p["unit0"],
+            b["unit0"],
+            x,
+            None if keys is None else keys[0],
+            **first,
         )
-        rest = self._rest_units[s]
-
-        def body(h, xs_i, rest=rest):
-          pi, bi, ci, ki = xs_i
-          h, bn_i, it_i = run(rest, pi, bi, h, ki, **ci)
-          return h, (bn_i, it_i)
-
-        if cfg.scan:
-          # Each loop iteration costs a fixed overhead on GPUs; unrolling
-          # trades it for compile time. A factor covering the whole stage
-          # emits no loop at all.
-          x, (bn_new, it_new) = jax.lax.scan(
-              body, x, xs, unroll=min(cfg.scan_unroll, st.units - 1)
-          )
-        else:
-          outs = []
-          for i in range(st.units - 1):
-            x, out = body(x, jax.tree.map(lambda a: a[i], xs))
-            outs.append(out)
-          bn_new, it_new = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        inverse = jnp.argsort(order)
-        new_stats[name]["units"] = jax.tree.map(lambda a: a[inverse], bn_new)
-        inter[name]["units"] = it_new
+        new_stats[name], inter[name] = {"unit0": b0}, {"unit0": i0}
+        if st.units == 1:
+          continue
+        stacked = (p["units"], b["units"])
+      else:  # unit 0 is one of the scanned units, in lesion order
+        stacked = (_prepend(p["unit0"], p["units"]),)
+        stacked += (_prepend(b["unit0"], b["units"]),)
+      order = lesion[name]["order"]
+      take = lambda t: jax.tree.map(lambda a: a[order], t)
+      xs = (
+          take(stacked[0]),
+          take(stacked[1]),
+          {
+              k: (None if v is None else v[fixed:][order])
+              for k, v in ctrl.items()
+          },
+          None if keys is None else keys[fixed:],
+      )
+      x, bn_new, it_new = self._scan_units(run, s, x, xs)
+      # Running statistics go back to their modules; intermediates stay in
+      # execution order.
+      bn_new = jax.tree.map(lambda a: a[jnp.argsort(order)], bn_new)
+      if fixed:
+        new_stats[name]["units"], inter[name]["units"] = bn_new, it_new
+      else:
+        head = lambda t: jax.tree.map(lambda a: a[0], t)
+        tail = lambda t: jax.tree.map(lambda a: a[1:], t)
+        new_stats[name] = {"unit0": head(bn_new), "units": tail(bn_new)}
+        inter[name] = {"unit0": head(it_new), "units": tail(it_new)}
     logits, new_stats["head"], inter["head"] = run(
         self._head, params["head"], stats["head"], x, None
     )

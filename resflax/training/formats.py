@@ -11,6 +11,8 @@ version at a time to today's (``UPGRADES``). Versions:
      ``TrainMetrics`` collection
   2  the warm-up ends on the error over a window of batches: the state
      gains ``warm_errors``, the last ``train.warmup_window`` batch errors
+  3  a post-activation stage whose unit 0 keeps the shape reorders all its
+     units: its lesion ``order`` has n entries, not n - 1
 
 Neither recorded its version: for a checkpoint without one, the version is
 the one whose layout has the checkpoint's structure (``infer_version``; a
@@ -19,7 +21,7 @@ today's structure). Every run since records ``CURRENT`` when it starts.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -29,7 +31,7 @@ from resflax.training.state import TrainMetrics
 
 PyTree = Any
 
-CURRENT = 2
+CURRENT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +113,58 @@ def _v1_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
   }
 
 
+def _field(tree: PyTree, name: str) -> PyTree:
+  """A field of a state tree: a dict (older formats) or a dataclass."""
+  return tree[name] if isinstance(tree, Mapping) else getattr(tree, name)
+
+
+def _replace(tree: PyTree, **fields) -> PyTree:
+  """``tree`` with ``fields`` replaced, of ``tree``'s own kind."""
+  if isinstance(tree, Mapping):
+    return {**tree, **fields}
+  return tree.replace(**fields)
+
+
+def _grown_orders(lesion: PyTree):
+  """The stages whose ``order`` covers every unit (version 3 and later)."""
+  return [
+      s
+      for s, l in lesion.items()
+      if "order" in l and l["order"].shape[-1] == l["active"].shape[-1]
+  ]
+
+
+def _with_lesion(tree: PyTree, lesion: PyTree) -> PyTree:
+  variables = _field(tree, "variables")
+  return _replace(tree, variables={**variables, "lesion": lesion})
+
+
+def _v2_layout(target: PyTree) -> PyTree:
+  lesion = dict(_field(target, "variables")["lesion"])
+  for s in _grown_orders(lesion):
+    order = lesion[s]["order"]
+    lesion[s] = {
+        **lesion[s],
+        "order": _like(order, order.shape[:-1] + (order.shape[-1] - 1,)),
+    }
+  return _with_lesion(target, lesion)
+
+
+def _v2_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
+  """Unit 0 joins the order at the front, where it always ran."""
+  del batch_size
+  lesion = dict(_field(state, "variables")["lesion"])
+  for s in _grown_orders(_field(target, "variables")["lesion"]):
+    old = jnp.asarray(lesion[s]["order"])
+    first = jnp.zeros(old.shape[:-1] + (1,), old.dtype)
+    lesion[s] = {**lesion[s], "order": jnp.concatenate([first, old + 1], -1)}
+  return _with_lesion(state, lesion)
+
+
 UPGRADES: dict[int, Upgrade] = {
     0: Upgrade(_v0_layout, _v0_upgrade),
     1: Upgrade(_v1_layout, _v1_upgrade),
+    2: Upgrade(_v2_layout, _v2_upgrade),
 }
 
 
