@@ -16,19 +16,17 @@ for their network (54 modules, CIFAR-10); for any other the legend says
 they were left out.
 """
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from resflax.experiment import paper
-from resflax.training import curves
+from resflax.experiment import figure_kit as kit
+from resflax.experiment.figure_kit import Setting, study_setting, veit
 
 __all__ = [
     "Setting",
@@ -44,117 +42,6 @@ __all__ = [
     "study_setting",
     "veit",
 ]
-
-_DPI = 120
-_PAPER = "tab:green"  # Veit et al.'s values, in every figure
-
-
-def veit(case: str) -> float:
-  """A number of Veit et al. (``paper`` table ``veit``) as a float."""
-  return float(paper.lookup("veit", case))
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """What the study's networks are, for titles and the paper's values.
-
-  Attributes:
-    mark: ``curves.output_mark`` of the networks; '' for real data.
-    num_modules: the ResNet's module count n.
-    data: the ResNet's dataset name (``config.data.name``).
-    paper: the ResNet is Veit et al.'s (n = 54, CIFAR-10): their numbers
-      are drawn beside ours.
-  """
-
-  mark: str = ""
-  num_modules: int = 0
-  data: str = ""
-  paper: bool = False
-
-  def note(self) -> str:
-    """Why the paper's values are not drawn ('' when they are)."""
-    if self.paper or not self.num_modules:  # Veit's net, or nothing known
-      return ""
-    n_paper = int(veit("num_modules"))
-    # Three short lines: a legend this wide would squeeze the axes.
-    return (
-        f"Veit et al.'s values not drawn:\nthey are for n = {n_paper}, "
-        f"CIFAR-10;\nthis network: n = {self.num_modules}, "
-        f"{self.data or '?'}"
-    )
-
-
-def study_setting(
-    num_modules: int, data: str, other_data: Sequence[str] = ()
-) -> Setting:
-  """The ``Setting`` of a study.
-
-  Args:
-    num_modules: the ResNet's module count.
-    data: the ResNet's ``config.data.name``.
-    other_data: the other networks' (VGG, plain twin) dataset names.
-  """
-  synthetic = "synthetic" in (data, *other_data)
-  return Setting(
-      mark=curves.output_mark(synthetic=synthetic),
-      num_modules=num_modules,
-      data=data,
-      paper=(
-          not synthetic
-          and data == "cifar10"
-          and num_modules == int(veit("num_modules"))
-      ),
-  )
-
-
-def _figure(figsize, nrows: int = 1, ncols: int = 1):
-  fig = Figure(figsize=figsize)
-  FigureCanvasAgg(fig)
-  return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _save(fig: Figure, path: str, title: str, setting: Setting) -> Figure:
-  """Writes the PNG (its Title chunk: the marked title); returns ``fig``."""
-  if setting.mark:
-    fig.suptitle(setting.mark, color="tab:red", fontsize=11, fontweight="bold")
-  fig.tight_layout()
-  fig.savefig(
-      path,
-      dpi=_DPI,
-      metadata={"Title": curves.marked(title, setting.mark, ": ")},
-  )
-  return fig
-
-
-def _integer(axis) -> None:
-  # Module counts, indices and path lengths: no 1.5 between 1 and 2.
-  axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _legend(ax, below: bool = False) -> None:
-  """The legend off the data: right of the axes, or below its x label."""
-  if below:
-    ax.legend(
-        fontsize=8,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.2),
-        ncol=2,
-        borderaxespad=0.0,
-    )
-  else:
-    curves.legend_outside(ax, fontsize=8)
-
-
-def _note(ax, setting: Setting) -> None:
-  """A legend line saying why the paper's values are missing, if they are."""
-  if setting.note():
-    ax.plot([], [], " ", label=setting.note())
-
-
-def _ref_line(ax, value_pct: float, label: str = "intact network") -> None:
-  ax.axhline(
-      value_pct, color="k", ls="--", lw=1, label=f"{label} ({value_pct:.2f}%)"
-  )
 
 
 def plot_single(
@@ -175,7 +62,7 @@ def plot_single(
   Returns:
     The Figure.
   """
-  fig, axes = _figure((8 * len(studies), 4.2), 1, len(studies))
+  fig, axes = kit.new_figure((8 * len(studies), 4.2), 1, len(studies))
   for ax, (role, st) in zip(axes[0], studies.items()):
     rows = st["rows"]
     idx = np.array([r["module"] for r in rows]) + 1
@@ -200,7 +87,7 @@ def plot_single(
           ms=6,
           label=f"downsampling {what} deleted",
       )
-    _ref_line(ax, 100 * st["stats"]["intact_error"])
+    kit.ref_line(ax, 100 * st["stats"]["intact_error"])
     ax.axhline(
         100 * chance,
         color="gray",
@@ -212,20 +99,20 @@ def plot_single(
       full = veit("full_model_error")
       ax.axhline(
           full,
-          color=_PAPER,
+          color=kit.PAPER_COLOR,
           ls="-.",
           lw=1.2,
           label=f"Veit et al.: intact ResNet-110 ({full:.2f}%)",
       )
     elif role == "resnet":
-      _note(ax, setting)
+      kit.paper_note(ax, setting)
     ax.set_xlabel(f"deleted {what} (1 = first, forward order)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
-    _integer(ax.xaxis)
+    kit.integer_ticks(ax.xaxis)
     ax.set_title(f"{role}: test error with one {what} deleted (Veit Fig. 3)")
-    _legend(ax)
-  return _save(
+    kit.legend(ax)
+  return kit.save(
       fig,
       path,
       "Veit Fig. 3: test error with one module or " "layer deleted",
@@ -251,7 +138,7 @@ def plot_k(
   Returns:
     The Figure.
   """
-  fig, axes = _figure((9, 4.2))
+  fig, axes = kit.new_figure((9, 4.2))
   ax = axes[0, 0]
   per = study["per_k"]
   ax.errorbar(
@@ -272,37 +159,37 @@ def plot_k(
         alpha=0.5,
         label="single draws",
     )
-  _ref_line(ax, 100 * intact)
+  kit.ref_line(ax, 100 * intact)
   if setting.paper:
     ax.plot(
         [10],
         [100 * veit("delete_10_modules_error")],
         "*",
         ms=12,
-        color=_PAPER,
+        color=kit.PAPER_COLOR,
         label="Veit et al.: 10 deleted, error about "
         f"{100 * veit('delete_10_modules_error'):.0f}%",
     )
     severe = veit("delete_severe_modules")
     ax.axvline(
         severe,
-        color=_PAPER,
+        color=kit.PAPER_COLOR,
         ls="-.",
         lw=1,
         label=f"Veit et al.: severe drop at {severe:.0f} deleted",
     )
   else:
-    _note(ax, setting)
+    kit.paper_note(ax, setting)
   ax.set_xlabel("number of modules deleted (k)")
   ax.set_ylabel("test error (%)")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title(
       "test error against the number of random modules deleted "
       "(Veit Fig. 5a)",
       fontsize=10,
   )
-  _legend(ax)
-  return _save(
+  kit.legend(ax)
+  return kit.save(
       fig,
       path,
       "Veit Fig. 5a: test error against the number of " "modules deleted",
@@ -351,7 +238,7 @@ def plot_reorder(
   Returns:
     The Figure.
   """
-  fig, axes = _figure((7.5, 4.8))
+  fig, axes = kit.new_figure((7.5, 4.8))
   ax = axes[0, 0]
   rows = study["rows"]
   if rows:
@@ -371,7 +258,7 @@ def plot_reorder(
         ha="center",
         transform=ax.transAxes,
     )
-  _ref_line(ax, 100 * intact)
+  kit.ref_line(ax, 100 * intact)
   ax.invert_xaxis()  # tau falls from 1 as the order is corrupted
   ax.set_xlabel(
       "Kendall's tau between new and original order (movable " "modules)"
@@ -381,8 +268,8 @@ def plot_reorder(
       "test error after swapping random pairs of modules " "(Veit Fig. 5b)",
       fontsize=10,
   )
-  _legend(ax, below=True)
-  return _save(
+  kit.legend(ax, below=True)
+  return kit.save(
       fig,
       path,
       "Veit Fig. 5b: test error against Kendall's tau " "after random swaps",
@@ -396,7 +283,7 @@ def _paper_span(ax, low: str, high: str, text: str) -> None:
       lo - 0.5,
       hi + 0.5,
       facecolor="none",
-      edgecolor=_PAPER,
+      edgecolor=kit.PAPER_COLOR,
       hatch="//",
       lw=1,
       label=f"Veit et al. (n = 54): {text} " f"{lo:.0f}-{hi:.0f}",
@@ -408,7 +295,7 @@ def _gradient_panel(ax, g: Mapping[str, Any]) -> None:
   ax.set_yscale("log")
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("gradient norm at the input")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title(
       f"(b) gradient norm per path length ({g['samples']} samples)", fontsize=10
   )
@@ -425,7 +312,7 @@ def plot_paths(
   rows = study["rows"]
   n = study["num_modules"]
   k = np.arange(n + 1)
-  fig, axes = _figure((20, 4.4), 1, 3)
+  fig, axes = kit.new_figure((20, 4.4), 1, 3)
   ax = axes[0, 0]
   ax.bar(
       k,
@@ -441,12 +328,12 @@ def plot_paths(
         f">{veit('path_length_bulk_pct'):.0f}% of paths in",
     )
   else:
-    _note(ax, setting)
+    kit.paper_note(ax, setting)
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("paths (% of all 2^n)")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title(f"(a) path length distribution, n = {n}", fontsize=10)
-  _legend(ax)
+  kit.legend(ax)
   _gradient_panel(axes[0, 1], study["gradients"])
   ax = axes[0, 2]
   eff = study["effective"]
@@ -474,10 +361,10 @@ def plot_paths(
     )
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("share of the total gradient (%)")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title("(c) total gradient per path length", fontsize=10)
-  _legend(ax)
-  return _save(
+  kit.legend(ax)
+  return kit.save(
       fig,
       path,
       "Veit Fig. 6: path lengths and the gradient per " "path length",
@@ -499,7 +386,7 @@ def response_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
   Returns:
     The Figure, two panels: layer order (top) and sorted by magnitude.
   """
-  fig, axes = _figure((9, 7), 2, 1)
+  fig, axes = kit.new_figure((9, 7), 2, 1)
   top, bottom = axes[0, 0], axes[1, 0]
   labels = list(dict.fromkeys(r["label"] for r in rows))
   for k, label in enumerate(labels):
@@ -520,8 +407,8 @@ def response_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
   bottom.set_xlabel("layer index (sorted by magnitude)")
   for ax in (top, bottom):
     ax.set_ylabel("std of response\n(after BN, before ReLU/add)")
-    _integer(ax.xaxis)
-    _legend(ax)
+    kit.integer_ticks(ax.xaxis)
+    kit.legend(ax)
   top.set_title("std of each layer's response (He et al. 2016 Fig. 7)")
   return fig
 
@@ -533,7 +420,7 @@ def plot_response(
     setting: Setting = Setting(),
 ) -> Figure:
   """Writes ``response_figure(rows)`` to ``path``; returns the Figure."""
-  return _save(
+  return kit.save(
       response_figure(rows),
       path,
       "He et al. Fig. 7: std of each layer's response",
@@ -553,7 +440,7 @@ def plot_gradients(
   Returns:
     The Figure.
   """
-  fig, axes = _figure((16, 4.2), 1, 2)
+  fig, axes = kit.new_figure((16, 4.2), 1, 2)
   ax = axes[0, 0]
   for label in dict.fromkeys(r["label"] for r in grad_rows):
     rs = [r for r in grad_rows if r["label"] == label]
@@ -567,9 +454,9 @@ def plot_gradients(
   ax.set_yscale("log")
   ax.set_xlabel("module input (forward order; last = head input)")
   ax.set_ylabel("norm of d loss / d x")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title("gradient norm at every module input")
-  _legend(ax)
+  kit.legend(ax)
   ax = axes[0, 1]
   if scale_rows:
     lam = scale_rows[0]["lambda"]
@@ -595,12 +482,12 @@ def plot_gradients(
         label="measured, whole network",
     )
     ax.set_yscale("log")
-    _legend(ax)
+    kit.legend(ax)
   ax.set_xlabel("module input l")
   ax.set_ylabel("gradient at x_l / gradient at x_L")
-  _integer(ax.xaxis)
+  kit.integer_ticks(ax.xaxis)
   ax.set_title("scaled shortcut h(x) = lambda x (Identity Mappings eq. 7)")
-  return _save(fig, path, "gradient norm at every module input", setting)
+  return kit.save(fig, path, "gradient norm at every module input", setting)
 
 
 def setting_of(res: Mapping[str, Any]) -> Setting | None:

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import cm
 from matplotlib.figure import Figure
 
-from resflax.experiment import lesion_plots
+from resflax.experiment import figure_kit
 from resflax.lesion import paths as paths_lib
 
 __all__ = ["survival_study", "plot_survival", "FIELDS"]
@@ -60,17 +60,17 @@ def plot_survival(
     path: str,
     study: Mapping[str, Any],
     *,
-    setting: lesion_plots.Setting | None = None,
+    setting: figure_kit.Setting | None = None,
 ) -> Figure:
   """Fraction of the paths of each length left after deleting d modules.
 
   Returns:
     The Figure.
   """
-  setting = setting or lesion_plots.Setting()
+  setting = setting or figure_kit.Setting()
   n = study["num_modules"]
   ds = [s["deleted"] for s in study["deleted"]]
-  fig, axes = lesion_plots._figure((8, 4.4))  # pylint: disable=protected-access
+  fig, axes = figure_kit.new_figure((8, 4.4))
   ax = axes[0, 0]
   colors = cm.viridis(np.linspace(0.0, 0.9, max(len(ds), 1)))
   for d, color in zip(ds, colors):
@@ -85,13 +85,13 @@ def plot_survival(
   ax.set_xlabel("path length (modules)")
   ax.set_ylabel("paths of that length remaining (%)")
   ax.set_xlim(0, n)
-  lesion_plots._integer(ax.xaxis)  # pylint: disable=protected-access
+  figure_kit.integer_ticks(ax.xaxis)
   ax.set_title(
       f"paths remaining after deleting d of n = {n} modules "
       "(C(n-d, k) / C(n, k))",
       fontsize=10,
   )
-  lesion_plots._legend(ax)  # pylint: disable=protected-access
-  return lesion_plots._save(  # pylint: disable=protected-access
+  figure_kit.legend(ax)
+  return figure_kit.save(
       fig, path, "Veit Fig. 7: paths remaining after deletions", setting
   )
