@@ -108,7 +108,7 @@ def analyse(config, num_train: int):
   out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   out["compile_s"] = seconds
   out["available"] = True
-  out["params"] = models.num_params(state["variables"])
+  out["params"] = models.num_params(state.variables)
   return out
 
 

@@ -275,9 +275,7 @@ class BareRunner(_JaxRunner):
   def __init__(self, spec, images, labels, plain_flax: bool = False):
     self.model = _PlainAdapter() if plain_flax else spec.model
     variables = self.model.init(jax.random.key(0), jnp.asarray(images[:2]))
-    tx = optax.chain(
-        spec.optimizer, optax.scale(-spec.config.train.learning_rate)
-    )
+    tx = spec.optimizer  # the engine's SGD at the config's rate
     self.state = (variables, tx.init(variables["params"]), jnp.float32(0))
     self.args = (jnp.asarray(images), jnp.asarray(labels))
     model = self.model

@@ -48,8 +48,8 @@ def test_stop_resume_and_rerun(tmp_path, monkeypatch, runs):
   training.train_and_evaluate(tiny_config(runs), part)
   a = jax.device_get(training.restore_state(tiny_config(runs), full))
   b = jax.device_get(training.restore_state(tiny_config(runs), part))
-  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+  jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
   want, got = run_results(full, runs), run_results(part, runs)
   for w, g in zip(want, got):
     # Evaluations at steps 2 (first segment), 4 and 6 (second segment).

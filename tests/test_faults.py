@@ -98,8 +98,8 @@ def state_of(workdir, config=None):
 
 
 def assert_same_params(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
-  assert int(a["step"]) == int(b["step"])
+  jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+  assert int(a.step) == int(b.step)
 
 
 def results(workdir):

@@ -4,6 +4,7 @@
 upgrades; ``resume.restore`` is the one restore path that uses it.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import REPO, tiny_config
 
@@ -77,7 +79,7 @@ def test_restore_follows_the_recorded_version(tmp_path):
   shutil.copytree(os.path.join(FIXTURES, "workdir_2026_12_05"), run)
   config = tiny_config()
   good = training.restore_state(config, str(run))
-  assert int(good["step"]) == 4
+  assert int(good.step) == 4
   (run / workdir_lib.FORMAT_FILE).write_text(
       json.dumps({"from_step": 0, "version": 0}) + "\n"
   )
@@ -102,15 +104,15 @@ def test_both_fixture_versions_restore_to_todays_format():
   )
   for state in (old, new):
     assert jax.tree.structure(state) == today
-    assert int(state["step"]) == 4
-    assert int(state["metrics"].error.count) == 4 * 16
-    assert int(state["metrics"].loss.count) == 4
+    assert int(state.step) == 4
+    assert int(state.metrics.error.count) == 4 * 16
+    assert int(state.metrics.loss.count) == 4
   # resflax 0.1's run had no error-based warm-up; the 2026-12-05 run was
   # still warming at step 4 (its README) and keeps warming: its window
   # counts as all wrong, as a new run's does.
-  assert not old["warm"] and new["warm"]
-  np.testing.assert_array_equal(old["warm_errors"], np.zeros(10))
-  np.testing.assert_array_equal(new["warm_errors"], np.ones(10))
+  assert not old.warm and new.warm
+  np.testing.assert_array_equal(old.warm_errors, np.zeros(10))
+  np.testing.assert_array_equal(new.warm_errors, np.ones(10))
   # The 2026-12-05 run logged its train error over those 4 steps.
   logged = json.loads(
       open(
@@ -118,7 +120,7 @@ def test_both_fixture_versions_restore_to_todays_format():
       ).readline()
   )
   np.testing.assert_allclose(
-      new["metrics"].error.total / 64, logged["train_error"], rtol=1e-6
+      new.metrics.error.total / 64, logged["train_error"], rtol=1e-6
   )
 
 
@@ -137,9 +139,9 @@ def test_version_1_upgrade_keeps_the_warm_up_where_it_was(warm):
   old["warm"] = np.asarray([warm, not warm, warm])
   new = formats.upgrade(old, 1, stacked, 16)
   assert jax.tree.structure(new) == jax.tree.structure(stacked)
-  np.testing.assert_array_equal(new["warm"], old["warm"])
+  np.testing.assert_array_equal(new.warm, old["warm"])
   fill = [[float(w)] * 10 for w in old["warm"]]
-  np.testing.assert_array_equal(new["warm_errors"], fill)
+  np.testing.assert_array_equal(new.warm_errors, fill)
   # One perfect batch does not end a warm-up (0.9 > 0.8); an all-wrong one
   # does not restart a finished one.
   for error in (0.0, 1.0):
@@ -147,7 +149,7 @@ def test_version_1_upgrade_keeps_the_warm_up_where_it_was(warm):
         lambda w, b, e=error: state_lib.warmup_update(
             w, b, jnp.int32(4), jnp.float32(e), 0.8
         )
-    )(jnp.asarray(new["warm"]), jnp.asarray(new["warm_errors"]))
+    )(jnp.asarray(new.warm), jnp.asarray(new.warm_errors))
     np.testing.assert_array_equal(w, old["warm"])
 
 
@@ -182,3 +184,54 @@ def test_version_2_upgrade_puts_unit_0_first_in_the_order():
         formats._field(new, "variables")["lesion"][s]["order"],
         old_lesion[s]["order"],
     )
+
+
+def test_version_3_upgrade_keeps_the_momentum_and_the_next_step():
+  """Version 3 was a dict whose momentum was ``optax.trace``'s state, the
+  rate applied by hand; upgraded, the next SGD step is bit for bit the one
+  version 3 would have made."""
+  config = tiny_config()
+  t = config.train
+  target = _target(config)
+  params = target.variables["params"]
+  # Version 3's optimiser, as state.make_optimizer was.
+  v3_tx = optax.chain(
+      optax.add_decayed_weights(t.weight_decay),
+      optax.trace(decay=t.momentum, nesterov=t.nesterov),
+  )
+  v3 = formats.layout(target, 3)
+  assert isinstance(v3, dict) and set(v3) == {
+      f.name for f in dataclasses.fields(state_lib.TrainState)
+  }
+  assert jax.tree.structure(v3["opt_state"]) == jax.tree.structure(
+      jax.eval_shape(v3_tx.init, params)
+  )
+  rng = np.random.default_rng(0)
+  old = jax.tree.map(
+      lambda s: np.asarray(rng.normal(size=s.shape)).astype(s.dtype), v3
+  )
+  new = formats.upgrade(old, 3, target, t.batch_size)
+  assert isinstance(new, state_lib.TrainState)
+  assert jax.tree.structure(new) == jax.tree.structure(target)
+  for f in dataclasses.fields(new):
+    if f.name != "opt_state":
+      jax.tree.map(
+          np.testing.assert_array_equal, getattr(new, f.name), old[f.name]
+      )
+  p = old["variables"]["params"]
+  g = jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), params
+  )
+  rate = jnp.float32(0.1)
+  d, _ = v3_tx.update(g, old["opt_state"], p)
+  want = jax.tree.map(lambda a, b: a - rate * b, p, d)
+  u, _ = state_lib.make_optimizer(t, rate).update(g, new.opt_state, p)
+  jax.tree.map(np.testing.assert_array_equal, optax.apply_updates(p, u), want)
+
+
+def test_the_state_still_reads_as_a_dict_with_a_warning():
+  state = training.init_state(
+      training.build_run(tiny_config(), 10, 128), 0, (32, 32, 3)
+  )
+  with pytest.warns(DeprecationWarning, match=r"read state\.warm"):
+    assert state["warm"] is state.warm

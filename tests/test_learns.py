@@ -80,9 +80,9 @@ def learned(lr, steps=30) -> bool:
   state = training.init_state(spec, 0, (8, 8, 3))
   losses = []
   for _ in range(steps):
-    before = float(state["metrics"].loss.total)
+    before = float(state.metrics.loss.total)
     state = _step()(state, np.float32(lr), *data)
-    losses.append(float(state["metrics"].loss.total) - before)
+    losses.append(float(state.metrics.loss.total) - before)
   return bool(np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]))
 
 
@@ -123,10 +123,10 @@ def test_error_based_warmup_switches_once_the_windowed_error_is_under_80():
   step = jax.jit(functools.partial(training.step_on_dataset, spec))
   batch_errors, rates = [], []
   for s in range(40):
-    rates.append(float(training.learning_rate(s, state["warm"], config.train)))
-    before = float(state["metrics"].error.total)
+    rates.append(float(training.learning_rate(s, state.warm, config.train)))
+    before = float(state.metrics.error.total)
     state = step(state, *data)
-    batch_errors.append((float(state["metrics"].error.total) - before) / 32)
+    batch_errors.append((float(state.metrics.error.total) - before) / 32)
   padded = [1.0] * 3 + batch_errors  # the window before 4 batches were seen
   windowed = [np.mean(padded[s : s + 4]) for s in range(40)]
   first = next(s for s, e in enumerate(windowed) if e < 0.8)

@@ -37,7 +37,7 @@ def fake_run(run_dir, cfg, seed=0):
   spec = training.build_run(cfg, 10, 256)
   target = jax.eval_shape(lambda: training.init_state(spec, 0, (32, 32, 3)))
   state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), target)
-  state["variables"] = random_variables(spec.model, seed=seed)
+  state = state.replace(variables=random_variables(spec.model, seed=seed))
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"))
   ckpt.save(1, state)
   ckpt.close()

@@ -76,8 +76,8 @@ def test_two_processes_match_one_process_four_devices(tmp_path):
   b = final_state(tiny_config(), str(single))
   jax.tree.map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5),
-      a["variables"],
-      b["variables"],
+      a.variables,
+      b.variables,
   )
 
 
@@ -156,4 +156,4 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     a, b = final_state(config, str(workdir)), final_state(config, str(twin))
   finally:
     jax.config.update("jax_threefry_partitionable", False)
-  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
+  jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)

@@ -44,7 +44,7 @@ def solo_config(k):
 
 def final_variables(config, workdir):
   """The variables of the last checkpoint (stacked for parallel runs)."""
-  return jax.device_get(training.restore_state(config, workdir)["variables"])
+  return jax.device_get(training.restore_state(config, workdir).variables)
 
 
 def test_run_overrides_format_and_errors():

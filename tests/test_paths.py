@@ -254,7 +254,7 @@ def test_effective_path_training_updates_only_sampled_modules():
   labels = jnp.asarray(rng.integers(0, 10, 16), jnp.int32)
   step = jax.jit(functools.partial(training.step_on_dataset, task))
   new = step(state, images, labels, jnp.full((3,), 0.5), jnp.full((3,), 0.25))
-  before, after = v["params"], new["variables"]["params"]
+  before, after = v["params"], new.variables["params"]
 
   def changed(info):
     stage = f"stage{info.stage}"

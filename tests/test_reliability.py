@@ -25,8 +25,8 @@ from resflax.training import workdir as workdir_lib
 
 
 def assert_same_state(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
-  assert int(a["step"]) == int(b["step"])
+  jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+  assert int(a.step) == int(b.step)
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_nonfinite_stops_naming_step_and_keeps_good_checkpoint(tmp_path):
   assert ckpt.all_steps() == [2, 4]
   ckpt.close()
   state = final_state(config, str(tmp_path))
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["variables"]))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.variables))
   assert not (tmp_path / "results.json").exists()
 
 
@@ -363,7 +363,7 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
   ckpt = checkpoint.Checkpointer(run / "checkpoints")
   assert ckpt.latest_step() == 4
   ckpt.close()
-  assert int(final_state(tiny_config(), str(run))["step"]) == 4
+  assert int(final_state(tiny_config(), str(run)).step) == 4
 
 
 def test_results_written_atomically(tmp_path, monkeypatch):

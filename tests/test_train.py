@@ -72,8 +72,8 @@ def test_fast_compile_reaches_every_program_and_keeps_the_math(
   b = final_state(tiny_config(), str(tmp_path / "default"))
   jax.tree.map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-      a["variables"],
-      b["variables"],
+      a.variables,
+      b.variables,
   )
 
 
@@ -86,9 +86,9 @@ def test_resume_gives_identical_parameters(tmp_path):
   training.train_and_evaluate(resumed, str(part))
   a = final_state(tiny_config(), str(full))
   b = final_state(tiny_config(), str(part))
-  assert int(a["step"]) == int(b["step"]) == 8
-  jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
-  jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+  assert int(a.step) == int(b.step) == 8
+  jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+  jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
 
 
 LEGACY = os.path.join(REPO, "tests", "fixtures", "workdir_v0_1")
@@ -109,19 +109,19 @@ def test_workdir_of_previous_version_resumes(tmp_path):
     jax.config.update("jax_threefry_partitionable", False)
   a = final_state(tiny_config(), LEGACY + "_finished")
   b = final_state(tiny_config(), str(part))
-  assert result["steps"] == 8 and int(a["step"]) == int(b["step"]) == 8
+  assert result["steps"] == 8 and int(a.step) == int(b.step) == 8
   # 1 device then vs this suite's 4: equal to float32 rounding.
   close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
-  jax.tree.map(close, a["variables"]["params"], b["variables"]["params"])
-  jax.tree.map(close, a["opt_state"], b["opt_state"])
+  jax.tree.map(close, a.variables["params"], b.variables["params"])
+  jax.tree.map(close, a.opt_state, b.opt_state)
   # Running variances of steps 5-8 are today's unbiased estimate.
   jax.tree.map(
       functools.partial(np.testing.assert_allclose, rtol=0.05),
-      a["variables"]["batch_stats"],
-      b["variables"]["batch_stats"],
+      a.variables["batch_stats"],
+      b.variables["batch_stats"],
   )
   # Its metrics were plain sums then: the train error of the whole run.
-  assert b["metrics"].error.count == 8 * 16
+  assert b.metrics.error.count == 8 * 16
 
 
 FIXTURE_2026_12_05 = os.path.join(
@@ -161,13 +161,13 @@ def test_workdir_of_2026_12_05_resumes_and_finishes(tmp_path):
       "version": formats.CURRENT,
   }
   state = final_state(fixture_2026_12_05_config(), str(part))
-  assert int(state["step"]) == 8
-  assert int(state["metrics"].error.count) == 8 * 16
+  assert int(state.step) == 8
+  assert int(state.metrics.error.count) == 8 * 16
   # Still warming at step 4, it was upgraded to a window of all wrong
   # batches; steps 4-7 filled their slots with their batch errors (~84%,
   # over 50%), so it still warms.
-  assert bool(state["warm"])
-  errors = state["warm_errors"]
+  assert bool(state.warm)
+  errors = state.warm_errors
   np.testing.assert_array_equal(errors[[0, 1, 2, 3, 8, 9]], np.ones(6))
   assert (errors[4:8] < 1).any() and (errors[4:8] > 0.5).all()
   # The log's train error of steps 5-8 is those four batches' mean.
@@ -211,8 +211,8 @@ def test_one_and_four_devices_give_same_parameters():
   four = run_steps(config, jax.devices()[:4], 3)
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
-      one["variables"],
-      four["variables"],
+      one.variables,
+      four.variables,
   )
 
 
@@ -224,14 +224,12 @@ def test_bn_groups_spanning_devices_equal_one_device():
   one = run_steps(config, jax.devices()[:1], 2)
   four = run_steps(config, jax.devices()[:4], 2)
   close = functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5)
-  jax.tree.map(close, one["variables"], four["variables"])
-  close(one["metrics"].loss.total, four["metrics"].loss.total)
+  jax.tree.map(close, one.variables, four.variables)
+  close(one.metrics.loss.total, four.metrics.loss.total)
   # Groups really differ from whole-batch statistics.
   config.model.bn_group_size = 0
   whole = run_steps(config, jax.devices()[:4], 2)
-  assert not np.allclose(
-      whole["metrics"].loss.total, four["metrics"].loss.total
-  )
+  assert not np.allclose(whole.metrics.loss.total, four.metrics.loss.total)
 
 
 def test_any_eval_batch_on_any_device_count(tmp_path):
@@ -251,8 +249,8 @@ def test_bn_per_device_differs_from_global():
   global_bn = run_steps(config, jax.devices()[:4], 2)
   diffs = jax.tree.map(
       lambda a, b: float(np.abs(a - b).max()),
-      per_device["variables"]["params"],
-      global_bn["variables"]["params"],
+      per_device.variables["params"],
+      global_bn.variables["params"],
   )
   assert max(jax.tree.leaves(diffs)) > 1e-4
 

@@ -288,7 +288,7 @@ def load_run(run_dir: str, role: str = "resnet", *, data_path: str = "") -> Net:
         f"{ckpt_dir} holds no complete checkpoint; train {run_dir} first"
     )
   step, state = restored
-  variables = dict(state["variables"])
+  variables = dict(state.variables)
   variables["lesion"] = model.default_lesion()
   return Net(role, run_dir, run_cfg, model, variables, dataset, int(step))
 

@@ -1,6 +1,6 @@
 """Training: the run description, the step, the one loop and its services.
 
-Modules, from the bottom up: ``state`` (``RunSpec``, the train state,
+Modules, from the bottom up: ``state`` (``RunSpec``, ``TrainState``, the
 optimiser, learning rate), ``step`` (the compiled SGD step and evaluation),
 ``feeds`` (data on the devices or streamed), ``runs`` (parallel runs'
 configs), ``checkpoint`` (Orbax, behind one module), ``metrics``
@@ -13,6 +13,7 @@ from resflax.training.loop import train_and_evaluate
 from resflax.training.resume import restore_state
 from resflax.training.state import (
     RunSpec,
+    TrainState,
     build_run,
     init_state,
     learning_rate,
@@ -32,6 +33,7 @@ __all__ = [
     "train_and_evaluate",
     "restore_state",
     "RunSpec",
+    "TrainState",
     "build_run",
     "init_state",
     "learning_rate",

@@ -37,7 +37,7 @@ def first_nonfinite(feed, spec, config, state, bad_step: int, k: int) -> str:
   spec = dataclasses.replace(
       spec, config=config, optimizer=make_optimizer(config.train)
   )
-  one = {**state, "step": jnp.asarray(bad_step, jnp.int32)}
+  one = state.replace(step=jnp.asarray(bad_step, jnp.int32))
   data = feed.step_args()
   if feed.per_run:
     data = tuple(a[k] for a in data)

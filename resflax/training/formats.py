@@ -13,11 +13,18 @@ version at a time to today's (``UPGRADES``). Versions:
      gains ``warm_errors``, the last ``train.warmup_window`` batch errors
   3  a post-activation stage whose unit 0 keeps the shape reorders all its
      units: its lesion ``order`` has n entries, not n - 1
+  4  the state is a ``TrainState`` dataclass (saved by field name: the dict's
+     keys) and its ``opt_state`` ``optax.sgd``'s, whose momentum buffers sit
+     one tuple deeper: ``(EmptyState, (TraceState, EmptyState))``, not
+     ``(EmptyState, TraceState)``
 
-Neither recorded its version: for a checkpoint without one, the version is
-the one whose layout has the checkpoint's structure (``infer_version``; a
-state saved by other code than a run, a test's say, is today's if it has
-today's structure). Every run since records ``CURRENT`` when it starts.
+Versions 0 and 1 did not record their version: for a checkpoint without
+one, the version is the one whose layout has the checkpoint's structure
+(``infer_version``; a state saved by other code than a run, a test's say,
+is today's if it has today's structure). Every run since records
+``CURRENT`` when it starts.
+
+Versions 0-3 were dicts: their layouts and upgrades take and give dicts.
 """
 
 import dataclasses
@@ -26,12 +33,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from resflax.training.state import TrainMetrics
+from resflax.training.state import TrainMetrics, TrainState
 
 PyTree = Any
 
-CURRENT = 3
+CURRENT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +169,34 @@ def _v2_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
   return _with_lesion(state, lesion)
 
 
+def _v3_layout(target: TrainState) -> PyTree:
+  trace = optax.tree_utils.tree_get(target.opt_state, "trace")
+  fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+  return {
+      **fields,
+      "opt_state": (optax.EmptyState(), optax.TraceState(trace=trace)),
+  }
+
+
+def _v3_upgrade(
+    state: PyTree, target: TrainState, batch_size: int
+) -> TrainState:
+  """The dict as a ``TrainState``; the same momentum in ``optax.sgd``'s state.
+
+  Version 3 chained ``optax.trace`` alone and applied the rate by hand;
+  ``optax.sgd`` nests the trace beside its stateless scaling by the rate.
+  """
+  del batch_size
+  trace = optax.tree_utils.tree_get(state["opt_state"], "trace")
+  opt_state = optax.tree_utils.tree_set(target.opt_state, trace=trace)
+  return TrainState(**{**state, "opt_state": opt_state})
+
+
 UPGRADES: dict[int, Upgrade] = {
     0: Upgrade(_v0_layout, _v0_upgrade),
     1: Upgrade(_v1_layout, _v1_upgrade),
     2: Upgrade(_v2_layout, _v2_upgrade),
+    3: Upgrade(_v3_layout, _v3_upgrade),
 }
 
 

@@ -2,19 +2,15 @@
 
 ``RunSpec`` is everything the compiled functions close over (the model, the
 config, the device mesh, the dataset size, the optimiser): static for jit.
-The train state is a pytree of arrays::
+``TrainState`` is the train state: a ``flax.struct.dataclass`` of arrays
+(a pytree: jit, vmap over parallel runs and checkpoints see its fields),
+made by ``init_state`` and advanced by ``step.sgd_update``.
 
-  {'step': i32, 'variables': {params, batch_stats, lesion},
-   'opt_state': optax state, 'rng': u32 key data, 'warm': bool,
-   'warm_errors': f32[train.warmup_window],
-   'nonfinite_step': i32 (-1: none), 'nonfinite_value': f32,
-   'skipped': i32, 'metrics': TrainMetrics}
-
-``warm`` is True while the error-based warm-up is on; ``warm_errors``
-holds the error of each of the last ``warmup_window`` mini-batches (batch
-``s`` at ``s % warmup_window``; 1.0, all wrong, before there were that
-many), whose mean ends the warm-up (``warmup_update``). Its shape is fixed,
-so the step never recompiles, and it stays on the devices.
+``TrainState.warm`` is True while the error-based warm-up is on;
+``warm_errors`` holds the error of each of the last ``warmup_window``
+mini-batches (batch ``s`` at ``s % warmup_window``; 1.0, all wrong, before
+there were that many), whose mean ends the warm-up (``warmup_update``). Its
+shape is fixed, so the step never recompiles, and it stays on the devices.
 
 ``TrainMetrics`` is a ``clu.metrics`` collection accumulated on the device
 by every step (the mean loss of the finite steps, the error of every
@@ -26,6 +22,7 @@ the interrupted one was.
 """
 
 import dataclasses
+import warnings
 from typing import Any
 
 import flax
@@ -52,9 +49,65 @@ class TrainMetrics(clu_metrics.Collection):
   error: clu_metrics.Average.from_output("error")
 
 
+@flax.struct.dataclass
+class TrainState:
+  """The train state: everything that changes from one step to the next.
+
+  With ``train.parallel_runs > 1`` every field has a leading run axis.
+
+  Attributes:
+    step: int32, the steps made (the next step's index).
+    variables: the network's ``{'params', 'batch_stats', 'lesion'}``.
+    opt_state: the optimiser's state (``make_optimizer``): the momentum
+      buffers.
+    rng: uint32 key data of the run's key, from which every step's data
+      order, augmentation and dropout derive (with ``step``).
+    warm: bool, True while the error-based warm-up is on.
+    warm_errors: f32 ``(train.warmup_window,)``, the last batches' errors
+      (``warmup_update``).
+    nonfinite_step: int32, the first step whose loss or parameters were not
+      finite; -1: none.
+    nonfinite_value: f32, that step's loss.
+    skipped: int32, the non-finite steps not applied.
+    metrics: the ``TrainMetrics`` accumulated since the run started.
+  """
+
+  step: jax.Array
+  variables: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  warm: jax.Array
+  warm_errors: jax.Array
+  nonfinite_step: jax.Array
+  nonfinite_value: jax.Array
+  skipped: jax.Array
+  metrics: TrainMetrics
+
+  def __getitem__(self, name: str):
+    # The state was a dict: it reads as one for a release, so notebooks
+    # and scripts written against that keep working meanwhile.
+    warnings.warn(
+        f"state[{name!r}] is deprecated: the train state is a TrainState, "
+        f"read state.{name}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(self, name)
+
+
 @dataclasses.dataclass
 class RunSpec:
-  """Static description of a run: what the compiled functions close over."""
+  """Static description of a run: what the compiled functions close over.
+
+  Attributes:
+    model: the network.
+    config: the experiment config.
+    mesh: the device mesh.
+    num_train: training images held on the devices (0 when streamed).
+    optimizer: ``make_optimizer(config.train)``, SGD at the config's rate:
+      it makes the state's ``opt_state``; each step builds the same SGD at
+      that step's rate.
+  """
 
   model: models.Network
   config: ml_collections.ConfigDict
@@ -95,15 +148,35 @@ def model_config(
   return m
 
 
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """SGD direction with weight decay added to the gradient (as in Torch).
+def make_optimizer(train_cfg, rate=None) -> optax.GradientTransformation:
+  """SGD as Torch's: weight decay added to the gradient, momentum, the rate.
 
-  The learning rate is applied in the step (it depends on the error-based
-  warm-up state), so the same transformation serves every schedule.
+  ``optax.add_decayed_weights`` adds ``weight_decay * p`` to the gradient of
+  every parameter (Torch's SGD decays them all), then ``optax.sgd`` keeps
+  the momentum (Nesterov's with ``train.nesterov``) and scales by the rate.
+  The rate has no state, so the optimiser state is the same at every rate.
+
+  Each step builds this at its own rate, ``learning_rate(step, warm)``, a
+  traced scalar: a new rate never recompiles. The rate is not kept in the
+  optimiser state (``optax.inject_hyperparams`` would keep the last one):
+  it is a function of the step, the warm-up switch and the config, and a
+  stored copy is one that checkpoints written before could not be upgraded
+  to exactly (their last step's rate depends on whether the warm-up ended
+  at that very step). Nor is it an optax schedule: a schedule sees optax's
+  update count, not the warm-up switch.
+
+  Args:
+    train_cfg: ``config.train`` (parallel runs: its scalars traced per run).
+    rate: the learning rate, a float or a traced scalar; None:
+      ``train_cfg.learning_rate``.
   """
   return optax.chain(
       optax.add_decayed_weights(train_cfg.weight_decay),
-      optax.trace(decay=train_cfg.momentum, nesterov=train_cfg.nesterov),
+      optax.sgd(
+          train_cfg.learning_rate if rate is None else rate,
+          momentum=train_cfg.momentum,
+          nesterov=train_cfg.nesterov,
+      ),
   )
 
 
@@ -198,20 +271,20 @@ def warmup_update(
   return warm & ~(jnp.mean(errors) < until_error), errors
 
 
-def init_state(spec: RunSpec, seed, image_shape) -> PyTree:
+def init_state(spec: RunSpec, seed, image_shape) -> TrainState:
   """A fresh train state for ``seed`` (an int or a traced int32)."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
   dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = spec.model.init(init_key, dummy)
-  return {
-      "step": jnp.zeros((), jnp.int32),
-      "variables": variables,
-      "opt_state": spec.optimizer.init(variables["params"]),
-      "rng": jax.random.key_data(run_key),
-      "warm": jnp.asarray(spec.config.train.warmup_until_error > 0),
-      "warm_errors": jnp.ones((spec.config.train.warmup_window,), jnp.float32),
-      "nonfinite_step": jnp.full((), -1, jnp.int32),
-      "nonfinite_value": jnp.zeros((), jnp.float32),
-      "skipped": jnp.zeros((), jnp.int32),
-      "metrics": TrainMetrics.empty(),
-  }
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      variables=variables,
+      opt_state=spec.optimizer.init(variables["params"]),
+      rng=jax.random.key_data(run_key),
+      warm=jnp.asarray(spec.config.train.warmup_until_error > 0),
+      warm_errors=jnp.ones((spec.config.train.warmup_window,), jnp.float32),
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      nonfinite_value=jnp.zeros((), jnp.float32),
+      skipped=jnp.zeros((), jnp.int32),
+      metrics=TrainMetrics.empty(),
+  )

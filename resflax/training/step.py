@@ -18,13 +18,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from resflax import data as data_lib
 from resflax.models import masks, scoring
 from resflax.training.state import (
     RunSpec,
     TrainMetrics,
+    TrainState,
     learning_rate,
+    make_optimizer,
     warmup_update,
 )
 
@@ -32,8 +35,8 @@ PyTree = Any
 
 
 def _step_keys(state):
-  run_key = jax.random.wrap_key_data(state["rng"])
-  step_key = jax.random.fold_in(jax.random.fold_in(run_key, 1), state["step"])
+  run_key = jax.random.wrap_key_data(state.rng)
+  step_key = jax.random.fold_in(jax.random.fold_in(run_key, 1), state.step)
   return jax.random.split(step_key, 3)  # augmentation, dropout, paths
 
 
@@ -52,7 +55,7 @@ def _select(pred, a, b):
 
 def dataset_batch(
     spec: RunSpec,
-    state: PyTree,
+    state: TrainState,
     images: jax.Array,
     labels: jax.Array,
     mean: jax.Array,
@@ -60,10 +63,10 @@ def dataset_batch(
 ) -> tuple[jax.Array, jax.Array]:
   """The normalised, augmented batch that the state's rng and step select."""
   cfg = spec.config
-  run_key = jax.random.wrap_key_data(state["rng"])
+  run_key = jax.random.wrap_key_data(state.rng)
   idx = data_lib.sample_batch_indices(
       jax.random.fold_in(run_key, 0),
-      state["step"],
+      state.step,
       spec.num_train,
       cfg.train.batch_size,
   )
@@ -78,17 +81,17 @@ def dataset_batch(
 
 def step_on_dataset(
     spec: RunSpec,
-    state: PyTree,
+    state: TrainState,
     images: jax.Array,
     labels: jax.Array,
     mean: jax.Array,
     std: jax.Array,
-) -> PyTree:
+) -> TrainState:
   """One step on the batch that the state's rng and step select.
 
   Args:
     spec: static description of the run.
-    state: the train state (see ``resflax.training.state``).
+    state: the train state.
     images, labels: the whole training set, uint8 / int32, on the devices.
     mean, std: normalisation constants.
 
@@ -101,12 +104,12 @@ def step_on_dataset(
 
 def step_on_batch(
     spec: RunSpec,
-    state: PyTree,
+    state: TrainState,
     images: jax.Array,
     labels: jax.Array,
     mean: jax.Array,
     std: jax.Array,
-) -> PyTree:
+) -> TrainState:
   """One step on a uint8 batch streamed from the host, already augmented."""
   x = data_lib.normalize(
       images, mean, std, dtype=jnp.dtype(spec.config.model.dtype)
@@ -114,7 +117,7 @@ def step_on_batch(
   return sgd_update(spec, state, x, labels)
 
 
-def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
+def _gradients(spec: RunSpec, state: TrainState, x: jax.Array, y: jax.Array):
   """Loss, logits, updated BN statistics and parameter gradients.
 
   ``train.gradient_modules = k`` (Veit et al. sec. 5, "only training a
@@ -133,7 +136,7 @@ def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
     residual_grad = masks.random_module_mask(
         path_key, spec.config.train.gradient_modules, model.num_modules
     )
-  variables = state["variables"]
+  variables = state.variables
 
   def loss_fn(params):
     logits, new_vars = model.apply(
@@ -151,51 +154,52 @@ def _gradients(spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array):
   return loss, logits, new_vars, grads
 
 
-def _descend(spec: RunSpec, state: PyTree, grads):
-  """SGD with momentum and weight decay: new parameters and optimiser state."""
-  params = state["variables"]["params"]
-  direction, opt_state = spec.optimizer.update(
-      grads, state["opt_state"], params
+def _descend(spec: RunSpec, state: TrainState, grads):
+  """SGD with momentum and weight decay: new parameters and optimiser state.
+
+  The SGD is built at this step's rate (``make_optimizer``): a function of
+  the step and the warm-up switch, traced, so no recompile.
+  """
+  params = state.variables["params"]
+  rate = learning_rate(state.step, state.warm, spec.config.train)
+  updates, opt_state = make_optimizer(spec.config.train, rate).update(
+      grads, state.opt_state, params
   )
-  lr = learning_rate(state["step"], state["warm"], spec.config.train)
-  return jax.tree.map(lambda p, d: p - lr * d, params, direction), opt_state
+  # p + (-rate * d): bit for bit the p - rate * d of the hand-written SGD
+  # that older checkpoints were trained with (negation is exact).
+  return optax.apply_updates(params, updates), opt_state
 
 
 def sgd_update(
-    spec: RunSpec, state: PyTree, x: jax.Array, y: jax.Array
-) -> PyTree:
+    spec: RunSpec, state: TrainState, x: jax.Array, y: jax.Array
+) -> TrainState:
   """The update on a normalised batch: loss, gradient, SGD, non-finite guard."""
   t = spec.config.train
-  step, variables = state["step"], state["variables"]
+  step, variables = state.step, state.variables
   loss, logits, new_vars, grads = _gradients(spec, state, x, y)
   params, opt_state = _descend(spec, state, grads)
   wrong = (jnp.argmax(logits, -1) != y).astype(jnp.float32)
 
   finite = jnp.isfinite(loss) & _tree_all_finite(params)
-  first_bad = (~finite) & (state["nonfinite_step"] < 0)
+  first_bad = (~finite) & (state.nonfinite_step < 0)
   if t.on_nonfinite == "skip":
     apply = finite
   else:  # stop: freeze on the first non-finite step; the host stops there.
-    apply = finite & (state["nonfinite_step"] < 0)
+    apply = finite & (state.nonfinite_step < 0)
   warm, warm_errors = warmup_update(
-      state["warm"],
-      state["warm_errors"],
-      step,
-      wrong.mean(),
-      t.warmup_until_error,
+      state.warm, state.warm_errors, step, wrong.mean(), t.warmup_until_error
   )
-  return {
-      "step": step + 1,
-      "variables": _select(apply, {**new_vars, "params": params}, variables),
-      "opt_state": _select(apply, opt_state, state["opt_state"]),
-      "rng": state["rng"],
-      "warm": warm,
-      "warm_errors": warm_errors,
-      "nonfinite_step": jnp.where(first_bad, step, state["nonfinite_step"]),
-      "nonfinite_value": jnp.where(first_bad, loss, state["nonfinite_value"]),
-      "skipped": state["skipped"] + (~finite).astype(jnp.int32),
-      "metrics": _accumulate(state["metrics"], loss, finite, wrong),
-  }
+  return state.replace(
+      step=step + 1,
+      variables=_select(apply, {**new_vars, "params": params}, variables),
+      opt_state=_select(apply, opt_state, state.opt_state),
+      warm=warm,
+      warm_errors=warm_errors,
+      nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
+      nonfinite_value=jnp.where(first_bad, loss, state.nonfinite_value),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      metrics=_accumulate(state.metrics, loss, finite, wrong),
+  )
 
 
 def _accumulate(metrics: TrainMetrics, loss, finite, wrong) -> TrainMetrics:
@@ -214,7 +218,7 @@ def _accumulate(metrics: TrainMetrics, loss, finite, wrong) -> TrainMetrics:
 
 def finiteness(
     spec: RunSpec,
-    state: PyTree,
+    state: TrainState,
     images: jax.Array,
     labels: jax.Array,
     mean: jax.Array,
