@@ -62,7 +62,7 @@ def test_fitting_step_trains_on_its_one_compiled_program(
     return made[-1]
 
   monkeypatch.setattr(memory_fit, "device_bytes_limit", lambda: 64 * GIB)
-  monkeypatch.setattr("resflax.training.loop.checked_step", record)
+  monkeypatch.setattr("resflax.training.trainer.checked_step", record)
   config = engine_config(
       runs=runs, steps=2, lr_boundaries=(1,), eval_every=0, checkpoint_every=0
   )

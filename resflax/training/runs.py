@@ -23,11 +23,11 @@ Anything else changes shapes or the compiled program and is an error naming
 the key. Seeds must be distinct
 (each run's files are named by its seed).
 
-``Runs`` is such a group as the training loop holds it: configs,
-directories, and host copies of per-run values. The loop's single run does
-not go through this module; a group of runs does, here: its stacked initial
-state (``stacked_initial_state``), its vmapped step (``vmapped_step``) and
-its combined results (``write_combined``).
+``Runs`` is such a group: configs, directories, and host copies of per-run
+values. A single run does not go through this module (``trainer.Trainer``);
+a group does (``parallel.GroupTrainer``), with what is here: its stacked
+initial state (``stacked_initial_state``), its vmapped step
+(``vmapped_step``) and its combined results (``write_combined``).
 """
 
 import dataclasses
