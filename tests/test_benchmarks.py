@@ -64,14 +64,20 @@ def test_tables_list_every_preset_and_resume(tmp_path, capsys):
   assert len(lines) == len(presets) + 2
   assert "| no | yes | model.remat=True: 2.00 GiB (yes | yes) |" in lines[2]
   assert sum("not measured" in line for line in lines) == len(presets) - 1
-  cold = {"total_s": 9.0, "init_s": 1.0, "lower_s": 1.0, "compile_s": 7.0}
+  cold = {
+      "total_s": 9.0,
+      "init_s": 1.0,
+      "lower_s": 1.0,
+      "compile_s": 7.0,
+      "init_to_compiled_cpu_s": 5.0,
+  }
   path = tmp_path / "compile.jsonl"
   path.write_text(
       json.dumps(
           {
               "preset": presets[0].name,
               "cold": cold,
-              "warm": {**cold, "total_s": 2.0},
+              "warm": {**cold, "total_s": 2.0, "init_to_compiled_cpu_s": 1.5},
               "load": 1.0,
           }
       )
@@ -79,7 +85,8 @@ def test_tables_list_every_preset_and_resume(tmp_path, capsys):
   )
   compile_time.table_main(str(path))
   lines = capsys.readouterr().out.splitlines()
-  assert "| 9.0 (1.0 / 1.0 / 7.0) | 2.0 | 1.0 |" in lines[2]
+  # Wall seconds (cold: total (init / lower / compile)), CPU seconds, load.
+  assert "| 9.0 (1.0 / 1.0 / 7.0) | 5.0 | 2.0 | 1.5 | 1.0 |" in lines[2]
   assert sum("not measured" in line for line in lines) == len(presets) - 1
 
 
