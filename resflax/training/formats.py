@@ -13,9 +13,9 @@ version at a time to today's (``UPGRADES``). Versions:
      gains ``warm_errors``, the last ``train.warmup_window`` batch errors
   3  a post-activation stage whose unit 0 keeps the shape reorders all its
      units: its lesion ``order`` has n entries, not n - 1
-  4  the state is a ``TrainState`` dataclass (saved by field name: the dict's
-     keys) and its ``opt_state`` ``optax.sgd``'s, whose momentum buffers sit
-     one tuple deeper: ``(EmptyState, (TraceState, EmptyState))``, not
+  4  the optimiser is ``optax.sgd`` (the rate no longer applied by hand):
+     its momentum buffers sit one tuple deeper in ``opt_state``,
+     ``(EmptyState, (TraceState, EmptyState))``, not
      ``(EmptyState, TraceState)``
 
 Versions 0 and 1 did not record their version: for a checkpoint without
@@ -24,7 +24,11 @@ one, the version is the one whose layout has the checkpoint's structure
 is today's if it has today's structure). Every run since records
 ``CURRENT`` when it starts.
 
-Versions 0-3 were dicts: their layouts and upgrades take and give dicts.
+The state was a dict until it became a ``TrainState`` (during version 3);
+on disk the two are one tree (the fields are saved by name, the dict's
+keys), so that is no version of its own. Older versions' layouts and
+upgrades take and give dicts; ``upgrade`` gives a ``TrainState`` for a
+``TrainState`` target.
 """
 
 import dataclasses
@@ -35,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resflax.training.state import TrainMetrics, TrainState
+from resflax.training.state import TrainMetrics
 
 PyTree = Any
 
@@ -169,27 +173,26 @@ def _v2_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
   return _with_lesion(state, lesion)
 
 
-def _v3_layout(target: TrainState) -> PyTree:
-  trace = optax.tree_utils.tree_get(target.opt_state, "trace")
-  fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+def _v3_layout(target: PyTree) -> PyTree:
+  trace = optax.tree_utils.tree_get(target["opt_state"], "trace")
   return {
-      **fields,
+      **target,
       "opt_state": (optax.EmptyState(), optax.TraceState(trace=trace)),
   }
 
 
-def _v3_upgrade(
-    state: PyTree, target: TrainState, batch_size: int
-) -> TrainState:
-  """The dict as a ``TrainState``; the same momentum in ``optax.sgd``'s state.
+def _v3_upgrade(state: PyTree, target: PyTree, batch_size: int) -> PyTree:
+  """The same momentum buffers, where ``optax.sgd``'s state keeps them.
 
   Version 3 chained ``optax.trace`` alone and applied the rate by hand;
-  ``optax.sgd`` nests the trace beside its stateless scaling by the rate.
+  ``optax.sgd`` nests the trace beside its (stateless) scaling by the rate.
   """
   del batch_size
   trace = optax.tree_utils.tree_get(state["opt_state"], "trace")
-  opt_state = optax.tree_utils.tree_set(target.opt_state, trace=trace)
-  return TrainState(**{**state, "opt_state": opt_state})
+  opt_state = optax.tree_utils.tree_set(
+      _field(target, "opt_state"), trace=trace
+  )
+  return {**state, "opt_state": opt_state}
 
 
 UPGRADES: dict[int, Upgrade] = {
@@ -200,8 +203,17 @@ UPGRADES: dict[int, Upgrade] = {
 }
 
 
+def _as_dict(state: PyTree) -> dict[str, PyTree]:
+  """A ``TrainState``'s fields as a dict, as the state of older versions was."""
+  if isinstance(state, Mapping):
+    return dict(state)
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
 def layout(target: PyTree, version: int) -> PyTree:
   """The tree a checkpoint of ``version`` holds, for today's ``target``."""
+  if version < CURRENT:
+    target = _as_dict(target)
   for v in range(CURRENT - 1, version - 1, -1):
     target = UPGRADES[v].layout(target)
   return target
@@ -220,6 +232,8 @@ def upgrade(
   """
   for v in range(version, CURRENT):
     tree = UPGRADES[v].upgrade(tree, layout(target, v + 1), batch_size)
+  if isinstance(tree, Mapping) and not isinstance(target, Mapping):
+    tree = type(target)(**tree)  # a dict of an older version: a TrainState
   if version < CURRENT and all(
       isinstance(x, jax.Array) for x in jax.tree.leaves(target)
   ):
