@@ -44,6 +44,7 @@ import numpy as np
 from resflax import models
 from resflax.errors import ConfigError, TrainingError
 from resflax.training import feeds
+from resflax.training import state as state_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.state import (
     RunSpec,
@@ -367,11 +368,7 @@ def initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
 def _initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
   if group.stacked:
     return stacked_initial_state(group, spec, image_shape)
-  return jax.jit(
-      lambda s: init_state(spec, s, image_shape),
-      out_shardings=spec.replicated,
-      **spec.jit_options,
-  )(group.config.seed)
+  return state_lib.initial_state(spec, group.config.seed, image_shape)
 
 
 def partly_diverged(group: Runs, failed: Mapping[int, str]) -> TrainingError:

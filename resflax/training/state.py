@@ -288,3 +288,19 @@ def init_state(spec: RunSpec, seed, image_shape) -> TrainState:
       skipped=jnp.zeros((), jnp.int32),
       metrics=TrainMetrics.empty(),
   )
+
+
+def initial_state(spec: RunSpec, seed: int, image_shape) -> TrainState:
+  """One run's initial state (``init_state``), jitted, replicated on the mesh.
+
+  Drawn with JAX's classic (non-partitionable) threefry whatever the global
+  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
+  compiles it several times faster (benchmarks/RESULTS.md), which is most
+  of a cold start. Steps use the global setting.
+  """
+  with jax.threefry_partitionable(False):
+    return jax.jit(
+        lambda s: init_state(spec, s, image_shape),
+        out_shardings=spec.replicated,
+        **spec.jit_options,
+    )(seed)

@@ -34,7 +34,7 @@ from resflax.training.resume import restore as _restore
 from resflax.training.state import (
     RunSpec,
     TrainState,
-    init_state,
+    initial_state,
     learning_rate,
     lr_drop_steps,
 )
@@ -53,22 +53,6 @@ def make_step(spec: RunSpec, feed):
       donate_argnums=0,
       **spec.jit_options,
   )
-
-
-def initial_state(spec: RunSpec, seed: int, image_shape) -> TrainState:
-  """The run's initial state, replicated over the mesh.
-
-  Drawn with JAX's classic (non-partitionable) threefry whatever the global
-  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
-  compiles it several times faster (benchmarks/RESULTS.md), which is most
-  of a cold start. Steps use the global setting.
-  """
-  with jax.threefry_partitionable(False):
-    return jax.jit(
-        lambda s: init_state(spec, s, image_shape),
-        out_shardings=spec.replicated,
-        **spec.jit_options,
-    )(seed)
 
 
 def interval_means(m, last) -> tuple[Any, Any, Any]:
