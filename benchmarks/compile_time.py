@@ -122,7 +122,7 @@ def measure(
       "trace_s": t1 - t0,
       "lower_s": t2 - t1,
       "compile_s": t3 - t2,
-      "params": models.num_params(state["variables"]),
+      "params": models.num_params(state.variables),
       "units": spec.model.num_modules,
   }
 

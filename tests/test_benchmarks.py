@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks")
 
 

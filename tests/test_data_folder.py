@@ -13,14 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_data_error, data_config
+from helpers import REPO, assert_data_error, data_config
 from PIL import Image
 
 from resflax import data
 from resflax.data import decode, folder
-
-REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # Deliberately not in sorted order: labels must follow sorted names.
 CLASSES = ("cat", "ant", "bee")
@@ -411,9 +408,7 @@ def test_folder_loads_without_tensorflow_or_jax(tmp_path):
                                if m.split('.')[0] in
                                ('tensorflow', 'tensorflow_datasets', 'jax'))]))
       """)
-  env = dict(
-      os.environ, PYTHONPATH=str(REPO), RESFLAX_CACHE=str(tmp_path / "c")
-  )
+  env = dict(os.environ, PYTHONPATH=REPO, RESFLAX_CACHE=str(tmp_path / "c"))
   result = subprocess.run(
       [sys.executable, "-c", script],
       env=env,
@@ -626,11 +621,11 @@ def test_summary_names_counts_shape_and_cache(tmp_path, cache_dir):
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_real_cifar10_archive(tmp_path, capsys):
-  if not ARCHIVE.is_file():
-    pytest.skip(f"{ARCHIVE} is absent (see ../shared/data/README.md)")
+def test_real_cifar10_archive(tmp_path, capsys, cifar_archive):
   config = make_config(
-      name="cifar10", path=str(ARCHIVE), normalization="channel_standardize"
+      name="cifar10",
+      path=str(cifar_archive),
+      normalization="channel_standardize",
   )
   start = time.perf_counter()
   ds = data.load_dataset(config)

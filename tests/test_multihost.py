@@ -22,7 +22,7 @@ WORKER = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=sys.argv[1],
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
-    from test_train import tiny_config
+    from helpers import tiny_config
     from resflax import training
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     result = training.train_and_evaluate(tiny_config(), sys.argv[3])
@@ -88,7 +88,7 @@ PREEMPTED_WORKER = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=sys.argv[1],
                                num_processes=2, process_id=int(sys.argv[2]))
     sys.path.insert(0, os.path.join(sys.argv[4], "tests"))
-    from test_train import tiny_config
+    from helpers import tiny_config
     from resflax import training
     config = tiny_config(steps=int(sys.argv[5]), log_every=1, eval_every=0,
                          checkpoint_every=0)

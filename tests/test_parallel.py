@@ -12,7 +12,7 @@ from resflax.errors import ConfigError, TrainingError
 from resflax.training import runs as runs_lib
 
 
-def tiny_config(**train_kw):
+def gated_config(**train_kw):
   """A gated net (so a per-run gate bias matters) that compiles quickly."""
   c = engine_config(steps=4, lr_boundaries=(3,), checkpoint_every=0)
   c.model.depth = 8
@@ -32,7 +32,7 @@ OVERRIDES = (
 
 
 def solo_config(k):
-  c = tiny_config()
+  c = gated_config()
   c.seed = k
   if k == 1:
     c.train.learning_rate = 0.05
@@ -48,7 +48,7 @@ def final_variables(config, workdir):
 
 
 def test_run_overrides_format_and_errors():
-  c = tiny_config(parallel_runs=2)
+  c = gated_config(parallel_runs=2)
   c.train.run_overrides = OVERRIDES
   runs = runs_lib.run_configs(c)
   assert [r.seed for r in runs] == [0, 1]
@@ -73,7 +73,7 @@ def test_run_overrides_format_and_errors():
     c.train.run_overrides = overrides
     with pytest.raises(ConfigError, match=pattern):
       training.validate_config(c)  # before any data is loaded
-  single = tiny_config()
+  single = gated_config()
   single.train.run_overrides = ("train.learning_rate=0.05",)
   with pytest.raises(ConfigError, match="needs config.train.parallel"):
     training.validate_config(single)
@@ -82,7 +82,7 @@ def test_run_overrides_format_and_errors():
 @pytest.mark.slow
 def test_parallel_runs_equal_solo_runs(tmp_path):
   """4 trainings of a tiny net: minutes of compilation on a cold cache."""
-  config = tiny_config(parallel_runs=2)
+  config = gated_config(parallel_runs=2)
   config.train.run_overrides = OVERRIDES
   combined = training.train_and_evaluate(config, str(tmp_path / "par"))
   assert [r["status"] for r in combined["runs"]] == ["ok", "ok"]
@@ -115,7 +115,7 @@ def test_parallel_runs_equal_solo_runs(tmp_path):
 
 @pytest.mark.slow
 def test_diverged_run_is_recorded_and_others_finish(tmp_path):
-  config = tiny_config(parallel_runs=2, steps=3, eval_every=0)
+  config = gated_config(parallel_runs=2, steps=3, eval_every=0)
   config.train.run_overrides = ("", "train.learning_rate=inf")
   with pytest.raises(TrainingError, match="1 of 2 parallel runs.*seed 1"):
     training.train_and_evaluate(config, str(tmp_path))

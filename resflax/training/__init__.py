@@ -1,12 +1,13 @@
-"""Training: the run description, the step, the one loop and its services.
+"""Training: the run description, the step, the loop and its services.
 
 Modules, from the bottom up: ``state`` (``RunSpec``, ``TrainState``, the
 optimiser, learning rate), ``step`` (the compiled SGD step and evaluation),
 ``feeds`` (data on the devices or streamed), ``runs`` (parallel runs'
 configs), ``checkpoint`` (Orbax, behind one module), ``metrics``
 (TensorBoard, progress lines), ``preemption`` (SIGTERM), ``workdir`` (lock,
-config, logs, results), ``validate`` (config checks) and ``loop``
-(``train_and_evaluate``).
+config, logs, results), ``validate`` (config checks), ``trainer`` (one
+run's loop: ``Trainer``), ``parallel`` (a group of parallel runs:
+``GroupTrainer``) and ``loop`` (``train_and_evaluate``, which picks one).
 """
 
 from resflax.training.loop import train_and_evaluate

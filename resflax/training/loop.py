@@ -76,7 +76,13 @@ def train_and_evaluate(
   compile_cache.enable(config.train.compilation_cache)
   workdir_lib.check_config(config, workdir)
   is_main = jax.process_index() == 0
-  group = Runs(config, runs.run_configs(config), workdir, is_main)
+  # A group of parallel runs has each run's config and directory; one run
+  # has only its own.
+  group = None
+  configs, config_files = [config], [(config, workdir)]
+  if config.train.parallel_runs > 1:
+    group = Runs(config, runs.run_configs(config), workdir, is_main)
+    configs, config_files = group.configs, group.config_files()
   if is_main:
     workdir_lib.make_dir(workdir)
   with StopSignal(sigint=True) as stop:
@@ -88,12 +94,12 @@ def train_and_evaluate(
         # A download or decode can take minutes and polls no flag: SIGTERM
         # raises Stopped inside it (a download keeps its .part to resume).
         with stop.interrupting():
-          feed = feeds.make_feed(config, group.configs, mesh)
+          feed = feeds.make_feed(config, configs, mesh)
       except Stopped:
         feed = None  # stop.received is set: reported below, before any use.
       changed = workdir_lib.check_config(config, workdir)
       if is_main and not changed:
-        workdir_lib.write_configs(group.config_files(), 0, missing_only=True)
+        workdir_lib.write_configs(config_files, 0, missing_only=True)
       if stop.received is not None:
         logging.warning(
             "received signal %d while loading data: stopped "
@@ -102,7 +108,7 @@ def train_and_evaluate(
         )
         return {"interrupted": True, "step": 0}
       spec = build_run(config, feed.num_classes, feed.num_train, mesh)
-      if group.stacked:
+      if group is not None:
         return GroupTrainer(
             group, spec, feed, stop, config_changed=changed, brief=brief
         ).run()

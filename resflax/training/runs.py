@@ -43,7 +43,6 @@ import numpy as np
 
 from resflax import models
 from resflax.errors import ConfigError, TrainingError
-from resflax.training import feeds
 from resflax.training import state as state_lib
 from resflax.training import workdir as workdir_lib
 from resflax.training.state import (
@@ -261,19 +260,10 @@ class Runs:
       return [self.workdir]
     return [seed_dir(self.workdir, c.seed) for c in self.configs]
 
-  def per_run(self, tree) -> Any:
-    """Host copies with a leading run axis (added for a single run)."""
-    return jax.tree.map(
-        lambda a: a if self.stacked else a[None], feeds.fetch(tree)
-    )
-
   def config_files(self) -> list[tuple[ml_collections.ConfigDict, str]]:
     """``(config, directory)`` of each config.json: the group's, each run's."""
     own = list(zip(self.configs, self.dirs)) if self.stacked else []
     return [(self.config, self.workdir)] + own
-
-  def one(self, tree, k: int) -> Any:
-    return tree if not self.stacked else jax.tree.map(lambda x: x[k], tree)
 
 
 def stacked_initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
