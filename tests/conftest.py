@@ -51,6 +51,8 @@ def akamaster_dir():
 pytest_plugins = ["wheel_env"]
 
 
+# tryfirst: xdist reads the groups in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
   """Under ``-n N --dist loadgroup`` (pytest-xdist), the tests of the wheel's
   venv share one worker, so the venv is built once."""

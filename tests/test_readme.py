@@ -14,6 +14,7 @@ blocks run in a fresh interpreter after the set-up their comment names
 ``load_experiment`` adding the same ``smoke`` token.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -169,6 +170,14 @@ def test_python_block_runs(block, scratch, installed):
   if directive.startswith("run after:"):
     prelude = PRELUDES[directive.split(":", 1)[1].strip()]
   source = SMOKE_LOADS + prelude + body
+  # The CLI's compilation cache (``$RESFLAX_CACHE/jax``) for blocks that
+  # compile outside train_and_evaluate: a rerun of the suite skips compiling.
+  cache = os.path.join(env["RESFLAX_CACHE"], "jax")
+  env = {
+      **env,
+      "JAX_COMPILATION_CACHE_DIR": cache,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
   _run([str(python), "-c", source], scratch, env)
 
 

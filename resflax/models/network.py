@@ -271,6 +271,50 @@ class Network:
     bn, it = jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return x, bn, it
 
+  def _run_stage(self, run, s: int, x, p, b, lesion, ctrl, keys):
+    """Stage ``s``: its fixed unit 0 (if any), then its movable units in
+    the order of its ``lesion`` entry. Returns ``(x, batch_stats, intermediates)`` of the
+    stage, both keyed ``unit0``/``units`` like its parameters."""
+    st = self.stages[s]
+    fixed = st.units - self.movable_units(s) if st.units > 1 else 1
+    if fixed:  # unit 0 runs where it was trained
+      first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
+      x, b0, i0 = run(
+          self._first_units[s],
+          p["unit0"],
+          b["unit0"],
+          x,
+          None if keys is None else keys[0],
+          **first,
+      )
+      if st.units == 1:
+        return x, {"unit0": b0}, {"unit0": i0}
+      stacked = (p["units"], b["units"])
+    else:  # unit 0 is one of the scanned units, in lesion order
+      stacked = (_prepend(p["unit0"], p["units"]),)
+      stacked += (_prepend(b["unit0"], b["units"]),)
+    order = lesion["order"]
+    take = lambda t: jax.tree.map(lambda a: a[order], t)
+    xs = (
+        take(stacked[0]),
+        take(stacked[1]),
+        {k: (None if v is None else v[fixed:][order]) for k, v in ctrl.items()},
+        None if keys is None else keys[fixed:],
+    )
+    x, bn_new, it_new = self._scan_units(run, s, x, xs)
+    # Running statistics go back to their modules; intermediates stay in
+    # execution order.
+    bn_new = jax.tree.map(lambda a: a[jnp.argsort(order)], bn_new)
+    if fixed:
+      return x, {"unit0": b0, "units": bn_new}, {"unit0": i0, "units": it_new}
+    head = lambda t: jax.tree.map(lambda a: a[0], t)
+    tail = lambda t: jax.tree.map(lambda a: a[1:], t)
+    return (
+        x,
+        {"unit0": head(bn_new), "units": tail(bn_new)},
+        {"unit0": head(it_new), "units": tail(it_new)},
+    )
+
   def apply(
       self,
       variables: dict[str, Any],
@@ -352,47 +396,16 @@ class Network:
           skip_grad=None if sg_s is None else sg_s[s],
       )
       keys = None if rngs is None else jax.random.split(rngs[s], st.units)
-      p, b = params[name], stats[name]
-      fixed = st.units - self.movable_units(s) if st.units > 1 else 1
-      if fixed:  # unit 0 runs where it was trained
-        first = {k: (None if v is None else v[0]) for k, v in ctrl.items()}
-        x, b0, i0 = run(
-            self._first_units[s],
-            p["unit0"],
-            b["unit0"],
-            x,
-            None if keys is None else keys[0],
-            **first,
-        )
-        new_stats[name], inter[name] = {"unit0": b0}, {"unit0": i0}
-        if st.units == 1:
-          continue
-        stacked = (p["units"], b["units"])
-      else:  # unit 0 is one of the scanned units, in lesion order
-        stacked = (_prepend(p["unit0"], p["units"]),)
-        stacked += (_prepend(b["unit0"], b["units"]),)
-      order = lesion[name]["order"]
-      take = lambda t: jax.tree.map(lambda a: a[order], t)
-      xs = (
-          take(stacked[0]),
-          take(stacked[1]),
-          {
-              k: (None if v is None else v[fixed:][order])
-              for k, v in ctrl.items()
-          },
-          None if keys is None else keys[fixed:],
+      x, new_stats[name], inter[name] = self._run_stage(
+          run,
+          s,
+          x,
+          params[name],
+          stats[name],
+          lesion[name],
+          ctrl,
+          keys,
       )
-      x, bn_new, it_new = self._scan_units(run, s, x, xs)
-      # Running statistics go back to their modules; intermediates stay in
-      # execution order.
-      bn_new = jax.tree.map(lambda a: a[jnp.argsort(order)], bn_new)
-      if fixed:
-        new_stats[name]["units"], inter[name]["units"] = bn_new, it_new
-      else:
-        head = lambda t: jax.tree.map(lambda a: a[0], t)
-        tail = lambda t: jax.tree.map(lambda a: a[1:], t)
-        new_stats[name] = {"unit0": head(bn_new), "units": tail(bn_new)}
-        inter[name] = {"unit0": head(it_new), "units": tail(it_new)}
     logits, new_stats["head"], inter["head"] = run(
         self._head, params["head"], stats["head"], x, None
     )
