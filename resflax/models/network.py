@@ -273,8 +273,12 @@ class Network:
 
   def _run_stage(self, run, s: int, x, p, b, lesion, ctrl, keys):
     """Stage ``s``: its fixed unit 0 (if any), then its movable units in
-    the order of its ``lesion`` entry. Returns ``(x, batch_stats, intermediates)`` of the
-    stage, both keyed ``unit0``/``units`` like its parameters."""
+    the order of its ``lesion`` entry.
+
+    Returns:
+      ``(x, batch_stats, intermediates)`` of the stage, the last two keyed
+      ``unit0``/``units`` like its parameters.
+    """
     st = self.stages[s]
     fixed = st.units - self.movable_units(s) if st.units > 1 else 1
     if fixed:  # unit 0 runs where it was trained
