@@ -251,31 +251,7 @@ def format_markdown(
       "| paper | paper mean ± std | Δ | reference | note |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for r in rows:
-    p = r["paper_error"]
-    delta = (
-        r["median_error"] - p
-        if comparable and isinstance(p, float) and not r["median_failed"]
-        else None
-    )
-    pm = (
-        "—"
-        if r["paper_error_mean"] is None
-        else f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}"
-    )
-    paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
-    ours = (
-        "—"
-        if math.isnan(r["mean_error"])
-        else f"{_num(r['mean_error'])} ± {_num(r['std_error'])}"
-    )
-    lines.append(
-        f"| {r['case']} | {_median_text(r)} | {ours} | "
-        f"{_num(r['best_error'])} | {r['runs']} | {r['diverged']} | "
-        f"{r['above_20']} | {r['pending']} | {paper} | {pm} | "
-        f"{'—' if delta is None else f'{delta:+.2f}'} | "
-        f"{r['paper_reference'] or '—'} | {r['note']} |"
-    )
+  lines += [_markdown_row(r, comparable) for r in rows]
   tables = sorted({r["_table"] for r in rows if r["_table"]})
   if tables:
     lines += [
@@ -301,6 +277,34 @@ def format_markdown(
     lines += ["", "Diverged runs:", ""]
     lines += [f"- {c} seed {s}: {m}" for c, s, m in failures]
   return "\n".join(lines) + "\n"
+
+
+def _markdown_row(r: Mapping[str, Any], comparable: bool) -> str:
+  """One case's line of ``format_markdown``'s table (Δ when ``comparable``)."""
+  p = r["paper_error"]
+  delta = (
+      r["median_error"] - p
+      if comparable and isinstance(p, float) and not r["median_failed"]
+      else None
+  )
+  pm = (
+      "—"
+      if r["paper_error_mean"] is None
+      else f"{_num(r['paper_error_mean'])} ± {_num(r['paper_error_std'])}"
+  )
+  paper = _paper_text(p) + (f" {r['paper_source']}" if p is not None else "")
+  ours = (
+      "—"
+      if math.isnan(r["mean_error"])
+      else f"{_num(r['mean_error'])} ± {_num(r['std_error'])}"
+  )
+  return (
+      f"| {r['case']} | {_median_text(r)} | {ours} | "
+      f"{_num(r['best_error'])} | {r['runs']} | {r['diverged']} | "
+      f"{r['above_20']} | {r['pending']} | {paper} | {pm} | "
+      f"{'—' if delta is None else f'{delta:+.2f}'} | "
+      f"{r['paper_reference'] or '—'} | {r['note']} |"
+  )
 
 
 def _paper_marks(ax, y: float, p, right: float, comparable: bool) -> None:

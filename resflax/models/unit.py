@@ -27,6 +27,17 @@ def _route_gradient(a, m):
   return m * a + (1 - m) * jax.lax.stop_gradient(a)
 
 
+def _stochastic_depth(res, survival, rng, per_sample: bool):
+  """Huang et al. 2016: in training (``rng`` given) the branch is kept with
+  probability ``survival``, for the whole batch or each image
+  (``per_sample``); in evaluation it is scaled by ``survival``."""
+  if rng is None:
+    return res * jnp.asarray(survival, res.dtype)
+  shape = (res.shape[0],) + (1,) * (res.ndim - 1) if per_sample else ()
+  keep = jax.random.bernoulli(rng, survival, shape)
+  return res * keep.astype(res.dtype)
+
+
 class ResidualUnit(nn.Module):
   """One residual module.
 
@@ -110,17 +121,12 @@ class ResidualUnit(nn.Module):
     )(x_short, h, train)
 
     if survival is not None:
-      if train:
-        rng = self.make_rng("dropout")
-        shape = (
-            (res.shape[0],) + (1,) * (res.ndim - 1)
-            if cfg.stochastic_depth_mode == "sample"
-            else ()
-        )
-        keep = jax.random.bernoulli(rng, survival, shape)
-        res = res * keep.astype(res.dtype)
-      else:
-        res = res * jnp.asarray(survival, res.dtype)
+      res = _stochastic_depth(
+          res,
+          survival,
+          self.make_rng("dropout") if train else None,
+          per_sample=cfg.stochastic_depth_mode == "sample",
+      )
     if skip_grad is not None:
       skip = _route_gradient(skip, skip_grad.astype(skip.dtype))
     if residual_grad is not None:
