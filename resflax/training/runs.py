@@ -271,7 +271,13 @@ def stacked_initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
 
   Runs that differ in a key that only sets initial values
   (``models.initial_value_keys``) are initialised by their own model.
+  Drawn with classic threefry, as ``state.initial_state`` explains.
   """
+  with jax.threefry_partitionable(False):
+    return _stacked_initial_state(group, spec, image_shape)
+
+
+def _stacked_initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
   parts = {}
   for members in init_groups(
       group.configs, models.initial_value_keys(spec.model.config)
@@ -344,18 +350,8 @@ def write_combined(
 
 
 def initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
-  """The initial state: one run's, or every run's stacked.
-
-  Drawn with JAX's classic (non-partitionable) threefry whatever the global
-  setting: the initialiser is replicated, so nothing is lost, and XLA:CPU
-  compiles it several times faster (benchmarks/RESULTS.md), which is most
-  of a cold start. Steps use the global setting.
-  """
-  with jax.threefry_partitionable(False):
-    return _initial_state(group, spec, image_shape)
-
-
-def _initial_state(group: Runs, spec: RunSpec, image_shape) -> Any:
+  """The initial state: one run's (``state.initial_state``), or every run's
+  stacked (``stacked_initial_state``)."""
   if group.stacked:
     return stacked_initial_state(group, spec, image_shape)
   return state_lib.initial_state(spec, group.config.seed, image_shape)
